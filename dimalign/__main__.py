@@ -1,0 +1,3 @@
+from dimalign.cli import main
+
+raise SystemExit(main())

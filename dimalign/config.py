@@ -1,0 +1,236 @@
+"""Experiment configuration: frozen dataclasses, presets, `key=value` overrides, validation.
+
+A config is validated once, here, and then passed around frozen. Every error names the key
+and the values it accepts, so the CLI and the UI can show it as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+
+from dimalign.datasets import DATASETS
+
+SCENARIO_KINDS = ("class", "random", "backdoor")
+MODELS = ("auto", "cnn", "resnet18")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DEFAULT_PRESET = "digits-class"
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key and what is allowed."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    kind: str = "class"  # class | random | backdoor
+    classes: tuple[int, ...] = (3,)  # class: the classes to forget
+    fraction: float = 0.1  # random/backdoor: fraction of training samples in the forget set
+    target: int = 0  # backdoor: the label the trigger maps to
+    trigger_size: int = 0  # backdoor: side of the square trigger in pixels; 0 = 1/8 of the image
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    dataset: str = "digits"
+    model: str = "auto"  # auto: cnn for 1-channel data, resnet18 (CIFAR stem) for RGB
+    seed: int = 0
+    device: str = "auto"  # not part of any cache key: the same run on CPU or GPU is the same run
+    scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def model_name(self) -> str:
+        if self.model != "auto":
+            return self.model
+        return "cnn" if DATASETS[self.dataset].channels == 1 else "resnet18"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------- presets
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("dimalign") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> tuple[str, dict]:
+    """Return (description, settings dict) of a named preset."""
+    names = preset_names()
+    if name not in names:
+        raise ConfigError("preset", f"unknown preset {name!r}; choose one of {', '.join(names)}")
+    text = (resources.files("dimalign") / "presets" / f"{name}.toml").read_text()
+    data = tomllib.loads(text)
+    description = data.pop("description", "")
+    return description, data
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("--set", f"expected key=value, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def build_config(preset: str = DEFAULT_PRESET, overrides: typing.Iterable[str] = ()) -> Config:
+    """Preset + `key=value` overrides -> a validated, frozen Config."""
+    _, settings = load_preset(preset)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_path(settings, key, value)
+    return config_from_dict(settings)
+
+
+def config_from_dict(settings: dict) -> Config:
+    cfg = _build(Config, settings, prefix="")
+    validate(cfg)
+    return cfg
+
+
+def _set_path(settings: dict, key: str, raw: str) -> None:
+    # Walk the dataclass tree so unknown keys fail here, naming the allowed ones.
+    cls, node, parts = Config, settings, key.split(".")
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            prefix = ".".join(parts[:i])
+            allowed = ", ".join(_qualified(prefix, n) for n in hints)
+            raise ConfigError(key, f"unknown key; allowed keys are {allowed}")
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(hints[part]):
+                raise ConfigError(key, "is a section; set one of its keys, e.g. " +
+                                  _qualified(key, next(iter(typing.get_type_hints(hints[part])))))
+            node[part] = _parse_value(key, hints[part], raw)
+        else:
+            cls = hints[part]
+            node = node.setdefault(part, {})
+
+
+def _qualified(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(prefix or "config", "expected a table of settings")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        allowed = ", ".join(_qualified(prefix, n) for n in hints)
+        raise ConfigError(_qualified(prefix, unknown[0]),
+                          f"unknown key; allowed keys are {allowed}")
+    kwargs = {}
+    for name, value in data.items():
+        key, hint = _qualified(prefix, name), hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key)
+        else:
+            kwargs[name] = _coerce(key, hint, value)
+    return cls(**kwargs)
+
+
+def _parse_value(key: str, hint, raw: str):
+    if hint == tuple[int, ...]:
+        items = [s for s in raw.replace(" ", "").split(",") if s]
+        return [_parse_value(key, int, s) for s in items]
+    if hint is bool:
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(key, f"expected true or false, got {raw!r}")
+    try:
+        return hint(raw)
+    except ValueError:
+        raise ConfigError(key, f"expected {hint.__name__}, got {raw!r}") from None
+
+
+def _coerce(key: str, hint, value):
+    if hint == tuple[int, ...]:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(key, int, v) for v in values)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(key, f"expected {hint.__name__}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _one_of(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(key, f"{value!r} is not allowed; choose one of {', '.join(allowed)}")
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError on the first wrong value. Needs no data: sizes come from the registry."""
+    _one_of("dataset", cfg.dataset, tuple(DATASETS))
+    _one_of("model", cfg.model, MODELS)
+    _one_of("device", cfg.device, DEVICES)
+    if cfg.seed < 0:
+        raise ConfigError("seed", f"must be a non-negative integer, got {cfg.seed}")
+    info = DATASETS[cfg.dataset]
+    sc, n = cfg.scenario, info.num_classes
+    _one_of("scenario.kind", sc.kind, SCENARIO_KINDS)
+    if sc.kind == "class":
+        if not sc.classes:
+            raise ConfigError("scenario.classes", f"forget set is empty; name classes in 0..{n-1}")
+        bad = [c for c in sc.classes if not 0 <= c < n]
+        if bad:
+            raise ConfigError("scenario.classes", f"class {bad[0]} out of range; allowed 0..{n-1}")
+        if len(set(sc.classes)) >= n:
+            raise ConfigError("scenario.classes", f"retain set is empty; forget at most {n-1} "
+                              f"of the {n} classes")
+    else:
+        if not 0.0 < sc.fraction < 1.0:
+            raise ConfigError("scenario.fraction", f"must lie in (0, 1), got {sc.fraction}")
+        n_forget = round(sc.fraction * info.n_train)
+        if n_forget < 1:
+            raise ConfigError("scenario.fraction", f"forget set is empty ({sc.fraction} of "
+                              f"{info.n_train} samples); use at least {1 / info.n_train:.2g}")
+        if n_forget >= info.n_train:
+            raise ConfigError("scenario.fraction", "retain set is empty; use a smaller fraction")
+    if sc.kind == "backdoor":
+        if not 0 <= sc.target < n:
+            raise ConfigError("scenario.target",
+                              f"class {sc.target} out of range; allowed 0..{n-1}")
+        if not 0 <= sc.trigger_size <= info.size // 2:
+            raise ConfigError("scenario.trigger_size", f"must lie in 0..{info.size // 2} "
+                              "(0 = automatic)")
+    tr = cfg.train
+    if tr.epochs < 1:
+        raise ConfigError("train.epochs", f"must be at least 1, got {tr.epochs}")
+    if tr.batch_size < 1:
+        raise ConfigError("train.batch_size", f"must be at least 1, got {tr.batch_size}")
+    if not tr.lr > 0:
+        raise ConfigError("train.lr", f"must be positive, got {tr.lr}")
+    if not 0 <= tr.momentum < 1:
+        raise ConfigError("train.momentum", f"must lie in [0, 1), got {tr.momentum}")
+    if tr.weight_decay < 0:
+        raise ConfigError("train.weight_decay", f"must be non-negative, got {tr.weight_decay}")

@@ -1,0 +1,207 @@
+"""Training of the original (on D) and retrained (on D_r) models, cached on disk.
+
+Data stays as uint8 tensors on the training device and is augmented there, so a GPU never waits
+on a DataLoader. On CUDA: bf16 autocast and channels_last. Models are cached under a hash of
+everything that defines them; checkpoints are state dicts, loaded with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dimalign import paths
+from dimalign.config import Config
+from dimalign.data import Experiment, augment, build_experiment, normalise, trigger_size
+from dimalign.datasets import DATASETS, DatasetInfo
+from dimalign.models import Classifier, build_model
+
+CACHE_VERSION = 1  # bump when training changes in a way that makes old checkpoints stale
+LOSS_EVERY = 10  # read the loss back from the device every n steps (each read is a sync)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: str  # "original" or "retrained"
+    epoch: int  # 1-based
+    epochs: int
+    step: int  # 1-based, within the epoch
+    steps: int  # steps per epoch
+    loss: float | None  # None on steps where it was not read back
+
+    @property
+    def fraction(self) -> float:
+        return ((self.epoch - 1) * self.steps + self.step) / (self.epochs * self.steps)
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """CUDA, then MPS, then CPU; a named device that is not there is an error."""
+    has = {"cuda": torch.cuda.is_available(),
+           "mps": getattr(torch.backends, "mps", None) is not None
+           and torch.backends.mps.is_available(),
+           "cpu": True}
+    if preference == "auto":
+        return torch.device(next(d for d in ("cuda", "mps", "cpu") if has[d]))
+    if not has.get(preference, False):
+        raise RuntimeError(f"device {preference!r} is not available here; use device=auto")
+    return torch.device(preference)
+
+
+def train_classifier(cfg: Config, info: DatasetInfo, x: torch.Tensor, y: torch.Tensor,
+                     device: torch.device, phase: str,
+                     progress: ProgressFn | None = None) -> Classifier:
+    """Train a fresh model on uint8 images x (N, C, H, W) and labels y (N,)."""
+    tc = cfg.train
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model_name, info.channels, info.num_classes).to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
+    x, y = x.to(device), y.to(device)
+    n = len(y)
+    steps = max(1, math.ceil(n / tc.batch_size))
+    opt = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum,
+                          weight_decay=tc.weight_decay, nesterov=tc.momentum > 0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.epochs * steps,
+                                                pct_start=0.15)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model.train()
+    for epoch in range(1, tc.epochs + 1):
+        order = torch.randperm(n, generator=gen).to(device)
+        for step in range(1, steps + 1):
+            idx = order[(step - 1) * tc.batch_size: step * tc.batch_size]
+            if len(idx) < 2:  # BatchNorm cannot train on one sample
+                sched.step()
+                continue
+            xb = augment(x[idx], info, gen) if tc.augment else x[idx]
+            xb = normalise(xb, info)
+            if cuda:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                loss = loss_fn(model(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            value = None
+            if step % LOSS_EVERY == 0 or step == steps:
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise TrainingDiverged(f"{phase}: loss became {value} at epoch {epoch}, "
+                                           f"step {step}; lower train.lr")
+            if progress is not None:
+                progress(Progress(phase, epoch, tc.epochs, step, steps, value))
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------------------- cache
+
+
+def scenario_key(cfg: Config) -> dict:
+    """Only the scenario fields that change the data (so e.g. `fraction` is ignored for class)."""
+    sc = cfg.scenario
+    if sc.kind == "class":
+        return {"kind": "class", "classes": sorted(set(sc.classes))}
+    if sc.kind == "random":
+        return {"kind": "random", "fraction": sc.fraction}
+    return {"kind": "backdoor", "fraction": sc.fraction, "target": sc.target,
+            "trigger_size": trigger_size(cfg)}
+
+
+def cache_key(cfg: Config, role: str) -> dict:
+    """Everything that defines a baseline model. The original model sees all of D, which only
+    the backdoor scenario changes, so one original serves every class and random scenario."""
+    key = {"version": CACHE_VERSION, "role": role, "dataset": cfg.dataset, "seed": cfg.seed,
+           "model": cfg.model_name, "train": cfg.to_dict()["train"]}
+    if role == "retrained" or cfg.scenario.kind == "backdoor":
+        key["scenario"] = scenario_key(cfg)
+    return key
+
+
+def cache_path(key: dict) -> str:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return str(paths.models_dir() / f"{key['role']}-{digest}.pt")
+
+
+def save_checkpoint(model: nn.Module, path: str, meta: dict) -> None:
+    """Write weights and their metadata atomically: a crash never leaves a half-written file."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+    with open(f"{tmp}.json", "w") as fh:
+        json.dump(meta, fh, indent=1)
+    os.replace(f"{tmp}.json", f"{path[:-3]}.json")
+
+
+def load_checkpoint(cfg: Config, path: str, device: torch.device) -> Classifier:
+    info = DATASETS[cfg.dataset]
+    model = build_model(cfg.model_name, info.channels, info.num_classes)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval()
+
+
+@dataclass
+class Baselines:
+    experiment: Experiment
+    original: Classifier
+    retrained: Classifier
+    device: torch.device
+    seconds: dict[str, float]  # training wall time (as recorded when trained)
+    cached: dict[str, bool]  # whether each came from the cache this time
+
+
+def baseline_model(cfg: Config, exp: Experiment, role: str, device: torch.device,
+                   progress: ProgressFn | None = None) -> tuple[Classifier, float, bool]:
+    """Load the cached model for `role` or train and cache it. Returns (model, seconds, cached)."""
+    key = cache_key(cfg, role)
+    path = cache_path(key)
+    meta_path = path[:-3] + ".json"
+    if os.path.exists(path) and os.path.exists(meta_path):
+        with open(meta_path) as fh:
+            meta = json.load(fh)
+        return load_checkpoint(cfg, path, device), float(meta["seconds"]), True
+    x, y = exp.x_train, exp.y_train
+    if role == "retrained":
+        keep = exp.retain_idx
+        x, y = x[keep], y[keep]
+    start = time.perf_counter()
+    model = train_classifier(cfg, exp.info, x, y, device, role, progress)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    save_checkpoint(model, path, {"key": key, "seconds": seconds, "device": str(device),
+                                  "samples": len(y), "torch": torch.__version__,
+                                  "created": time.time()})
+    return model, seconds, False
+
+
+def get_baselines(cfg: Config, progress: ProgressFn | None = None) -> Baselines:
+    """Original and retrained models of a config, from the cache when they are there."""
+    device = pick_device(cfg.device)
+    exp = build_experiment(cfg)
+    models, seconds, cached = {}, {}, {}
+    for role in ("original", "retrained"):
+        models[role], seconds[role], cached[role] = baseline_model(cfg, exp, role, device, progress)
+    return Baselines(exp, models["original"], models["retrained"], device, seconds, cached)
