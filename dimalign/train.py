@@ -104,8 +104,8 @@ def train_classifier(cfg: Config, info: DatasetInfo, x: torch.Tensor, y: torch.T
             if step % LOSS_EVERY == 0 or step == steps:
                 value = loss.item()
                 if not math.isfinite(value):
-                    raise TrainingDiverged(f"{phase}: loss became {value} at epoch {epoch}, "
-                                           f"step {step}; lower train.lr")
+                    raise TrainingDiverged(f"{phase}: cross-entropy loss became {value} at "
+                                           f"epoch {epoch}, step {step}; lower train.lr")
             if progress is not None:
                 progress(Progress(phase, epoch, tc.epochs, step, steps, value))
     model.eval()
