@@ -172,15 +172,23 @@ class Baselines:
     cached: dict[str, bool]  # whether each came from the cache this time
 
 
+def cached_meta(cfg: Config, role: str) -> dict | None:
+    """Metadata of the cached model for `role` (seconds, device, samples), or None."""
+    path = cache_path(cache_key(cfg, role))
+    meta_path = path[:-3] + ".json"
+    if not (os.path.exists(path) and os.path.exists(meta_path)):
+        return None
+    with open(meta_path) as fh:
+        return json.load(fh)
+
+
 def baseline_model(cfg: Config, exp: Experiment, role: str, device: torch.device,
                    progress: ProgressFn | None = None) -> tuple[Classifier, float, bool]:
     """Load the cached model for `role` or train and cache it. Returns (model, seconds, cached)."""
     key = cache_key(cfg, role)
     path = cache_path(key)
-    meta_path = path[:-3] + ".json"
-    if os.path.exists(path) and os.path.exists(meta_path):
-        with open(meta_path) as fh:
-            meta = json.load(fh)
+    meta = cached_meta(cfg, role)
+    if meta is not None:
         return load_checkpoint(cfg, path, device), float(meta["seconds"]), True
     x, y = exp.x_train, exp.y_train
     if role == "retrained":

@@ -47,7 +47,8 @@ def test_one_original_serves_every_class_and_random_scenario_but_not_backdoor():
     five = build_config("digits-class", ["scenario.classes=5"])
     rand = build_config("digits-random")
     back = build_config("digits-backdoor")
-    assert cache_key(three, "original") == cache_key(five, "original") == cache_key(rand, "original")
+    shared = cache_key(three, "original")
+    assert shared == cache_key(five, "original") == cache_key(rand, "original")
     assert cache_key(three, "original") != cache_key(back, "original")
     assert cache_key(three, "retrained") != cache_key(five, "retrained")
     # settings a scenario does not use do not split the cache

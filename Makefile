@@ -1,0 +1,29 @@
+# The two commands: `make app` runs the dashboard on the embedded default, `make test` runs the
+# whole suite. Each creates .venv and installs the project when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export NUMBA_CACHE_DIR ?= $(HOME)/.dimalign/numba-cache
+
+.PHONY: app test lint bench clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+app: $(STAMP)
+	$(BIN)/streamlit run app.py --server.headless true
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python bench/train_cpu.py
+
+clean-venv:
+	rm -rf $(VENV)
