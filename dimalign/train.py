@@ -24,7 +24,7 @@ from dimalign.data import Experiment, augment, build_experiment, normalise, trig
 from dimalign.datasets import DATASETS, DatasetInfo
 from dimalign.models import Classifier, build_model
 
-CACHE_VERSION = 1  # bump when training changes in a way that makes old checkpoints stale
+CACHE_VERSION = 2  # bump when training changes in a way that makes old checkpoints stale
 LOSS_EVERY = 10  # read the loss back from the device every n steps (each read is a sync)
 
 
@@ -68,7 +68,7 @@ def train_classifier(cfg: Config, info: DatasetInfo, x: torch.Tensor, y: torch.T
     """Train a fresh model on uint8 images x (N, C, H, W) and labels y (N,)."""
     tc = cfg.train
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model_name, info.channels, info.num_classes).to(device)
+    model = build_model(cfg.model_name, info.channels, info.num_classes, info.size).to(device)
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
@@ -154,7 +154,7 @@ def save_checkpoint(model: nn.Module, path: str, meta: dict) -> None:
 
 def load_checkpoint(cfg: Config, path: str, device: torch.device) -> Classifier:
     info = DATASETS[cfg.dataset]
-    model = build_model(cfg.model_name, info.channels, info.num_classes)
+    model = build_model(cfg.model_name, info.channels, info.num_classes, info.size)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     model = model.to(device)
     if device.type == "cuda":

@@ -32,3 +32,8 @@ def test_resnet18_has_the_cifar_stem():
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match="cnn, resnet18"):
         build_model("vgg", 3, 10)
+
+
+def test_the_small_cnn_is_narrower_for_tiny_images():
+    assert build_model("cnn", 1, 10, size=8).feature_dim == 64
+    assert build_model("cnn", 1, 10, size=28).feature_dim == 128
