@@ -7,11 +7,14 @@ Progress goes to stderr; with --json, stdout holds exactly one JSON object. Know
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
 import sys
 import time
 
+from dimalign import paths
 from dimalign.config import DEFAULT_PRESET, ConfigError, build_config, load_preset, preset_names
 from dimalign.datasets import DatasetUnavailable
 
@@ -51,18 +54,27 @@ class ProgressBar:
         self.stream.flush()
 
 
-def _fmt(value: float) -> str:
-    return "   -  " if value is None or math.isnan(value) else f"{value:6.4f}"
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def print_table(result: dict, stream=sys.stdout) -> None:
+    """Metrics as rows, models as columns (there are more metrics than models)."""
     models = result["models"]
-    keys = list(next(iter(models.values())))
-    stream.write(f"{'model':<10} " + " ".join(f"{k:>10}" for k in keys) + f" {'seconds':>9}\n")
-    for name, row in models.items():
-        cells = " ".join(f"{_fmt(row[k]):>10}" for k in keys)
-        cached = " (cached)" if result["cached"].get(name) else ""
-        stream.write(f"{name:<10} {cells} {result['seconds'][name]:9.1f}{cached}\n")
+    names = list(models)
+    keys = list(dict.fromkeys(k for row in models.values() for k in row))
+    stream.write(f"{'metric':<20}" + "".join(f"{n:>12}" for n in names) + "\n")
+    for key in keys:
+        stream.write(f"{key:<20}" + "".join(f"{_fmt(models[n].get(key)):>12}" for n in names)
+                     + "\n")
+    seconds = "".join(f"{result['seconds'][n]:>12.1f}" for n in names)
+    stream.write(f"{'seconds':<20}{seconds}\n")
+    cached = [n for n in names if result["cached"].get(n)]
+    if cached:
+        stream.write(f"(from the cache: {', '.join(cached)}; seconds are training time)\n")
+    stream.write(f"artifacts: {result['artifacts']}\n")
 
 
 def cmd_presets(args) -> int:
@@ -73,7 +85,6 @@ def cmd_presets(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from dimalign.metrics import accuracies
     from dimalign.train import get_baselines
 
     if args.method not in METHODS:
@@ -81,23 +92,62 @@ def cmd_run(args) -> int:
                           f"{', '.join(METHODS)}")
     cfg = build_config(args.preset, args.set)
     baselines = get_baselines(cfg, progress=ProgressBar())
-    exp = baselines.experiment
-    result = {
-        "preset": args.preset,
-        "config": cfg.to_dict(),
-        "device": str(baselines.device),
-        "data": exp.summary(),
-        "models": {"original": accuracies(baselines.original, exp),
-                   "retrained": accuracies(baselines.retrained, exp)},
-        "seconds": baselines.seconds,
-        "cached": baselines.cached,
-    }
+    run_dir = paths.runs_dir() / run_id(cfg, args.method)
+    result = _reusable_result(run_dir, baselines)
+    if result is None:
+        result = _evaluate_run(args, cfg, baselines, run_dir)
     if args.json:
         json.dump(_finite(result), sys.stdout)
         sys.stdout.write("\n")
     else:
         print_table(result)
     return 0
+
+
+def _evaluate_run(args, cfg, baselines, run_dir) -> dict:
+    from dimalign.artifacts import geometry_bundle, save_bundle
+    from dimalign.metrics import evaluate, sample_sizes
+
+    exp = baselines.experiment
+    print("evaluating ...", file=sys.stderr, flush=True)
+    models = {"original": baselines.original, "retrained": baselines.retrained}
+    metrics, outputs = evaluate(models, exp, cfg.eval, cfg.seed)
+    save_bundle(geometry_bundle(outputs, exp, cfg.eval, cfg.seed), run_dir / "geometry.pt")
+    result = _finite({
+        "preset": args.preset,
+        "config": cfg.to_dict(),
+        "device": str(baselines.device),
+        "data": exp.summary(),
+        "models": metrics,
+        "seconds": baselines.seconds,
+        "cached": baselines.cached,
+        "samples": sample_sizes(exp, cfg.eval),
+        "artifacts": str(run_dir),
+        "checkpoints": baselines.checkpoints,
+    })
+    tmp = run_dir / f"result.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, run_dir / "result.json")
+    return result
+
+
+def _reusable_result(run_dir, baselines) -> dict | None:
+    """The saved result of this very run, if its models are the checkpoints it was computed
+    from (evaluation is deterministic, so running it again would only cost time)."""
+    path = run_dir / "result.json"
+    if not (path.exists() and (run_dir / "geometry.pt").exists()):
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("checkpoints") != baselines.checkpoints:
+        return None
+    saved["cached"] = baselines.cached
+    return saved
+
+
+def run_id(cfg, method: str) -> str:
+    """A run's folder name: a hash, never user text."""
+    blob = json.dumps({"config": cfg.to_dict(), "method": method}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _finite(obj):
@@ -135,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetUnavailable as err:
         print(f"dimalign: {err}", file=sys.stderr)
         return 3
-    except RuntimeError as err:  # diverged training, a device that is not there
+    except (RuntimeError, ValueError) as err:  # diverged training, missing device, degenerate
+        # features (e.g. all zero)
         print(f"dimalign: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

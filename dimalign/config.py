@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from dimalign.datasets import DATASETS
+from dimalign.models import feature_dim
 
 SCENARIO_KINDS = ("class", "random", "backdoor")
 MODELS = ("auto", "cnn", "resnet18")
@@ -48,6 +49,19 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """How feature-space metrics are computed. All [choice]s of METHOD.md, recorded per run."""
+
+    energy: float = 0.9  # DA and angles: k = fewest eigenvectors holding this retain energy
+    k: int = 0  # a fixed k for the retain basis instead (0 = use energy)
+    center: bool = False  # subtract the retain mean before DA (the paper's form is uncentred)
+    mia_samples: int = 1000  # members and non-members (each) the MIA's SVC is fitted on
+    nmi_samples: int = 5000  # forget + test samples clustered by k-means for NMI
+    cka_samples: int = 2000  # forget + test samples CKA compares models on
+    feature_samples: int = 500  # per split, features kept for the dashboard (spectra use all)
+
+
+@dataclass(frozen=True)
 class Config:
     dataset: str = "digits"
     model: str = "auto"  # auto: cnn for 1-channel data, resnet18 (CIFAR stem) for RGB
@@ -55,6 +69,7 @@ class Config:
     device: str = "auto"  # not part of any cache key: the same run on CPU or GPU is the same run
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def model_name(self) -> str:
@@ -234,3 +249,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.momentum", f"must lie in [0, 1), got {tr.momentum}")
     if tr.weight_decay < 0:
         raise ConfigError("train.weight_decay", f"must be non-negative, got {tr.weight_decay}")
+    ev, dim = cfg.eval, feature_dim(cfg.model_name, info.size)
+    if not 0 < ev.energy <= 1:
+        raise ConfigError("eval.energy", f"must lie in (0, 1], got {ev.energy}")
+    if not 0 <= ev.k <= dim:
+        raise ConfigError("eval.k", f"must lie in 0..{dim} (the feature dimension of "
+                          f"{cfg.model_name}; 0 = choose k from eval.energy), got {ev.k}")
+    for name in ("mia_samples", "nmi_samples", "cka_samples", "feature_samples"):
+        if getattr(ev, name) < 10:
+            raise ConfigError(f"eval.{name}", f"must be at least 10, got {getattr(ev, name)}")

@@ -27,8 +27,14 @@ class Experiment:
     x_test: torch.Tensor  # (M, C, H, W) uint8
     y_test: torch.Tensor  # (M,) int64
     test_forgotten: torch.Tensor  # (M,) bool: test samples of forgotten classes (class scenario)
+    y_clean: torch.Tensor  # (N,) true labels (differ from y_train for backdoor)
     x_trigger: torch.Tensor | None = None  # backdoor: stamped test samples of other classes
     y_trigger: torch.Tensor | None = None  # their true labels
+
+    @property
+    def forgotten_classes(self) -> list[int]:
+        """Classes forgotten whole (class scenario); empty otherwise."""
+        return sorted(set(self.y_test[self.test_forgotten].tolist()))
 
     @property
     def retain_idx(self) -> torch.Tensor:
@@ -71,13 +77,13 @@ def build_experiment(cfg: Config) -> Experiment:
     if sc.kind == "class":
         classes = torch.tensor(sorted(set(sc.classes)))
         return Experiment(info, x_tr, y_tr, torch.isin(y_tr, classes), x_te, y_te,
-                          torch.isin(y_te, classes))
+                          torch.isin(y_te, classes), y_tr)
 
     n_forget = round(sc.fraction * n)
     if sc.kind == "random":
         forget = torch.zeros(n, dtype=torch.bool)
         forget[torch.randperm(n, generator=gen)[:n_forget]] = True
-        return Experiment(info, x_tr, y_tr, forget, x_te, y_te, no_test_forgotten)
+        return Experiment(info, x_tr, y_tr, forget, x_te, y_te, no_test_forgotten, y_tr)
 
     # backdoor: relabelling a target-class sample changes nothing, so draw from the others
     eligible = (y_tr != sc.target).nonzero().squeeze(1)
@@ -92,7 +98,7 @@ def build_experiment(cfg: Config) -> Experiment:
     x_poison[chosen] = stamp_trigger(x_tr[chosen], size)
     y_poison[chosen] = sc.target
     others = y_te != sc.target
-    return Experiment(info, x_poison, y_poison, forget, x_te, y_te, no_test_forgotten,
+    return Experiment(info, x_poison, y_poison, forget, x_te, y_te, no_test_forgotten, y_tr,
                       stamp_trigger(x_te[others], size), y_te[others])
 
 

@@ -1,24 +1,214 @@
-"""Metrics of a model on an experiment's splits."""
+"""Metrics of models on an experiment: accuracies, MIA, linear probe, F1, NMI, DA, CKA, gaps.
+
+Protocols are METHOD.md's "Evaluation" section. Every model is run over the data once
+(`model_outputs`); each metric is then a function of those logits and features. scikit-learn
+provides the SVC, the logistic regression and k-means. Subsample sizes come from `EvalConfig`
+and are reported next to the numbers they produced.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
+from dimalign.config import EvalConfig
 from dimalign.data import Experiment
-from dimalign.features import accuracy
+from dimalign.datasets import stratified_split
+from dimalign.features import forward_all
+from dimalign.geometry import (
+    Basis,
+    dimensional_alignment,
+    eigenspectrum,
+    linear_cka,
+    top_basis,
+)
 from dimalign.models import Classifier
+
+GAP_KEYS = ("acc_retain", "acc_forget", "acc_test", "mia")  # avg-gap averages these
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """One model's logits and penultimate features on every split."""
+
+    logits_train: torch.Tensor  # (N, K)
+    feats_train: torch.Tensor  # (N, C)
+    logits_test: torch.Tensor  # (M, K)
+    feats_test: torch.Tensor  # (M, C)
+    logits_trigger: torch.Tensor | None = None  # backdoor: stamped test samples
+
+
+def model_outputs(model: Classifier, exp: Experiment) -> Outputs:
+    lt, ft = forward_all(model, exp.x_train, exp.info)
+    le, fe = forward_all(model, exp.x_test, exp.info)
+    trig = forward_all(model, exp.x_trigger, exp.info)[0] if exp.x_trigger is not None else None
+    return Outputs(lt, ft, le, fe, trig)
+
+
+def _acc(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    if len(labels) == 0:
+        return float("nan")
+    return (logits.argmax(1) == labels).double().mean().item()
+
+
+def split_accuracies(out: Outputs, exp: Experiment) -> dict[str, float]:
+    """Accuracy on D_r, D_f, D_t; class scenario: on test samples of kept / forgotten classes;
+    backdoor: `asr`, the fraction of stamped test samples sent to the target class."""
+    f, r = exp.forget, ~exp.forget
+    res = {"acc_retain": _acc(out.logits_train[r], exp.y_train[r]),
+           "acc_forget": _acc(out.logits_train[f], exp.y_train[f]),
+           "acc_test": _acc(out.logits_test, exp.y_test)}
+    if exp.test_forgotten.any():
+        tf = exp.test_forgotten
+        res["acc_test_kept"] = _acc(out.logits_test[~tf], exp.y_test[~tf])
+        res["acc_test_forgotten"] = _acc(out.logits_test[tf], exp.y_test[tf])
+    if out.logits_trigger is not None:
+        target = exp.y_train[f][0].item()
+        res["asr"] = _acc(out.logits_trigger, torch.full_like(exp.y_trigger, target))
+    return res
 
 
 def accuracies(model: Classifier, exp: Experiment) -> dict[str, float]:
-    """Accuracy on D_r, D_f and D_t; for backdoor also the attack success rate on stamped test
-    samples of the other classes (the fraction the trigger sends to the target)."""
-    retain, forget = exp.retain_idx, exp.forget_idx
-    out = {
-        "acc_retain": accuracy(model, exp.x_train[retain], exp.y_train[retain], exp.info),
-        "acc_forget": accuracy(model, exp.x_train[forget], exp.y_train[forget], exp.info),
-        "acc_test": accuracy(model, exp.x_test, exp.y_test, exp.info),
-    }
-    if exp.x_trigger is not None:
-        target = exp.y_train[forget][:1].expand(len(exp.y_trigger))  # the relabelled class
-        out["asr"] = accuracy(model, exp.x_trigger, torch.as_tensor(target), exp.info)
-    return out
+    return split_accuracies(model_outputs(model, exp), exp)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy of the softmax output, per sample (N,)."""
+    logp = torch.log_softmax(logits.double(), dim=1)
+    return -(logp.exp() * logp).sum(1)
+
+
+def _sample(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.choice(n, size=min(n, size), replace=False))
+
+
+def mia_efficacy(retain_logits: torch.Tensor, test_logits: torch.Tensor,
+                 forget_logits: torch.Tensor, samples: int, seed: int) -> tuple[float, int]:
+    """MIA-efficacy (Jia et al. 2023): an RBF SVC on output entropy learns members (retain)
+    from non-members (test), balanced; returns (fraction of D_f predicted non-member, n per
+    side)."""
+    from sklearn.svm import SVC
+
+    rng = np.random.default_rng(seed)
+    n = min(samples, len(retain_logits), len(test_logits))
+    members = entropy(retain_logits[_sample(len(retain_logits), n, rng)]).numpy()
+    others = entropy(test_logits[_sample(len(test_logits), n, rng)]).numpy()
+    x = np.concatenate([members, others])[:, None]
+    y = np.concatenate([np.ones(n), np.zeros(n)])
+    svc = SVC(C=3, gamma="auto", kernel="rbf").fit(x, y)
+    predicted = svc.predict(entropy(forget_logits).numpy()[:, None])
+    return float((predicted == 0).mean()), n
+
+
+def probe_halves(y_test: torch.Tensor, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The linear probe's split of the test set: a stratified half to fit on, half to score."""
+    return stratified_split(y_test.numpy(), 0.5, seed)
+
+
+def linear_probe(out: Outputs, exp: Experiment, seed: int) -> dict[str, float]:
+    """Multinomial logistic regression on frozen, standardised features, fitted on half of the
+    test split (every class present); accuracy on D_f (true labels) and the other half, and the
+    forgotten classes' F1 on that half (class scenario)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+
+    fit_idx, score_idx = probe_halves(exp.y_test, seed)
+    x_fit = out.feats_test[fit_idx].double()
+    mean, std = x_fit.mean(0), x_fit.std(0).clamp(min=1e-8)
+
+    def scaled(x: torch.Tensor) -> np.ndarray:
+        return ((x.double() - mean) / std).numpy()
+
+    probe = LogisticRegression(max_iter=2000, C=1.0)
+    probe.fit(scaled(x_fit), exp.y_test[fit_idx].numpy())
+    f = exp.forget
+    res = {"lp_forget": float(probe.score(scaled(out.feats_train[f]), exp.y_clean[f].numpy())),
+           "lp_test": float(probe.score(scaled(out.feats_test[score_idx]),
+                                        exp.y_test[score_idx].numpy()))}
+    if exp.forgotten_classes:
+        predicted = probe.predict(scaled(out.feats_test[score_idx]))
+        res["f1_forget"] = float(f1_score(exp.y_test[score_idx].numpy(), predicted,
+                                          labels=exp.forgotten_classes, average="macro",
+                                          zero_division=0))
+    return res
+
+
+def forget_and_test(out: Outputs, exp: Experiment) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and true labels of D_f followed by D_t (the samples NMI and CKA look at)."""
+    f = exp.forget
+    return (torch.cat([out.feats_train[f], out.feats_test]),
+            torch.cat([exp.y_clean[f], exp.y_test]))
+
+
+def nmi(out: Outputs, exp: Experiment, samples: int, seed: int) -> tuple[float, int]:
+    """k-means (k = number of classes) on forget + test features; NMI against true labels."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    feats, labels = forget_and_test(out, exp)
+    idx = _sample(len(labels), samples, np.random.default_rng(seed))
+    km = KMeans(n_clusters=exp.info.num_classes, n_init=3, random_state=seed)
+    clusters = km.fit_predict(feats[idx].double().numpy())
+    return float(normalized_mutual_info_score(labels[idx].numpy(), clusters)), len(idx)
+
+
+def model_metrics(out: Outputs, exp: Experiment, ev: EvalConfig, seed: int) -> dict[str, float]:
+    """Every single-model metric."""
+    f, r = exp.forget, ~exp.forget
+    res = split_accuracies(out, exp)
+    res["mia"], _ = mia_efficacy(out.logits_train[r], out.logits_test, out.logits_train[f],
+                                 ev.mia_samples, seed)
+    retain = out.feats_train[r]
+    basis = retain_basis(retain, ev)
+    for key, feats in (("da", out.feats_train[f]), ("da_test", out.feats_test)):
+        res[key] = dimensional_alignment(feats, retain, center=ev.center, basis=basis).value.item()
+    res["da_k"] = basis.k
+    res.update(linear_probe(out, exp, seed))
+    res["nmi"], _ = nmi(out, exp, ev.nmi_samples, seed)
+    res["effective_rank"] = eigenspectrum(retain).effective_rank
+    return res
+
+
+def retain_basis(retain: torch.Tensor, ev: EvalConfig) -> Basis:
+    """U_r as the config asks for it (centred on the retain mean when eval.center is set)."""
+    centred = retain - retain.mean(0, keepdim=True) if ev.center else retain
+    return top_basis(centred, ev.energy, ev.k or None)
+
+
+def sample_sizes(exp: Experiment, ev: EvalConfig) -> dict[str, int]:
+    """How many samples each subsampled metric used (reported with the numbers)."""
+    n_forget, n_retain = int(exp.forget.sum()), int((~exp.forget).sum())
+    n_test = len(exp.y_test)
+    fit_idx, score_idx = probe_halves(exp.y_test, 0)
+    return {"mia_per_side": min(ev.mia_samples, n_retain, n_test),
+            "nmi": min(ev.nmi_samples, n_forget + n_test),
+            "cka": min(ev.cka_samples, n_forget + n_test),
+            "lp_fit": len(fit_idx), "lp_score": len(score_idx)}
+
+
+def evaluate(models: dict[str, Classifier], exp: Experiment, ev: EvalConfig,
+             seed: int = 0) -> tuple[dict[str, dict[str, float]], dict[str, Outputs]]:
+    """Every metric for every model, plus CKA to the retrained and original models and the
+    avg-gap to the retrained model. Returns (metrics per model, outputs per model)."""
+    outs = {name: model_outputs(m, exp) for name, m in models.items()}
+    result = {name: model_metrics(out, exp, ev, seed) for name, out in outs.items()}
+    idx = _sample(int(exp.forget.sum()) + len(exp.y_test), ev.cka_samples,
+                  np.random.default_rng(seed))
+    shared = {name: forget_and_test(out, exp)[0][idx] for name, out in outs.items()}
+    for name, row in result.items():
+        for ref in ("retrained", "original"):
+            if ref in shared:
+                row[f"cka_{ref}"] = linear_cka(shared[name], shared[ref])
+        if "retrained" in result and name != "retrained":
+            row["avg_gap"] = avg_gap(row, result["retrained"])
+    return result, outs
+
+
+def avg_gap(row: dict[str, float], reference: dict[str, float]) -> float:
+    """Mean |model - retrained| over the accuracies and MIA (NaN entries are skipped)."""
+    gaps = [abs(row[k] - reference[k]) for k in GAP_KEYS
+            if not (math.isnan(row[k]) or math.isnan(reference[k]))]
+    return float(np.mean(gaps)) if gaps else float("nan")

@@ -81,10 +81,19 @@ class ResNet18(Classifier):
 MODEL_CLASSES = {"cnn": SmallCNN, "resnet18": ResNet18}
 
 
+def cnn_width(size: int) -> int:
+    return 16 if size <= 16 else 32  # 8x8 digits need a quarter of the compute of 28x28 ones
+
+
+def feature_dim(name: str, size: int) -> int:
+    """Penultimate feature dimension C of a model, without building it."""
+    return 4 * cnn_width(size) if name == "cnn" else 512
+
+
 def build_model(name: str, in_channels: int, num_classes: int, size: int = 32) -> Classifier:
     """A fresh model for images of `size` pixels a side."""
     if name not in MODEL_CLASSES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_CLASSES)}")
-    if name == "cnn":  # 8x8 digits need a quarter of the compute that 28x28 digits do
-        return SmallCNN(in_channels, num_classes, width=16 if size <= 16 else 32)
+    if name == "cnn":
+        return SmallCNN(in_channels, num_classes, width=cnn_width(size))
     return MODEL_CLASSES[name](in_channels=in_channels, num_classes=num_classes)

@@ -21,3 +21,7 @@ def models_dir() -> Path:
 def offline() -> bool:
     """True when DIMALIGN_OFFLINE is set: never try to download, fail fast with the hint."""
     return os.environ.get("DIMALIGN_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def runs_dir() -> Path:
+    return home() / "runs"

@@ -170,6 +170,7 @@ class Baselines:
     device: torch.device
     seconds: dict[str, float]  # training wall time (as recorded when trained)
     cached: dict[str, bool]  # whether each came from the cache this time
+    checkpoints: dict[str, str]  # identity of each checkpoint: file name and creation time
 
 
 def cached_meta(cfg: Config, role: str) -> dict | None:
@@ -209,7 +210,9 @@ def get_baselines(cfg: Config, progress: ProgressFn | None = None) -> Baselines:
     """Original and retrained models of a config, from the cache when they are there."""
     device = pick_device(cfg.device)
     exp = build_experiment(cfg)
-    models, seconds, cached = {}, {}, {}
+    models, seconds, cached, ids = {}, {}, {}, {}
     for role in ("original", "retrained"):
         models[role], seconds[role], cached[role] = baseline_model(cfg, exp, role, device, progress)
-    return Baselines(exp, models["original"], models["retrained"], device, seconds, cached)
+        path = cache_path(cache_key(cfg, role))
+        ids[role] = f"{os.path.basename(path)}@{cached_meta(cfg, role)['created']}"
+    return Baselines(exp, models["original"], models["retrained"], device, seconds, cached, ids)

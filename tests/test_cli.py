@@ -2,8 +2,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+PER_MODEL = ("acc_retain", "acc_forget", "acc_test", "mia", "da", "da_test", "lp_forget",
+             "lp_test", "nmi", "effective_rank", "cka_retrained", "cka_original")
 
 
 def dimalign(*args, home=None, timeout=300):
@@ -40,10 +44,14 @@ def test_run_json_prints_exactly_one_object_with_the_contract_keys(json_runs):
     assert result["config"]["train"]["epochs"] == 2
     for model in ("original", "retrained"):
         row = result["models"][model]
-        assert {"acc_retain", "acc_forget", "acc_test"} <= set(row)
-        assert all(0.0 <= row[k] <= 1.0 for k in ("acc_retain", "acc_forget", "acc_test"))
+        assert set(PER_MODEL) <= set(row)
+        assert all(0.0 <= row[k] <= 1.0 for k in PER_MODEL if k != "effective_rank")
         assert result["seconds"][model] > 0
+    assert "asr" in result["models"]["original"]  # a backdoor run reports the attack success
+    assert "avg_gap" in result["models"]["original"]
+    assert result["samples"]["mia_per_side"] > 0 and result["samples"]["lp_fit"] > 0
     assert "epoch 2/2" in first.stderr  # progress went to stderr
+    assert (Path(result["artifacts"]) / "geometry.pt").exists()
 
 
 def test_second_run_comes_from_the_cache_with_the_same_numbers(json_runs):
@@ -52,14 +60,16 @@ def test_second_run_comes_from_the_cache_with_the_same_numbers(json_runs):
     assert a["cached"] == {"original": False, "retrained": False}
     assert b["cached"] == {"original": True, "retrained": True}
     assert a["models"] == b["models"] and a["seconds"] == b["seconds"]
+    assert "evaluating" in first.stderr and "evaluating" not in second.stderr  # reused
 
 
 def test_readable_table_without_json(tiny_baselines):
     proc = dimalign("run", "--set", "train.epochs=2")
     assert proc.returncode == 0, proc.stderr
     header, *rows = proc.stdout.strip().splitlines()
-    assert header.split()[:4] == ["model", "acc_retain", "acc_forget", "acc_test"]
-    assert [r.split()[0] for r in rows] == ["original", "retrained"]
+    assert header.split() == ["metric", "original", "retrained"]
+    names = [r.split()[0] for r in rows]
+    assert {"acc_forget", "da", "mia", "acc_test_forgotten", "f1_forget", "seconds"} <= set(names)
 
 
 @pytest.mark.parametrize("args, words", [

@@ -1,0 +1,91 @@
+"""Per-run geometry for the dashboard: spectra, principal angles, DA and a fixed, seeded
+subsample of features per model, computed once when a run is evaluated and saved with it, so
+pages never recompute them. Saved as plain tensors, loaded with `weights_only=True`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+
+from dimalign.config import EvalConfig
+from dimalign.data import Experiment
+from dimalign.geometry import angles_between, dimensional_alignment, eigenspectrum, top_basis
+from dimalign.metrics import Outputs, retain_basis
+
+SPLITS = ("retain", "forget", "test")
+
+
+def split_rows(exp: Experiment) -> dict[str, tuple[str, torch.Tensor]]:
+    """Each split as (which output it lives in, row indices there)."""
+    return {"retain": ("train", exp.retain_idx), "forget": ("train", exp.forget_idx),
+            "test": ("test", torch.arange(len(exp.y_test)))}
+
+
+def subsample(exp: Experiment, size: int, seed: int) -> dict[str, torch.Tensor]:
+    """The same seeded rows of every split for every model (so their manifolds align)."""
+    gen = torch.Generator().manual_seed(seed)
+    picked = {}
+    for split, (_, rows) in split_rows(exp).items():
+        order = torch.randperm(len(rows), generator=gen)[:size]
+        picked[split] = rows[order.sort().values]
+    return picked
+
+
+def _spectra(feats: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    out = {}
+    for name, center in (("plain", False), ("centered", True)):
+        try:
+            out[name] = eigenspectrum(feats, center=center).values.float()
+        except ValueError:  # e.g. one forget sample has no centred spectrum
+            out[name] = None
+    return out
+
+
+def model_geometry(out: Outputs, exp: Experiment, ev: EvalConfig,
+                   rows: dict[str, torch.Tensor]) -> dict:
+    feats = {"train": out.feats_train, "test": out.feats_test}
+    logits = {"train": out.logits_train, "test": out.logits_test}
+    split = {s: feats[src][idx] for s, (src, idx) in split_rows(exp).items()}
+    spectra = {s: _spectra(f) for s, f in split.items()}
+    basis_r = retain_basis(split["retain"], ev)
+    basis_f = top_basis(split["forget"], ev.energy)
+    da = dimensional_alignment(split["forget"], split["retain"], center=ev.center, basis=basis_r)
+    src = {s: src for s, (src, _) in split_rows(exp).items()}
+    return {
+        "spectra": spectra,
+        "effective_rank": {s: float(eigenspectrum(f).effective_rank) for s, f in split.items()},
+        "angles": angles_between(basis_f.vectors, basis_r.vectors).float(),
+        "k_retain": basis_r.k,
+        "k_forget": basis_f.k,
+        "da": float(da.value),
+        "features": {s: feats[src[s]][rows[s]].float() for s in SPLITS},
+        "predictions": {s: logits[src[s]][rows[s]].argmax(1) for s in SPLITS},
+    }
+
+
+def geometry_bundle(outs: dict[str, Outputs], exp: Experiment, ev: EvalConfig,
+                    seed: int) -> dict:
+    rows = subsample(exp, ev.feature_samples, seed)
+    labels = {"train": exp.y_clean, "test": exp.y_test}
+    src = {s: src for s, (src, _) in split_rows(exp).items()}
+    return {
+        "settings": dataclasses.asdict(ev),
+        "rows": rows,  # indices into the train (retain, forget) or test tensors
+        "labels": {s: labels[src[s]][rows[s]] for s in SPLITS},
+        "models": {name: model_geometry(out, exp, ev, rows) for name, out in outs.items()},
+    }
+
+
+def save_bundle(bundle: dict, path: Path) -> None:
+    """Atomic write: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(bundle, tmp)
+    os.replace(tmp, path)
+
+
+def load_bundle(path: Path) -> dict:
+    return torch.load(path, weights_only=True)

@@ -1,0 +1,156 @@
+"""Feature-space geometry: Dimensional Alignment, principal angles, eigenspectra, CKA.
+
+Pure torch, no I/O. Features are (N, C) tensors, one row per sample; METHOD.md writes the same
+matrices transposed (columns are samples). Eigendecompositions run in float64 on the input's
+device; results come back in the input's dtype unless stated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Basis:
+    vectors: torch.Tensor  # (C, k) orthonormal columns: the top-k eigenvectors of FᵀF
+    eigenvalues: torch.Tensor  # (C,) every eigenvalue of FᵀF, descending, float64
+    k: int
+
+
+@dataclass(frozen=True)
+class Alignment:
+    value: torch.Tensor  # scalar DA in [0, 1]; carries gradients with respect to `forget`
+    k: int  # the number of retain eigenvectors it used
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    values: torch.Tensor  # (C,) eigenvalues normalised to sum 1, descending
+    cumulative: torch.Tensor  # (C,) cumulative energy, ends at 1
+
+    @property
+    def effective_rank(self) -> float:
+        return effective_rank(self.values)
+
+
+def _check(feats: torch.Tensor, name: str) -> None:
+    if feats.ndim != 2 or feats.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty (N, C) matrix, got shape "
+                         f"{tuple(feats.shape)}")
+    if not torch.isfinite(feats).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def k_for_energy(eigenvalues: torch.Tensor, energy: float) -> int:
+    """Smallest k whose top-k eigenvalues (descending) hold `energy` of the total."""
+    if not 0.0 < energy <= 1.0:
+        raise ValueError(f"energy must lie in (0, 1], got {energy}")
+    total = eigenvalues.clamp(min=0).sum()
+    if total <= 0:
+        raise ValueError("the features are all zero: their spectrum holds no energy")
+    cumulative = eigenvalues.clamp(min=0).cumsum(0) / total
+    # a hair of slack so energy=1 does not fall past the last non-zero eigenvalue by rounding
+    return int((cumulative < energy - 1e-12).sum().item()) + 1
+
+
+def top_basis(feats: torch.Tensor, energy: float = 0.9, k: int | None = None) -> Basis:
+    """Top eigenvectors of FᵀF (the top left singular vectors of F in METHOD.md's layout)."""
+    _check(feats, "features")
+    f = feats.detach().double()
+    eigenvalues, vectors = torch.linalg.eigh(f.T @ f)  # ascending
+    eigenvalues, vectors = eigenvalues.flip(0), vectors.flip(1)
+    if k is None:
+        k = k_for_energy(eigenvalues, energy)
+    elif not 1 <= k <= feats.shape[1]:
+        raise ValueError(f"k must lie in 1..{feats.shape[1]} (the feature dimension), got {k}")
+    elif eigenvalues[0] <= 0:
+        raise ValueError("the features are all zero: they span no subspace")
+    return Basis(vectors[:, :k], eigenvalues, k)
+
+
+def dimensional_alignment(forget: torch.Tensor, retain: torch.Tensor, energy: float = 0.9,
+                          k: int | None = None, center: bool = False,
+                          basis: Basis | None = None) -> Alignment:
+    """DA(D_f | D_r) = ‖F_f F_fᵀ U_r U_rᵀ‖_F / ‖F_f F_fᵀ‖_F, in [0, 1].
+
+    forget: (N_f, C), differentiable. retain: (N_r, C); its basis U_r (top-k eigenvectors of
+    the retain Gram matrix, k from `energy` unless given) is detached. `center` subtracts the
+    retain mean from both sets. A precomputed `basis` (e.g. from a feature bank) skips the
+    retain eigendecomposition. Since U_r has orthonormal columns, ‖G U_r U_rᵀ‖ = ‖G U_r‖.
+    """
+    _check(forget, "forget features")
+    _check(retain, "retain features")
+    if center:
+        mean = retain.detach().mean(0, keepdim=True)
+        forget, retain = forget - mean, retain - mean
+    if basis is None:
+        basis = top_basis(retain, energy, k)
+    dtype = torch.promote_types(forget.dtype, torch.float32)
+    f = forget.to(dtype)
+    gram = f.T @ f  # (C, C) = F_f F_fᵀ
+    denominator = torch.linalg.matrix_norm(gram)
+    if denominator.detach() <= torch.finfo(dtype).tiny:
+        raise ValueError("the forget features are all zero: DA is undefined")
+    numerator = torch.linalg.matrix_norm(gram @ basis.vectors.to(dtype))
+    return Alignment((numerator / denominator).clamp(max=1.0), basis.k)
+
+
+def principal_angles(a: torch.Tensor, b: torch.Tensor, k_a: int, k_b: int) -> torch.Tensor:
+    """Angles in degrees, ascending, between the top-k_a subspace of a (N_a, C) and the top-k_b
+    subspace of b (N_b, C). min(k_a, k_b) angles; small angles are taken from sines, as
+    scipy.linalg.subspace_angles does, since arccos loses them near cos = 1."""
+    ua = top_basis(a, k=k_a).vectors
+    ub = top_basis(b, k=k_b).vectors
+    return angles_between(ua, ub)
+
+
+def angles_between(ua: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
+    """Principal angles (degrees, ascending) between the spans of orthonormal columns."""
+    if ua.shape[1] < ub.shape[1]:
+        ua, ub = ub, ua
+    cross = ua.T @ ub  # (k_a, k_b)
+    cosines = torch.linalg.svdvals(cross).clamp(0, 1)  # descending -> angles ascending
+    sines = torch.linalg.svdvals(ub - ua @ cross).clamp(0, 1).flip(0)  # ascending
+    small = cosines**2 >= 0.5
+    radians = torch.where(small, torch.arcsin(sines), torch.arccos(cosines))
+    return torch.sort(torch.rad2deg(radians)).values
+
+
+def eigenspectrum(feats: torch.Tensor, center: bool = False) -> Spectrum:
+    """Eigenvalues of FᵀF / N (or of the covariance if `center`), normalised to sum 1."""
+    _check(feats, "features")
+    f = feats.detach().double()
+    if center:
+        f = f - f.mean(0, keepdim=True)
+    eigenvalues = torch.linalg.eigvalsh(f.T @ f / f.shape[0]).flip(0).clamp(min=0)
+    total = eigenvalues.sum()
+    if total <= 0:
+        raise ValueError("the features are constant: their spectrum holds no energy")
+    values = eigenvalues / total
+    return Spectrum(values, values.cumsum(0).clamp(max=1.0))
+
+
+def effective_rank(values: torch.Tensor) -> float:
+    """exp of the entropy of a normalised spectrum (zeros contribute nothing)."""
+    p = values[values > 0].double()
+    p = p / p.sum()
+    return math.exp(-(p * p.log()).sum().item())
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA between two feature sets of the same N samples, (N, C1) and (N, C2)."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"CKA needs the same samples in both sets, got {x.shape[0]} and "
+                         f"{y.shape[0]} rows")
+    _check(x, "x")
+    _check(y, "y")
+    x = x.double() - x.double().mean(0, keepdim=True)
+    y = y.double() - y.double().mean(0, keepdim=True)
+    cross = torch.linalg.matrix_norm(y.T @ x) ** 2
+    norms = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
+    if norms <= 0:
+        raise ValueError("CKA is undefined for constant features")
+    return (cross / norms).item()

@@ -1,0 +1,153 @@
+"""Geometry against references (NumPy, SciPy) and invariances, on seeded tiny matrices."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from dimalign.geometry import (
+    dimensional_alignment,
+    effective_rank,
+    eigenspectrum,
+    k_for_energy,
+    linear_cka,
+    principal_angles,
+    top_basis,
+)
+
+
+def rand(n, c, seed):
+    return torch.randn(n, c, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def numpy_da(forget: np.ndarray, retain: np.ndarray, k: int) -> float:
+    """METHOD.md's formula with columns as samples, straight from NumPy."""
+    ff, fr = forget.T, retain.T  # (C, N)
+    w, v = np.linalg.eigh(fr @ fr.T)
+    u = v[:, np.argsort(w)[::-1][:k]]
+    g = ff @ ff.T
+    return np.linalg.norm(g @ u @ u.T, "fro") / np.linalg.norm(g, "fro")
+
+
+@pytest.mark.parametrize("n_f, n_r, c, k", [(30, 80, 16, 5), (5, 12, 32, 3), (200, 50, 8, 7)])
+def test_da_matches_a_direct_numpy_evaluation(n_f, n_r, c, k):
+    forget, retain = rand(n_f, c, 1), rand(n_r, c, 2)
+    got = dimensional_alignment(forget, retain, k=k)
+    assert got.k == k
+    assert got.value.item() == pytest.approx(numpy_da(forget.numpy(), retain.numpy(), k), abs=1e-10)
+
+
+def test_da_chooses_k_from_energy_and_reports_it():
+    retain = rand(100, 10, 3) * torch.tensor([10, 8, 6, 1, 1, 1, 1, 1, 1, 1.0])
+    eig = np.sort(np.linalg.eigvalsh(retain.numpy().T @ retain.numpy()))[::-1]
+    expected = int(np.searchsorted(np.cumsum(eig) / eig.sum(), 0.9) + 1)
+    assert dimensional_alignment(rand(20, 10, 4), retain, energy=0.9).k == expected
+    assert k_for_energy(torch.tensor([3.0, 1.0, 0.0]), 0.75) == 1
+    assert k_for_energy(torch.tensor([3.0, 1.0, 0.0]), 1.0) == 2
+
+
+def test_da_is_invariant_to_rotation_and_to_scaling_either_set():
+    forget, retain = rand(40, 12, 5), rand(90, 12, 6)
+    q, _ = torch.linalg.qr(rand(12, 12, 7))
+    base = dimensional_alignment(forget, retain, k=4).value
+    assert dimensional_alignment(forget @ q, retain @ q, k=4).value == pytest.approx(base.item())
+    assert dimensional_alignment(7.5 * forget, retain, k=4).value == pytest.approx(base.item())
+    assert dimensional_alignment(forget, 0.01 * retain, k=4).value == pytest.approx(base.item())
+
+
+def test_da_is_one_inside_the_retain_span_and_zero_orthogonal_to_it():
+    c = 10
+    basis = torch.linalg.qr(rand(c, c, 8))[0]
+    inside, outside = basis[:, :3], basis[:, 3:]
+    retain = rand(200, 3, 9) @ inside.T * torch.tensor(1.0)  # spans exactly `inside`
+    forget_in = rand(25, 3, 10) @ inside.T
+    forget_out = rand(25, 7, 11) @ outside.T
+    assert dimensional_alignment(forget_in, retain, k=3).value.item() == pytest.approx(1.0)
+    assert dimensional_alignment(forget_out, retain, k=3).value.item() == pytest.approx(0, abs=1e-9)
+
+
+def test_da_gradient_flows_to_forget_only_and_is_finite():
+    forget = rand(16, 8, 12).float().requires_grad_()
+    retain = rand(64, 8, 13).float().requires_grad_()
+    value = dimensional_alignment(forget, retain, energy=0.8).value
+    (-value**2).backward()
+    assert forget.grad is not None and torch.isfinite(forget.grad).all()
+    assert forget.grad.abs().sum() > 0
+    assert retain.grad is None  # the retain basis is detached
+
+
+def test_da_centering_subtracts_the_retain_mean():
+    forget, retain = rand(30, 6, 14) + 5, rand(60, 6, 15) + 5
+    centred = dimensional_alignment(forget, retain, k=2, center=True).value.item()
+    mean = retain.mean(0)
+    expected = numpy_da((forget - mean).numpy(), (retain - mean).numpy(), 2)
+    assert centred == pytest.approx(expected)
+
+
+def test_degenerate_inputs_give_finite_answers_or_clear_errors():
+    few = rand(3, 64, 16)  # N < C, rank 3
+    value = dimensional_alignment(rand(2, 64, 17), few, energy=0.99)
+    assert torch.isfinite(value.value) and value.k <= 3
+    rank_deficient = rand(50, 2, 18) @ rand(2, 10, 19)
+    assert torch.isfinite(dimensional_alignment(rand(5, 10, 20), rank_deficient).value)
+    zeros = torch.zeros(10, 8)
+    with pytest.raises(ValueError, match="all zero"):
+        dimensional_alignment(rand(5, 8, 21), zeros)
+    with pytest.raises(ValueError, match="all zero"):
+        dimensional_alignment(zeros, rand(5, 8, 21))
+    with pytest.raises(ValueError, match="NaN"):
+        dimensional_alignment(torch.full((3, 8), float("nan")), rand(5, 8, 21))
+    with pytest.raises(ValueError, match=r"1\.\.8"):
+        dimensional_alignment(rand(5, 8, 21), rand(5, 8, 22), k=9)
+    with pytest.raises(ValueError, match="energy"):
+        dimensional_alignment(rand(5, 8, 21), rand(5, 8, 22), energy=0)
+    with pytest.raises(ValueError, match="non-empty"):
+        dimensional_alignment(torch.zeros(0, 8), rand(5, 8, 22))
+
+
+@pytest.mark.parametrize("k_a, k_b", [(3, 3), (2, 6), (6, 2), (8, 8)])
+def test_principal_angles_match_scipy(k_a, k_b):
+    a, b = rand(60, 12, 23), rand(40, 12, 24)
+    ua, ub = top_basis(a, k=k_a).vectors.numpy(), top_basis(b, k=k_b).vectors.numpy()
+    expected = np.sort(np.degrees(scipy.linalg.subspace_angles(ua, ub)))
+    got = principal_angles(a, b, k_a, k_b)
+    assert got.shape == (min(k_a, k_b),)
+    assert np.allclose(got.numpy(), expected, atol=1e-8)
+    assert torch.all(got[1:] >= got[:-1])
+
+
+def test_principal_angles_of_a_subspace_with_itself_are_zero_and_of_complements_ninety():
+    a = rand(60, 12, 25)
+    assert principal_angles(a, a, 4, 4).abs().max() < 1e-6
+    basis = torch.linalg.qr(rand(6, 6, 26))[0]
+    left, right = rand(30, 3, 27) @ basis[:, :3].T, rand(30, 3, 28) @ basis[:, 3:].T
+    assert torch.allclose(principal_angles(left, right, 3, 3), torch.full((3,), 90.0,
+                                                                          dtype=torch.float64))
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_eigenspectrum_matches_numpy_eigvalsh(center):
+    f = rand(50, 9, 29) * torch.arange(1, 10) + 3
+    x = f.numpy() - (f.numpy().mean(0) if center else 0)
+    expected = np.sort(np.linalg.eigvalsh(x.T @ x / len(x)))[::-1]
+    spec = eigenspectrum(f, center=center)
+    assert np.allclose(spec.values.numpy(), expected / expected.sum())
+    assert spec.cumulative[-1].item() == pytest.approx(1.0)
+    assert torch.all(spec.cumulative[1:] >= spec.cumulative[:-1])
+
+
+def test_effective_rank_counts_equal_directions():
+    assert effective_rank(torch.tensor([0.25, 0.25, 0.25, 0.25, 0.0])) == pytest.approx(4.0)
+    assert effective_rank(torch.tensor([1.0, 0.0])) == pytest.approx(1.0)
+    iso = rand(5000, 6, 30)
+    assert eigenspectrum(iso).effective_rank == pytest.approx(6.0, rel=0.02)
+
+
+def test_linear_cka_is_one_for_same_features_up_to_rotation_and_scale():
+    x = rand(100, 8, 31)
+    q = torch.linalg.qr(rand(8, 8, 32))[0]
+    assert linear_cka(x, x) == pytest.approx(1.0)
+    assert linear_cka(x, 3 * x @ q) == pytest.approx(1.0)
+    assert linear_cka(x, rand(100, 8, 33)) < 0.2
+    with pytest.raises(ValueError, match="same samples"):
+        linear_cka(x, x[:50])

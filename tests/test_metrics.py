@@ -1,0 +1,126 @@
+"""Metrics near their extremes on synthetic features, and on the trained default preset."""
+
+import json
+
+import pytest
+import torch
+
+from dimalign.artifacts import SPLITS, geometry_bundle, load_bundle, save_bundle
+from dimalign.config import EvalConfig
+from dimalign.data import Experiment
+from dimalign.datasets import DATASETS
+from dimalign.metrics import (
+    Outputs,
+    avg_gap,
+    evaluate,
+    linear_probe,
+    mia_efficacy,
+    model_metrics,
+    nmi,
+)
+
+GEN = torch.Generator().manual_seed(0)
+
+
+def synthetic(separable: bool, n_train=600, n_test=400, c=32, forget_class=3):
+    """Labels cycle through 10 classes; features are class means plus noise, or noise only."""
+    y_tr, y_te = torch.arange(n_train) % 10, torch.arange(n_test) % 10
+    means = torch.randn(10, c, generator=GEN) * (6.0 if separable else 0.0)
+
+    def feats(y):
+        return means[y] + torch.randn(len(y), c, generator=GEN)
+
+    def logits(y):  # confident and right when separable
+        return torch.nn.functional.one_hot(y, 10).float() * (8.0 if separable else 0.0)
+
+    x_tr = torch.zeros(n_train, 1, 8, 8, dtype=torch.uint8)
+    x_te = torch.zeros(n_test, 1, 8, 8, dtype=torch.uint8)
+    exp = Experiment(DATASETS["digits"], x_tr, y_tr, y_tr == forget_class, x_te, y_te,
+                     y_te == forget_class, y_tr)
+    out = Outputs(logits(y_tr), feats(y_tr).relu(), logits(y_te), feats(y_te).relu())
+    return out, exp
+
+
+def test_linear_probe_and_nmi_are_near_one_on_separable_and_near_chance_on_noise():
+    out, exp = synthetic(separable=True)
+    lp = linear_probe(out, exp, seed=0)
+    assert lp["lp_forget"] > 0.95 and lp["lp_test"] > 0.95 and lp["f1_forget"] > 0.95
+    assert nmi(out, exp, 5000, seed=0)[0] > 0.9
+    out, exp = synthetic(separable=False)
+    lp = linear_probe(out, exp, seed=0)
+    assert lp["lp_test"] < 0.3 and lp["f1_forget"] < 0.35
+    assert nmi(out, exp, 5000, seed=0)[0] < 0.1
+
+
+def _logits_with_entropy(n, confident: bool):
+    scale = 10.0 if confident else 0.0
+    return torch.nn.functional.one_hot(torch.arange(n) % 10, 10).float() * scale + \
+        0.1 * torch.randn(n, 10, generator=GEN)
+
+
+def test_mia_efficacy_reads_unseen_like_forget_sets_as_non_members():
+    retain = _logits_with_entropy(300, confident=True)  # members: confident
+    test = _logits_with_entropy(300, confident=False)  # non-members: uncertain
+    like_test = _logits_with_entropy(100, confident=False)
+    like_retain = _logits_with_entropy(100, confident=True)
+    high, n = mia_efficacy(retain, test, like_test, samples=200, seed=0)
+    low, _ = mia_efficacy(retain, test, like_retain, samples=200, seed=0)
+    assert n == 200
+    assert high > 0.9 and low < 0.1
+
+
+def test_avg_gap_is_the_mean_absolute_difference_over_accuracies_and_mia():
+    a = {"acc_retain": 1.0, "acc_forget": 1.0, "acc_test": 0.9, "mia": 0.1}
+    b = {"acc_retain": 1.0, "acc_forget": 0.0, "acc_test": 0.8, "mia": 0.9}
+    assert avg_gap(a, b) == pytest.approx((0 + 1 + 0.1 + 0.8) / 4)
+    assert avg_gap(a, a) == 0
+
+
+def test_model_metrics_report_every_documented_key_for_a_class_scenario():
+    out, exp = synthetic(separable=True)
+    row = model_metrics(out, exp, EvalConfig(), seed=0)
+    expected = {"acc_retain", "acc_forget", "acc_test", "mia", "da", "da_test", "lp_forget",
+                "lp_test", "nmi", "effective_rank", "acc_test_kept", "acc_test_forgotten",
+                "f1_forget"}
+    assert expected <= set(row)
+    assert all(torch.isfinite(torch.tensor(float(v))) for v in row.values())
+
+
+@pytest.fixture(scope="module")
+def default_evaluation(default_baselines):
+    b = default_baselines
+    models = {"original": b.original, "retrained": b.retrained}
+    return evaluate(models, b.experiment, EvalConfig(), seed=0)
+
+
+def test_retrained_model_aligns_forget_features_with_the_retain_space_more_than_original(
+        default_evaluation):
+    """The paper's observation, on digits-class: DA(retrained) > DA(original)."""
+    metrics, _ = default_evaluation
+    assert metrics["retrained"]["da"] > metrics["original"]["da"]
+    assert metrics["retrained"]["cka_retrained"] == pytest.approx(1.0)
+    assert metrics["original"]["cka_retrained"] < 1.0
+    assert metrics["original"]["avg_gap"] > 0.2  # doing nothing is far from retraining
+    assert metrics["retrained"]["acc_test_forgotten"] < 0.05
+    assert metrics["original"]["mia"] < metrics["retrained"]["mia"]
+
+
+def test_geometry_bundle_round_trips_and_shares_rows_across_models(default_evaluation,
+                                                                   default_baselines, tmp_path):
+    metrics, outputs = default_evaluation
+    ev = EvalConfig(feature_samples=50)
+    bundle = geometry_bundle(outputs, default_baselines.experiment, ev, seed=0)
+    save_bundle(bundle, tmp_path / "geometry.pt")
+    loaded = load_bundle(tmp_path / "geometry.pt")  # weights_only: plain tensors and numbers
+    assert loaded["settings"]["feature_samples"] == 50
+    for name in ("original", "retrained"):
+        g = loaded["models"][name]
+        for split in SPLITS:
+            n = len(loaded["rows"][split])
+            assert g["features"][split].shape[0] == n == len(loaded["labels"][split])
+            assert g["spectra"][split]["plain"].sum().item() == pytest.approx(1.0, abs=1e-5)
+        assert g["da"] == pytest.approx(metrics[name]["da"], abs=1e-6)
+        assert len(g["angles"]) == min(g["k_retain"], g["k_forget"])
+    # every model's features are of the same samples, so their manifolds can be aligned
+    assert len(loaded["rows"]["retain"]) == 50 and len(loaded["rows"]["forget"]) == 50
+    json.dumps(loaded["settings"])  # settings stay plain data
