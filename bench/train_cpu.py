@@ -56,8 +56,7 @@ def main() -> None:
             "retrained": (exp.x_train[keep], exp.y_train[keep])}
     ours, plain = [], []
     for _ in range(args.runs):
-        ours.append(sum(timed(lambda x=x, y=y, r=r: train_classifier(cfg, exp.info, x, y,
-                                                                       device, r))
+        ours.append(sum(train_classifier(cfg, exp.info, x, y, device, r)[1]
                         for r, (x, y) in sets.items()))
         plain.append(sum(timed(lambda x=x, y=y: plain_loop(cfg, exp, x, y))
                          for x, y in sets.values()))

@@ -7,18 +7,15 @@ Progress goes to stderr; with --json, stdout holds exactly one JSON object. Know
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import os
 import sys
 import time
 
-from dimalign import paths
 from dimalign.config import DEFAULT_PRESET, ConfigError, build_config, load_preset, preset_names
 from dimalign.datasets import DatasetUnavailable
-
-METHODS = ("retrain",)  # unlearning methods arrive with the method registry
+from dimalign.methods import ORDER, REGISTRY, get_method
+from dimalign.methods.loop import Cancelled
 
 
 class ProgressBar:
@@ -49,7 +46,8 @@ class ProgressBar:
         filled = int(self.width * p.fraction)
         loss = f" loss {self.loss:.4f}" if self.loss is not None else ""
         bar = "#" * filled + "." * (self.width - filled)
-        line = f"{p.phase:<10} [{bar}] {p.fraction:4.0%} epoch {p.epoch}/{p.epochs}{loss}"
+        where = f"epoch {p.epoch}/{p.epochs}" if p.epochs > 1 else f"step {p.step}/{p.steps}"
+        line = f"{p.phase:<10} [{bar}] {p.fraction:4.0%} {where}{loss}"
         self.stream.write(f"\r{line}" + ("\n" if done else "") if self.tty else line + "\n")
         self.stream.flush()
 
@@ -69,11 +67,14 @@ def print_table(result: dict, stream=sys.stdout) -> None:
     for key in keys:
         stream.write(f"{key:<20}" + "".join(f"{_fmt(models[n].get(key)):>12}" for n in names)
                      + "\n")
-    seconds = "".join(f"{result['seconds'][n]:>12.1f}" for n in names)
+    secs = result["seconds"]
+    seconds = "".join(f"{secs.get(n, secs.get('unlearn', float('nan'))):>12.2f}" for n in names)
     stream.write(f"{'seconds':<20}{seconds}\n")
     cached = [n for n in names if result["cached"].get(n)]
     if cached:
         stream.write(f"(from the cache: {', '.join(cached)}; seconds are training time)\n")
+    if result["cached"].get("result"):
+        stream.write("(this exact run was saved before: its result is shown; --fresh reruns it)\n")
     stream.write(f"artifacts: {result['artifacts']}\n")
 
 
@@ -85,80 +86,76 @@ def cmd_presets(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from dimalign.train import get_baselines
+    from dimalign.runner import run_experiment
 
-    if args.method not in METHODS:
-        raise ConfigError("--method", f"unknown method {args.method!r}; choose one of "
-                          f"{', '.join(METHODS)}")
     cfg = build_config(args.preset, args.set)
-    baselines = get_baselines(cfg, progress=ProgressBar())
-    run_dir = paths.runs_dir() / run_id(cfg, args.method)
-    result = _reusable_result(run_dir, baselines)
-    if result is None:
-        result = _evaluate_run(args, cfg, baselines, run_dir)
+    get_method(args.method)  # an unknown method fails before any training
+    result = run_experiment(cfg, args.method, preset=args.preset, progress=ProgressBar(),
+                            fresh=args.fresh)
     if args.json:
-        json.dump(_finite(result), sys.stdout)
+        json.dump(result, sys.stdout)
         sys.stdout.write("\n")
     else:
         print_table(result)
     return 0
 
 
-def _evaluate_run(args, cfg, baselines, run_dir) -> dict:
-    from dimalign.artifacts import geometry_bundle, save_bundle
-    from dimalign.metrics import evaluate, sample_sizes
-
-    exp = baselines.experiment
-    print("evaluating ...", file=sys.stderr, flush=True)
-    models = {"original": baselines.original, "retrained": baselines.retrained}
-    metrics, outputs = evaluate(models, exp, cfg.eval, cfg.seed)
-    save_bundle(geometry_bundle(outputs, exp, cfg.eval, cfg.seed), run_dir / "geometry.pt")
-    result = _finite({
-        "preset": args.preset,
-        "config": cfg.to_dict(),
-        "device": str(baselines.device),
-        "data": exp.summary(),
-        "models": metrics,
-        "seconds": baselines.seconds,
-        "cached": baselines.cached,
-        "samples": sample_sizes(exp, cfg.eval),
-        "artifacts": str(run_dir),
-        "checkpoints": baselines.checkpoints,
-    })
-    tmp = run_dir / f"result.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, run_dir / "result.json")
-    return result
-
-
-def _reusable_result(run_dir, baselines) -> dict | None:
-    """The saved result of this very run, if its models are the checkpoints it was computed
-    from (evaluation is deterministic, so running it again would only cost time)."""
-    path = run_dir / "result.json"
-    if not (path.exists() and (run_dir / "geometry.pt").exists()):
-        return None
-    saved = json.loads(path.read_text())
-    if saved.get("checkpoints") != baselines.checkpoints:
-        return None
-    saved["cached"] = baselines.cached
-    return saved
+def cmd_methods(args) -> int:
+    if args.json:
+        out = {name: {"title": REGISTRY[name].title, "description": REGISTRY[name].description,
+                      "paper": REGISTRY[name].paper,
+                      "knobs": {k: {"default": kn.default, "type": kn.type.__name__,
+                                    "range": kn.range_text() if kn.type in (int, float) else None,
+                                    "choices": list(kn.choices), "help": kn.help,
+                                    "source": kn.source}
+                                for k, kn in REGISTRY[name].knobs.items()}}
+               for name in ORDER}
+        json.dump(out, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    for name in ORDER:
+        spec = REGISTRY[name]
+        print(f"{name:<13} {spec.title}: {spec.description}")
+        print(f"{'':<13} paper: {spec.paper}")
+        for key, knob in spec.knobs.items():
+            extra = f" one of {', '.join(knob.choices)}" if knob.choices else ""
+            if knob.type in (int, float) and not knob.choices:
+                extra = f" in {knob.range_text()}"
+            print(f"{'':<15}{name}.{key} = {knob.default!r:<8} {knob.help};{extra}"
+                  + (f" [{knob.source}]" if knob.source != "choice" else ""))
+    return 0
 
 
-def run_id(cfg, method: str) -> str:
-    """A run's folder name: a hash, never user text."""
-    blob = json.dumps({"config": cfg.to_dict(), "method": method}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+COMPARE_KEYS = ("acc_retain", "acc_forget", "acc_test", "acc_test_kept", "asr", "mia", "da",
+                "lp_forget", "nmi", "cka_retrained")
 
 
-def _finite(obj):
-    """JSON has no NaN: empty sets report null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
+def cmd_compare(args) -> int:
+    from dimalign.runner import compare
+
+    cfg = build_config(args.preset, args.set)
+    names = list(ORDER) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
+    for name in names:
+        get_method(name)
+    result = compare(cfg, names, preset=args.preset, progress=ProgressBar())
+    if args.json:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    rows = result["methods"]
+    keys = [k for k in COMPARE_KEYS if any(r.get(k) is not None for r in rows.values())]
+    print("each cell: value (gap to retrained); time = fraction of retraining time "
+          f"({result['retrained_seconds']:.1f} s)")
+    print(f"{'method':<13}" + "".join(f"{k:>16}" for k in keys) + f"{'avg_gap':>9}{'time':>8}")
+    for name, row in rows.items():
+        cells = []
+        for k in keys:
+            value, gap = row.get(k), row["gaps"].get(k)
+            cells.append("-" if value is None else f"{value:.3f} ({gap:+.3f})")
+        gap = "-" if row.get("avg_gap") is None else f"{row['avg_gap']:.3f}"
+        print(f"{name:<13}" + "".join(f"{c:>16}" for c in cells)
+              + f"{gap:>9}{row['time_fraction']:>8.2f}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,9 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", default=DEFAULT_PRESET, help=f"default: {DEFAULT_PRESET}")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a setting, e.g. scenario.classes=3,5 or train.epochs=10")
-    run.add_argument("--method", default="retrain", help="unlearning method (default: retrain)")
+    run.add_argument("--method", default="retrain",
+                     help=f"unlearning method: {', '.join(ORDER)} (default: retrain)")
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    run.add_argument("--fresh", action="store_true",
+                     help="recompute even if this exact run was saved before")
     run.set_defaults(func=cmd_run)
+    methods = sub.add_parser("methods", help="list the methods, their papers and knobs")
+    methods.add_argument("--json", action="store_true")
+    methods.set_defaults(func=cmd_methods)
+    cmp = sub.add_parser("compare", help="run several methods on the same baselines, one table")
+    cmp.add_argument("--preset", default=DEFAULT_PRESET)
+    cmp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    cmp.add_argument("--methods", default="all", help="'all' or a comma-separated list")
+    cmp.add_argument("--json", action="store_true")
+    cmp.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -189,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         # features (e.g. all zero)
         print(f"dimalign: {err}", file=sys.stderr)
         return 1
+    except Cancelled as err:
+        print(f"dimalign: {err}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("\ndimalign: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130

@@ -62,6 +62,12 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class UnlearnConfig:
+    telemetry_every: int = 10  # steps between live telemetry points (0 = none)
+    telemetry_samples: int = 128  # per split, the fixed subset telemetry evaluates
+
+
+@dataclass(frozen=True)
 class Config:
     dataset: str = "digits"
     model: str = "auto"  # auto: cnn for 1-channel data, resnet18 (CIFAR stem) for RGB
@@ -70,6 +76,16 @@ class Config:
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    # knob overrides per method, e.g. {"muda": {"lambda_da": 2.0}}; defaults live in the
+    # method registry (dimalign.methods), which also checks these
+    methods: dict = field(default_factory=dict)
+
+    def method_params(self, name: str) -> dict:
+        """Every knob of a method: its defaults with this config's overrides."""
+        from dimalign.methods import get_method
+
+        return get_method(name).resolve(self.methods.get(name, {}))
 
     @property
     def model_name(self) -> str:
@@ -125,14 +141,38 @@ def config_from_dict(settings: dict) -> Config:
     return cfg
 
 
+def _method_registry() -> dict:
+    from dimalign.methods import REGISTRY
+
+    return REGISTRY
+
+
+def _section_hints(cls) -> dict:
+    hints = typing.get_type_hints(cls)
+    hints.pop("methods", None)  # method sections are checked against the registry instead
+    return hints
+
+
 def _set_path(settings: dict, key: str, raw: str) -> None:
     # Walk the dataclass tree so unknown keys fail here, naming the allowed ones.
     cls, node, parts = Config, settings, key.split(".")
+    registry = _method_registry()
+    if parts[0] in registry:
+        spec = registry[parts[0]]
+        if len(parts) != 2 or parts[1] not in spec.knobs:
+            raise ConfigError(key, "unknown knob; allowed knobs are "
+                              + ", ".join(f"{spec.name}.{k}" for k in spec.knobs))
+        knob = spec.knobs[parts[1]]
+        settings.setdefault(parts[0], {})[parts[1]] = knob.check(
+            key, _parse_value(key, knob.type, raw))
+        return
     for i, part in enumerate(parts):
-        hints = typing.get_type_hints(cls)
+        hints = _section_hints(cls)
         if part not in hints:
             prefix = ".".join(parts[:i])
             allowed = ", ".join(_qualified(prefix, n) for n in hints)
+            if not prefix:
+                allowed += ", or a method's knob such as muda.lambda_da"
             raise ConfigError(key, f"unknown key; allowed keys are {allowed}")
         if i == len(parts) - 1:
             if dataclasses.is_dataclass(hints[part]):
@@ -151,7 +191,18 @@ def _qualified(prefix: str, name: str) -> str:
 def _build(cls, data: dict, prefix: str):
     if not isinstance(data, dict):
         raise ConfigError(prefix or "config", "expected a table of settings")
-    hints = typing.get_type_hints(cls)
+    hints = _section_hints(cls)
+    methods = {}
+    if cls is Config:
+        registry = _method_registry()
+        data = dict(data)
+        for name in [k for k in data if k in registry]:
+            section = data.pop(name)
+            if not isinstance(section, dict):
+                raise ConfigError(name, "expected a table of the method's knobs")
+            registry[name].resolve(section)  # raises on an unknown knob or a bad value
+            methods[name] = {k: registry[name].knobs[k].check(f"{name}.{k}", v)
+                             for k, v in section.items()}
     unknown = sorted(set(data) - set(hints))
     if unknown:
         allowed = ", ".join(_qualified(prefix, n) for n in hints)
@@ -164,6 +215,8 @@ def _build(cls, data: dict, prefix: str):
             kwargs[name] = _build(hint, value, key)
         else:
             kwargs[name] = _coerce(key, hint, value)
+    if cls is Config:
+        kwargs["methods"] = methods
     return cls(**kwargs)
 
 
@@ -255,6 +308,10 @@ def validate(cfg: Config) -> None:
     if not 0 <= ev.k <= dim:
         raise ConfigError("eval.k", f"must lie in 0..{dim} (the feature dimension of "
                           f"{cfg.model_name}; 0 = choose k from eval.energy), got {ev.k}")
+    if cfg.unlearn.telemetry_every < 0:
+        raise ConfigError("unlearn.telemetry_every", "must be non-negative (0 = no telemetry)")
+    if cfg.unlearn.telemetry_samples < 2:
+        raise ConfigError("unlearn.telemetry_samples", "must be at least 2")
     for name in ("mia_samples", "nmi_samples", "cka_samples", "feature_samples"):
         if getattr(ev, name) < 10:
             raise ConfigError(f"eval.{name}", f"must be at least 10, got {getattr(ev, name)}")

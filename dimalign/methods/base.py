@@ -1,0 +1,136 @@
+"""What a method is: a registry entry with typed knobs, and the hooks the shared loop calls.
+
+A method supplies only what is its own: its knobs, the phases of an epoch, and the loss of one
+step (as named terms, already weighted). Everything else — optimiser, epochs, device, batches,
+telemetry, cancellation, NaN detection — belongs to the loop in `loop.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dimalign.config import ConfigError
+
+
+@dataclass(frozen=True)
+class Knob:
+    type: type  # int, float, bool or str
+    default: Any
+    help: str
+    low: float | None = None  # inclusive bounds for numbers
+    high: float | None = None
+    low_open: bool = False  # True: the lower bound itself is not allowed
+    choices: tuple[str, ...] = ()
+    source: str = "choice"  # "paper: <where>" or "choice: <why>"
+
+    def check(self, key: str, value: Any) -> Any:
+        """Coerce and range-check a value; ConfigError names the key and what is allowed."""
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
+            raise ConfigError(key, f"expected {self.type.__name__}, got {value!r}")
+        if self.choices and value not in self.choices:
+            raise ConfigError(key, f"{value!r} is not allowed; choose one of "
+                              f"{', '.join(self.choices)}")
+        if self.type in (int, float):
+            too_low = self.low is not None and (value <= self.low if self.low_open
+                                                else value < self.low)
+            too_high = self.high is not None and value > self.high
+            if too_low or too_high:
+                raise ConfigError(key, f"must lie in {self.range_text()}, got {value}")
+        return value
+
+    def range_text(self) -> str:
+        left = "(" if self.low_open else "["
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        return f"{left}{low}, {high}]"
+
+
+def common_knobs(lr: float, epochs: int, batch_size: int = 64, optimizer: str = "sgd",
+                 retain_fraction: float = 1.0, source: str = "choice") -> dict[str, Knob]:
+    """Knobs every trained method has; defaults differ per method."""
+    return {
+        "lr": Knob(float, lr, "learning rate", 0.0, 10.0, low_open=True, source=source),
+        "epochs": Knob(int, epochs, "passes of the method's schedule", 1, 1000, source=source),
+        "batch_size": Knob(int, batch_size, "samples per batch (each of forget and retain)", 2,
+                           65536),
+        "optimizer": Knob(str, optimizer, "optimiser", choices=("sgd", "adam")),
+        "weight_decay": Knob(float, 5e-4, "L2 weight decay", 0.0, 1.0),
+        "retain_fraction": Knob(float, retain_fraction, "fraction of D_r the method may use "
+                                "(a fixed, seeded subset)", 0.0, 1.0, low_open=True),
+    }
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str  # shown in telemetry, e.g. "forget", "recover", "train", "max", "min"
+    source: str  # "forget", "retain" or "both" (a forget and a retain batch per step)
+    steps: int  # optimiser steps in this phase
+
+
+@dataclass
+class Batch:
+    xf: torch.Tensor | None = None  # normalised forget images on the device
+    yf: torch.Tensor | None = None
+    xr: torch.Tensor | None = None  # normalised retain images
+    yr: torch.Tensor | None = None
+
+
+@dataclass
+class Context:
+    """What a method sees: the model being unlearned, a frozen original, data sizes, knobs."""
+
+    model: torch.nn.Module  # starts as a copy of the original; trained in place
+    teacher: torch.nn.Module  # frozen original (eval mode, no grad)
+    params: dict[str, Any]
+    num_classes: int
+    n_forget: int
+    n_retain: int  # retain samples available to the method (after retain_fraction)
+    device: torch.device
+    generator: torch.Generator  # CPU generator for anything random a method draws
+    state: dict[str, Any] = field(default_factory=dict)  # a method's own state (masks, banks)
+    draw: Callable[[str], Batch] | None = None  # the loop's batches: "forget", "retain", "both"
+    fresh_model: Callable[[], torch.nn.Module] | None = None  # same architecture, new weights
+
+    def steps_for(self, n: int) -> int:
+        return max(1, -(-n // self.params["batch_size"]))
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    title: str
+    description: str
+    paper: str
+    knobs: dict[str, Knob]
+    phases: Callable[[Context, int], list[Phase]]  # (ctx, epoch index) -> phases of the epoch
+    loss: Callable[[Context, Phase, Batch], dict[str, torch.Tensor]] | None
+    setup: Callable[[Context], None] | None = None  # once, before training
+    grad_hook: Callable[[Context], None] | None = None  # after backward, before the step
+    trains: bool = True  # False for retrain, which the baselines already provide
+
+    def defaults(self) -> dict[str, Any]:
+        return {k: knob.default for k, knob in self.knobs.items()}
+
+    def resolve(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Defaults with the overrides applied, each checked."""
+        params = self.defaults()
+        for key, value in overrides.items():
+            if key not in self.knobs:
+                raise ConfigError(f"{self.name}.{key}", "unknown knob; allowed knobs are "
+                                  + ", ".join(f"{self.name}.{k}" for k in self.knobs))
+            params[key] = self.knobs[key].check(f"{self.name}.{key}", value)
+        return params
+
+
+REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    REGISTRY[spec.name] = spec
+    return spec

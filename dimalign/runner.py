@@ -1,0 +1,171 @@
+"""One experiment end to end: baselines, an unlearning method, every metric, saved artifacts.
+
+The CLI calls this now; the job worker calls the same functions. A run's folder is written
+whole or not at all: files go to a temporary folder that is renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from dimalign import paths
+from dimalign.config import Config
+from dimalign.methods import ORDER, get_method
+from dimalign.methods.loop import TelemetryFn, UnlearnResult, unlearn
+from dimalign.train import Baselines, ProgressFn, get_baselines
+
+GEOMETRY, RESULT, TELEMETRY, CHECKPOINT = "geometry.pt", "result.json", "telemetry.json", \
+    "unlearned.pt"
+
+
+def run_id(cfg: Config, method: str) -> str:
+    """A run's folder name: a hash of what defines it, never user text."""
+    blob = json.dumps({"config": cfg.to_dict(), "method": method}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def finite(obj):
+    """JSON has no NaN: metrics of empty sets become null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def reusable_result(run_dir: Path, baselines: Baselines) -> dict | None:
+    """The saved result of this very run, if it was computed from the same baseline
+    checkpoints (evaluation and CPU unlearning are deterministic: rerunning only costs time)."""
+    path = run_dir / RESULT
+    if not (path.exists() and (run_dir / GEOMETRY).exists()):
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("checkpoints") != baselines.checkpoints:
+        return None
+    saved["cached"] = {**baselines.cached, "result": True}
+    return saved
+
+
+def run_experiment(cfg: Config, method: str = "retrain", *, preset: str = "",
+                   progress: ProgressFn | None = None, telemetry: TelemetryFn | None = None,
+                   cancel: Callable[[], bool] | None = None, fresh: bool = False,
+                   say: Callable[[str], None] = _say) -> dict:
+    """Baselines (cached), the method (unless retrain), every metric, and the run's folder."""
+    spec = get_method(method)
+    baselines = get_baselines(cfg, progress=progress)
+    run_dir = paths.runs_dir() / run_id(cfg, method)
+    if not fresh and (saved := reusable_result(run_dir, baselines)) is not None:
+        return saved
+    models = {"original": baselines.original, "retrained": baselines.retrained}
+    seconds = dict(baselines.seconds)
+    points: list[dict] = []
+    outcome: UnlearnResult | None = None
+    if spec.trains:
+        say(f"unlearning with {spec.title} ...")
+
+        def collect(point: dict) -> None:
+            points.append(point)
+            if telemetry is not None:
+                telemetry(point)
+
+        outcome = unlearn(cfg, spec, baselines.experiment, baselines.original, baselines.device,
+                          progress=progress, telemetry=collect, cancel=cancel)
+        models["unlearned"] = outcome.model
+        seconds["unlearn"] = outcome.seconds
+    say("evaluating ...")
+    return evaluate_and_save(cfg, preset, method, baselines, models, seconds, run_dir, outcome,
+                             points)
+
+
+def evaluate_and_save(cfg: Config, preset: str, method: str, baselines: Baselines,
+                      models: dict, seconds: dict, run_dir: Path,
+                      outcome: UnlearnResult | None, points: list[dict]) -> dict:
+    from dimalign.artifacts import geometry_bundle, save_bundle
+    from dimalign.metrics import evaluate, sample_sizes
+
+    exp = baselines.experiment
+    metrics, outputs = evaluate(models, exp, cfg.eval, cfg.seed)
+    result = finite({
+        "preset": preset,
+        "config": cfg.to_dict(),
+        "method": method,
+        "params": cfg.method_params(method),
+        "device": str(baselines.device),
+        "data": exp.summary(),
+        "models": metrics,
+        "seconds": seconds,
+        "cached": baselines.cached,
+        "samples": sample_sizes(exp, cfg.eval),
+        "artifacts": str(run_dir),
+        "checkpoints": baselines.checkpoints,
+    })
+    if outcome is not None:
+        result["telemetry_seconds"] = outcome.telemetry_seconds
+        result["steps"] = outcome.steps
+    # write everything into a scratch folder, then move it into place in one rename
+    scratch = run_dir.with_name(f"{run_dir.name}.{os.getpid()}.tmp")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    save_bundle(geometry_bundle(outputs, exp, cfg.eval, cfg.seed), scratch / GEOMETRY)
+    (scratch / TELEMETRY).write_text(json.dumps(finite(points)))
+    if outcome is not None:
+        torch.save({k: v.detach().cpu() for k, v in outcome.model.state_dict().items()},
+                   scratch / CHECKPOINT)
+    (scratch / RESULT).write_text(json.dumps(result, indent=1))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.replace(scratch, run_dir)
+    return result
+
+
+def compare(cfg: Config, methods: list[str], *, preset: str = "",
+            progress: ProgressFn | None = None, say: Callable[[str], None] = _say) -> dict:
+    """Every method from the same cached baselines, evaluated together: per method every
+    metric, its gap to retrained, and its time as a fraction of retraining."""
+    baselines = get_baselines(cfg, progress=progress)
+    models = {"original": baselines.original, "retrained": baselines.retrained}
+    seconds = {"original": baselines.seconds["original"],
+               "retrained": baselines.seconds["retrained"]}
+    for name in methods:
+        spec = get_method(name)
+        if not spec.trains:
+            continue
+        say(f"unlearning with {spec.title} ...")
+        outcome = unlearn(cfg, spec, baselines.experiment, baselines.original, baselines.device,
+                          progress=progress)
+        models[name], seconds[name] = outcome.model, outcome.seconds
+    say("evaluating ...")
+    from dimalign.metrics import evaluate
+
+    metrics, _ = evaluate(models, baselines.experiment, cfg.eval, cfg.seed)
+    retrained = metrics["retrained"]
+    rows = {}
+    for name in ["original", *methods]:
+        key = "retrained" if name == "retrain" else name
+        row = dict(metrics[key])
+        row["seconds"] = seconds[key]
+        row["time_fraction"] = seconds[key] / seconds["retrained"]
+        row["gaps"] = {k: row[k] - retrained[k] for k in retrained
+                       if isinstance(retrained[k], float) and k in row}
+        rows[name] = row
+    return finite({"preset": preset, "config": cfg.to_dict(), "device": str(baselines.device),
+                   "methods": rows, "params": {m: cfg.method_params(m) for m in methods},
+                   "retrained_seconds": seconds["retrained"]})
+
+
+def all_methods() -> list[str]:
+    return list(ORDER)
