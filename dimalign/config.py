@@ -64,7 +64,7 @@ class EvalConfig:
 @dataclass(frozen=True)
 class UnlearnConfig:
     telemetry_every: int = 10  # steps between live telemetry points (0 = none)
-    telemetry_samples: int = 128  # per split, the fixed subset telemetry evaluates
+    telemetry_samples: int = 64  # per split, the fixed subset telemetry evaluates
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ def test_second_run_comes_from_the_cache_with_the_same_numbers(json_runs):
     first, second = json_runs
     a, b = json.loads(first.stdout), json.loads(second.stdout)
     assert a["cached"] == {"original": False, "retrained": False}
-    assert b["cached"] == {"original": True, "retrained": True}
+    assert b["cached"] == {"original": True, "retrained": True, "result": True}
     assert a["models"] == b["models"] and a["seconds"] == b["seconds"]
     assert "evaluating" in first.stderr and "evaluating" not in second.stderr  # reused
 
@@ -83,3 +83,67 @@ def test_bad_input_exits_2_with_one_clear_line_and_nothing_on_stdout(args, words
     assert proc.returncode == 2
     assert words in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+@pytest.fixture(scope="module")
+def muda_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("cli-muda")
+    return home, dimalign("run", "--set", "train.epochs=2", "--method", "muda", "--json",
+                          home=home)
+
+
+def test_run_with_a_method_adds_the_unlearned_model_and_its_time(muda_run):
+    home, proc = muda_run
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert set(result["models"]) == {"original", "retrained", "unlearned"}
+    assert set(PER_MODEL) | {"avg_gap"} <= set(result["models"]["unlearned"])
+    assert result["seconds"]["unlearn"] > 0
+    assert result["method"] == "muda" and result["params"]["lambda_da"] == 5.0
+    run_dir = Path(result["artifacts"])
+    assert {"result.json", "geometry.pt", "telemetry.json", "unlearned.pt"} <= {
+        p.name for p in run_dir.iterdir()}
+    points = json.loads((run_dir / "telemetry.json").read_text())
+    assert len(points) >= 2 and any("loss_da" in p for p in points) and "da" in points[-1]
+
+
+def test_a_diverging_run_fails_naming_the_term_and_leaves_no_result(muda_run):
+    """An injected NaN in the cached original: the run stops, nothing half-written stays."""
+    import torch
+
+    home, _ = muda_run
+    (original,) = (home / "models").glob("original-*.pt")
+    state = torch.load(original, weights_only=True)
+    state["head.bias"][0] = float("nan")
+    torch.save(state, original)
+    runs_before = set((home / "runs").iterdir())
+    proc = dimalign("run", "--set", "train.epochs=2", "--set", "muda.lr=0.02", "--method",
+                    "muda", home=home)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "loss term 'sd' became nan at step 1" in proc.stderr
+    assert set((home / "runs").iterdir()) == runs_before
+
+
+def test_methods_lists_the_registry_with_defaults():
+    proc = dimalign("methods", "--json")
+    assert proc.returncode == 0
+    listed = json.loads(proc.stdout)
+    assert len(listed) == 10 and listed["muda"]["knobs"]["lambda_da"]["default"] == 5.0
+    assert "Seo" in listed["muda"]["paper"]
+    text = dimalign("methods").stdout
+    assert "muda.lambda_sd" in text and "salun.mask_ratio" in text
+
+
+def test_compare_reports_every_method_with_gaps_and_time_fractions(tiny_baselines):
+    proc = dimalign("compare", "--set", "train.epochs=2", "--methods", "retrain,ga,muda",
+                    "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["methods"]
+    assert list(rows) == ["original", "retrain", "ga", "muda"]
+    assert rows["retrain"]["time_fraction"] == 1.0
+    assert rows["retrain"]["gaps"]["acc_forget"] == 0.0
+    assert rows["muda"]["gaps"]["acc_forget"] == pytest.approx(
+        rows["muda"]["acc_forget"] - rows["retrain"]["acc_forget"])
+    assert rows["muda"]["time_fraction"] > 0
+    table = dimalign("compare", "--set", "train.epochs=2", "--methods", "ft,muda").stdout
+    assert "gap to retrained" in table and table.count("\n") >= 5

@@ -40,6 +40,7 @@ class UnlearnResult:
     steps: int
     params: dict
     telemetry: list[dict] = field(default_factory=list)
+    state: dict = field(default_factory=dict)  # the method's own state (e.g. SalUn's mask)
 
 
 class Stream:
@@ -73,20 +74,27 @@ class Probe:
             rows = rows[torch.randperm(len(rows), generator=gen)[:size]]
             return normalise(x[rows].to(device), exp.info), y[rows].to(device)
 
-        self.sets = {"retain": pick(exp.x_train, exp.y_train, retain_rows),
-                     "forget": pick(exp.x_train, exp.y_train, exp.forget_idx),
-                     "test": pick(exp.x_test, exp.y_test, torch.arange(len(exp.y_test)))}
+        sets = {"retain": pick(exp.x_train, exp.y_train, retain_rows),
+                "forget": pick(exp.x_train, exp.y_train, exp.forget_idx),
+                "test": pick(exp.x_test, exp.y_test, torch.arange(len(exp.y_test)))}
+        # one batch for all three: in eval mode BatchNorm treats samples independently
+        self.x = torch.cat([x for x, _ in sets.values()])
+        self.y = torch.cat([y for _, y in sets.values()])
+        self.sizes = {name: len(y) for name, (_, y) in sets.items()}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def measure(self, model: Classifier, energy: float) -> dict[str, float]:
         was_training = model.training
         model.eval()
-        out, feats = {}, {}
-        for name, (x, y) in self.sets.items():
-            f = model.features(x).float()
-            feats[name] = f
-            out[f"acc_{name}"] = (model.head(f).argmax(1) == y).float().mean().item()
+        feats_all = model.features(self.x).float()
+        hits_all = model.head(feats_all).argmax(1) == self.y
         model.train(was_training)
+        out, feats = {}, {}
+        for (name, f), hits in zip(zip(self.sizes, feats_all.split(list(self.sizes.values())),
+                                       strict=True),
+                                   hits_all.split(list(self.sizes.values())), strict=True):
+            feats[name] = f
+            out[f"acc_{name}"] = hits.float().mean().item()
         try:
             basis_r = top_basis(feats["retain"], energy)
             da = dimensional_alignment(feats["forget"], feats["retain"], basis=basis_r)
@@ -208,5 +216,5 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
     if cuda:
         torch.cuda.synchronize()
     return UnlearnResult(model, time.perf_counter() - start, telemetry_seconds, step, params,
-                         records)
+                         records, ctx.state)
 

@@ -1,0 +1,65 @@
+"""Wall time of every unlearning method as a fraction of retraining time on the same preset,
+and the cost of live telemetry (the same run with and without it), medians of several runs in
+one process.
+
+    .venv/bin/python bench/unlearn_cost.py [--preset digits-class] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import header, median  # noqa: E402
+
+from dimalign.config import build_config  # noqa: E402
+from dimalign.methods import ORDER, REGISTRY  # noqa: E402
+from dimalign.methods.loop import unlearn  # noqa: E402
+from dimalign.train import get_baselines, train_classifier  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--preset", default="digits-class")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--retrain-runs", type=int, default=3)
+    args = parser.parse_args()
+    cfg = build_config(args.preset)
+    b = get_baselines(cfg)
+    exp = b.experiment
+    header("unlearning cost", {"preset": args.preset, "device": b.device, "runs": args.runs,
+                               "telemetry_every": cfg.unlearn.telemetry_every,
+                               "telemetry_samples": cfg.unlearn.telemetry_samples})
+    keep = exp.retain_idx
+    retrain = median([train_classifier(cfg, exp.info, exp.x_train[keep], exp.y_train[keep],
+                                       b.device, "retrained")[1]
+                      for _ in range(args.retrain_runs)])
+    print(f"retraining (baseline, same process): median {retrain:.2f} s "
+          f"over {args.retrain_runs} runs")
+    print("overhead = median wall time with telemetry / without - 1; inside = the loop's own "
+          "clock of time spent in telemetry / the rest of that run")
+    print(f"{'method':<14}{'steps':>6}{'median s':>10}{'/ retrain':>10}"
+          f"{'with telemetry s':>18}{'overhead':>10}{'inside':>8}{'points':>8}")
+    for name in ORDER:
+        spec = REGISTRY[name]
+        if not spec.trains:
+            print(f"{name:<14}{'-':>6}{retrain:>10.3f}{1.0:>10.3f}")
+            continue
+        plain, watched, inside, steps, points = [], [], [], 0, 0
+        for _ in range(args.runs):  # interleaved, so drift hits both alike
+            out = unlearn(cfg, spec, exp, b.original, b.device)
+            plain.append(out.seconds)
+            steps = out.steps
+            seen = unlearn(cfg, spec, exp, b.original, b.device, telemetry=lambda p: None)
+            watched.append(seen.seconds)
+            inside.append(seen.telemetry_seconds / (seen.seconds - seen.telemetry_seconds))
+            points = len(seen.telemetry)
+        p, w = median(plain), median(watched)
+        print(f"{name:<14}{steps:>6}{p:>10.3f}{p / retrain:>10.3f}{w:>18.3f}"
+              f"{(w / p - 1):>10.1%}{median(inside):>8.1%}{points:>8}")
+
+
+if __name__ == "__main__":
+    main()
