@@ -16,6 +16,7 @@ from dimalign.config import DEFAULT_PRESET, ConfigError, build_config, load_pres
 from dimalign.datasets import DatasetUnavailable
 from dimalign.methods import ORDER, REGISTRY, get_method
 from dimalign.methods.loop import Cancelled
+from dimalign.store import StoreError
 
 
 class ProgressBar:
@@ -158,6 +159,136 @@ def cmd_compare(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- runs in the store
+
+
+def _store():
+    from dimalign.store import Store
+
+    return Store()
+
+
+def cmd_submit(args) -> int:
+    from dimalign.jobs import ensure_scheduler, submit
+
+    store = _store()
+    run_id = submit(store, preset=args.preset, overrides=args.set, method=args.method,
+                    owner=args.owner, parent_id=args.fork)
+    run = store.get(run_id)
+    if run.depends_on:
+        print(f"waits for baselines job {run.depends_on}", file=sys.stderr)
+    if not args.no_start:
+        ensure_scheduler()
+    print(run_id)
+    return 0
+
+
+def _age(ts) -> str:
+    if not ts:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def cmd_runs(args) -> int:
+    from dimalign.jobs import queue_position
+
+    store = _store()
+    runs = store.runs(owner=args.owner)
+    if args.json:
+        json.dump([{"id": r.id, "parent_id": r.parent_id, "depends_on": r.depends_on,
+                    "owner": r.owner, "kind": r.kind, "preset": r.preset, "method": r.method,
+                    "status": r.status, "pid": r.pid, "device": r.device,
+                    "progress": r.progress, "phase": r.phase, "created": r.created,
+                    "started": r.started, "finished": r.finished, "error": r.error,
+                    "executor": r.executor, "queue_position": queue_position(store, r.id)}
+                   for r in runs], sys.stdout)
+        sys.stdout.write("\n")
+        return 0
+    print(f"{'id':<13}{'owner':<10}{'method':<13}{'preset':<16}{'status':<12}{'pid':>7}"
+          f"{'progress':>10}  created")
+    for r in runs:
+        prog = "-" if r.progress is None else f"{r.progress:.0%}"
+        print(f"{r.id:<13}{r.owner[:9]:<10}{r.method:<13}{r.preset[:15]:<16}{r.status:<12}"
+              f"{r.pid or '-':>7}{prog:>10}  {_age(r.created)}"
+              + (f"  ({r.error})" if r.error and r.status != "done" else ""))
+    return 0
+
+
+def cmd_watch(args) -> int:
+    from dimalign.jobs import queue_position
+    from dimalign.store import check_run_id
+    from dimalign.train import Progress
+
+    store = _store()
+    bar, last_phase, last_progress = ProgressBar(), None, None
+    while True:
+        run = store.get(check_run_id(args.run))
+        if run.status == "queued":
+            pos = queue_position(store, run.id)
+            waiting = f" (waits for {run.depends_on})" if run.depends_on else ""
+            sys.stderr.write(f"\rqueued: position {pos}{waiting}   ")
+        elif run.status == "running" and (run.progress, run.phase) != (last_progress, last_phase):
+            last_phase, last_progress = run.phase, run.progress
+            steps = 1000
+            bar(Progress(run.phase or "running", 1, 1,
+                         max(1, round((run.progress or 0) * steps)), steps, None))
+        if run.status not in ("queued", "running"):
+            sys.stderr.write("\n")
+            print(f"{run.id} {run.status}" + (f": {run.error}" if run.error else ""))
+            return 0 if run.status == "done" else 1
+        time.sleep(args.interval)
+
+
+def cmd_cancel(args) -> int:
+    from dimalign.jobs import cancel
+
+    run = cancel(_store(), args.run)
+    print(f"{run.id} {run.status}" + (" (cancel requested)" if run.cancel_requested else ""))
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from dimalign.jobs import ensure_scheduler, resume
+
+    run = resume(_store(), args.run)
+    ensure_scheduler()
+    print(f"{run.id} {run.status}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from dimalign.export import export_run
+
+    for path in export_run(_store(), args.run, Path(args.dir)):
+        print(path)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from dimalign.sweep import sweep_local, sweep_ray
+
+    store = _store()
+    if args.backend == "ray":
+        ids = sweep_ray(store, args.preset, args.method, args.grid, args.set, args.owner,
+                        args.gpus_per_trial, args.address)
+    else:
+        ids = sweep_local(store, args.preset, args.method, args.grid, args.set, args.owner)
+    for run_id in ids:
+        print(run_id)
+    return 0
+
+
+def cmd_scheduler(args) -> int:
+    from dimalign.jobs import serve_forever
+
+    if serve_forever(idle_exit=args.idle_exit or None):
+        print("dimalign: a scheduler is already running for this DIMALIGN_HOME", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dimalign", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +312,47 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--methods", default="all", help="'all' or a comma-separated list")
     cmp.add_argument("--json", action="store_true")
     cmp.set_defaults(func=cmd_compare)
+
+    sb = sub.add_parser("submit", help="queue a run in the background; prints its id")
+    sb.add_argument("--preset", default=DEFAULT_PRESET)
+    sb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sb.add_argument("--method", default="muda")
+    sb.add_argument("--owner", default="local", help="who the run belongs to (default: local)")
+    sb.add_argument("--fork", metavar="RUN", help="start from this run's weights and config")
+    sb.add_argument("--no-start", action="store_true", help="queue only; start no scheduler")
+    sb.set_defaults(func=cmd_submit)
+    rs = sub.add_parser("runs", help="list runs in the store")
+    rs.add_argument("--owner")
+    rs.add_argument("--json", action="store_true")
+    rs.set_defaults(func=cmd_runs)
+    wt = sub.add_parser("watch", help="follow a run's progress until it ends")
+    wt.add_argument("run")
+    wt.add_argument("--interval", type=float, default=0.5)
+    wt.set_defaults(func=cmd_watch)
+    for name, func, text in (("cancel", cmd_cancel, "cancel a queued or running run"),
+                             ("resume", cmd_resume, "continue an interrupted, failed or "
+                                                    "cancelled run from its last checkpoint")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("run")
+        p.set_defaults(func=func)
+    ex = sub.add_parser("export", help="config, metrics CSV, figures, checkpoint and report")
+    ex.add_argument("run")
+    ex.add_argument("dir")
+    ex.set_defaults(func=cmd_export)
+    sw = sub.add_parser("sweep", help="one run per combination of --grid values")
+    sw.add_argument("--preset", default=DEFAULT_PRESET)
+    sw.add_argument("--method", default="muda")
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sw.add_argument("--owner", default="sweep")
+    sw.add_argument("--backend", choices=("local", "ray"), default="local")
+    sw.add_argument("--gpus-per-trial", type=float, default=0.25)
+    sw.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    sw.set_defaults(func=cmd_sweep)
+    sc = sub.add_parser("scheduler", help="run the job scheduler in the foreground")
+    sc.add_argument("--idle-exit", type=float, default=120.0,
+                    help="stop after this many idle seconds (0: never)")
+    sc.set_defaults(func=cmd_scheduler)
     return parser
 
 
@@ -190,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as err:
         print(f"dimalign: invalid setting {err}", file=sys.stderr)
+        return 2
+    except StoreError as err:
+        print(f"dimalign: {err}", file=sys.stderr)
         return 2
     except DatasetUnavailable as err:
         print(f"dimalign: {err}", file=sys.stderr)

@@ -6,6 +6,7 @@ and the values it accepts, so the CLI and the UI can show it as it is.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
 import typing
@@ -94,7 +95,11 @@ class Config:
         return "cnn" if DATASETS[self.dataset].channels == 1 else "resnet18"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain data that `config_from_dict` turns back into this config (method knobs appear
+        as their own sections, as in a preset file)."""
+        d = dataclasses.asdict(self)
+        d.update(d.pop("methods"))
+        return d
 
 
 # ---------------------------------------------------------------------------- presets
@@ -129,6 +134,12 @@ def parse_override(text: str) -> tuple[str, str]:
 def build_config(preset: str = DEFAULT_PRESET, overrides: typing.Iterable[str] = ()) -> Config:
     """Preset + `key=value` overrides -> a validated, frozen Config."""
     _, settings = load_preset(preset)
+    return override_config(settings, overrides)
+
+
+def override_config(settings: dict, overrides: typing.Iterable[str] = ()) -> Config:
+    """Settings (a preset's, or a saved config's `to_dict`) + overrides -> a validated Config."""
+    settings = copy.deepcopy(settings)
     for text in overrides:
         key, value = parse_override(text)
         _set_path(settings, key, value)

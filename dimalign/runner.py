@@ -64,13 +64,22 @@ def reusable_result(run_dir: Path, baselines: Baselines) -> dict | None:
 def run_experiment(cfg: Config, method: str = "retrain", *, preset: str = "",
                    progress: ProgressFn | None = None, telemetry: TelemetryFn | None = None,
                    cancel: Callable[[], bool] | None = None, fresh: bool = False,
-                   say: Callable[[str], None] = _say) -> dict:
-    """Baselines (cached), the method (unless retrain), every metric, and the run's folder."""
+                   say: Callable[[str], None] = _say, run_dir: Path | None = None,
+                   init: torch.nn.Module | None = None,
+                   checkpoint: Callable[[dict], None] | None = None,
+                   resume: dict | None = None) -> dict:
+    """Baselines (cached), the method (unless retrain), every metric, and the run's folder.
+
+    Without `run_dir` the folder is named by a hash of the config and method, and an identical
+    earlier result is reused unless `fresh`. `init`, `checkpoint` and `resume` pass through to
+    the unlearning loop (forks start from `init`; workers checkpoint and resume).
+    """
     spec = get_method(method)
     baselines = get_baselines(cfg, progress=progress)
-    run_dir = paths.runs_dir() / run_id(cfg, method)
-    if not fresh and (saved := reusable_result(run_dir, baselines)) is not None:
-        return saved
+    if run_dir is None:
+        run_dir = paths.runs_dir() / run_id(cfg, method)
+        if not fresh and (saved := reusable_result(run_dir, baselines)) is not None:
+            return saved
     models = {"original": baselines.original, "retrained": baselines.retrained}
     seconds = dict(baselines.seconds)
     points: list[dict] = []
@@ -84,7 +93,8 @@ def run_experiment(cfg: Config, method: str = "retrain", *, preset: str = "",
                 telemetry(point)
 
         outcome = unlearn(cfg, spec, baselines.experiment, baselines.original, baselines.device,
-                          progress=progress, telemetry=collect, cancel=cancel)
+                          progress=progress, telemetry=collect, cancel=cancel, init=init,
+                          checkpoint=checkpoint, resume=resume)
         models["unlearned"] = outcome.model
         seconds["unlearn"] = outcome.seconds
     say("evaluating ...")
@@ -127,8 +137,15 @@ def evaluate_and_save(cfg: Config, preset: str, method: str, baselines: Baseline
         torch.save({k: v.detach().cpu() for k, v in outcome.model.state_dict().items()},
                    scratch / CHECKPOINT)
     (scratch / RESULT).write_text(json.dumps(result, indent=1))
-    shutil.rmtree(run_dir, ignore_errors=True)
-    os.replace(scratch, run_dir)
+    if run_dir.exists():  # keep what else lives there (a worker's checkpoint), replace ours
+        for name in (GEOMETRY, TELEMETRY, CHECKPOINT, RESULT):
+            if (scratch / name).exists():
+                os.replace(scratch / name, run_dir / name)
+            elif (run_dir / name).exists():
+                (run_dir / name).unlink()
+        shutil.rmtree(scratch)
+    else:
+        os.replace(scratch, run_dir)
     return result
 
 

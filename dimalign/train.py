@@ -8,6 +8,7 @@ everything that defines them; checkpoints are state dicts, loaded with `weights_
 from __future__ import annotations
 
 import copy
+import fcntl
 import hashlib
 import json
 import math
@@ -217,6 +218,19 @@ def baseline_model(cfg: Config, exp: Experiment, role: str, device: torch.device
     meta = cached_meta(cfg, role)
     if meta is not None:
         return load_checkpoint(cfg, path, device), float(meta["seconds"]), True
+    # Several processes may want the same model: one trains it, the others wait on the lock
+    # and then load what it saved.
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path[:-3] + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        meta = cached_meta(cfg, role)
+        if meta is not None:
+            return load_checkpoint(cfg, path, device), float(meta["seconds"]), True
+        return _train_and_save(cfg, exp, role, device, key, path, progress)
+
+
+def _train_and_save(cfg: Config, exp: Experiment, role: str, device: torch.device, key: dict,
+                    path: str, progress: ProgressFn | None) -> tuple[Classifier, float, bool]:
     x, y = exp.x_train, exp.y_train
     if role == "retrained":
         keep = exp.retain_idx

@@ -117,9 +117,14 @@ def _optimizer(params: dict, model: torch.nn.Module) -> torch.optim.Optimizer:
 def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier,
             device: torch.device, *, progress: ProgressFn | None = None,
             telemetry: TelemetryFn | None = None, cancel: Callable[[], bool] | None = None,
-            init: Classifier | None = None) -> UnlearnResult:
+            init: Classifier | None = None, checkpoint: Callable[[dict], None] | None = None,
+            resume: dict | None = None) -> UnlearnResult:
     """Run one method from the original model (or from `init`, for forks). The returned model
-    is new; `original` is never changed."""
+    is new; `original` is never changed.
+
+    `checkpoint` receives the loop's whole state after every epoch; passing such a state back
+    as `resume` continues the run from there, with the same batches it would have drawn.
+    """
     params = spec.resolve(cfg.methods.get(spec.name, {}))
     sample = normalise(exp.x_train[: params["batch_size"]].to(device), exp.info)
     warm_up(original, sample)
@@ -155,7 +160,7 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
 
     ctx.draw = batch
     if spec.setup is not None:
-        spec.setup(ctx)
+        spec.setup(ctx)  # before any resume: a mask or teacher comes from the starting model
     plan = [spec.phases(ctx, e) for e in range(params["epochs"])]
     total = sum(p.steps for phases in plan for p in phases)
     every = cfg.unlearn.telemetry_every
@@ -165,7 +170,16 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
     wd = params["weight_decay"]
     records: list[dict] = []
     window: dict[str, list[float]] = {}
-    telemetry_seconds, step = 0.0, 0
+    telemetry_seconds, step, first_epoch, earlier = 0.0, 0, 0, 0.0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        gen.set_state(resume["generator"])
+        for name, stream in streams.items():
+            stream.order, stream.pos = resume["streams"][name], resume["positions"][name]
+        step, first_epoch = resume["step"], resume["epoch"]
+        earlier, telemetry_seconds = resume["seconds"], resume["telemetry_seconds"]
+        start -= earlier
 
     def report(epoch: int, phase_name: str) -> None:
         nonlocal telemetry_seconds
@@ -179,9 +193,11 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
         telemetry(point)
         telemetry_seconds += time.perf_counter() - t0
 
-    if probe is not None:
+    if probe is not None and resume is None:
         report(-1, "start")
     for epoch, phases in enumerate(plan):
+        if epoch < first_epoch:
+            continue
         for phase in phases:
             for _ in range(phase.steps):
                 if cancel is not None and cancel():
@@ -212,6 +228,14 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
                     progress(Progress("unlearn", 1, 1, step, total, sum(values)))
                 if probe is not None and (step % every == 0 or step == total):
                     report(epoch, phase.name)
+        if checkpoint is not None:
+            checkpoint({
+                "epoch": epoch + 1, "step": step, "model": model.state_dict(),
+                "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                "streams": {n: s.order for n, s in streams.items()},
+                "positions": {n: s.pos for n, s in streams.items()},
+                "seconds": time.perf_counter() - start,
+                "telemetry_seconds": telemetry_seconds})
     model.eval()
     if cuda:
         torch.cuda.synchronize()

@@ -1,0 +1,89 @@
+"""`dimalign export RUN DIR`: a run's config, metrics CSV, figures, checkpoint and a short
+HTML report, readable without dimalign (figures are self-contained HTML)."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import shutil
+from pathlib import Path
+
+from dimalign import plots
+from dimalign.store import Store
+
+
+def export_run(store: Store, run_id: str, dest: Path) -> list[Path]:
+    run = store.get(run_id)
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    config = dest / "config.json"
+    config.write_text(json.dumps({"run": run.id, "parent": run.parent_id, "owner": run.owner,
+                                  "preset": run.preset, "method": run.method,
+                                  "status": run.status, "config": run.config}, indent=1))
+    written.append(config)
+
+    metrics = dest / "metrics.csv"
+    with open(metrics, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["step", "key", "value", "wall_time"])
+        out.writerows(store.db.execute("SELECT step, key, value, wall FROM metrics WHERE "
+                                       "run_id = ? ORDER BY step, key", (run.id,)))
+    written.append(metrics)
+
+    figures = dest / "figures"
+    figures.mkdir(exist_ok=True)
+    result = run.result or {}
+    refs = {k: v for k, v in result.get("models", {}).items() if k in ("original", "retrained")}
+    curves_fig = plots.telemetry_figure(store.curves(run.id), refs)
+    curves_fig.write_html(figures / "curves.html", include_plotlyjs=True)
+    written.append(figures / "curves.html")
+    geometry_path = run.folder / "geometry.pt"
+    spectra_fig = None
+    if geometry_path.exists():
+        from dimalign.artifacts import load_bundle
+
+        spectra_fig = plots.spectra_figure(load_bundle(geometry_path))
+        spectra_fig.write_html(figures / "spectra.html", include_plotlyjs=True)
+        written.append(figures / "spectra.html")
+
+    for name in ("unlearned.pt", "checkpoint.pt", "result.json", "telemetry.json"):
+        if (run.folder / name).exists():
+            shutil.copy2(run.folder / name, dest / name)
+            written.append(dest / name)
+
+    report = dest / "report.html"
+    report.write_text(_report(run, result, curves_fig, spectra_fig))
+    written.append(report)
+    return written
+
+
+def _report(run, result: dict, curves_fig, spectra_fig) -> str:
+    models = result.get("models", {})
+    names = list(models)
+    keys = list(dict.fromkeys(k for row in models.values() for k in row))
+
+    def cell(v):
+        return "–" if v is None else (f"{v:.4f}" if isinstance(v, float) else html.escape(str(v)))
+
+    rows = "".join(f"<tr><th>{html.escape(k)}</th>"
+                   + "".join(f"<td>{cell(models[n].get(k))}</td>" for n in names) + "</tr>"
+                   for k in keys)
+    table = (f"<table><tr><th>metric</th>{''.join(f'<th>{html.escape(n)}</th>' for n in names)}"
+             f"</tr>{rows}</table>") if names else "<p>No metrics (the run did not finish).</p>"
+    figs = curves_fig.to_html(full_html=False, include_plotlyjs=True)
+    if spectra_fig is not None:
+        figs += spectra_fig.to_html(full_html=False, include_plotlyjs=False)
+    params = html.escape(json.dumps(result.get("params", {})))
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>dimalign run {run.id}</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 10px;text-align:right}}
+table{{border-collapse:collapse}}tr:nth-child(even){{background:#f4f4f4}}</style></head><body>
+<h1>dimalign run {run.id}</h1>
+<p>preset <b>{html.escape(run.preset)}</b> · method <b>{html.escape(run.method)}</b> · status
+<b>{run.status}</b> · owner {html.escape(run.owner)}{' · forked from ' + run.parent_id
+                                                      if run.parent_id else ''}</p>
+<p>knobs: <code>{params}</code></p>
+{f'<p style="color:#b00">error: {html.escape(run.error)}</p>' if run.error else ''}
+<h2>Metrics</h2>{table}<h2>Figures</h2>{figs}</body></html>"""

@@ -1,0 +1,279 @@
+"""Jobs: submit, cancel, resume and fork runs; the scheduler that starts one worker process
+per job with bounded concurrency and fairness between owners; recovery of dead workers.
+
+One scheduler serves a $DIMALIGN_HOME (an exclusive lock file says which). `ensure_scheduler`
+starts it in the background when none is running, so `dimalign submit` and the app just submit.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from dimalign import paths
+from dimalign.config import build_config, override_config
+from dimalign.methods import get_method
+from dimalign.store import ACTIVE, Run, Store, StoreError, check_owner, pid_alive
+
+SHARED_OWNER = "shared"  # owner of baseline jobs every owner can wait on
+HEARTBEAT_TIMEOUT = 15.0  # seconds without a heartbeat before a running worker counts as dead
+
+
+# ---------------------------------------------------------------------------- submitting
+
+
+def baselines_key(cfg) -> str:
+    from dimalign.train import cache_key
+
+    blob = json.dumps([cache_key(cfg, "original"), cache_key(cfg, "retrained")], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def baselines_cached(cfg) -> bool:
+    from dimalign.train import cached_meta
+
+    return all(cached_meta(cfg, role) is not None for role in ("original", "retrained"))
+
+
+def submit_baselines(store: Store, cfg, preset: str) -> str | None:
+    """The shared job that trains this config's baselines: an existing one if it is queued or
+    running, a new one otherwise; None when both models are already cached."""
+    if baselines_cached(cfg):
+        return None
+    key = baselines_key(cfg)
+    with store.write() as db:  # find-or-create in one transaction: never two jobs per key
+        row = db.execute("SELECT id FROM runs WHERE share_key = ? AND status IN (?, ?) "
+                         "ORDER BY created LIMIT 1", (key, *ACTIVE)).fetchone()
+        if row:
+            return row[0]
+    run_id = store.create_run(owner=SHARED_OWNER, kind="baselines", preset=preset,
+                              method="retrain", config=cfg.to_dict(), share_key=key)
+    # a racing submitter may have created one too: keep the oldest, cancel ours
+    oldest = store.db.execute("SELECT id FROM runs WHERE share_key = ? AND status IN (?, ?) "
+                              "ORDER BY created, id LIMIT 1", (key, *ACTIVE)).fetchone()[0]
+    if oldest != run_id:
+        store.update(run_id, status="cancelled", error=f"duplicate of {oldest}")
+    return oldest
+
+
+def submit(store: Store, *, preset: str, overrides: Iterable[str] = (), method: str = "muda",
+           owner: str = "local", parent_id: str | None = None) -> str:
+    """Validate and queue a run; returns its id. An invalid config raises ConfigError and
+    queues nothing. A fork (`parent_id`) starts from the parent's weights with its config plus
+    `overrides`."""
+    check_owner(owner)
+    get_method(method)
+    if parent_id is not None:
+        parent = store.get(parent_id)
+        cfg = override_config(parent.config, overrides)
+        preset = parent.preset
+    else:
+        cfg = build_config(preset, overrides)
+    depends_on = submit_baselines(store, cfg, preset)
+    kind = "baselines" if method == "retrain" else "unlearn"
+    if kind == "baselines" and parent_id is None:
+        if depends_on is not None:
+            return depends_on  # asking for baselines = waiting on the shared job
+        return store.create_run(owner=owner, kind="baselines", preset=preset, method=method,
+                                config=cfg.to_dict(), share_key=baselines_key(cfg))
+    return store.create_run(owner=owner, kind=kind, preset=preset, method=method,
+                            config=cfg.to_dict(), parent_id=parent_id, depends_on=depends_on)
+
+
+def cancel(store: Store, run_id: str) -> Run:
+    return store.request_cancel(run_id)
+
+
+def resume(store: Store, run_id: str) -> Run:
+    """Queue an interrupted, failed or cancelled run again; it continues from its last
+    checkpoint and keeps the metrics it already wrote."""
+    run = store.get(run_id)
+    if run.status in ACTIVE or run.status == "done":
+        raise StoreError(f"run {run_id} is {run.status}; only interrupted, failed or cancelled "
+                         "runs can be resumed")
+    if run.depends_on and store.get(run.depends_on).status in ("interrupted", "failed",
+                                                               "cancelled"):
+        resume(store, run.depends_on)  # its baselines first, or it would fail again at once
+    store.transition(run_id, ("interrupted", "failed", "cancelled"), status="queued",
+                     pid=None, error=None, finished=None, cancel_requested=0)
+    return store.get(run_id)
+
+
+# ---------------------------------------------------------------------------- scheduling
+
+
+@dataclass
+class Slot:
+    gpu: int | None
+    process: multiprocessing.Process | None = None
+    run_id: str | None = None
+
+
+def default_slots() -> list[Slot]:
+    """One job per GPU, or one on the CPU; DIMALIGN_WORKERS overrides the count."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    count = int(os.environ.get("DIMALIGN_WORKERS", gpus or 1))
+    return [Slot(i % gpus if gpus else None) for i in range(count)]
+
+
+class Scheduler:
+    def __init__(self, store: Store, slots: list[Slot] | None = None, per_owner: int = 1,
+                 heartbeat_timeout: float = HEARTBEAT_TIMEOUT):
+        self.store = store
+        self.slots = slots if slots is not None else default_slots()
+        self.per_owner = per_owner
+        self.heartbeat_timeout = heartbeat_timeout
+        self.ctx = multiprocessing.get_context("spawn")
+
+    def tick(self) -> None:
+        self.reap()
+        self.recover()
+        self.fail_orphans()
+        self.start_eligible()
+
+    def reap(self) -> None:
+        for slot in self.slots:
+            if slot.process is not None and not slot.process.is_alive():
+                slot.process.join()
+                run = self.store.get(slot.run_id)
+                if run.status == "running":  # the worker died without recording an ending
+                    self.store.transition(run.id, ("running",), status="interrupted",
+                                          error=f"worker exited with code "
+                                                f"{slot.process.exitcode}", pid=None)
+                slot.process, slot.run_id = None, None
+
+    def recover(self) -> None:
+        """Running runs whose worker is gone (killed, crashed, machine restarted)."""
+        ours = {s.run_id for s in self.slots if s.process is not None}
+        now = time.time()
+        for run in self.store.runs(statuses=("running",)):
+            if run.id in ours:
+                continue
+            stale = run.heartbeat is None or now - run.heartbeat > self.heartbeat_timeout
+            if not pid_alive(run.pid) or stale:
+                self.store.transition(run.id, ("running",), status="interrupted", pid=None,
+                                      error="its worker stopped (killed, crashed or the machine "
+                                            "restarted); resume it to continue from its last "
+                                            "checkpoint")
+
+    def fail_orphans(self) -> None:
+        for run in self.store.runs(statuses=("queued",)):
+            if run.depends_on:
+                dep = self.store.get(run.depends_on)
+                if dep.status in ("failed", "cancelled", "interrupted"):
+                    self.store.transition(run.id, ("queued",), status="failed",
+                                          finished=time.time(),
+                                          error=f"its baselines job {dep.id} {dep.status}: "
+                                                f"{dep.error or ''}".strip())
+
+    def next_runs(self, free: int) -> list[Run]:
+        """Fair order: owners with fewer running jobs first, FIFO within an owner."""
+        running = self.store.runs(statuses=("running",))
+        busy: dict[str, int] = {}
+        for r in running:
+            busy[r.owner] = busy.get(r.owner, 0) + 1
+        queued = sorted(self.store.runs(statuses=("queued",), executor="local"),
+                        key=lambda r: r.created)
+        ready = [r for r in queued
+                 if not r.depends_on or self.store.get(r.depends_on).status == "done"]
+        picked: list[Run] = []
+        while ready and len(picked) < free:
+            owners = {r.owner for r in ready if busy.get(r.owner, 0) < self.cap(r.owner)}
+            if not owners:
+                break
+            owner = min(owners, key=lambda o: (busy.get(o, 0),
+                                               next(r.created for r in ready if r.owner == o)))
+            run = next(r for r in ready if r.owner == owner)
+            ready.remove(run)
+            picked.append(run)
+            busy[owner] = busy.get(owner, 0) + 1
+        return picked
+
+    def cap(self, owner: str) -> int:
+        return len(self.slots) if owner == SHARED_OWNER else self.per_owner
+
+    def start_eligible(self) -> None:
+        free = [s for s in self.slots if s.process is None]
+        for slot, run in zip(free, self.next_runs(len(free)), strict=False):
+            from dimalign.worker import work
+
+            process = self.ctx.Process(target=work, args=(str(paths.home()), run.id, slot.gpu),
+                                       name=f"dimalign-{run.id}", daemon=False)
+            process.start()
+            slot.process, slot.run_id = process, run.id
+
+    def busy(self) -> bool:
+        return any(s.process is not None for s in self.slots) or bool(
+            self.store.runs(statuses=("queued",), executor="local", limit=1))
+
+    def serve(self, idle_exit: float | None = 120.0, poll: float = 0.3) -> None:
+        """Tick until there has been nothing to do for `idle_exit` seconds (None: forever)."""
+        idle_since = time.monotonic()
+        while True:
+            self.tick()
+            if self.busy():
+                idle_since = time.monotonic()
+            elif idle_exit is not None and time.monotonic() - idle_since > idle_exit:
+                return
+            time.sleep(poll)
+
+
+def queue_position(store: Store, run_id: str) -> int | None:
+    """1-based place among queued runs (FIFO by submission), None if not queued."""
+    queued = sorted(store.runs(statuses=("queued",)), key=lambda r: r.created)
+    ids = [r.id for r in queued]
+    return ids.index(run_id) + 1 if run_id in ids else None
+
+
+# ---------------------------------------------------------------------------- the daemon
+
+
+def _lock_path():
+    return paths.home() / "scheduler.lock"
+
+
+def scheduler_running() -> bool:
+    path = _lock_path()
+    if not path.exists():
+        return False
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+
+def serve_forever(idle_exit: float | None = 120.0) -> int:
+    """Run the scheduler here if no other holds this home's lock. Returns 0, or 1 if taken."""
+    paths.home().mkdir(parents=True, exist_ok=True)
+    with open(_lock_path(), "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return 1
+        store = Store()
+        Scheduler(store).serve(idle_exit=idle_exit)
+        store.close()
+    return 0
+
+
+def ensure_scheduler() -> None:
+    """Start a background scheduler for this home unless one is running."""
+    if scheduler_running():
+        return
+    paths.home().mkdir(parents=True, exist_ok=True)
+    log = open(paths.home() / "scheduler.log", "a")  # noqa: SIM115 - handed to the child
+    subprocess.Popen([sys.executable, "-m", "dimalign", "scheduler"], stdout=log, stderr=log,
+                     stdin=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ))

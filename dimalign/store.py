@@ -1,0 +1,314 @@
+"""The run store: SQLite in WAL mode under $DIMALIGN_HOME (runs, per-step metrics, artifacts).
+
+Many processes use it at once — the app, the scheduler, one worker per job, CLI commands — so
+every connection waits on locks (busy timeout) instead of failing, and writers take the lock
+up front (BEGIN IMMEDIATE) so two writers never deadlock upgrading a read lock. Tensors and
+checkpoints live as files in the run's folder; the store indexes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from dimalign import paths
+
+SCHEMA_VERSION = 1
+STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+ACTIVE = ("queued", "running")
+_ID = re.compile(r"^[0-9a-f]{12}$")
+_OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    parent_id TEXT REFERENCES runs(id),
+    depends_on TEXT REFERENCES runs(id),
+    owner TEXT NOT NULL,
+    kind TEXT NOT NULL,               -- 'baselines' or 'unlearn'
+    preset TEXT NOT NULL,
+    method TEXT NOT NULL,
+    config TEXT NOT NULL,             -- JSON of the validated config
+    share_key TEXT,                   -- baselines: one job per key, shared by every owner
+    executor TEXT NOT NULL DEFAULT 'local',  -- 'local' (our scheduler) or 'ray' (Ray Tune)
+    status TEXT NOT NULL,
+    device TEXT,
+    pid INTEGER,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    heartbeat REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    progress REAL,                    -- 0..1 of the current phase
+    phase TEXT,                       -- what the worker is doing: original, retrained, unlearn
+    result TEXT                       -- JSON: the run's metrics when done
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status, created);
+CREATE INDEX IF NOT EXISTS runs_share ON runs(share_key);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    step INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    value REAL,
+    wall REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_run_key ON metrics(run_id, key, step);
+CREATE TABLE IF NOT EXISTS artifacts (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
+"""
+
+# migrations[v] upgrades a store at version v to v + 1; none yet
+MIGRATIONS: dict[int, str] = {}
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    # executescript would commit the open transaction; run statement by statement instead
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+class StoreError(ValueError):
+    """Bad input to the store (an unknown run, a malformed id or owner)."""
+
+
+def check_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not _ID.match(run_id):
+        raise StoreError(f"not a run id: {run_id!r} (12 hex characters, see `dimalign runs`)")
+    return run_id
+
+
+def check_owner(owner: str) -> str:
+    if not isinstance(owner, str) or not _OWNER.match(owner):
+        raise StoreError(f"owner {owner!r} is not allowed: use 1-64 letters, digits, '_', "
+                         "'.', '@' or '-', starting with a letter or digit")
+    return owner
+
+
+@dataclass
+class Run:
+    id: str
+    parent_id: str | None
+    depends_on: str | None
+    owner: str
+    kind: str
+    preset: str
+    method: str
+    config: dict
+    share_key: str | None
+    executor: str
+    status: str
+    device: str | None
+    pid: int | None
+    created: float
+    started: float | None
+    finished: float | None
+    heartbeat: float | None
+    cancel_requested: bool
+    error: str | None
+    progress: float | None
+    phase: str | None
+    result: dict | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in ("done", "failed", "cancelled")
+
+    @property
+    def folder(self) -> Path:
+        return paths.runs_dir() / self.id  # the id is checked: never user text
+
+
+def _row_to_run(row: sqlite3.Row) -> Run:
+    d = dict(row)
+    d["config"] = json.loads(d["config"])
+    d["result"] = json.loads(d["result"]) if d["result"] else None
+    d["cancel_requested"] = bool(d["cancel_requested"])
+    return Run(**d)
+
+
+class Store:
+    def __init__(self, path: Path | None = None, timeout: float = 60.0):
+        self.path = Path(path) if path else paths.home() / "runs.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
+                                  check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = NORMAL")  # WAL stays consistent after a crash
+        self.db.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def write(self):
+        """A write transaction that takes the lock up front."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self.write() as db:
+            _run_script(db, _SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else SCHEMA_VERSION
+            while version < SCHEMA_VERSION:
+                _run_script(db, MIGRATIONS[version])
+                version += 1
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path} was written by a newer dimalign (schema "
+                                 f"{version}); upgrade dimalign to read it")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (version,))
+
+    # ------------------------------------------------------------------------ runs
+
+    def create_run(self, *, owner: str, kind: str, preset: str, method: str, config: dict,
+                   parent_id: str | None = None, depends_on: str | None = None,
+                   share_key: str | None = None, status: str = "queued",
+                   executor: str = "local") -> str:
+        check_owner(owner)
+        run_id = secrets.token_hex(6)
+        with self.write() as db:
+            db.execute(
+                "INSERT INTO runs (id, parent_id, depends_on, owner, kind, preset, method, "
+                "config, share_key, executor, status, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (run_id, parent_id, depends_on, owner, kind, preset, method, json.dumps(config),
+                 share_key, executor, status, time.time()))
+        return run_id
+
+    def get(self, run_id: str) -> Run:
+        row = self.db.execute("SELECT * FROM runs WHERE id = ?",
+                              (check_run_id(run_id),)).fetchone()
+        if row is None:
+            raise StoreError(f"no run {run_id} in {self.path}")
+        return _row_to_run(row)
+
+    def runs(self, owner: str | None = None, statuses: tuple[str, ...] | None = None,
+             kind: str | None = None, executor: str | None = None,
+             limit: int = 1000) -> list[Run]:
+        sql, args = "SELECT * FROM runs WHERE 1=1", []
+        if executor is not None:
+            sql += " AND executor = ?"
+            args.append(executor)
+        if owner is not None:
+            sql += " AND owner = ?"
+            args.append(owner)
+        if statuses:
+            sql += f" AND status IN ({','.join('?' * len(statuses))})"
+            args.extend(statuses)
+        if kind is not None:
+            sql += " AND kind = ?"
+            args.append(kind)
+        sql += " ORDER BY created DESC LIMIT ?"
+        args.append(limit)
+        return [_row_to_run(r) for r in self.db.execute(sql, args).fetchall()]
+
+    @staticmethod
+    def _encode(fields: dict) -> dict:
+        if fields.get("result") is not None:
+            fields["result"] = json.dumps(fields["result"])
+        if "status" in fields and fields["status"] not in STATUSES:
+            raise StoreError(f"unknown status {fields['status']!r}")
+        return fields
+
+    def update(self, run_id: str, **fields) -> None:
+        fields = self._encode(fields)
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self.write() as db:
+            db.execute(f"UPDATE runs SET {cols} WHERE id = ?",
+                       (*fields.values(), check_run_id(run_id)))
+
+    def transition(self, run_id: str, old: tuple[str, ...], **fields) -> bool:
+        """Update only if the run's status is one of `old` (so two processes cannot both
+        start, or both finish, the same run). Returns whether it happened."""
+        fields = self._encode(fields)
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self.write() as db:
+            cur = db.execute(
+                f"UPDATE runs SET {cols} WHERE id = ? AND status IN "
+                f"({','.join('?' * len(old))})", (*fields.values(), check_run_id(run_id), *old))
+        return cur.rowcount == 1
+
+    def request_cancel(self, run_id: str) -> Run:
+        run = self.get(run_id)
+        if run.status == "queued":
+            self.transition(run_id, ("queued",), status="cancelled", finished=time.time(),
+                            error="cancelled before it started")
+        elif run.status == "running":
+            self.update(run_id, cancel_requested=1)
+        return self.get(run_id)
+
+    # ------------------------------------------------------------------------ metrics
+
+    def log_metrics(self, run_id: str, step: int, values: dict[str, float]) -> None:
+        """One step's metrics in one transaction."""
+        now = time.time()
+        rows = [(run_id, step, k, None if v is None else float(v), now)
+                for k, v in values.items()]
+        with self.write() as db:
+            db.executemany("INSERT INTO metrics VALUES (?,?,?,?,?)", rows)
+
+    def curve(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        cur = self.db.execute("SELECT step, value FROM metrics WHERE run_id = ? AND key = ? "
+                              "ORDER BY step", (run_id, key))
+        return cur.fetchall()
+
+    def curves(self, run_id: str) -> dict[str, list[tuple[int, float]]]:
+        out: dict[str, list[tuple[int, float]]] = {}
+        for key, step, value in self.db.execute(
+                "SELECT key, step, value FROM metrics WHERE run_id = ? ORDER BY step", (run_id,)):
+            out.setdefault(key, []).append((step, value))
+        return out
+
+    def last_step(self, run_id: str) -> int:
+        row = self.db.execute("SELECT MAX(step) FROM metrics WHERE run_id = ?",
+                              (run_id,)).fetchone()
+        return -1 if row[0] is None else int(row[0])
+
+    # ------------------------------------------------------------------------ artifacts
+
+    def add_artifact(self, run_id: str, name: str, path: Path) -> None:
+        with self.write() as db:
+            db.execute("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?)",
+                       (run_id, name, str(path), time.time()))
+
+    def artifacts(self, run_id: str) -> dict[str, Path]:
+        return {name: Path(p) for name, p in self.db.execute(
+            "SELECT name, path FROM artifacts WHERE run_id = ?", (run_id,))}
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by its parent) is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

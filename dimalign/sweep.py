@@ -1,0 +1,89 @@
+"""Sweeps over knobs: every combination of `--grid key=v1,v2` values becomes one run in the
+store. Backends: `local` (our scheduler's worker processes) and `ray` (Ray Tune trials, with
+fractional GPUs when there are GPUs); both write into the same store, so the dashboard shows
+every trial."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable
+
+from dimalign import paths
+from dimalign.config import ConfigError, build_config
+from dimalign.store import Store
+
+
+def parse_grid(items: Iterable[str]) -> list[list[str]]:
+    """["a=1,2", "b=x"] -> [["a=1", "b=x"], ["a=2", "b=x"]] (every combination)."""
+    axes = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        options = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key.strip() or not options:
+            raise ConfigError("--grid", f"expected key=v1,v2,..., got {item!r}")
+        axes.append([f"{key.strip()}={v}" for v in options])
+    return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
+
+
+def plan(preset: str, method: str, grid: Iterable[str], fixed: Iterable[str] = ()):
+    """Every combination, validated before anything is queued."""
+    combos = [list(fixed) + combo for combo in parse_grid(grid)]
+    return combos, [build_config(preset, combo) for combo in combos]
+
+
+def sweep_local(store: Store, preset: str, method: str, grid: Iterable[str],
+                fixed: Iterable[str] = (), owner: str = "sweep") -> list[str]:
+    from dimalign.jobs import ensure_scheduler, submit
+
+    combos, _ = plan(preset, method, grid, fixed)
+    ids = [submit(store, preset=preset, overrides=c, method=method, owner=owner) for c in combos]
+    ensure_scheduler()
+    return ids
+
+
+def sweep_ray(store: Store, preset: str, method: str, grid: Iterable[str],
+              fixed: Iterable[str] = (), owner: str = "sweep", gpus_per_trial: float = 0.25,
+              address: str | None = None) -> list[str]:
+    """Each trial is a Ray Tune trial that runs our worker on one stored run."""
+    try:
+        import ray
+        from ray import tune
+    except ImportError:
+        raise RuntimeError("the ray backend needs Ray: pip install -e '.[ray]'") from None
+    import torch
+
+    from dimalign.train import get_baselines
+
+    combos, configs = plan(preset, method, grid, fixed)
+    get_baselines(configs[0])  # trials share the baselines: train them once, here
+    ids = [store.create_run(owner=owner, kind="unlearn", preset=preset, method=method,
+                            config=cfg.to_dict(), executor="ray") for cfg in configs]
+    home = str(paths.home())
+    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
+             log_to_driver=False, runtime_env={"env_vars": {"DIMALIGN_HOME": home}})
+    resources = {"cpu": 1, "gpu": gpus_per_trial if torch.cuda.is_available() else 0}
+    trainable = tune.with_resources(_trial, resources)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"run_id": tune.grid_search(ids), "home": home},
+        run_config=tune.RunConfig(name=f"sweep-{ids[0]}", verbose=0,
+                                  storage_path=os.path.join(home, "ray")),
+    )
+    tuner.fit()
+    return ids
+
+
+def _trial(config: dict) -> dict:
+    """A Ray Tune trial: our worker on one stored run; reports the unlearned model's metrics."""
+    from ray import tune
+
+    from dimalign.worker import work
+
+    work(config["home"], config["run_id"])
+    run = Store().get(config["run_id"])
+    metrics = ((run.result or {}).get("models") or {}).get("unlearned", {})
+    report = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    report["status_done"] = float(run.status == "done")
+    tune.report(report)
+    return report

@@ -1,0 +1,153 @@
+"""One worker process per job. Never imports streamlit.
+
+Started by the scheduler with the spawn start method. It claims its run in the store (so no
+two workers run the same job), beats a heartbeat, watches for a cancel request, streams
+progress and telemetry into the store, checkpoints after every epoch, and records how the run
+ended. A worker killed outright leaves a stale heartbeat: the scheduler marks the run
+`interrupted`, and `resume` continues it from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+
+HEARTBEAT_SECONDS = 1.0
+CHECKPOINT = "checkpoint.pt"
+
+
+class _Heartbeat(threading.Thread):
+    """Beats every second on its own connection; turns a cancel request into an event."""
+
+    def __init__(self, run_id: str):
+        super().__init__(daemon=True)
+        self.run_id, self.cancel, self.done = run_id, threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        from dimalign.store import Store
+
+        store = Store()
+        while not self.done.wait(HEARTBEAT_SECONDS):
+            store.update(self.run_id, heartbeat=time.time())
+            if store.get(self.run_id).cancel_requested:
+                self.cancel.set()
+        store.close()
+
+
+def work(home: str, run_id: str, gpu: int | None = None) -> None:
+    """Process entry point (spawned): run one job to its end."""
+    os.environ["DIMALIGN_HOME"] = home
+    if gpu is not None:  # before torch is imported, so the job sees only its GPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    from dimalign.store import Store
+
+    store = Store()
+    now = time.time()
+    claimed = store.transition(run_id, ("queued",), status="running", pid=os.getpid(),
+                               started=now, heartbeat=now, error=None, finished=None,
+                               cancel_requested=0)
+    if not claimed:
+        return
+    beat = _Heartbeat(run_id)
+    beat.start()
+    try:
+        result = _execute(store, store.get(run_id), beat.cancel)
+        store.transition(run_id, ("running",), status="done", finished=time.time(),
+                         progress=1.0, result=_summary(result) if result else None)
+    except BaseException as err:  # noqa: BLE001 - every ending is recorded, then re-raised
+        from dimalign.methods.loop import Cancelled
+
+        status = "cancelled" if isinstance(err, Cancelled) else "failed"
+        message = str(err) if isinstance(err, Cancelled | ValueError | RuntimeError) else \
+            "".join(traceback.format_exception_only(err)).strip()
+        store.transition(run_id, ("running",), status=status, finished=time.time(),
+                         error=message or type(err).__name__)
+        if not isinstance(err, Exception):
+            raise
+    finally:
+        beat.done.set()
+        beat.join(timeout=5)
+        store.close()
+
+
+def _summary(result: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps({k: result[k] for k in ("models", "seconds", "device", "params",
+                                                          "samples") if k in result}))
+
+
+class _Throttle:
+    """Writes progress to the store at most 4 times a second (and always at the end)."""
+
+    def __init__(self, store, run_id: str):
+        self.store, self.run_id, self.last = store, run_id, 0.0
+
+    def __call__(self, p) -> None:
+        now = time.monotonic()
+        if now - self.last >= 0.25 or p.fraction >= 1.0:
+            self.last = now
+            self.store.update(self.run_id, progress=p.fraction, phase=p.phase)
+
+
+def _execute(store, run, cancel: threading.Event) -> dict | None:
+    import torch
+
+    from dimalign.config import config_from_dict
+    from dimalign.runner import run_experiment
+    from dimalign.train import get_baselines, load_checkpoint, pick_device
+
+    cfg = config_from_dict(run.config)
+    device = pick_device(cfg.device)
+    store.update(run.id, device=str(device))
+    progress = _Throttle(store, run.id)
+    if run.kind == "baselines":
+        baselines = get_baselines(cfg, progress=progress)
+        return {"seconds": baselines.seconds, "device": str(device)}
+
+    run.folder.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run.folder / CHECKPOINT
+    resume = torch.load(ckpt_path, weights_only=True) if ckpt_path.exists() else None
+    already = store.last_step(run.id)  # metrics written before a crash are kept, not redone
+
+    def telemetry(point: dict) -> None:
+        if point["step"] > already:
+            store.log_metrics(run.id, point["step"], {
+                k: v for k, v in point.items() if isinstance(v, int | float) and k != "step"})
+
+    def checkpoint(state: dict) -> None:
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, ckpt_path)
+        store.add_artifact(run.id, "checkpoint", ckpt_path)
+
+    init = None
+    if run.parent_id:
+        parent = store.get(run.parent_id)
+        init = load_checkpoint(cfg, str(_parent_weights(parent, run.folder)), device)
+    result = run_experiment(cfg, run.method, preset=run.preset, progress=progress,
+                            telemetry=telemetry, cancel=cancel.is_set, run_dir=run.folder,
+                            init=init, checkpoint=checkpoint, resume=resume,
+                            say=lambda text: store.update(run.id, phase=text.rstrip(" .")))
+    for name in ("result.json", "geometry.pt", "telemetry.json", "unlearned.pt"):
+        if (run.folder / name).exists():
+            store.add_artifact(run.id, name.split(".")[0], run.folder / name)
+    return result
+
+
+def _parent_weights(parent, into):
+    """A fork starts from the parent's final weights, or its last checkpoint if unfinished."""
+    import torch
+
+    final = parent.folder / "unlearned.pt"
+    if final.exists():
+        return final
+    ckpt = parent.folder / CHECKPOINT
+    if ckpt.exists():
+        weights = into / "fork-source.pt"
+        torch.save(torch.load(ckpt, weights_only=True)["model"], weights)
+        return weights
+    raise RuntimeError(f"run {parent.id} has no checkpoint to fork from yet; wait for its "
+                       "first epoch to finish")
