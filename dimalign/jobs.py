@@ -258,15 +258,29 @@ def scheduler_running() -> bool:
 def serve_forever(idle_exit: float | None = 120.0) -> int:
     """Run the scheduler here if no other holds this home's lock. Returns 0, or 1 if taken."""
     paths.home().mkdir(parents=True, exist_ok=True)
-    with open(_lock_path(), "a") as fh:
+    with open(_lock_path(), "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return 1
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))  # who holds it, for `dimalign scheduler --stop` and tests
+        fh.flush()
         store = Store()
         Scheduler(store).serve(idle_exit=idle_exit)
         store.close()
     return 0
+
+
+def stop_scheduler() -> bool:
+    """Stop this home's background scheduler (its workers finish their runs first)."""
+    if not scheduler_running():
+        return False
+    pid = int(_lock_path().read_text().strip() or 0)
+    if pid:
+        os.kill(pid, 15)
+    return bool(pid)
 
 
 def ensure_scheduler() -> None:

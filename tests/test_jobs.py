@@ -1,0 +1,225 @@
+"""The run store and background jobs, with real worker processes and a real SQLite file."""
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dimalign.config import ConfigError
+from dimalign.jobs import Scheduler, Slot, cancel, queue_position, resume, submit
+from dimalign.store import Store, StoreError
+
+TINY = ["train.epochs=2"]
+
+
+@pytest.fixture()
+def store(tiny_baselines):  # baselines of TINY are cached: jobs only unlearn
+    s = Store()
+    yield s
+    s.close()
+
+
+def drain(scheduler, done, timeout=120.0):
+    """Tick the scheduler until `done()` holds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        scheduler.tick()
+        if done():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for the scheduler")
+
+
+def status(store, run_id):
+    return store.get(run_id).status
+
+
+def test_store_is_wal_versioned_and_refuses_unsafe_ids_and_owners(store):
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    version = store.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    assert int(version[0]) >= 1
+    for bad in ("../etc", "abc", "ABCDEF123456", "0123456789ab/.."):
+        with pytest.raises(StoreError, match="not a run id"):
+            store.get(bad)
+    for owner in ("../x", "", "a b", "x" * 65, "/root"):
+        with pytest.raises(StoreError, match="owner"):
+            submit(store, preset="digits-class", overrides=TINY, owner=owner)
+
+
+def test_an_invalid_config_is_refused_at_submit_and_nothing_is_queued(store):
+    before = len(store.runs())
+    with pytest.raises(ConfigError, match="muda.lambda_da"):
+        submit(store, preset="digits-class", overrides=TINY + ["muda.lambda_da=-3"])
+    with pytest.raises(ConfigError, match="--method"):
+        submit(store, preset="digits-class", overrides=TINY, method="forget-it-all")
+    assert len(store.runs()) == before
+
+
+def test_many_owners_asking_for_the_same_baselines_wait_on_one_job(store):
+    overrides = ["train.epochs=1", "seed=5"]  # not cached yet
+    a = submit(store, preset="digits-class", overrides=overrides, owner="alice")
+    b = submit(store, preset="digits-class", overrides=overrides, owner="bob")
+    c = submit(store, preset="digits-class", overrides=overrides, method="retrain",
+               owner="carol")
+    dep = store.get(a).depends_on
+    assert dep is not None and store.get(b).depends_on == dep and c == dep
+    shared = store.get(dep)
+    assert (shared.kind, shared.owner, shared.status) == ("baselines", "shared", "queued")
+    for run_id in (a, b):
+        cancel(store, run_id)
+    cancel(store, dep)
+
+
+def test_scheduler_is_fair_between_owners_and_fifo_within_one(store):
+    ids = {who: [submit(store, preset="digits-class", overrides=TINY, owner=who)
+                 for _ in range(n)] for who, n in (("ann", 3), ("ben", 1))}
+    scheduler = Scheduler(store, slots=[Slot(None), Slot(None)], per_owner=1)
+    picked = scheduler.next_runs(2)
+    assert [r.id for r in picked] == [ids["ann"][0], ids["ben"][0]]
+    assert queue_position(store, ids["ann"][1]) < queue_position(store, ids["ann"][2])
+    for run_ids in ids.values():
+        for run_id in run_ids:
+            cancel(store, run_id)
+    assert all(status(store, i) == "cancelled" for i in ids["ann"] + ids["ben"])
+
+
+def test_a_run_goes_through_a_worker_process_into_the_store(store):
+    run_id = submit(store, preset="digits-class", overrides=TINY, owner="dora")
+    scheduler = Scheduler(store, slots=[Slot(None)])
+    drain(scheduler, lambda: store.get(run_id).terminal)
+    run = store.get(run_id)
+    assert run.status == "done", run.error
+    assert run.pid and run.pid != os.getpid() and run.device == "cpu"
+    assert run.result["models"]["unlearned"]["acc_forget"] is not None
+    curves = store.curves(run_id)
+    assert {"acc_forget", "da", "loss_da"} <= set(curves)
+    assert {"result", "geometry", "unlearned", "checkpoint"} <= set(store.artifacts(run_id))
+
+    # fork: the child starts from the parent's weights with a changed knob
+    child = submit(store, preset="digits-class", overrides=["muda.lambda_da=1"],
+                   owner="dora", parent_id=run_id)
+    drain(scheduler, lambda: store.get(child).terminal)
+    forked = store.get(child)
+    assert forked.status == "done", forked.error
+    assert forked.parent_id == run_id and forked.config["muda"]["lambda_da"] == 1.0
+    assert forked.config["train"]["epochs"] == 2  # the rest comes from the parent
+
+
+def test_cancelling_a_running_run_stops_its_worker(store):
+    run_id = submit(store, preset="digits-class", overrides=TINY + ["muda.epochs=400"],
+                    owner="eve")
+    scheduler = Scheduler(store, slots=[Slot(None)])
+    drain(scheduler, lambda: store.get(run_id).status == "running" and store.curves(run_id))
+    cancel(store, run_id)
+    drain(scheduler, lambda: store.get(run_id).terminal)
+    run = store.get(run_id)
+    assert run.status == "cancelled" and "cancelled at step" in run.error
+
+
+def test_kill_9_marks_the_run_interrupted_and_resume_finishes_it_keeping_metrics(store):
+    run_id = submit(store, preset="digits-class",
+                    overrides=TINY + ["muda.epochs=60", "unlearn.telemetry_every=2"],
+                    owner="fay")
+    scheduler = Scheduler(store, slots=[Slot(None)])
+    folder = store.get(run_id).folder
+    drain(scheduler, lambda: (folder / "checkpoint.pt").exists()
+          and store.last_step(run_id) >= 20)
+    os.kill(store.get(run_id).pid, signal.SIGKILL)
+    drain(scheduler, lambda: store.get(run_id).status == "interrupted")
+    kept = store.curves(run_id)
+    assert kept["acc_forget"]  # the store is readable and what was written is there
+    resume(store, run_id)
+    drain(scheduler, lambda: store.get(run_id).terminal, timeout=180)
+    run = store.get(run_id)
+    assert run.status == "done", run.error
+    after = store.curves(run_id)
+    assert after["acc_forget"][: len(kept["acc_forget"])] == kept["acc_forget"]
+    steps = [s for s, _ in after["acc_forget"]]
+    assert steps == sorted(set(steps))  # continued, no step written twice
+    assert steps[-1] > kept["acc_forget"][-1][0]
+
+
+def test_a_worker_found_dead_after_a_restart_is_marked_interrupted(store):
+    run_id = submit(store, preset="digits-class", overrides=TINY, owner="gus")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    store.update(run_id, status="running", pid=proc.pid, heartbeat=time.time())
+    proc.kill()
+    proc.wait()
+    Scheduler(store, slots=[Slot(None)]).recover()  # a new scheduler, as after a restart
+    run = store.get(run_id)
+    assert run.status == "interrupted" and "resume" in run.error
+
+
+def _hammer(home: str, worker: int, steps: int) -> None:
+    os.environ["DIMALIGN_HOME"] = home
+    store = Store()
+    run_id = store.create_run(owner=f"w{worker}", kind="unlearn", preset="digits-class",
+                              method="muda", config={})
+    for step in range(steps):
+        store.log_metrics(run_id, step, {"loss": float(step), "acc": 0.5})
+
+
+def test_four_processes_writing_at_once_lose_nothing_and_never_see_a_locked_database(store):
+    ctx = multiprocessing.get_context("spawn")
+    home = os.environ["DIMALIGN_HOME"]
+    procs = [ctx.Process(target=_hammer, args=(home, i, 300)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    for i in range(4):
+        (run,) = store.runs(owner=f"w{i}")
+        curve = store.curve(run.id, "loss")
+        assert [s for s, _ in curve] == list(range(300))
+
+
+def dimalign(*args):
+    return subprocess.run([sys.executable, "-m", "dimalign", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_submit_runs_watch_export_cancel_resume(store, tmp_path):
+    proc = dimalign("submit", "--set", "train.epochs=2", "--owner", "hal")
+    assert proc.returncode == 0, proc.stderr
+    run_id = proc.stdout.strip()
+    watched = dimalign("watch", run_id)
+    assert watched.returncode == 0 and f"{run_id} done" in watched.stdout
+    listed = json.loads(dimalign("runs", "--json", "--owner", "hal").stdout)
+    assert listed[0]["id"] == run_id and listed[0]["status"] == "done" and listed[0]["pid"]
+    exported = dimalign("export", run_id, str(tmp_path / "out"))
+    assert exported.returncode == 0, exported.stderr
+    names = {p.name for p in (tmp_path / "out").rglob("*")}
+    assert {"config.json", "metrics.csv", "curves.html", "report.html", "unlearned.pt"} <= names
+    assert "acc_forget" in (tmp_path / "out" / "metrics.csv").read_text()
+    assert run_id in (tmp_path / "out" / "report.html").read_text()
+
+    queued = dimalign("submit", "--set", "train.epochs=2", "--owner", "hal", "--no-start")
+    other = queued.stdout.strip()
+    assert "cancel" in dimalign("cancel", other).stdout  # cancelled, or requested if started
+    assert dimalign("watch", other).returncode == 1
+    assert store.get(other).status == "cancelled"
+    again = dimalign("resume", run_id)
+    assert again.returncode == 2 and "only interrupted, failed or cancelled" in again.stderr
+    bad = dimalign("watch", "../../etc")
+    assert bad.returncode == 2 and "not a run id" in bad.stderr and "Traceback" not in bad.stderr
+    invalid = dimalign("submit", "--set", "scenario.classes=99")
+    assert invalid.returncode == 2 and "scenario.classes" in invalid.stderr
+
+
+def test_local_sweep_runs_every_combination(store):
+    proc = dimalign("sweep", "--method", "muda", "--set", "train.epochs=2", "--grid",
+                    "muda.lambda_da=1,5", "--grid", "muda.lambda_sd=0,1", "--owner", "swp")
+    assert proc.returncode == 0, proc.stderr
+    ids = proc.stdout.split()
+    assert len(ids) == 4
+    for run_id in ids:
+        assert dimalign("watch", run_id).returncode == 0
+    knobs = {(store.get(i).config["muda"]["lambda_da"], store.get(i).config["muda"]["lambda_sd"])
+             for i in ids}
+    assert knobs == {(1.0, 0.0), (1.0, 1.0), (5.0, 0.0), (5.0, 1.0)}
