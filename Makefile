@@ -10,7 +10,7 @@ export NUMBA_CACHE_DIR ?= $(HOME)/.dimalign/numba-cache
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e '.[dev,ray]'
 	touch $(STAMP)
 
 app: $(STAMP)

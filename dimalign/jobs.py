@@ -134,6 +134,7 @@ class Scheduler:
         self.per_owner = per_owner
         self.heartbeat_timeout = heartbeat_timeout
         self.ctx = multiprocessing.get_context("spawn")
+        self.exiting: list[multiprocessing.Process] = []
 
     def tick(self) -> None:
         self.reap()
@@ -142,15 +143,24 @@ class Scheduler:
         self.start_eligible()
 
     def reap(self) -> None:
+        # a worker that recorded its run's ending frees its slot at once; its process may
+        # still take a second to exit (interpreter and torch shutdown), joined later
+        self.exiting = [p for p in self.exiting if p.is_alive()]
         for slot in self.slots:
-            if slot.process is not None and not slot.process.is_alive():
-                slot.process.join()
-                run = self.store.get(slot.run_id)
-                if run.status == "running":  # the worker died without recording an ending
-                    self.store.transition(run.id, ("running",), status="interrupted",
-                                          error=f"worker exited with code "
-                                                f"{slot.process.exitcode}", pid=None)
-                slot.process, slot.run_id = None, None
+            if slot.process is None:
+                continue
+            run = self.store.get(slot.run_id)
+            if slot.process.is_alive():
+                if run.terminal:
+                    self.exiting.append(slot.process)
+                    slot.process, slot.run_id = None, None
+                continue
+            slot.process.join()
+            if run.status == "running":  # the worker died without recording an ending
+                self.store.transition(run.id, ("running",), status="interrupted",
+                                      error=f"worker exited with code "
+                                            f"{slot.process.exitcode}", pid=None)
+            slot.process, slot.run_id = None, None
 
     def recover(self) -> None:
         """Running runs whose worker is gone (killed, crashed, machine restarted)."""
@@ -213,7 +223,7 @@ class Scheduler:
             slot.process, slot.run_id = process, run.id
 
     def busy(self) -> bool:
-        return any(s.process is not None for s in self.slots) or bool(
+        return any(s.process is not None for s in self.slots) or bool(self.exiting) or bool(
             self.store.runs(statuses=("queued",), executor="local", limit=1))
 
     def serve(self, idle_exit: float | None = 120.0, poll: float = 0.3) -> None:

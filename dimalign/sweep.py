@@ -5,8 +5,10 @@ every trial."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import sys
 from collections.abc import Iterable
 
 from dimalign import paths
@@ -70,7 +72,10 @@ def sweep_ray(store: Store, preset: str, method: str, grid: Iterable[str],
         run_config=tune.RunConfig(name=f"sweep-{ids[0]}", verbose=0,
                                   storage_path=os.path.join(home, "ray")),
     )
-    tuner.fit()
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the run ids
+        tuner.fit()
+    if address is None:
+        ray.shutdown()  # the local instance we started
     return ids
 
 
