@@ -88,6 +88,24 @@ def submit(store: Store, *, preset: str, overrides: Iterable[str] = (), method: 
                             config=cfg.to_dict(), parent_id=parent_id, depends_on=depends_on)
 
 
+def submit_embedding(store: Store, source_id: str, samples: int, owner: str) -> str:
+    """Queue the aligned UMAP of a finished run's features (one job per run and size)."""
+    source = store.get(source_id)
+    if source.status != "done":
+        raise StoreError(f"run {source_id} is {source.status}; manifolds need a finished run")
+    if not 30 <= int(samples) <= 20000:
+        raise StoreError(f"sample size must lie in 30..20000, got {samples}")
+    key = f"embed:{source_id}:{int(samples)}"
+    existing = store.db.execute("SELECT id FROM runs WHERE share_key = ? AND status IN "
+                                "('queued', 'running', 'done') ORDER BY created DESC LIMIT 1",
+                                (key,)).fetchone()
+    if existing:
+        return existing[0]
+    return store.create_run(owner=owner, kind="embed", preset=source.preset, method="umap",
+                            config={"source": source_id, "samples": int(samples)},
+                            parent_id=source_id, share_key=key)
+
+
 def cancel(store: Store, run_id: str) -> Run:
     return store.request_cancel(run_id)
 

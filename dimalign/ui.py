@@ -1,11 +1,20 @@
-"""The only engine module that imports streamlit: the shared sidebar and error display."""
+"""The only engine module that imports streamlit: shared sidebar, owner id, store access,
+knob widgets and small displays the pages share. Nothing heavy runs here: training, metrics
+and UMAP are jobs; pages read their results from the store."""
 
 from __future__ import annotations
+
+import math
+import secrets
 
 import streamlit as st
 
 from dimalign.config import DEFAULT_PRESET, Config, ConfigError, build_config, load_preset
 from dimalign.config import preset_names as _preset_names
+from dimalign.methods.base import Knob
+from dimalign.store import Run, Store, StoreError, check_owner
+
+ACTIVE = ("queued", "running")
 
 
 @st.cache_data(show_spinner=False)
@@ -13,20 +22,197 @@ def preset_names() -> list[str]:
     return _preset_names()
 
 
+def store() -> Store:
+    """One store connection per browser session."""
+    if "_store" not in st.session_state:
+        st.session_state["_store"] = Store()
+    return st.session_state["_store"]
+
+
+def owner() -> str:
+    """The workshop participant's id, kept in the URL so a reload keeps their runs."""
+    current = st.query_params.get("owner")
+    try:
+        return check_owner(current) if current else _new_owner()
+    except StoreError:
+        return _new_owner()
+
+
+def _new_owner() -> str:
+    name = f"guest-{secrets.token_hex(3)}"
+    st.query_params["owner"] = name
+    return name
+
+
+def ensure_scheduler() -> None:
+    """Start the background scheduler once per session if none runs (a cheap lock check)."""
+    if not st.session_state.get("_scheduler_checked"):
+        from dimalign.jobs import ensure_scheduler as start
+
+        start()
+        st.session_state["_scheduler_checked"] = True
+
+
 def sidebar_config() -> Config | None:
-    """Preset picker in the sidebar (kept in the URL); returns the validated config or None."""
+    """Preset picker and owner in the sidebar (both kept in the URL); the validated config."""
     names = preset_names()
     wanted = st.query_params.get("preset", DEFAULT_PRESET)
     index = names.index(wanted) if wanted in names else names.index(DEFAULT_PRESET)
+    who = owner()
     with st.sidebar:
         st.markdown("### dimalign")
         st.caption("Machine unlearning, seen in feature space.")
         preset = st.selectbox("Preset", names, index=index, key="preset")
         description, _ = load_preset(preset)
         st.caption(description)
+        st.caption(f"You are **{who}** — bookmark this page's address to come back to your "
+                   "runs.")
+    if st.session_state.get("overrides_for") != preset:  # settings belong to one preset
+        st.session_state["overrides"], st.session_state["overrides_for"] = [], preset
     st.query_params["preset"] = preset
     try:
-        return build_config(preset)
+        return build_config(preset, st.session_state.get("overrides", []))
     except ConfigError as err:
-        st.error(f"This preset is invalid: {err}. Pick another preset or fix its settings file.")
+        st.error(f"These settings are invalid: {err}. Change them on the Experiment page.")
         return None
+
+
+def geometry_source(cfg: Config, who: str) -> tuple[Run | None, dict | None]:
+    """The run whose saved geometry a page shows: the chosen finished unlearning run, else
+    the experiment's baselines (original and retrained only)."""
+    runs = [r for r in experiment_runs(cfg, who) if r.status == "done"]
+    run = pick_run(runs, done_only=True) if runs else baselines_run(cfg)
+    if run is None:
+        st.info("Nothing to show yet: train the baselines on the Experiment page, or run a "
+                "method on the Unlearn page.")
+        return None, None
+    geometry = load_geometry(run)
+    if geometry is None:
+        st.warning(f"Run {run.id} has no saved geometry; run it again.")
+    return run, geometry
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+def experiment_key(cfg: Config) -> str:
+    from dimalign.jobs import baselines_key
+
+    return baselines_key(cfg)
+
+
+def baselines_run(cfg: Config) -> Run | None:
+    """The newest finished baselines job of this experiment (any owner: they are shared)."""
+    key = experiment_key(cfg)
+    for run in store().runs(kind="baselines", statuses=("done",)):
+        if run.share_key == key:
+            return run
+    return None
+
+
+def active_baselines(cfg: Config) -> Run | None:
+    key = experiment_key(cfg)
+    for run in store().runs(kind="baselines", statuses=ACTIVE):
+        if run.share_key == key:
+            return run
+    return None
+
+
+def experiment_runs(cfg: Config, who: str | None = None) -> list[Run]:
+    """Unlearning runs of this experiment (same data, scenario, model, baselines)."""
+    from dimalign.config import config_from_dict
+
+    key = experiment_key(cfg)
+    out = []
+    for run in store().runs(kind="unlearn", owner=who):
+        try:
+            if experiment_key(config_from_dict(run.config)) == key:
+                out.append(run)
+        except ConfigError:
+            continue
+    return out
+
+
+def run_label(run: Run) -> str:
+    return f"{run.id} · {run.method} · {run.status}" + (
+        f" · fork of {run.parent_id}" if run.parent_id else "")
+
+
+def pick_run(runs: list[Run], key: str = "run", done_only: bool = False) -> Run | None:
+    """A run picker remembered in the URL (so a reload re-attaches to it)."""
+    choices = [r for r in runs if r.status == "done"] if done_only else runs
+    if not choices:
+        return None
+    ids = [r.id for r in choices]
+    wanted = st.query_params.get("run")
+    index = ids.index(wanted) if wanted in ids else 0
+    chosen = st.selectbox("Run", ids, index=index, key=key,
+                          format_func=lambda i: run_label(next(r for r in choices if r.id == i)))
+    st.query_params["run"] = chosen
+    return next(r for r in choices if r.id == chosen)
+
+
+def load_geometry(run: Run) -> dict | None:
+    path = run.folder / "geometry.pt"
+    return _cached_bundle(str(path), path.stat().st_mtime) if path.exists() else None
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _cached_bundle(path: str, mtime: float) -> dict:
+    from dimalign.artifacts import load_bundle
+
+    return load_bundle(path)
+
+
+def show_run_error(run: Run) -> None:
+    hints = {"failed": "Change the settings that the message names (often a lower learning "
+                       "rate or loss weight) and run again.",
+             "interrupted": "Its worker stopped. Resume it to continue from its last "
+                            "checkpoint.",
+             "cancelled": "It was cancelled; run it again when you want it."}
+    if run.status in hints:
+        st.error(f"Run {run.id} {run.status}: {run.error or 'no message'}. {hints[run.status]}")
+
+
+# ---------------------------------------------------------------------------- knob widgets
+
+
+def _log_grid(knob: Knob) -> list[float]:
+    low = knob.low if knob.low is not None and knob.low > 0 else 1e-6
+    high = knob.high if knob.high is not None else 1e3
+    values = {knob.default}
+    if knob.low == 0 and not knob.low_open:
+        values.add(0.0)
+    for exp in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1):
+        for mantissa in (1, 2, 5):
+            v = float(f"{mantissa}e{exp}")
+            if low <= v <= high:
+                values.add(v)
+    return sorted(values)
+
+
+def knob_widget(method: str, name: str, knob: Knob, value, disabled: bool = False):
+    """A slider (or picker) for one knob; its key is stable, so tests find it."""
+    key = f"knob_{method}_{name}"
+    label = f"{name}"
+    help_text = knob.help + (f" — {knob.source}" if knob.source != "choice" else "")
+    if knob.type is bool:
+        return st.checkbox(label, value=bool(value), key=key, help=help_text, disabled=disabled)
+    if knob.type is str:
+        return st.selectbox(label, knob.choices, index=knob.choices.index(value), key=key,
+                            help=help_text, disabled=disabled)
+    if knob.type is int:
+        high = int(knob.high if knob.high is not None else 100)
+        if high - int(knob.low or 0) <= 200:
+            return st.slider(label, int(knob.low or 0), high, int(value), key=key,
+                             help=help_text, disabled=disabled)
+        return int(st.number_input(label, int(knob.low or 0), high, int(value), key=key,
+                                   help=help_text, disabled=disabled))
+    if knob.high is not None and knob.high <= 1 and knob.default >= 0.05:  # a fraction
+        return st.slider(label, 0.01 if knob.low_open else float(knob.low or 0), 1.0,
+                         float(value), step=0.01, key=key, help=help_text, disabled=disabled)
+    grid = _log_grid(knob)
+    if value not in grid:
+        grid = sorted({*grid, value})
+    return st.select_slider(label, grid, value=value, key=key, help=help_text,
+                            format_func=lambda v: f"{v:g}", disabled=disabled)

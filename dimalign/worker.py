@@ -97,15 +97,21 @@ def _execute(store, run, cancel: threading.Event) -> dict | None:
 
     from dimalign.config import config_from_dict
     from dimalign.runner import run_experiment
-    from dimalign.train import get_baselines, load_checkpoint, pick_device
+    from dimalign.train import load_checkpoint, pick_device
 
+    if run.kind == "embed":
+        return _embed(store, run)
     cfg = config_from_dict(run.config)
     device = pick_device(cfg.device)
     store.update(run.id, device=str(device))
     progress = _Throttle(store, run.id)
-    if run.kind == "baselines":
-        baselines = get_baselines(cfg, progress=progress)
-        return {"seconds": baselines.seconds, "device": str(device)}
+    if run.kind == "baselines":  # train (or load) and evaluate: pages read its metrics
+        run.folder.mkdir(parents=True, exist_ok=True)
+        result = run_experiment(cfg, "retrain", preset=run.preset, progress=progress,
+                                run_dir=run.folder,
+                                say=lambda text: store.update(run.id, phase=text.rstrip(" .")))
+        _index(store, run)
+        return result
 
     run.folder.mkdir(parents=True, exist_ok=True)
     ckpt_path = run.folder / CHECKPOINT
@@ -131,10 +137,35 @@ def _execute(store, run, cancel: threading.Event) -> dict | None:
                             telemetry=telemetry, cancel=cancel.is_set, run_dir=run.folder,
                             init=init, checkpoint=checkpoint, resume=resume,
                             say=lambda text: store.update(run.id, phase=text.rstrip(" .")))
+    _index(store, run)
+    return result
+
+
+def _index(store, run) -> None:
     for name in ("result.json", "geometry.pt", "telemetry.json", "unlearned.pt"):
         if (run.folder / name).exists():
             store.add_artifact(run.id, name.split(".")[0], run.folder / name)
-    return result
+
+
+def embedding_path(source_folder, samples: int):
+    return source_folder / f"embedding-{int(samples)}.pt"
+
+
+def _embed(store, run) -> dict:
+    """UMAP of a finished run's saved features, in one aligned frame, saved beside them."""
+    import torch
+
+    from dimalign.artifacts import load_bundle, save_bundle
+    from dimalign.embed import embed_run
+
+    source = store.get(run.config["source"])
+    samples = int(run.config["samples"])
+    store.update(run.id, phase="umap", progress=0.0)
+    bundle = embed_run(load_bundle(source.folder / "geometry.pt"), samples)
+    path = embedding_path(source.folder, samples)
+    save_bundle(bundle, path)
+    store.add_artifact(source.id, f"embedding-{samples}", path)
+    return {"models": {}, "seconds": {}, "device": str(torch.device("cpu"))}
 
 
 def _parent_weights(parent, into):

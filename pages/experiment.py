@@ -1,18 +1,49 @@
-"""Experiment: the data and forget scenario of the chosen preset, and its baseline models."""
+"""Experiment: data, forget scenario and the baseline models (trained as a background job)."""
 
 import streamlit as st
 
 from dimalign import plots, ui
 from dimalign.data import build_experiment
-from dimalign.datasets import DatasetUnavailable
+from dimalign.datasets import DATASETS, DatasetUnavailable
+from dimalign.jobs import submit
 from dimalign.train import cached_meta
 
 cfg = ui.sidebar_config()
+who = ui.owner()
 st.title("Experiment")
 if cfg is None:
     st.stop()
 
-sc = cfg.scenario
+
+def _apply() -> None:
+    s = st.session_state
+    out = [f"scenario.kind={s.exp_kind}", f"seed={s.exp_seed}"]
+    if s.exp_kind == "class":
+        out.append("scenario.classes=" + ",".join(str(c) for c in s.exp_classes))
+    else:
+        out.append(f"scenario.fraction={s.exp_fraction}")
+    if s.exp_kind == "backdoor":
+        out.append(f"scenario.target={s.exp_target}")
+    s.overrides = out
+
+
+sc, n_classes = cfg.scenario, DATASETS[cfg.dataset].num_classes
+with st.expander("Scenario and seed", expanded=False):
+    c1, c2, c3 = st.columns(3)
+    c1.selectbox("Forget", ["class", "random", "backdoor"],
+                 index=["class", "random", "backdoor"].index(sc.kind), key="exp_kind",
+                 on_change=_apply)
+    if sc.kind == "class":
+        c2.multiselect("Classes to forget", list(range(n_classes)), default=list(sc.classes),
+                       key="exp_classes", on_change=_apply)
+    else:
+        c2.slider("Fraction of training samples", 0.01, 0.5, float(sc.fraction), 0.01,
+                  key="exp_fraction", on_change=_apply)
+    if sc.kind == "backdoor":
+        c2.number_input("Target class", 0, n_classes - 1, sc.target, key="exp_target",
+                        on_change=_apply)
+    c3.number_input("Seed", 0, 10_000, cfg.seed, key="exp_seed", on_change=_apply)
+
 what = {"class": f"classes {', '.join(map(str, sc.classes))}",
         "random": f"a random {sc.fraction:.0%} of training samples",
         "backdoor": f"{sc.fraction:.0%} of samples stamped with a trigger and relabelled to "
@@ -35,14 +66,34 @@ with right:
     st.image(plots.image_montage(exp.x_train[exp.retain_idx[:20]]), width="stretch")
 
 st.subheader("Baseline models")
-rows = []
-for role in ("original", "retrained"):
-    meta = cached_meta(cfg, role)
-    rows.append({"model": role, "status": "cached" if meta else "not trained yet",
-                 "training seconds": round(meta["seconds"], 1) if meta else None,
-                 "device": meta["device"] if meta else None})
-st.dataframe(rows, hide_index=True, key="baselines")
-if any(r["status"] != "cached" for r in rows):
-    preset = st.query_params.get("preset")
-    st.info(f"Train them from a terminal: `dimalign run --preset {preset}` "
-            "(background training from the dashboard arrives with the run queue).")
+cached = {role: cached_meta(cfg, role) for role in ("original", "retrained")}
+active = ui.active_baselines(cfg)
+done = ui.baselines_run(cfg)
+if done is not None and done.result:
+    models = done.result["models"]
+    keys = [k for k in ("acc_retain", "acc_forget", "acc_test", "mia", "da", "lp_forget",
+                        "effective_rank") if k in models["original"]]
+    st.dataframe([{"model": m, **{k: models[m].get(k) for k in keys},
+                   "train seconds": round(done.result["seconds"][m], 1)}
+                  for m in ("original", "retrained")], hide_index=True, key="baselines")
+elif active is None:
+    status = ", ".join(f"{r}: {'cached' if m else 'not trained'}" for r, m in cached.items())
+    st.info(f"Baselines: {status}. Train (or load) and evaluate them in the background.")
+    if st.button("Train baselines", key="train_baselines", type="primary"):
+        ui.ensure_scheduler()
+        submit(ui.store(), preset=st.query_params.get("preset"),
+               overrides=st.session_state.get("overrides", []), method="retrain", owner=who)
+        st.rerun()
+
+
+@st.fragment(run_every=1.0)
+def _baselines_progress() -> None:
+    run = ui.active_baselines(cfg)
+    if run is None:
+        st.rerun()  # finished: redraw the page with its metrics
+    label = f"{run.phase or run.status} — shared job {run.id}"
+    st.progress(run.progress or 0.0, text=label)
+
+
+if active is not None:
+    _baselines_progress()

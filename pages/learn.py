@@ -1,0 +1,46 @@
+"""Learn: a workshop walkthrough of MUDA on the current experiment's live figures."""
+
+import streamlit as st
+
+from dimalign import plots, ui
+
+cfg = ui.sidebar_config()
+who = ui.owner()
+st.title("Learn: unlearning in feature space")
+if cfg is None:
+    st.stop()
+
+st.markdown("""
+**1. The setting.** A classifier $f = h \\circ g$: $g$ maps an image to penultimate features
+$z \\in \\mathbb{R}^C$, $h$ is a linear head. The training set splits into a retain set $D_r$ and
+a forget set $D_f$. The **retrained** model — trained from scratch on $D_r$ only — is what
+every unlearning method should look like.
+""")
+st.markdown("**2. Where do forget features live?** Stack features as columns. $U_r$ holds the "
+            "top-$k$ eigenvectors of the retain Gram matrix. Dimensional Alignment asks how "
+            "much of the forget features' energy falls inside that span:")
+st.latex(r"\mathrm{DA}(D_f \mid D_r) = "
+         r"\frac{\lVert F_f F_f^\top U_r U_r^\top \rVert_F}{\lVert F_f F_f^\top \rVert_F}"
+         r"\in [0, 1]")
+run, geometry = ui.geometry_source(cfg, who)
+if geometry is not None:
+    st.plotly_chart(plots.angles_figure(geometry), key="learn_angles")
+    st.caption("In the retrained model the forget features lie in the retain eigenspace "
+               "(high DA, small angles); the original keeps directions of its own for them.")
+st.markdown("**3. MUDA** alternates two phases. The forget phase pulls forget features into "
+            "the retain eigenspace while self-distillation keeps the rest of the model close "
+            "to the original:")
+st.latex(r"\mathcal{L}_{\text{forget}} = -\lambda_{DA}\,\mathrm{DA}(B_f \mid B_r)^2 "
+         r"+ \lambda_{SD}\,T^2\,\mathrm{KL}\big(\sigma(t/T)\,\Vert\,\sigma(s/T)\big)")
+st.markdown("The recover phase repairs the retain accuracy:")
+st.latex(r"\mathcal{L}_{\text{recover}} = \mathrm{CE}(B_r) + \lambda_{SD}\,\mathcal{L}_{SD}")
+if geometry is not None:
+    st.plotly_chart(plots.spectra_grid(geometry), key="learn_spectra")
+st.markdown("""
+**4. Judge against retraining, in feature space.** Accuracy and MIA can be matched by bending
+the head while the features still encode the forget data. Compare every metric's **gap to the
+retrained model** (Compare page), and look at the spectra, angles and manifolds.
+
+**Try it.** On the Unlearn page, run MUDA with `lambda_da = 0`: forgetting then comes only from
+the recover phase. Raise it again and watch DA and the forget accuracy move together.
+""")

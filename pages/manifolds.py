@@ -1,0 +1,50 @@
+"""Manifolds: UMAP of the models' features in one aligned frame (computed by a worker)."""
+
+import streamlit as st
+
+from dimalign import plots, ui
+from dimalign.jobs import submit_embedding
+from dimalign.store import StoreError
+from dimalign.worker import embedding_path
+
+cfg = ui.sidebar_config()
+who = ui.owner()
+st.title("Manifolds")
+if cfg is None:
+    st.stop()
+run, geometry = ui.geometry_source(cfg, who)
+if geometry is None:
+    st.stop()
+
+limit = sum(len(v) for v in geometry["rows"].values())
+samples = st.select_slider("Points", [s for s in (150, 300, 600, 1200, 2400) if s <= limit]
+                           or [limit], key="samples")
+path = embedding_path(run.folder, samples)
+if path.exists():
+    from dimalign.artifacts import load_bundle
+
+    st.plotly_chart(plots.manifold_figure(load_bundle(path)), key="manifolds")
+    st.caption("UMAP fitted on the retrained model's features; the other models' features of "
+               "the same samples are placed into that frame. Crosses: forget samples; open "
+               "circles: test samples.")
+else:
+    try:
+        job = submit_embedding(ui.store(), run.id, samples, who)
+    except StoreError as err:
+        st.error(f"{err}.")
+        st.stop()
+    ui.ensure_scheduler()
+
+    @st.fragment(run_every=1.0)
+    def waiting() -> None:
+        j = ui.store().get(job)
+        if j.status == "done":
+            st.rerun()
+        elif j.terminal:
+            ui.show_run_error(j)
+        else:
+            st.progress(0.5 if j.status == "running" else 0.0,
+                        text=f"UMAP of {samples} points: {j.status} (the first one also "
+                             "compiles UMAP, about a minute)")
+
+    waiting()

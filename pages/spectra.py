@@ -1,0 +1,28 @@
+"""Eigenspectra of retain, forget and test features for each model."""
+
+import streamlit as st
+
+from dimalign import plots, ui
+
+cfg = ui.sidebar_config()
+who = ui.owner()
+st.title("Eigenspectra")
+if cfg is None:
+    st.stop()
+run, geometry = ui.geometry_source(cfg, who)
+if geometry is None:
+    st.stop()
+
+centered = st.toggle("Centred (covariance) instead of uncentred", key="centered")
+st.plotly_chart(plots.spectra_grid(geometry, centered), key="spectra")
+c1, c2 = st.columns([1, 3])
+split = c1.radio("Features", ["forget", "retain", "test"], key="split")
+energy = c1.slider("Energy", 0.5, 0.999, float(geometry["settings"]["energy"]), 0.001,
+                   key="energy")
+fig, ks = plots.cumulative_figure(geometry, split, energy, centered)
+c2.plotly_chart(fig, key="cumulative")
+c1.markdown("\n".join(f"- **{m}**: k = {k}" for m, k in ks.items()))
+st.dataframe([{"model": m, **{f"effective rank ({s})": round(g["effective_rank"][s], 2)
+                              for s in ("retain", "forget", "test")}}
+              for m, g in geometry["models"].items()], hide_index=True, key="ranks")
+st.caption(f"Spectra of every sample of each split; run {run.id}.")

@@ -1,0 +1,98 @@
+"""Unlearn (live): pick a method, set its knobs, run it in the background and watch it."""
+
+import streamlit as st
+
+from dimalign import plots, ui
+from dimalign.config import ConfigError
+from dimalign.jobs import cancel, queue_position, submit
+from dimalign.methods import ORDER, REGISTRY
+from dimalign.store import StoreError
+
+cfg = ui.sidebar_config()
+who = ui.owner()
+st.title("Unlearn (live)")
+if cfg is None:
+    st.stop()
+
+methods = [m for m in ORDER if REGISTRY[m].trains]
+method = st.selectbox("Method", methods, index=methods.index("muda"), key="method",
+                      format_func=lambda m: f"{REGISTRY[m].title} — {REGISTRY[m].description}")
+spec = REGISTRY[method]
+st.caption(f"Paper: {spec.paper}")
+
+params = cfg.method_params(method)
+values = {}
+cols = st.columns(4)
+for i, (name, knob) in enumerate(spec.knobs.items()):
+    with cols[i % 4]:
+        values[name] = ui.knob_widget(method, name, knob, params[name])
+changed = [f"{method}.{k}={str(v).lower() if isinstance(v, bool) else v}"
+           for k, v in values.items() if v != spec.knobs[k].default]
+overrides = st.session_state.get("overrides", []) + changed
+
+runs = ui.experiment_runs(cfg, who)
+selected = ui.pick_run(runs, key="run") if runs else None
+b_run, b_cancel, b_fork = st.columns([1, 1, 2])
+preset = st.query_params.get("preset")
+try:
+    if b_run.button("Run", type="primary", key="run_button"):
+        ui.ensure_scheduler()
+        new = submit(ui.store(), preset=preset, overrides=overrides, method=method, owner=who)
+        st.query_params["run"] = new
+        st.rerun()
+    status = selected.status if selected is not None else None
+    if status in ("queued", "running") and b_cancel.button("Cancel", key="cancel_button"):
+        cancel(ui.store(), selected.id)
+        st.rerun()
+    if status in ("running", "done") and b_fork.button(
+            "Fork from here", key="fork_button",
+            help="Continue from this run's current weights with the knobs above"):
+        ui.ensure_scheduler()
+        child = submit(ui.store(), preset=preset, overrides=changed, method=method, owner=who,
+                       parent_id=selected.id)
+        st.query_params["run"] = child
+        st.rerun()
+except (ConfigError, StoreError) as err:
+    st.error(f"Not started: {err}. Change that setting and press Run again.")
+
+if selected is None:
+    st.info("No runs yet for this experiment. Set the knobs and press Run: the run trains in "
+            "the background and its curves appear here as it goes.")
+    st.stop()
+
+baselines = ui.baselines_run(cfg)
+references = {m: v for m, v in ((baselines.result or {}).get("models", {}).items())
+              if m in ("original", "retrained")} if baselines else {}
+
+
+def _panel(run_id: str) -> None:
+    run = ui.store().get(run_id)
+    if run.status == "queued":
+        pos = queue_position(ui.store(), run.id)
+        wait = f", waiting for its baselines ({run.depends_on})" if run.depends_on else ""
+        st.info(f"Queued: position {pos}{wait}.")
+    elif run.status == "running":
+        st.progress(run.progress or 0.0, text=f"{run.phase or 'running'} — {run.id}")
+    else:
+        ui.show_run_error(run)
+        if run.status == "done":
+            st.success(f"Run {run.id} done.")
+    curves = ui.store().curves(run_id)
+    st.plotly_chart(plots.telemetry_figure(curves, references), key=f"curves_{run_id}")
+    if run.status == "done" and run.result:
+        models = run.result["models"]
+        keys = ["acc_retain", "acc_forget", "acc_test", "mia", "da", "avg_gap"]
+        st.dataframe([{"model": m, **{k: models[m].get(k) for k in keys}} for m in models],
+                     hide_index=True, key="result_table")
+
+
+if selected.status in ("queued", "running"):
+    @st.fragment(run_every=1.0)
+    def live() -> None:
+        _panel(selected.id)
+        if ui.store().get(selected.id).terminal:
+            st.rerun()
+
+    live()
+else:
+    _panel(selected.id)
