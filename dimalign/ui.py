@@ -201,13 +201,12 @@ def knob_widget(method: str, name: str, knob: Knob, value, disabled: bool = Fals
     if knob.type is str:
         return st.selectbox(label, knob.choices, index=knob.choices.index(value), key=key,
                             help=help_text, disabled=disabled)
-    if knob.type is int:
-        high = int(knob.high if knob.high is not None else 100)
-        if high - int(knob.low or 0) <= 200:
-            return st.slider(label, int(knob.low or 0), high, int(value), key=key,
-                             help=help_text, disabled=disabled)
-        return int(st.number_input(label, int(knob.low or 0), high, int(value), key=key,
-                                   help=help_text, disabled=disabled))
+    if knob.type is int:  # a slider over a useful span: up to 4x the default, at least 50
+        low = int(knob.low or 0)
+        high = int(min(knob.high if knob.high is not None else 10**6,
+                       max(50, 4 * int(knob.default), int(value))))
+        return st.slider(label, low, high, int(value), key=key, help=help_text,
+                         disabled=disabled)
     if knob.high is not None and knob.high <= 1 and knob.default >= 0.05:  # a fraction
         return st.slider(label, 0.01 if knob.low_open else float(knob.low or 0), 1.0,
                          float(value), step=0.01, key=key, help=help_text, disabled=disabled)

@@ -1,0 +1,140 @@
+"""AppTest for every page, on a store holding a finished baselines job and a MUDA run."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dimalign.jobs import Scheduler, Slot, submit
+from dimalign.store import Store
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+TINY = ["train.epochs=2"]
+OWNER = "tester"
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_baselines):
+    """A baselines job, a MUDA run and its UMAP, done by real workers."""
+    from dimalign.jobs import submit_embedding
+
+    store = Store()
+    base = submit(store, preset="digits-class", overrides=TINY, method="retrain", owner=OWNER)
+    run = submit(store, preset="digits-class", overrides=TINY, method="muda", owner=OWNER)
+    scheduler = Scheduler(store, slots=[Slot(None)])
+
+    def drain(ids, timeout=300):
+        end = time.monotonic() + timeout
+        while not all(store.get(i).terminal for i in ids):
+            assert time.monotonic() < end, "workers did not finish"
+            scheduler.tick()
+            time.sleep(0.1)
+
+    drain([base, run])
+    assert store.get(run).status == "done", store.get(run).error
+    embed = submit_embedding(store, run, 150, OWNER)
+    drain([embed])
+    assert store.get(embed).status == "done", store.get(embed).error
+    return {"store": store, "baselines": base, "run": run}
+
+
+def page(path: str, run_id: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["owner"] = OWNER
+    if run_id:
+        at.query_params["run"] = run_id
+    at.session_state["overrides"] = TINY
+    at.session_state["overrides_for"] = "digits-class"
+    at.run()
+    if path != "pages/experiment.py":
+        at.switch_page(path).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def traces(at: AppTest) -> list[dict]:
+    """Every trace of every plotly chart on the page."""
+    return [t for c in at.get("plotly_chart") for t in json.loads(c.proto.spec)["data"]]
+
+
+def test_experiment_page_shows_baseline_metrics_from_the_shared_job(finished):
+    at = page("pages/experiment.py")
+    table = at.dataframe[0].value
+    assert list(table["model"]) == ["original", "retrained"]
+    assert table.loc[1, "acc_forget"] < table.loc[0, "acc_forget"]
+
+
+def test_unlearn_page_builds_sliders_from_the_registry_and_draws_live_curves(finished):
+    at = page("pages/unlearn.py", finished["run"])
+    assert at.selectbox(key="method").value == "muda"
+    assert at.select_slider(key="knob_muda_lambda_da").value == 5.0
+    assert at.slider(key="knob_muda_epochs").value == 4
+    assert at.slider(key="knob_muda_retain_fraction").value == pytest.approx(0.3)
+    names = {t.get("name") for t in traces(at)}
+    assert {"acc_forget", "da", "angle_1"} <= names
+    assert any("done" in e.value for e in at.success)
+    # moving a slider starts nothing
+    before = len(finished["store"].runs(owner=OWNER))
+    at.select_slider(key="knob_muda_lambda_da").set_value(2.0).run()
+    assert len(finished["store"].runs(owner=OWNER)) == before
+
+
+def test_unlearn_page_refuses_nothing_silently_for_a_bad_knob_combination(finished):
+    at = page("pages/unlearn.py", finished["run"])
+    at.selectbox(key="method").set_value("bad_teacher").run()
+    assert not at.exception
+    assert at.select_slider(key="knob_bad_teacher_lr").value == 1e-4
+
+
+def test_spectra_page_draws_three_models_and_selects_k_with_the_energy_slider(finished):
+    at = page("pages/spectra.py", finished["run"])
+    names = {t.get("name") for t in traces(at)}
+    assert {"original", "retrained", "unlearned"} <= {n.split(" ")[0] for n in names if n}
+    at.slider(key="energy").set_value(0.5).run()
+    low = [m.value for m in at.markdown if "k =" in m.value]
+    at.slider(key="energy").set_value(0.99).run()
+    high = [m.value for m in at.markdown if "k =" in m.value]
+    assert low and high and low != high
+
+
+def test_angles_page_reads_out_da_and_angles(finished):
+    at = page("pages/angles.py", finished["run"])
+    assert len(at.dataframe[0].value) == 3
+    assert any("Reading." in m.value for m in at.markdown)
+    assert any("DA" in (t.get("name") or "") for t in traces(at))
+
+
+def test_manifolds_page_shows_the_aligned_umap(finished):
+    at = page("pages/manifolds.py", finished["run"])
+    spec = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert spec and len(spec[0]["data"]) >= 3
+    titles = [a["text"] for a in spec[0]["layout"]["annotations"]]
+    assert titles == ["original", "retrained", "unlearned"]
+
+
+def test_compare_page_tabulates_runs_with_gaps_and_offers_downloads(finished):
+    at = page("pages/compare.py")
+    table = at.dataframe[0].value
+    assert {"original", "retrained"} <= set(table["run"]) and finished["run"] in set(table["run"])
+    assert len(at.get("download_button")) == 2
+    at.toggle(key="gaps").set_value(True).run()
+    gaps = at.dataframe[0].value
+    assert gaps.loc[gaps["run"] == "retrained", "acc_forget"].iloc[0] == 0
+
+
+def test_learn_page_has_the_formulas_and_live_figures(finished):
+    at = page("pages/learn.py", finished["run"])
+    assert len(at.get("latex")) >= 3
+    assert len(at.get("plotly_chart")) == 2
+
+
+def test_a_missing_dataset_is_an_error_on_every_data_page(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIMALIGN_HOME", str(tmp_path))
+    monkeypatch.setenv("DIMALIGN_OFFLINE", "1")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["preset"] = "cifar10-class"
+    at.run()
+    assert not at.exception
+    assert any("Dataset 'cifar10'" in e.value for e in at.error)
