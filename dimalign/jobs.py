@@ -174,7 +174,9 @@ class Scheduler:
                     slot.process, slot.run_id = None, None
                 continue
             slot.process.join()
-            if run.status == "running":  # the worker died without recording an ending
+            # our worker died without recording an ending (a worker that lost the race to
+            # claim the run exits at once and leaves the run to the one that won)
+            if run.status == "running" and run.pid == slot.process.pid:
                 self.store.transition(run.id, ("running",), status="interrupted",
                                       error=f"worker exited with code "
                                             f"{slot.process.exitcode}", pid=None)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas  # noqa: F401 - see below
 import plotly.graph_objects as go
 import torch
+
+# plotly imports pandas lazily, inside the first figure it builds. In the app, two script
+# threads (a page and a live fragment) can build their first figures at the same moment and
+# one of them then sees a half-initialised pandas module; importing it here, once, avoids that.
 
 
 def image_montage(x: torch.Tensor, ncols: int = 10, pad: int = 1) -> np.ndarray:

@@ -29,10 +29,25 @@ def store() -> Store:
     return st.session_state["_store"]
 
 
+def sticky(name: str) -> str | None:
+    """A value kept in the URL and in the session: page switches clear the URL's query
+    parameters, a reload clears the session; together they survive both."""
+    value = st.query_params.get(name) or st.session_state.get(f"_sticky_{name}")
+    if value:
+        remember(name, value)
+    return value
+
+
+def remember(name: str, value: str) -> None:
+    st.session_state[f"_sticky_{name}"] = value
+    if st.query_params.get(name) != value:
+        st.query_params[name] = value
+
+
 def owner() -> str:
     """The workshop participant's id, kept in the URL so a reload keeps their runs."""
-    current = st.query_params.get("owner")
     try:
+        current = sticky("owner")
         return check_owner(current) if current else _new_owner()
     except StoreError:
         return _new_owner()
@@ -40,7 +55,7 @@ def owner() -> str:
 
 def _new_owner() -> str:
     name = f"guest-{secrets.token_hex(3)}"
-    st.query_params["owner"] = name
+    remember("owner", name)
     return name
 
 
@@ -56,7 +71,7 @@ def ensure_scheduler() -> None:
 def sidebar_config() -> Config | None:
     """Preset picker and owner in the sidebar (both kept in the URL); the validated config."""
     names = preset_names()
-    wanted = st.query_params.get("preset", DEFAULT_PRESET)
+    wanted = sticky("preset") or DEFAULT_PRESET
     index = names.index(wanted) if wanted in names else names.index(DEFAULT_PRESET)
     who = owner()
     with st.sidebar:
@@ -69,7 +84,7 @@ def sidebar_config() -> Config | None:
                    "runs.")
     if st.session_state.get("overrides_for") != preset:  # settings belong to one preset
         st.session_state["overrides"], st.session_state["overrides_for"] = [], preset
-    st.query_params["preset"] = preset
+    remember("preset", preset)
     try:
         return build_config(preset, st.session_state.get("overrides", []))
     except ConfigError as err:
@@ -144,11 +159,11 @@ def pick_run(runs: list[Run], key: str = "run", done_only: bool = False) -> Run 
     if not choices:
         return None
     ids = [r.id for r in choices]
-    wanted = st.query_params.get("run")
+    wanted = sticky("run")
     index = ids.index(wanted) if wanted in ids else 0
     chosen = st.selectbox("Run", ids, index=index, key=key,
                           format_func=lambda i: run_label(next(r for r in choices if r.id == i)))
-    st.query_params["run"] = chosen
+    remember("run", chosen)
     return next(r for r in choices if r.id == chosen)
 
 

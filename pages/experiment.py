@@ -79,9 +79,10 @@ if done is not None and done.result:
 elif active is None:
     status = ", ".join(f"{r}: {'cached' if m else 'not trained'}" for r, m in cached.items())
     st.info(f"Baselines: {status}. Train (or load) and evaluate them in the background.")
-    if st.button("Train baselines", key="train_baselines", type="primary"):
+    label = "Evaluate baselines" if all(cached.values()) else "Train baselines"
+    if st.button(label, key="train_baselines", type="primary"):
         ui.ensure_scheduler()
-        submit(ui.store(), preset=st.query_params.get("preset"),
+        submit(ui.store(), preset=ui.sticky("preset"),
                overrides=st.session_state.get("overrides", []), method="retrain", owner=who)
         st.rerun()
 

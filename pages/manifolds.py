@@ -3,6 +3,7 @@
 import streamlit as st
 
 from dimalign import plots, ui
+from dimalign.artifacts import load_bundle
 from dimalign.jobs import submit_embedding
 from dimalign.store import StoreError
 from dimalign.worker import embedding_path
@@ -20,14 +21,8 @@ limit = sum(len(v) for v in geometry["rows"].values())
 samples = st.select_slider("Points", [s for s in (150, 300, 600, 1200, 2400) if s <= limit]
                            or [limit], key="samples")
 path = embedding_path(run.folder, samples)
-if path.exists():
-    from dimalign.artifacts import load_bundle
-
-    st.plotly_chart(plots.manifold_figure(load_bundle(path)), key="manifolds")
-    st.caption("UMAP fitted on the retrained model's features; the other models' features of "
-               "the same samples are placed into that frame. Crosses: forget samples; open "
-               "circles: test samples.")
-else:
+job = None
+if not path.exists():
     try:
         job = submit_embedding(ui.store(), run.id, samples, who)
     except StoreError as err:
@@ -35,12 +30,26 @@ else:
         st.stop()
     ui.ensure_scheduler()
 
+
+def _draw() -> bool:
+    if not path.exists():
+        return False
+    st.plotly_chart(plots.manifold_figure(load_bundle(path)), key="manifolds")
+    st.caption("UMAP fitted on the retrained model's features; the other models' features of "
+               "the same samples are placed into that frame. Crosses: forget samples; open "
+               "circles: test samples.")
+    return True
+
+
+if job is None:
+    _draw()
+else:
     @st.fragment(run_every=1.0)
     def waiting() -> None:
+        if _draw():
+            return
         j = ui.store().get(job)
-        if j.status == "done":
-            st.rerun()
-        elif j.terminal:
+        if j.terminal:
             ui.show_run_error(j)
         else:
             st.progress(0.5 if j.status == "running" else 0.0,

@@ -33,12 +33,12 @@ overrides = st.session_state.get("overrides", []) + changed
 runs = ui.experiment_runs(cfg, who)
 selected = ui.pick_run(runs, key="run") if runs else None
 b_run, b_cancel, b_fork = st.columns([1, 1, 2])
-preset = st.query_params.get("preset")
+preset = ui.sticky("preset")
 try:
     if b_run.button("Run", type="primary", key="run_button"):
         ui.ensure_scheduler()
         new = submit(ui.store(), preset=preset, overrides=overrides, method=method, owner=who)
-        st.query_params["run"] = new
+        ui.remember("run", new)
         st.rerun()
     status = selected.status if selected is not None else None
     if status in ("queued", "running") and b_cancel.button("Cancel", key="cancel_button"):
@@ -50,7 +50,7 @@ try:
         ui.ensure_scheduler()
         child = submit(ui.store(), preset=preset, overrides=changed, method=method, owner=who,
                        parent_id=selected.id)
-        st.query_params["run"] = child
+        ui.remember("run", child)
         st.rerun()
 except (ConfigError, StoreError) as err:
     st.error(f"Not started: {err}. Change that setting and press Run again.")
@@ -88,10 +88,8 @@ def _panel(run_id: str) -> None:
 
 if selected.status in ("queued", "running"):
     @st.fragment(run_every=1.0)
-    def live() -> None:
+    def live() -> None:  # keeps polling after the end too: one cheap read a second
         _panel(selected.id)
-        if ui.store().get(selected.id).terminal:
-            st.rerun()
 
     live()
 else:

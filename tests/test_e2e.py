@@ -1,0 +1,112 @@
+"""End to end in real headless Chromium against `streamlit run` on localhost.
+
+Playwright drives Debian's Chromium (/usr/bin/chromium, which .ci/run installs); there is no
+skip: a missing browser fails this test. Screenshots of every page go to test-artifacts/.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+PAGES = ["Experiment", "Unlearn (live)", "Eigenspectra", "Principal angles", "Manifolds",
+         "Compare", "Learn"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(default_baselines):
+    port = free_port()
+    env = dict(os.environ)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless",
+         "true", "--server.port", str(port), "--server.address", "127.0.0.1",
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    end = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+            assert time.monotonic() < end, "streamlit did not start"
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run", "--disable-sync"])
+        yield b
+        b.close()
+
+
+def wait_idle(page, timeout=60_000):
+    """Streamlit shows a running indicator while the script runs."""
+    page.wait_for_load_state("networkidle", timeout=timeout)
+    page.wait_for_selector("[data-testid='stStatusWidget']", state="detached", timeout=timeout)
+
+
+def test_start_a_muda_run_watch_it_live_and_visit_every_page(server, browser):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server}/?owner=e2e&preset=digits-class")
+    page.get_by_text("Samples per split").wait_for(timeout=60_000)
+
+    page.get_by_role("link", name="Unlearn (live)", exact=True).click()
+    page.get_by_role("button", name="Run").wait_for(timeout=60_000)
+    # a longer schedule, so the curve visibly grows: epochs and retain fraction to the max
+    for label in ("epochs", "retain_fraction"):
+        thumb = page.get_by_role("slider", name=label)
+        thumb.focus()
+        thumb.press("End")
+        wait_idle(page)
+    page.get_by_role("button", name="Run").click()
+
+    points = page.locator(".js-plotly-plot .scatterlayer .point")
+    counts, end = [], time.monotonic() + 180
+    while time.monotonic() < end:
+        counts.append(points.count())
+        if page.get_by_text("done.").count() and counts[-1] > 0:
+            break
+        time.sleep(0.5)
+    page.screenshot(path=ARTIFACTS / "unlearn-live.png", full_page=True)
+    seen = sorted(set(c for c in counts if c > 0))
+    assert len(seen) >= 2, f"the live curve never grew: {counts}"
+    assert page.get_by_text("done.").count(), "the run did not finish in the browser"
+
+    for name in PAGES:
+        page.get_by_role("link", name=name, exact=True).click()
+        page.get_by_role("heading", name=name.split(" (")[0]).first.wait_for(timeout=60_000)
+        wait_idle(page)
+        if name == "Manifolds":  # the UMAP job runs in a worker; the page waits for it
+            page.locator(".js-plotly-plot").first.wait_for(timeout=240_000)
+            wait_idle(page)
+        shot = ARTIFACTS / f"{name.lower().split(' (')[0].replace(' ', '-')}.png"
+        page.screenshot(path=shot, full_page=True)
+        errors = page.locator("[data-testid='stException']")
+        assert errors.count() == 0, f"{name}: {errors.first.inner_text()}"
+    assert len(list(ARTIFACTS.glob("*.png"))) >= len(PAGES)
