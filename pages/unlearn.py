@@ -60,9 +60,11 @@ if selected is None:
             "the background and its curves appear here as it goes.")
     st.stop()
 
-baselines = ui.baselines_run(cfg)
-references = {m: v for m, v in ((baselines.result or {}).get("models", {}).items())
-              if m in ("original", "retrained")} if baselines else {}
+# reference lines: the baselines job's evaluation, else any finished run of this experiment
+evaluated = ui.baselines_run(cfg) or next(
+    (r for r in runs if r.status == "done" and r.result), None)
+references = {m: v for m, v in (evaluated.result or {}).get("models", {}).items()
+              if m in ("original", "retrained")} if evaluated else {}
 
 
 def _panel(run_id: str) -> None:

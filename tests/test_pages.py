@@ -138,3 +138,12 @@ def test_a_missing_dataset_is_an_error_on_every_data_page(monkeypatch, tmp_path)
     at.run()
     assert not at.exception
     assert any("Dataset 'cifar10'" in e.value for e in at.error)
+
+
+def test_switching_preset_updates_the_page_and_the_url():
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.selectbox(key="preset").set_value("digits-backdoor").run()
+    assert not at.exception
+    assert at.query_params["preset"] in ("digits-backdoor", ["digits-backdoor"])
+    assert any("trigger" in m.value for m in at.markdown)
+    assert len(at.get("image")) == 2  # forget and retain grids
