@@ -4,6 +4,7 @@ import streamlit as st
 
 from dimalign import plots, ui
 from dimalign.artifacts import load_bundle
+from dimalign.data import build_experiment
 from dimalign.jobs import submit_embedding
 from dimalign.store import StoreError
 from dimalign.worker import embedding_path
@@ -34,10 +35,22 @@ if not path.exists():
 def _draw() -> bool:
     if not path.exists():
         return False
-    st.plotly_chart(plots.manifold_figure(load_bundle(path)), key="manifolds")
-    st.caption("UMAP fitted on the retrained model's features; the other models' features of "
-               "the same samples are placed into that frame. Crosses: forget samples; open "
-               "circles: test samples.")
+    plot, picked = st.columns([4, 1])
+    event = plot.plotly_chart(plots.manifold_figure(load_bundle(path)), key="manifolds",
+                              on_select="rerun", selection_mode="points")
+    plot.caption("UMAP fitted on the retrained model's features; the other models' features "
+                 "of the same samples are placed into that frame. Crosses: forget samples; "
+                 "open circles: test samples. Hover for label and predictions; click a point "
+                 "to see its image.")
+    points = (event or {}).get("selection", {}).get("points", []) if event else []
+    if points and points[0].get("customdata"):
+        split, label, predicted, row = points[0]["customdata"][:4]
+        exp = build_experiment(cfg)
+        image = (exp.x_test if split == "test" else exp.x_train)[int(row): int(row) + 1]
+        picked.image(plots.image_montage(image, ncols=1), width=120)
+        picked.markdown(f"**{split}** sample {row}  \nlabel {label}, predicted {predicted}")
+    else:
+        picked.caption("Click a point to see its image.")
     return True
 
 

@@ -112,6 +112,9 @@ def test_manifolds_page_shows_the_aligned_umap(finished):
     assert spec and len(spec[0]["data"]) >= 3
     titles = [a["text"] for a in spec[0]["layout"]["annotations"]]
     assert titles == ["original", "retrained", "unlearned"]
+    first = spec[0]["data"][0]["customdata"][0]  # split, label, prediction, sample row
+    assert first[0] in ("retain", "forget", "test") and len(first) == 4
+    assert any("Click a point" in c.value for c in at.caption)
 
 
 def test_compare_page_tabulates_runs_with_gaps_and_offers_downloads(finished):
