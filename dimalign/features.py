@@ -31,10 +31,3 @@ def forward_all(model: Classifier, x: torch.Tensor, info: DatasetInfo,
         return torch.empty(0, model.head.out_features), torch.empty(0, model.feature_dim)
     return torch.cat(logits), torch.cat(feats)
 
-
-def accuracy(model: Classifier, x: torch.Tensor, y: torch.Tensor, info: DatasetInfo) -> float:
-    """Top-1 accuracy; NaN for an empty set (there is nothing to be right about)."""
-    if len(y) == 0:
-        return float("nan")
-    logits, _ = forward_all(model, x, info)
-    return (logits.argmax(1) == y).float().mean().item()

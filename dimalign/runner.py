@@ -19,7 +19,7 @@ import torch
 
 from dimalign import paths
 from dimalign.config import Config
-from dimalign.methods import ORDER, get_method
+from dimalign.methods import get_method
 from dimalign.methods.loop import TelemetryFn, UnlearnResult, unlearn
 from dimalign.train import Baselines, ProgressFn, get_baselines
 
@@ -182,7 +182,3 @@ def compare(cfg: Config, methods: list[str], *, preset: str = "",
     return finite({"preset": preset, "config": cfg.to_dict(), "device": str(baselines.device),
                    "methods": rows, "params": {m: cfg.method_params(m) for m in methods},
                    "retrained_seconds": seconds["retrained"]})
-
-
-def all_methods() -> list[str]:
-    return list(ORDER)

@@ -107,6 +107,20 @@ def geometry_source(cfg: Config, who: str) -> tuple[Run | None, dict | None]:
     return run, geometry
 
 
+def geometry_page(title: str) -> tuple[Config, str, Run, dict]:
+    """The shared top of the geometry pages: sidebar, title, the run and its saved geometry
+    (stops the page with a message when there is nothing to show)."""
+    cfg = sidebar_config()
+    who = owner()
+    st.title(title)
+    if cfg is None:
+        st.stop()
+    run, geometry = geometry_source(cfg, who)
+    if geometry is None:
+        st.stop()
+    return cfg, who, run, geometry
+
+
 # ---------------------------------------------------------------------------- runs
 
 

@@ -4,14 +4,7 @@ import streamlit as st
 
 from dimalign import plots, ui
 
-cfg = ui.sidebar_config()
-who = ui.owner()
-st.title("Principal angles")
-if cfg is None:
-    st.stop()
-run, geometry = ui.geometry_source(cfg, who)
-if geometry is None:
-    st.stop()
+cfg, who, run, geometry = ui.geometry_page("Principal angles")
 
 st.plotly_chart(plots.angles_figure(geometry), key="angles")
 models = geometry["models"]

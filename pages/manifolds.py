@@ -9,14 +9,7 @@ from dimalign.jobs import submit_embedding
 from dimalign.store import StoreError
 from dimalign.worker import embedding_path
 
-cfg = ui.sidebar_config()
-who = ui.owner()
-st.title("Manifolds")
-if cfg is None:
-    st.stop()
-run, geometry = ui.geometry_source(cfg, who)
-if geometry is None:
-    st.stop()
+cfg, who, run, geometry = ui.geometry_page("Manifolds")
 
 limit = sum(len(v) for v in geometry["rows"].values())
 samples = st.select_slider("Points", [s for s in (150, 300, 600, 1200, 2400) if s <= limit]

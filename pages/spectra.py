@@ -4,14 +4,7 @@ import streamlit as st
 
 from dimalign import plots, ui
 
-cfg = ui.sidebar_config()
-who = ui.owner()
-st.title("Eigenspectra")
-if cfg is None:
-    st.stop()
-run, geometry = ui.geometry_source(cfg, who)
-if geometry is None:
-    st.stop()
+cfg, who, run, geometry = ui.geometry_page("Eigenspectra")
 
 centered = st.toggle("Centred (covariance) instead of uncentred", key="centered")
 st.plotly_chart(plots.spectra_grid(geometry, centered), key="spectra")
