@@ -2,13 +2,20 @@
 
 UMAP is fitted once, on the retrained model's features of a fixed seeded subsample, and the
 same samples' features of every other model are placed into that frame with `transform` — so
-positions are comparable across models. Runs in a worker (numba compiles on first use; keep a
-persistent NUMBA_CACHE_DIR), never in the Streamlit script thread.
+positions are comparable across models. Runs in a worker, never in the Streamlit script thread.
+
+Speed on a CPU: distances are computed with torch and handed to UMAP as a precomputed matrix
+(umap-learn's small-data path otherwise calls a Python metric once per pair, ~15 s for 2,000
+points), and umap-learn's numba kernels are cached in a persistent NUMBA_CACHE_DIR (most are
+not cached by default, so every fresh worker would compile them again, ~25 s on 2 cores).
+On a GPU, cuML's UMAP is used when it is installed.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,31 +23,111 @@ import torch
 from dimalign import paths
 
 REFERENCE = "retrained"
+MAX_POINTS = 10_000  # the dense distance matrix is N x N float32 (400 MB at this size)
+# umap-learn's own default for more than 10,000 points; for fewer it takes 500, which on 2
+# cores makes the layout (fit, then a third as many epochs per transform) 2.5x slower for
+# frames that look the same at the dashboard's sizes
+EPOCHS = 200
+BACKENDS = ("auto", "cuml", "umap-learn")
 
 
-def _numba_cache() -> None:
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(paths.home() / "numba-cache"))
+def numba_cache_dir() -> Path:
+    """Where numba keeps compiled kernels; set before numba is first imported."""
+    return Path(os.environ.setdefault("NUMBA_CACHE_DIR", str(paths.home() / "numba-cache")))
 
 
-def aligned_embedding(features: dict[str, torch.Tensor], seed: int = 0,
-                      n_neighbors: int = 15) -> dict[str, np.ndarray]:
-    """features: model -> (N, C) features of the same N samples. Returns model -> (N, 2)."""
-    _numba_cache()
+def backend(choice: str | None = None) -> str:
+    """`DIMALIGN_UMAP` (auto | cuml | umap-learn): auto takes cuML on a GPU when installed."""
+    choice = choice or os.environ.get("DIMALIGN_UMAP", "auto")
+    if choice not in BACKENDS:
+        raise ValueError(f"DIMALIGN_UMAP={choice!r}: choose one of {', '.join(BACKENDS)}")
+    has_cuml = _cuml() is not None
+    if choice == "cuml" and not has_cuml:
+        raise RuntimeError("DIMALIGN_UMAP=cuml, but cuML is not installed (it needs a CUDA "
+                           "GPU; see docs.rapids.ai/install), or use umap-learn")
+    if choice == "auto":
+        return "cuml" if has_cuml and torch.cuda.is_available() else "umap-learn"
+    return choice
+
+
+def _cuml():
+    try:
+        from cuml.manifold import UMAP
+    except ImportError:
+        return None
+    return UMAP
+
+
+def _umap_learn():
+    numba_cache_dir()
     try:
         import umap
+        import umap.layouts
+        import umap.umap_
+        import umap.utils
+        from numba.core.caching import NullCache
+        from numba.core.dispatcher import Dispatcher
     except ImportError:
         raise RuntimeError("UMAP needs umap-learn: pip install umap-learn") from None
+    for module in (umap.umap_, umap.layouts, umap.utils):
+        for kernel in vars(module).values():
+            if isinstance(kernel, Dispatcher) and isinstance(kernel._cache, NullCache):
+                kernel.enable_caching()
+    return umap.UMAP
+
+
+def _distances(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    return torch.cdist(a.double(), b.double()).clamp_min(0).float().numpy()
+
+
+def aligned_embedding(features: dict[str, torch.Tensor], seed: int = 0, n_neighbors: int = 15,
+                      use: str | None = None) -> dict[str, np.ndarray]:
+    """features: model -> (N, C) features of the same N samples. Returns model -> (N, 2)."""
     reference = REFERENCE if REFERENCE in features else next(iter(features))
     n = len(features[reference])
     if n < 5:
         raise ValueError(f"UMAP needs at least 5 samples, got {n}")
-    reducer = umap.UMAP(n_neighbors=min(n_neighbors, n - 1), random_state=seed,
-                        n_components=2, init="spectral" if n > 20 else "random")
-    out = {reference: reducer.fit_transform(features[reference].numpy())}
-    for name, feats in features.items():
-        if name != reference:
-            out[name] = reducer.transform(feats.numpy())
-    return {k: v.astype(np.float32) for k, v in out.items()}
+    if n > MAX_POINTS:
+        raise ValueError(f"UMAP of {n} points: at most {MAX_POINTS} are supported")
+    kw = dict(n_neighbors=min(n_neighbors, n - 1), n_components=2, random_state=seed,
+              n_epochs=EPOCHS,
+              init="spectral" if n > 20 else "random")
+    if backend(use) == "cuml":
+        reducer = _cuml()(**kw)
+        out = {reference: reducer.fit_transform(features[reference].float().cuda())}
+        out |= {m: reducer.transform(f.float().cuda()) for m, f in features.items()
+                if m != reference}
+        out = {m: np.asarray(v.get() if hasattr(v, "get") else v) for m, v in out.items()}
+    else:
+        ref = features[reference]
+        reducer = _umap_learn()(metric="precomputed", **kw)
+        with warnings.catch_warnings():  # the seed (serial layout) and precomputed: both meant
+            warnings.filterwarnings("ignore", message=".*(n_jobs|precomputed metric).*")
+            out = {reference: reducer.fit_transform(_distances(ref, ref))}
+            out |= {m: reducer.transform(_distances(f, ref)) for m, f in features.items()
+                    if m != reference}
+    return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def warm_marker() -> Path:
+    from importlib.metadata import version
+
+    return numba_cache_dir() / f"dimalign-umap-learn-{version('umap-learn')}.warm"
+
+
+def is_warm() -> bool:
+    """Whether umap-learn's kernels are compiled in NUMBA_CACHE_DIR (a cheap file check)."""
+    return warm_marker().exists()
+
+
+def warm_up() -> None:
+    """Compile (or load from NUMBA_CACHE_DIR) every kernel an embedding uses, on random data,
+    then leave a marker so the scheduler does not start this again."""
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(64, 8, generator=gen)
+    aligned_embedding({REFERENCE: feats, "other": feats + 0.1}, use="umap-learn")
+    warm_marker().parent.mkdir(parents=True, exist_ok=True)
+    warm_marker().touch()
 
 
 def embed_run(geometry: dict, samples: int, seed: int = 0) -> dict:
@@ -53,7 +140,8 @@ def embed_run(geometry: dict, samples: int, seed: int = 0) -> dict:
              for s in splits}
     models = geometry["models"]
     feats = {m: torch.cat([models[m]["features"][s][picks[s]] for s in splits]) for m in models}
-    coords = aligned_embedding(feats, seed)
+    used = backend()
+    coords = aligned_embedding(feats, seed, use=used)
     return {
         "coords": {m: torch.from_numpy(c) for m, c in coords.items()},
         "split": sum(([s] * len(picks[s]) for s in splits), []),
@@ -63,4 +151,5 @@ def embed_run(geometry: dict, samples: int, seed: int = 0) -> dict:
                         for m in models},
         "reference": REFERENCE if REFERENCE in coords else next(iter(coords)),
         "samples": samples,
+        "backend": used,
     }

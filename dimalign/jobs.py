@@ -246,8 +246,22 @@ class Scheduler:
         return any(s.process is not None for s in self.slots) or bool(self.exiting) or bool(
             self.store.runs(statuses=("queued",), executor="local", limit=1))
 
+    def warm_umap(self) -> multiprocessing.Process | None:
+        """Compile UMAP's kernels in the background once per NUMBA_CACHE_DIR (not in a slot)."""
+        from dimalign.embed import is_warm
+        from dimalign.worker import warm_umap
+
+        if is_warm():
+            return None
+        process = self.ctx.Process(target=warm_umap, args=(str(paths.home()),),
+                                   name="dimalign-warm-umap", daemon=False)
+        process.start()
+        self.exiting.append(process)
+        return process
+
     def serve(self, idle_exit: float | None = 120.0, poll: float = 0.3) -> None:
         """Tick until there has been nothing to do for `idle_exit` seconds (None: forever)."""
+        self.warm_umap()
         idle_since = time.monotonic()
         while True:
             self.tick()

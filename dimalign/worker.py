@@ -72,6 +72,17 @@ def work(home: str, run_id: str, gpu: int | None = None) -> None:
         store.close()
 
 
+def warm_umap(home: str) -> None:
+    """Process entry point (spawned by the scheduler once per NUMBA_CACHE_DIR): compile UMAP's
+    kernels at low priority while the user trains, so their first manifold is not a minute
+    of numba compilation."""
+    os.environ["DIMALIGN_HOME"] = home
+    os.nice(10)
+    from dimalign.embed import warm_up
+
+    warm_up()
+
+
 def _summary(result: dict) -> dict:
     import json
 
