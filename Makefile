@@ -11,6 +11,7 @@ export NUMBA_CACHE_DIR ?= $(HOME)/.dimalign/numba-cache
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -e '.[dev,ray]'
+	$(BIN)/dimalign warm  # UMAP's one-time numba compile, here rather than at the first manifold
 	touch $(STAMP)
 
 app: $(STAMP)

@@ -1,17 +1,27 @@
 """Time of every metric of one model on a preset (default digits-class), median of several runs,
 next to a baseline run in the same process: one forward pass over the train and test data.
+Then the UMAP of that model's features, cold (first call in the process) and warm: one model
+(fit), and the aligned frame the Manifolds page draws (fit + transform of two more models).
 
-    .venv/bin/python bench/metrics.py [--runs 5] [--preset digits-class]
+    .venv/bin/python bench/metrics.py [--runs 5] [--preset digits-class] [--umap-points 2000]
+                                      [--cold-numba]
 
-The first run is reported apart as "cold" (imports, first sklearn and eigh calls).
+The first run is reported apart as "cold" (imports, first sklearn and eigh calls). UMAP's cold
+call depends on NUMBA_CACHE_DIR: --cold-numba points it at an empty folder first (the very first
+UMAP on a machine); without it a kept cache makes the first call cost only the imports.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+if "--cold-numba" in sys.argv:  # before numba is imported anywhere
+    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="numba-cold-")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, median  # noqa: E402
@@ -64,6 +74,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--preset", default="digits-class")
+    parser.add_argument("--umap-points", type=int, default=2000)
+    parser.add_argument("--cold-numba", action="store_true",
+                        help="UMAP's cold call with an empty NUMBA_CACHE_DIR")
     args = parser.parse_args()
     cfg = build_config(args.preset)
     baselines = get_baselines(cfg)
@@ -81,6 +94,42 @@ def main() -> None:
     forward = median([w["forward (train+test)"] for w in warm])
     print(f"all metrics, one model: median {total:.2f} s (target <= 10 s); "
           f"{total / forward:.1f}x one forward pass over the data")
+    umap_bench(baselines, exp, args.runs, args.umap_points, total)
+
+
+def umap_bench(baselines, exp, runs: int, points: int, metrics_seconds: float) -> None:
+    """UMAP of the models' features on train + test (as many of `points` as there are)."""
+    import torch
+
+    from dimalign.embed import aligned_embedding, backend, numba_cache_dir
+    from dimalign.features import forward_all
+
+    feats = {}
+    for name, model in (("retrained", baselines.retrained), ("original", baselines.original)):
+        both = torch.cat([forward_all(model, x, exp.info)[1] for x in (exp.x_train, exp.x_test)])
+        feats[name] = both[torch.randperm(len(both), generator=torch.Generator().manual_seed(0))
+                           [:points]]
+    feats["unlearned"] = feats["original"] + 0.01 * feats["original"].std()  # a third model
+    n = len(feats["retrained"])
+    print(f"\n# UMAP ({backend()}), {n} points of {feats['retrained'].shape[1]}-d features "
+          f"(train + test of the preset), NUMBA_CACHE_DIR={numba_cache_dir()}")
+    parts = {"one model (fit)": {"retrained": feats["retrained"]}, "aligned frame of 3 models "
+             "(fit + 2 transforms)": feats}
+    cold = {}
+    for part, data in parts.items():
+        start = time.perf_counter()
+        aligned_embedding(data)
+        cold[part] = time.perf_counter() - start
+    print(f"{'part':<48}{'cold s':>9}{'warm median s':>15}")
+    for part, data in parts.items():
+        warm = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            aligned_embedding(data)
+            warm.append(time.perf_counter() - start)
+        print(f"{part:<48}{cold[part]:>9.2f}{median(warm):>15.2f}")
+    print(f"aligned frame warm / all metrics of one model warm: "
+          f"{median(warm) / metrics_seconds:.1f}x  (target: UMAP of 2,000 points warm <= 5 s)")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 
 from dimalign.config import DEFAULT_PRESET, ConfigError, build_config, load_preset, preset_names
 from dimalign.datasets import DatasetUnavailable
@@ -93,12 +94,47 @@ def cmd_run(args) -> int:
     get_method(args.method)  # an unknown method fails before any training
     result = run_experiment(cfg, args.method, preset=args.preset, progress=ProgressBar(),
                             fresh=args.fresh)
+    if args.umap:
+        result["umap"] = _embed_cli(Path(result["artifacts"]), args.umap)
     if args.json:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
     else:
         print_table(result)
+        if args.umap:
+            u = result["umap"]
+            print(f"umap: {u['points']} points ({u['backend']}) in {u['seconds']:.1f} s: "
+                  f"{u['path']}")
     return 0
+
+
+def cmd_warm(args) -> int:
+    """Compile UMAP's numba kernels into NUMBA_CACHE_DIR once (the Makefile does it at install)."""
+    from dimalign.embed import is_warm, numba_cache_dir, warm_up
+
+    if is_warm() and not args.force:
+        print(f"UMAP is warm: {numba_cache_dir()}")
+        return 0
+    start = time.perf_counter()
+    warm_up()
+    print(f"UMAP kernels compiled into {numba_cache_dir()} in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _embed_cli(folder: Path, samples: int) -> dict:
+    """The aligned UMAP of a run's saved features, as the Manifolds page would show it."""
+    from dimalign.artifacts import load_bundle, save_bundle
+    from dimalign.embed import embed_run
+    from dimalign.worker import embedding_path
+
+    sys.stderr.write(f"UMAP of {samples} points (the first ever also compiles numba "
+                     "kernels, about a minute) ...\n")
+    start = time.perf_counter()
+    path = embedding_path(folder, samples)
+    bundle = embed_run(load_bundle(folder / "geometry.pt"), samples)
+    save_bundle(bundle, path)
+    return {"path": str(path), "points": len(bundle["rows"]), "backend": bundle["backend"],
+            "seconds": round(time.perf_counter() - start, 3)}
 
 
 def cmd_methods(args) -> int:
@@ -302,7 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     run.add_argument("--fresh", action="store_true",
                      help="recompute even if this exact run was saved before")
+    run.add_argument("--umap", type=int, metavar="N", default=0,
+                     help="also compute the aligned UMAP of N points into the run folder")
     run.set_defaults(func=cmd_run)
+    warm = sub.add_parser("warm", help="compile UMAP's numba kernels once (a minute on 2 cores)")
+    warm.add_argument("--force", action="store_true", help="even if they look compiled")
+    warm.set_defaults(func=cmd_warm)
     methods = sub.add_parser("methods", help="list the methods, their papers and knobs")
     methods.add_argument("--json", action="store_true")
     methods.set_defaults(func=cmd_methods)

@@ -47,6 +47,9 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     augment: bool = True
+    # torch.compile the training step (backend DIMALIGN_COMPILE_BACKEND, default inductor): pays
+    # on a GPU for long runs; on a CPU its one-time compile costs more than small runs save
+    compile: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Feature-space geometry: Dimensional Alignment, principal angles, eigenspectra, CKA.
 
 Pure torch, no I/O. Features are (N, C) tensors, one row per sample; METHOD.md writes the same
-matrices transposed (columns are samples). Eigendecompositions run in float64 on the input's
-device; results come back in the input's dtype unless stated.
+matrices transposed (columns are samples). Eigendecompositions run in float64, on a GPU when
+there is one and the features are large (results come back on the input's device); results come
+back in the input's dtype unless stated.
 """
 
 from __future__ import annotations
@@ -44,6 +45,26 @@ def _check(feats: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
+GPU_FROM = 1_000_000  # feature entries from which a Gram matrix moves to the GPU (~ms there)
+
+
+def _gram_eigh(feats: torch.Tensor, center: bool = False, scale: bool = False,
+               vectors: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Eigenvalues (ascending) and, if asked, eigenvectors of FᵀF in float64 — of the centred
+    F if `center`, divided by N if `scale` — computed on a GPU when it pays."""
+    f = feats.detach()
+    if f.device.type == "cpu" and f.numel() >= GPU_FROM and torch.cuda.is_available():
+        f = f.to("cuda", non_blocking=True)
+    f = f.double()
+    if center:
+        f = f - f.mean(0, keepdim=True)
+    gram = f.T @ f / (f.shape[0] if scale else 1)
+    if vectors:
+        values, vecs = torch.linalg.eigh(gram)
+        return values.to(feats.device), vecs.to(feats.device)
+    return torch.linalg.eigvalsh(gram).to(feats.device), None
+
+
 def k_for_energy(eigenvalues: torch.Tensor, energy: float) -> int:
     """Smallest k whose top-k eigenvalues (descending) hold `energy` of the total."""
     if not 0.0 < energy <= 1.0:
@@ -59,8 +80,7 @@ def k_for_energy(eigenvalues: torch.Tensor, energy: float) -> int:
 def top_basis(feats: torch.Tensor, energy: float = 0.9, k: int | None = None) -> Basis:
     """Top eigenvectors of FᵀF (the top left singular vectors of F in METHOD.md's layout)."""
     _check(feats, "features")
-    f = feats.detach().double()
-    eigenvalues, vectors = torch.linalg.eigh(f.T @ f)  # ascending
+    eigenvalues, vectors = _gram_eigh(feats)  # ascending
     eigenvalues, vectors = eigenvalues.flip(0), vectors.flip(1)
     if k is None:
         k = k_for_energy(eigenvalues, energy)
@@ -122,10 +142,7 @@ def angles_between(ua: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
 def eigenspectrum(feats: torch.Tensor, center: bool = False) -> Spectrum:
     """Eigenvalues of FᵀF / N (or of the covariance if `center`), normalised to sum 1."""
     _check(feats, "features")
-    f = feats.detach().double()
-    if center:
-        f = f - f.mean(0, keepdim=True)
-    eigenvalues = torch.linalg.eigvalsh(f.T @ f / f.shape[0]).flip(0).clamp(min=0)
+    eigenvalues = _gram_eigh(feats, center, scale=True, vectors=False)[0].flip(0).clamp(min=0)
     total = eigenvalues.sum()
     if total <= 0:
         raise ValueError("the features are constant: their spectrum holds no energy")

@@ -84,6 +84,11 @@ def warm_up(model: Classifier, x: torch.Tensor) -> None:
     _WARM.add(key)
 
 
+def compiled(model: nn.Module) -> nn.Module:
+    backend = os.environ.get("DIMALIGN_COMPILE_BACKEND", "inductor")
+    return torch.compile(model, backend=backend)
+
+
 def train_classifier(cfg: Config, info: DatasetInfo, x: torch.Tensor, y: torch.Tensor,
                      device: torch.device, phase: str,
                      progress: ProgressFn | None = None) -> tuple[Classifier, float]:
@@ -100,6 +105,7 @@ def train_classifier(cfg: Config, info: DatasetInfo, x: torch.Tensor, y: torch.T
     n = len(y)
     warm_up(model, normalise(x[: tc.batch_size], info))
     start = time.perf_counter()
+    step_model = compiled(model) if tc.compile else model  # shares the weights of `model`
     steps = max(1, math.ceil(n / tc.batch_size))
     opt = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum,
                           weight_decay=tc.weight_decay, nesterov=tc.momentum > 0)
@@ -120,7 +126,7 @@ def train_classifier(cfg: Config, info: DatasetInfo, x: torch.Tensor, y: torch.T
             if cuda:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                loss = loss_fn(model(xb), y[idx])
+                loss = loss_fn(step_model(xb), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -157,7 +163,9 @@ def cache_key(cfg: Config, role: str) -> dict:
     """Everything that defines a baseline model. The original model sees all of D, which only
     the backdoor scenario changes, so one original serves every class and random scenario."""
     key = {"version": CACHE_VERSION, "role": role, "dataset": cfg.dataset, "seed": cfg.seed,
-           "model": cfg.model_name, "train": cfg.to_dict()["train"]}
+           "model": cfg.model_name,
+           # compiling changes how fast, not what is learned, like the device
+           "train": {k: v for k, v in cfg.to_dict()["train"].items() if k != "compile"}}
     if role == "retrained" or cfg.scenario.kind == "backdoor":
         key["scenario"] = scenario_key(cfg)
     return key

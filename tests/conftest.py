@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+
+# compiled UMAP kernels are kept across sessions as `make` keeps them (every test home would
+# otherwise compile them again, about a minute each)
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".dimalign" / "numba-cache"))
 
 from dimalign.config import build_config
 from dimalign.train import get_baselines

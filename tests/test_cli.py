@@ -89,7 +89,7 @@ def test_bad_input_exits_2_with_one_clear_line_and_nothing_on_stdout(args, words
 def muda_run(tmp_path_factory):
     home = tmp_path_factory.mktemp("cli-muda")
     return home, dimalign("run", "--set", "train.epochs=2", "--method", "muda", "--json",
-                          home=home)
+                          "--umap", "90", home=home)
 
 
 def test_run_with_a_method_adds_the_unlearned_model_and_its_time(muda_run):
@@ -105,6 +105,28 @@ def test_run_with_a_method_adds_the_unlearned_model_and_its_time(muda_run):
         p.name for p in run_dir.iterdir()}
     points = json.loads((run_dir / "telemetry.json").read_text())
     assert len(points) >= 2 and any("loss_da" in p for p in points) and "da" in points[-1]
+
+
+def test_run_with_umap_saves_the_aligned_frame_the_manifolds_page_reads(muda_run):
+    import torch
+
+    _, proc = muda_run
+    umap = json.loads(proc.stdout)["umap"]
+    assert umap["points"] == 90 and umap["backend"] == "umap-learn" and umap["seconds"] > 0
+    bundle = torch.load(umap["path"], weights_only=True)
+    assert set(bundle["coords"]) == {"original", "retrained", "unlearned"}
+    assert all(c.shape == (90, 2) and torch.isfinite(c).all() for c in bundle["coords"].values())
+    assert bundle["split"].count("forget") == 30
+
+
+def test_warm_compiles_umap_once_and_says_where():
+    from dimalign.embed import numba_cache_dir
+
+    forced = dimalign("warm", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "compiled into" in forced.stdout and str(numba_cache_dir()) in forced.stdout
+    again = dimalign("warm")
+    assert again.returncode == 0 and "UMAP is warm" in again.stdout
 
 
 def test_a_diverging_run_fails_naming_the_term_and_leaves_no_result(muda_run):

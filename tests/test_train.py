@@ -95,3 +95,21 @@ def test_default_preset_original_is_accurate_and_retrained_has_forgotten(default
     assert original["acc_forget"] >= 0.95
     assert retrained["acc_forget"] <= 0.05
     assert retrained["acc_retain"] >= 0.95
+
+
+def test_compiled_training_learns_the_same_weights_and_shares_the_cache(monkeypatch):
+    """train.compile wraps the step in torch.compile (aot_eager here: the same graph capture
+    as inductor without its minute-long C++ build on a CPU); the model keeps plain weights."""
+    monkeypatch.setenv("DIMALIGN_COMPILE_BACKEND", "aot_eager")
+    plain = build_config("digits-class", ["train.epochs=1"])
+    fast = build_config("digits-class", ["train.epochs=1", "train.compile=true"])
+    assert fast.train.compile and cache_key(plain, "original") == cache_key(fast, "original")
+    exp = build_experiment(plain)
+    x, y = exp.x_train[:256], exp.y_train[:256]
+    a, _ = train_classifier(plain, exp.info, x, y, torch.device("cpu"), "original")
+    torch._dynamo.reset()
+    b, _ = train_classifier(fast, exp.info, x, y, torch.device("cpu"), "original")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it did compile
+    assert a.state_dict().keys() == b.state_dict().keys()  # no "_orig_mod." prefixes
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[k], v, atol=1e-4, rtol=1e-3)
