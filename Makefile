@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export NUMBA_CACHE_DIR ?= $(HOME)/.dimalign/numba-cache
 
-.PHONY: app test lint bench clean-venv
+.PHONY: app test test-gpu lint bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ app: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-gpu: $(STAMP)  # on a machine with CUDA; not part of `make test`
+	$(BIN)/python -m pytest tests_gpu
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
