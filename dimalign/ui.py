@@ -68,8 +68,21 @@ def ensure_scheduler() -> None:
         st.session_state["_scheduler_checked"] = True
 
 
+def _in_frame() -> None:
+    """A fresh server's first visitor on a deep link (/manifolds?owner=...) gets the page run by
+    Streamlit's legacy pages/ mode, without app.py's frame (page links named after files, no
+    wide layout), and that mode then sticks until someone opens the main page. Turn it off and
+    rerun: the rerun goes through app.py's st.navigation to the same page."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def sidebar_config() -> Config | None:
     """Preset picker and owner in the sidebar (both kept in the URL); the validated config."""
+    _in_frame()
     names = preset_names()
     wanted = sticky("preset") or DEFAULT_PRESET
     index = names.index(wanted) if wanted in names else names.index(DEFAULT_PRESET)
@@ -82,6 +95,11 @@ def sidebar_config() -> Config | None:
         st.caption(description)
         st.caption(f"You are **{who}** — bookmark this page's address to come back to your "
                    "runs.")
+        formats = ["PNG", "SVG"]
+        st.radio("Chart downloads", formats, horizontal=True, key="figure_format",
+                 index=formats.index(st.session_state.get("_figure_format", "PNG")),
+                 on_change=_keep, args=("figure_format",),
+                 help="What each chart's camera button saves (hover a chart to see it)")
     if st.session_state.get("overrides_for") != preset:  # settings belong to one preset
         st.session_state["overrides"], st.session_state["overrides_for"] = [], preset
     remember("preset", preset)
@@ -90,6 +108,21 @@ def sidebar_config() -> Config | None:
     except ConfigError as err:
         st.error(f"These settings are invalid: {err}. Change them on the Experiment page.")
         return None
+
+
+def _keep(key: str) -> None:
+    """Copy a widget's value where a page switch does not clear it (widgets belong to a page)."""
+    st.session_state[f"_{key}"] = st.session_state[key]
+
+
+def chart(fig, key: str, where=None, **kwargs):
+    """A plotly chart whose camera button saves it as PNG or SVG (the sidebar's choice), in the
+    browser, named after the chart."""
+    fmt = str(st.session_state.get("_figure_format", "PNG")).lower()
+    config = {"displaylogo": False,
+              "toImageButtonOptions": {"format": fmt, "filename": f"dimalign-{key}",
+                                       "scale": 2 if fmt == "png" else 1}}
+    return (where or st).plotly_chart(fig, key=key, config=config, **kwargs)
 
 
 def geometry_source(cfg: Config, who: str) -> tuple[Run | None, dict | None]:

@@ -6,7 +6,7 @@ from dimalign import plots, ui
 
 cfg, who, run, geometry = ui.geometry_page("Principal angles")
 
-st.plotly_chart(plots.angles_figure(geometry), key="angles")
+ui.chart(plots.angles_figure(geometry), "angles")
 models = geometry["models"]
 st.dataframe([{"model": m, "DA": round(g["da"], 4), "k (retain)": g["k_retain"],
                "k (forget)": g["k_forget"], "smallest angle": round(float(g["angles"][0]), 2)}
@@ -14,7 +14,7 @@ st.dataframe([{"model": m, "DA": round(g["da"], 4), "k (retain)": g["k_retain"],
 if "unlearned" in models and run.kind == "unlearn":
     curves = ui.store().curves(run.id)
     if curves.get("da"):
-        st.plotly_chart(plots.telemetry_figure({"da": curves["da"]}), key="da_curve")
+        ui.chart(plots.telemetry_figure({"da": curves["da"]}), "da_curve")
 
 retrained, original = models.get("retrained"), models.get("original")
 if retrained and original:

@@ -56,7 +56,7 @@ except ImportError:
     st.dataframe(table, hide_index=True, key="compare_table")
 st.caption("Red shading grows with the distance to the retrained model (the gold standard).")
 
-st.plotly_chart(plots.parallel_figure(rows, KEYS + ["time / retrain"]), key="parallel")
+ui.chart(plots.parallel_figure(rows, KEYS + ["time / retrain"]), "parallel")
 buffer = io.StringIO()
 writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
 writer.writeheader()
@@ -67,4 +67,5 @@ c1.download_button("Download CSV", buffer.getvalue(), "dimalign-compare.csv", "t
 c2.download_button("Download figure (HTML)",
                    plots.parallel_figure(rows, KEYS).to_html(include_plotlyjs=True),
                    "dimalign-compare.html", "text/html", key="download_fig")
-st.caption("Each chart's camera button saves it as PNG.")
+st.caption("The chart's camera button (hover it) saves it as PNG or SVG — pick which in the "
+           "sidebar; the HTML file keeps it interactive.")

@@ -58,7 +58,7 @@ except DatasetUnavailable as err:
     st.stop()
 
 left, right = st.columns([1, 2])
-left.plotly_chart(plots.split_sizes(exp.summary()), key="split_sizes")
+ui.chart(plots.split_sizes(exp.summary()), "split_sizes", left)
 with right:
     st.markdown("**Forget set** (first 20)")
     st.image(plots.image_montage(exp.x_train[exp.forget_idx[:20]]), width="stretch")

@@ -12,8 +12,9 @@ from dimalign.worker import embedding_path
 cfg, who, run, geometry = ui.geometry_page("Manifolds")
 
 limit = sum(len(v) for v in geometry["rows"].values())
-samples = st.select_slider("Points", [s for s in (150, 300, 600, 1200, 2400) if s <= limit]
-                           or [limit], key="samples")
+sizes = [s for s in (150, 300, 600, 1200, 2400) if s <= limit] or [limit]
+samples = st.select_slider("Points", sizes, value=600 if 600 in sizes else sizes[-1],
+                           key="samples")
 path = embedding_path(run.folder, samples)
 job = None
 if not path.exists():
@@ -29,8 +30,8 @@ def _draw() -> bool:
     if not path.exists():
         return False
     plot, picked = st.columns([4, 1])
-    event = plot.plotly_chart(plots.manifold_figure(load_bundle(path)), key="manifolds",
-                              on_select="rerun", selection_mode="points")
+    event = ui.chart(plots.manifold_figure(load_bundle(path)), "manifolds", plot,
+                     on_select="rerun", selection_mode="points")
     plot.caption("UMAP fitted on the retrained model's features; the other models' features "
                  "of the same samples are placed into that frame. Crosses: forget samples; "
                  "open circles: test samples. Hover for label and predictions; click a point "

@@ -7,13 +7,13 @@ from dimalign import plots, ui
 cfg, who, run, geometry = ui.geometry_page("Eigenspectra")
 
 centered = st.toggle("Centred (covariance) instead of uncentred", key="centered")
-st.plotly_chart(plots.spectra_grid(geometry, centered), key="spectra")
+ui.chart(plots.spectra_grid(geometry, centered), "spectra")
 c1, c2 = st.columns([1, 3])
 split = c1.radio("Features", ["forget", "retain", "test"], key="split")
 energy = c1.slider("Energy", 0.5, 0.999, float(geometry["settings"]["energy"]), 0.001,
                    key="energy")
 fig, ks = plots.cumulative_figure(geometry, split, energy, centered)
-c2.plotly_chart(fig, key="cumulative")
+ui.chart(fig, "cumulative", c2)
 c1.markdown("\n".join(f"- **{m}**: k = {k}" for m, k in ks.items()))
 st.dataframe([{"model": m, **{f"effective rank ({s})": round(g["effective_rank"][s], 2)
                               for s in ("retain", "forget", "test")}}

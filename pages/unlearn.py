@@ -80,7 +80,7 @@ def _panel(run_id: str) -> None:
         if run.status == "done":
             st.success(f"Run {run.id} done.")
     curves = ui.store().curves(run_id)
-    st.plotly_chart(plots.telemetry_figure(curves, references), key=f"curves_{run_id}")
+    ui.chart(plots.telemetry_figure(curves, references), f"curves_{run_id}")
     if run.status == "done" and run.result:
         models = run.result["models"]
         keys = ["acc_retain", "acc_forget", "acc_test", "mia", "da", "avg_gap"]

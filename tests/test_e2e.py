@@ -5,6 +5,7 @@ skip: a missing browser fails this test. Screenshots of every page go to test-ar
 """
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -70,14 +71,55 @@ def wait_idle(page, timeout=60_000):
     page.wait_for_selector("[data-testid='stStatusWidget']", state="detached", timeout=timeout)
 
 
+def click_a_manifold_point_and_see_its_image(page) -> None:
+    """Click the first point of the first UMAP panel (scattergl draws on a canvas, so its
+    pixel position comes from plotly's axes) and expect its image and labels beside it."""
+    plot = page.locator(".js-plotly-plot").first
+    plot.scroll_into_view_if_needed()
+    x, y = page.evaluate("""() => {
+        const gd = document.querySelector('.js-plotly-plot');
+        const t = gd._fullData.find(d => d.xaxis === 'x' && d.x && d.x.length);
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+        const box = gd.getBoundingClientRect();
+        return [box.left + xa._offset + xa.l2p(t.x[0]), box.top + ya._offset + ya.l2p(t.y[0])];
+    }""")
+    page.mouse.click(x, y)
+    picked = page.locator("[data-testid='stMarkdownContainer']", has_text="predicted")
+    picked.first.wait_for(timeout=60_000)
+    assert re.search(r"(retain|forget|test) sample \d+\s+label \d+, predicted \d+",
+                     picked.first.inner_text()), picked.first.inner_text()
+    page.wait_for_function("""() => {
+        const img = document.querySelector("[data-testid='stImage'] img");
+        return img && img.complete && img.naturalWidth > 0;
+    }""", timeout=30_000)  # the picked sample's image, loaded and drawn
+    wait_idle(page)
+    page.screenshot(path=ARTIFACTS / "manifolds-picked.png", full_page=True)
+
+
+def download_the_chart_as_svg(page) -> None:
+    """Pick SVG in the sidebar, then the chart's own camera button saves an SVG file."""
+    page.locator("[data-testid='stSidebar']").get_by_text("SVG", exact=True).click()
+    wait_idle(page)
+    chart = page.locator(".js-plotly-plot").first
+    chart.hover()
+    with page.expect_download(timeout=60_000) as download:
+        chart.locator(".modebar-btn[data-title^='Download plot']").click()
+    assert download.value.suggested_filename == "dimalign-parallel.svg"
+    saved = ARTIFACTS / "compare-parallel.svg"
+    download.value.save_as(saved)
+    text = saved.read_text()
+    assert text.lstrip().startswith("<svg") and "acc_forget" in text
+
+
 def test_start_a_muda_run_watch_it_live_and_visit_every_page(server, browser):
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{server}/?owner=e2e&preset=digits-class")
-    page.get_by_text("Samples per split").wait_for(timeout=60_000)
-
-    page.get_by_role("link", name="Unlearn (live)", exact=True).click()
+    # the fresh server's first visit is a deep link, as a bookmarked workshop address would be:
+    # it must open inside app.py's frame (titled page links), not Streamlit's pages/ listing
+    page.goto(f"{server}/unlearn?owner=e2e&preset=digits-class")
     page.get_by_role("button", name="Run").wait_for(timeout=60_000)
+    assert page.get_by_role("link", name="Principal angles", exact=True).count() == 1
+    assert page.get_by_role("link", name="angles", exact=True).count() == 0
     # a longer schedule, so the curve visibly grows: epochs and retain fraction to the max
     for label in ("epochs", "retain_fraction"):
         thumb = page.get_by_role("slider", name=label)
@@ -105,6 +147,9 @@ def test_start_a_muda_run_watch_it_live_and_visit_every_page(server, browser):
         if name == "Manifolds":  # the UMAP job runs in a worker; the page waits for it
             page.locator(".js-plotly-plot").first.wait_for(timeout=240_000)
             wait_idle(page)
+            click_a_manifold_point_and_see_its_image(page)
+        if name == "Compare":
+            download_the_chart_as_svg(page)
         shot = ARTIFACTS / f"{name.lower().split(' (')[0].replace(' ', '-')}.png"
         page.screenshot(path=shot, full_page=True)
         errors = page.locator("[data-testid='stException']")

@@ -34,7 +34,7 @@ def finished(tiny_baselines):
 
     drain([base, run])
     assert store.get(run).status == "done", store.get(run).error
-    embed = submit_embedding(store, run, 150, OWNER)
+    embed = submit_embedding(store, run, 600, OWNER)  # the page's default size
     drain([embed])
     assert store.get(embed).status == "done", store.get(embed).error
     return {"store": store, "baselines": base, "run": run}
@@ -125,6 +125,20 @@ def test_compare_page_tabulates_runs_with_gaps_and_offers_downloads(finished):
     at.toggle(key="gaps").set_value(True).run()
     gaps = at.dataframe[0].value
     assert gaps.loc[gaps["run"] == "retrained", "acc_forget"].iloc[0] == 0
+
+
+def chart_downloads(at: AppTest) -> set[tuple[str, str]]:
+    options = [json.loads(c.proto.config)["toImageButtonOptions"] for c in at.get("plotly_chart")]
+    return {(o["format"], o["filename"]) for o in options}
+
+
+def test_every_chart_saves_as_png_or_svg_as_the_sidebar_says(finished):
+    at = page("pages/compare.py")
+    assert chart_downloads(at) == {("png", "dimalign-parallel")}
+    at.radio(key="figure_format").set_value("SVG").run()
+    assert chart_downloads(at) == {("svg", "dimalign-parallel")}
+    at.switch_page("pages/spectra.py").run()  # the choice holds across pages
+    assert chart_downloads(at) == {("svg", "dimalign-spectra"), ("svg", "dimalign-cumulative")}
 
 
 def test_learn_page_has_the_formulas_and_live_figures(finished):
