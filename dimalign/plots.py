@@ -44,6 +44,9 @@ CURVE_GROUPS = (
 )
 
 
+MARKERS_UP_TO = 25
+
+
 def telemetry_figure(curves: dict[str, list[tuple[int, float]]],
                      references: dict[str, dict[str, float]] | None = None) -> go.Figure:
     """A run's live curves in four panels; `references` draws e.g. the retrained and original
@@ -53,20 +56,30 @@ def telemetry_figure(curves: dict[str, list[tuple[int, float]]],
     fig = make_subplots(rows=2, cols=2, subplot_titles=[g[0] for g in CURVE_GROUPS],
                         horizontal_spacing=0.08, vertical_spacing=0.14)
     dashes = {"retrained": "dash", "original": "dot"}
+    shapes, notes = [], []  # built as plain dicts: add_hline costs ~30 ms a line
     for i, (_, wanted) in enumerate(CURVE_GROUPS):
         row, col = divmod(i, 2)
+        axis = "" if i == 0 else str(i + 1)
         for key in sorted(k for k in curves if wanted(k)):
             steps, values = zip(*curves[key], strict=True) if curves[key] else ((), ())
-            fig.add_trace(go.Scatter(x=list(steps), y=list(values), mode="lines+markers",
+            # markers only while few: each is an SVG node, and long runs have hundreds
+            mode = "lines+markers" if len(steps) <= MARKERS_UP_TO else "lines"
+            fig.add_trace(go.Scatter(x=list(steps), y=list(values), mode=mode,
                                      name=key.removeprefix("loss_"), legendgroup=str(i)),
                           row=row + 1, col=col + 1)
             for ref, values_by_key in (references or {}).items():
-                if key in values_by_key and values_by_key[key] is not None:
-                    fig.add_hline(y=values_by_key[key], line_dash=dashes.get(ref, "dash"),
-                                  line_width=1, annotation_text=f"{ref} {key}",
-                                  annotation_font_size=9, row=row + 1, col=col + 1)
+                if values_by_key.get(key) is None:
+                    continue
+                y = values_by_key[key]
+                shapes.append(dict(type="line", xref=f"x{axis} domain", x0=0, x1=1,
+                                   yref=f"y{axis}", y0=y, y1=y,
+                                   line=dict(width=1, dash=dashes.get(ref, "dash"))))
+                notes.append(dict(text=f"{ref} {key}", xref=f"x{axis} domain", x=1,
+                                  yref=f"y{axis}", y=y, xanchor="right", yanchor="bottom",
+                                  showarrow=False, font=dict(size=9)))
     fig.update_xaxes(title_text="step")
-    fig.update_layout(height=620, margin=dict(l=40, r=20, t=50, b=40))
+    fig.update_layout(height=620, margin=dict(l=40, r=20, t=50, b=40), shapes=shapes,
+                      annotations=list(fig.layout.annotations) + notes)
     return fig
 
 
@@ -148,50 +161,97 @@ def angles_figure(geometry: dict) -> go.Figure:
     return fig
 
 
-def manifold_figure(embedding: dict, forget_label: str = "forget") -> go.Figure:
-    """Side-by-side UMAPs in one aligned frame: colour = class, forget points as crosses."""
+PALETTE = ["#4C78A8", "#F58518", "#E45756", "#72B7B2", "#54A24B", "#EECA3B", "#B279A2",
+           "#FF9DA6", "#9D755D", "#BAB0AC"]
+SVG_POINTS = 4000
+SPLIT_MARKERS = (("retain", "circle", 5), ("test", "circle-open", 5), ("forget", "x", 8))
+
+
+def manifold_figure(embedding: dict) -> go.Figure:
+    """Side-by-side UMAPs in one aligned frame: colour = class, symbol = split (forget points
+    as crosses). One trace per panel and split (colours per point), so the browser draws a
+    handful of traces rather than one per class; the legend keys are point-less traces. SVG up
+    to SVG_POINTS points in all (it draws faster than starting WebGL), WebGL beyond."""
     from plotly.subplots import make_subplots
 
     models = [m for m in ("original", "retrained", "unlearned") if m in embedding["coords"]]
     fig = make_subplots(rows=1, cols=len(models), subplot_titles=models,
                         horizontal_spacing=0.03)
+    kind = go.Scatter if len(models) * len(embedding["split"]) <= SVG_POINTS else go.Scattergl
     labels = embedding["labels"].tolist()
     splits = embedding["split"]
-    classes = sorted(set(labels))
-    palette = ["#4C78A8", "#F58518", "#E45756", "#72B7B2", "#54A24B", "#EECA3B", "#B279A2",
-               "#FF9DA6", "#9D755D", "#BAB0AC"]
+    rows = embedding["rows"].tolist()
     for col, model in enumerate(models, start=1):
         xy = embedding["coords"][model].numpy()
         preds = embedding["predictions"][model].tolist()
-        for split, symbol, size in (("retain", "circle", 5), ("test", "circle-open", 5),
-                                    (forget_label, "x", 8)):
-            for c in classes:
-                idx = [i for i, (s, y) in enumerate(zip(splits, labels, strict=True))
-                       if s == split and y == c]
-                if not idx:
-                    continue
-                fig.add_trace(go.Scattergl(
-                    x=xy[idx, 0], y=xy[idx, 1], mode="markers",
-                    marker=dict(color=palette[c % len(palette)], symbol=symbol, size=size),
-                    name=f"class {c}" if split == "retain" else f"class {c} ({split})",
-                    legendgroup=f"{c}-{split}", showlegend=col == 1,
-                    customdata=[[splits[i], labels[i], preds[i], int(embedding["rows"][i])]
-                                for i in idx],
-                    hovertemplate="%{customdata[0]} sample %{customdata[3]}<br>label "
-                                  "%{customdata[1]}, predicted %{customdata[2]}<extra></extra>"),
-                    row=1, col=col)
+        for split, symbol, size in SPLIT_MARKERS:
+            idx = [i for i, s in enumerate(splits) if s == split]
+            if not idx:
+                continue
+            fig.add_trace(kind(
+                x=xy[idx, 0], y=xy[idx, 1], mode="markers", name=split, showlegend=False,
+                marker=dict(color=[PALETTE[labels[i] % len(PALETTE)] for i in idx],
+                            symbol=symbol, size=size),
+                customdata=[[split, labels[i], preds[i], rows[i]] for i in idx],
+                hovertemplate="%{customdata[0]} sample %{customdata[3]}<br>label "
+                              "%{customdata[1]}, predicted %{customdata[2]}<extra></extra>"),
+                row=1, col=col)
+    for c in sorted(set(labels)):
+        fig.add_trace(kind(x=[None], y=[None], mode="markers", name=f"class {c}",
+                                   marker=dict(color=PALETTE[c % len(PALETTE)], size=8)))
+    for split, symbol, _ in SPLIT_MARKERS:
+        fig.add_trace(kind(x=[None], y=[None], mode="markers", name=split,
+                                   marker=dict(color="#666666", symbol=symbol, size=8)))
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
     fig.update_layout(height=460, margin=dict(l=10, r=10, t=40, b=10))
     return fig
 
 
-def parallel_figure(rows: list[dict], keys: list[str]) -> go.Figure:
-    """Parallel coordinates over runs: one line per run, coloured by avg-gap."""
-    gaps = [r.get("avg_gap") or 0.0 for r in rows]
-    dims = [dict(label=k, values=[r.get(k) if r.get(k) is not None else float("nan")
-                                  for r in rows]) for k in keys]
-    fig = go.Figure(go.Parcoords(line=dict(color=gaps, colorscale="RdYlGn_r", showscale=True,
-                                           colorbar=dict(title="avg gap")), dimensions=dims))
-    fig.update_layout(height=420, margin=dict(l=60, r=40, t=40, b=30))
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both coordinates (lower is better),
+    ordered by the first coordinate."""
+    order = sorted(range(len(points)), key=lambda i: points[i])
+    front, best = [], float("inf")
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def tradeoff_figure(rows: list[dict], keys: list[str], retrained: dict) -> go.Figure:
+    """Left: every run's gap to the retrained model per metric (a parallel-coordinates profile;
+    0 is retraining). Right: avg-gap against time as a fraction of retraining, with the Pareto
+    front. Plain SVG traces, so the chart draws fast without a GPU and exports cleanly."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.08,
+                        subplot_titles=["gap to retrained, per metric",
+                                        "avg-gap vs time (fraction of retraining)"])
+    metrics = [k for k in keys if k != "avg_gap" and retrained.get(k) is not None]
+    for n, row in enumerate(rows):
+        label = row["method"] if row["run"] == row["method"] else f"{row['method']} {row['run']}"
+        colour = "#222222" if row["method"] == "retrained" else PALETTE[n % len(PALETTE)]
+        gaps = [row[k] - retrained[k] if row.get(k) is not None else None for k in metrics]
+        fig.add_trace(go.Scatter(x=metrics, y=gaps, mode="lines+markers", name=label,
+                                 legendgroup=label, line=dict(color=colour)), row=1, col=1)
+        gap = 0.0 if row["method"] == "retrained" else row.get("avg_gap")
+        if gap is not None and row.get("time / retrain") is not None:
+            fig.add_trace(go.Scatter(x=[row["time / retrain"]], y=[gap], mode="markers+text",
+                                     text=[row["method"]], textposition="top center",
+                                     marker=dict(size=11, color=colour), name=label,
+                                     legendgroup=label, showlegend=False), row=1, col=2)
+    points = [(r["time / retrain"], 0.0 if r["method"] == "retrained" else r["avg_gap"])
+              for r in rows if r.get("time / retrain") is not None
+              and (r["method"] == "retrained" or r.get("avg_gap") is not None)]
+    front = [points[i] for i in pareto_front(points)]
+    fig.add_trace(go.Scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines",
+                             line=dict(dash="dot", color="#888888"), name="Pareto front",
+                             hoverinfo="skip"), row=1, col=2)
+    fig.add_hline(y=0, line=dict(color="#222222", width=1), row=1, col=1)
+    fig.update_xaxes(title_text="time / retraining", row=1, col=2)
+    fig.update_yaxes(title_text="value − retrained", row=1, col=1)
+    fig.update_yaxes(title_text="avg-gap (lower is better)", row=1, col=2)
+    fig.update_layout(height=440, margin=dict(l=60, r=20, t=50, b=40))
     return fig

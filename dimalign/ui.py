@@ -115,6 +115,17 @@ def _keep(key: str) -> None:
     st.session_state[f"_{key}"] = st.session_state[key]
 
 
+def memo_figure(identity: tuple, build):
+    """A figure built once per `identity` in this session: plotly validates every array as a
+    figure is built (~0.25 s for the manifolds), and page switches redraw unchanged data."""
+    memo = st.session_state.setdefault("_figures", {})
+    if identity not in memo:
+        if len(memo) >= 16:
+            memo.pop(next(iter(memo)))
+        memo[identity] = build()
+    return memo[identity]
+
+
 def chart(fig, key: str, where=None, **kwargs):
     """A plotly chart whose camera button saves it as PNG or SVG (the sidebar's choice), in the
     browser, named after the chart."""

@@ -6,7 +6,8 @@ from dimalign import plots, ui
 
 cfg, who, run, geometry = ui.geometry_page("Principal angles")
 
-ui.chart(plots.angles_figure(geometry), "angles")
+ui.chart(ui.memo_figure(("angles", run.id, run.finished), lambda: plots.angles_figure(geometry)),
+         "angles")
 models = geometry["models"]
 st.dataframe([{"model": m, "DA": round(g["da"], 4), "k (retain)": g["k_retain"],
                "k (forget)": g["k_forget"], "smallest angle": round(float(g["angles"][0]), 2)}

@@ -56,7 +56,7 @@ except ImportError:
     st.dataframe(table, hide_index=True, key="compare_table")
 st.caption("Red shading grows with the distance to the retrained model (the gold standard).")
 
-ui.chart(plots.parallel_figure(rows, KEYS + ["time / retrain"]), "parallel")
+ui.chart(plots.tradeoff_figure(rows, KEYS, retrained), "tradeoffs")
 buffer = io.StringIO()
 writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
 writer.writeheader()
@@ -64,8 +64,13 @@ writer.writerows(rows)
 c1, c2 = st.columns(2)
 c1.download_button("Download CSV", buffer.getvalue(), "dimalign-compare.csv", "text/csv",
                    key="download_csv")
-c2.download_button("Download figure (HTML)",
-                   plots.parallel_figure(rows, KEYS).to_html(include_plotlyjs=True),
-                   "dimalign-compare.html", "text/html", key="download_fig")
+
+
+def _figure_html() -> str:  # built on click only: with plotly.js inlined it is 4.6 MB
+    return plots.tradeoff_figure(rows, KEYS, retrained).to_html(include_plotlyjs=True)
+
+
+c2.download_button("Download figure (HTML)", _figure_html, "dimalign-compare.html", "text/html",
+                   key="download_fig")
 st.caption("The chart's camera button (hover it) saves it as PNG or SVG — pick which in the "
            "sidebar; the HTML file keeps it interactive.")

@@ -24,7 +24,8 @@ st.latex(r"\mathrm{DA}(D_f \mid D_r) = "
          r"\in [0, 1]")
 run, geometry = ui.geometry_source(cfg, who)
 if geometry is not None:
-    ui.chart(plots.angles_figure(geometry), "learn_angles")
+    ui.chart(ui.memo_figure(("angles", run.id, run.finished),
+                             lambda: plots.angles_figure(geometry)), "learn_angles")
     st.caption("In the retrained model the forget features lie in the retain eigenspace "
                "(high DA, small angles); the original keeps directions of its own for them.")
 st.markdown("**3. MUDA** alternates two phases. The forget phase pulls forget features into "
@@ -35,7 +36,8 @@ st.latex(r"\mathcal{L}_{\text{forget}} = -\lambda_{DA}\,\mathrm{DA}(B_f \mid B_r
 st.markdown("The recover phase repairs the retain accuracy:")
 st.latex(r"\mathcal{L}_{\text{recover}} = \mathrm{CE}(B_r) + \lambda_{SD}\,\mathcal{L}_{SD}")
 if geometry is not None:
-    ui.chart(plots.spectra_grid(geometry), "learn_spectra")
+    ui.chart(ui.memo_figure(("spectra", run.id, run.finished, False),
+                             lambda: plots.spectra_grid(geometry)), "learn_spectra")
 st.markdown("""
 **4. Judge against retraining, in feature space.** Accuracy and MIA can be matched by bending
 the head while the features still encode the forget data. Compare every metric's **gap to the

@@ -30,7 +30,9 @@ def _draw() -> bool:
     if not path.exists():
         return False
     plot, picked = st.columns([4, 1])
-    event = ui.chart(plots.manifold_figure(load_bundle(path)), "manifolds", plot,
+    fig = ui.memo_figure(("manifolds", str(path), path.stat().st_mtime),
+                         lambda: plots.manifold_figure(load_bundle(path)))
+    event = ui.chart(fig, "manifolds", plot,
                      on_select="rerun", selection_mode="points")
     plot.caption("UMAP fitted on the retrained model's features; the other models' features "
                  "of the same samples are placed into that frame. Crosses: forget samples; "

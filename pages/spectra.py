@@ -7,12 +7,14 @@ from dimalign import plots, ui
 cfg, who, run, geometry = ui.geometry_page("Eigenspectra")
 
 centered = st.toggle("Centred (covariance) instead of uncentred", key="centered")
-ui.chart(plots.spectra_grid(geometry, centered), "spectra")
+ui.chart(ui.memo_figure(("spectra", run.id, run.finished, centered),
+                         lambda: plots.spectra_grid(geometry, centered)), "spectra")
 c1, c2 = st.columns([1, 3])
 split = c1.radio("Features", ["forget", "retain", "test"], key="split")
 energy = c1.slider("Energy", 0.5, 0.999, float(geometry["settings"]["energy"]), 0.001,
                    key="energy")
-fig, ks = plots.cumulative_figure(geometry, split, energy, centered)
+fig, ks = ui.memo_figure(("cumulative", run.id, run.finished, split, energy, centered),
+                         lambda: plots.cumulative_figure(geometry, split, energy, centered))
 ui.chart(fig, "cumulative", c2)
 c1.markdown("\n".join(f"- **{m}**: k = {k}" for m, k in ks.items()))
 st.dataframe([{"model": m, **{f"effective rank ({s})": round(g["effective_rank"][s], 2)

@@ -80,7 +80,10 @@ def _panel(run_id: str) -> None:
         if run.status == "done":
             st.success(f"Run {run.id} done.")
     curves = ui.store().curves(run_id)
-    ui.chart(plots.telemetry_figure(curves, references), f"curves_{run_id}")
+    points = sum(len(c) for c in curves.values())  # grows while the run trains
+    fig = ui.memo_figure(("curves", run_id, points, str(references)),
+                         lambda: plots.telemetry_figure(curves, references))
+    ui.chart(fig, f"curves_{run_id}")
     if run.status == "done" and run.result:
         models = run.result["models"]
         keys = ["acc_retain", "acc_forget", "acc_test", "mia", "da", "avg_gap"]
@@ -90,7 +93,11 @@ def _panel(run_id: str) -> None:
 
 if selected.status in ("queued", "running"):
     @st.fragment(run_every=1.0)
-    def live() -> None:  # keeps polling after the end too: one cheap read a second
+    def live() -> None:
+        # the picker and the buttons above were drawn for the status the run had then
+        # (Cancel while running, Fork once it runs): a new status redraws the whole page
+        if ui.store().get(selected.id).status != selected.status:
+            st.rerun()
         _panel(selected.id)
 
     live()

@@ -65,6 +65,11 @@ def browser():
         b.close()
 
 
+# every x value of every trace drawn in the page's charts (long curves are drawn without markers)
+CURVE_POINTS = """() => [...document.querySelectorAll('.js-plotly-plot')].reduce(
+    (n, gd) => n + (gd.data || []).reduce((m, t) => m + (t.x ? t.x.length : 0), 0), 0)"""
+
+
 def wait_idle(page, timeout=60_000):
     """Streamlit shows a running indicator while the script runs."""
     page.wait_for_load_state("networkidle", timeout=timeout)
@@ -104,8 +109,8 @@ def download_the_chart_as_svg(page) -> None:
     chart.hover()
     with page.expect_download(timeout=60_000) as download:
         chart.locator(".modebar-btn[data-title^='Download plot']").click()
-    assert download.value.suggested_filename == "dimalign-parallel.svg"
-    saved = ARTIFACTS / "compare-parallel.svg"
+    assert download.value.suggested_filename == "dimalign-tradeoffs.svg"
+    saved = ARTIFACTS / "compare-tradeoffs.svg"
     download.value.save_as(saved)
     text = saved.read_text()
     assert text.lstrip().startswith("<svg") and "acc_forget" in text
@@ -128,10 +133,9 @@ def test_start_a_muda_run_watch_it_live_and_visit_every_page(server, browser):
         wait_idle(page)
     page.get_by_role("button", name="Run").click()
 
-    points = page.locator(".js-plotly-plot .scatterlayer .point")
     counts, end = [], time.monotonic() + 180
     while time.monotonic() < end:
-        counts.append(points.count())
+        counts.append(page.evaluate(CURVE_POINTS))
         if page.get_by_text("done.").count() and counts[-1] > 0:
             break
         time.sleep(0.5)
@@ -139,6 +143,12 @@ def test_start_a_muda_run_watch_it_live_and_visit_every_page(server, browser):
     seen = sorted(set(c for c in counts if c > 0))
     assert len(seen) >= 2, f"the live curve never grew: {counts}"
     assert page.get_by_text("done.").count(), "the run did not finish in the browser"
+    # the end of the run redraws the page's top too: the picker says done, Cancel is gone
+    picker, end = page.get_by_role("combobox", name="Run"), time.monotonic() + 15
+    while not picker.input_value().endswith("· muda · done"):
+        assert time.monotonic() < end, f"the run picker still says {picker.input_value()!r}"
+        time.sleep(0.2)
+    assert page.get_by_role("button", name="Cancel").count() == 0
 
     for name in PAGES:
         page.get_by_role("link", name=name, exact=True).click()

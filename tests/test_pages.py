@@ -122,6 +122,8 @@ def test_compare_page_tabulates_runs_with_gaps_and_offers_downloads(finished):
     table = at.dataframe[0].value
     assert {"original", "retrained"} <= set(table["run"]) and finished["run"] in set(table["run"])
     assert len(at.get("download_button")) == 2
+    names = [t.get("name") for t in traces(at)]
+    assert "Pareto front" in names and "retrained" in names and "muda " + finished["run"] in names
     at.toggle(key="gaps").set_value(True).run()
     gaps = at.dataframe[0].value
     assert gaps.loc[gaps["run"] == "retrained", "acc_forget"].iloc[0] == 0
@@ -134,9 +136,9 @@ def chart_downloads(at: AppTest) -> set[tuple[str, str]]:
 
 def test_every_chart_saves_as_png_or_svg_as_the_sidebar_says(finished):
     at = page("pages/compare.py")
-    assert chart_downloads(at) == {("png", "dimalign-parallel")}
+    assert chart_downloads(at) == {("png", "dimalign-tradeoffs")}
     at.radio(key="figure_format").set_value("SVG").run()
-    assert chart_downloads(at) == {("svg", "dimalign-parallel")}
+    assert chart_downloads(at) == {("svg", "dimalign-tradeoffs")}
     at.switch_page("pages/spectra.py").run()  # the choice holds across pages
     assert chart_downloads(at) == {("svg", "dimalign-spectra"), ("svg", "dimalign-cumulative")}
 
@@ -164,3 +166,23 @@ def test_switching_preset_updates_the_page_and_the_url():
     assert at.query_params["preset"] in ("digits-backdoor", ["digits-backdoor"])
     assert any("trigger" in m.value for m in at.markdown)
     assert len(at.get("image")) == 2  # forget and retain grids
+
+
+def test_pareto_front_keeps_the_runs_nothing_beats_on_both_time_and_gap():
+    from dimalign.plots import pareto_front
+
+    points = [(1.0, 0.0), (0.1, 0.3), (0.05, 0.5), (0.2, 0.4), (0.3, 0.01), (0.1, 0.35)]
+    assert pareto_front(points) == [2, 1, 4, 0]  # ordered by time
+
+
+def test_live_curves_draw_reference_lines_on_the_matching_panel():
+    from dimalign.plots import telemetry_figure
+
+    fig = telemetry_figure({"acc_forget": [(0, 1.0), (10, 0.2)], "da": [(0, 0.7), (10, 0.9)]},
+                           {"retrained": {"acc_forget": 0.0, "da": 0.976},
+                            "original": {"da": 0.764, "acc_forget": None}})
+    lines = {(s.yref, s.y0, s.line.dash) for s in fig.layout.shapes}
+    assert lines == {("y2", 0.0, "dash"), ("y3", 0.976, "dash"), ("y3", 0.764, "dot")}
+    texts = {a.text for a in fig.layout.annotations}
+    assert {"retrained acc_forget", "retrained da", "original da"} <= texts
+    assert "Dimensional Alignment (forget vs retain)" in texts  # panel titles kept
