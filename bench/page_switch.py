@@ -40,6 +40,7 @@ st.navigation([st.Page("pages/a.py", title="Alpha"), st.Page("pages/b.py", title
 def prepare(home: str) -> None:
     """A finished baselines job, a MUDA run and its 600-point UMAP in the store."""
     os.environ["DIMALIGN_HOME"] = home
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".dimalign" / "numba-cache"))
     from dimalign.jobs import Scheduler, Slot, submit, submit_embedding
     from dimalign.store import Store
 

@@ -250,7 +250,9 @@ def tradeoff_figure(rows: list[dict], keys: list[str], retrained: dict) -> go.Fi
                              line=dict(dash="dot", color="#888888"), name="Pareto front",
                              hoverinfo="skip"), row=1, col=2)
     fig.add_hline(y=0, line=dict(color="#222222", width=1), row=1, col=1)
-    fig.update_xaxes(title_text="time / retraining", row=1, col=2)
+    longest = max((p[0] for p in points), default=1.0)
+    fig.update_xaxes(title_text="time / retraining", range=[-0.1 * longest, 1.12 * longest],
+                     row=1, col=2)  # room for the labels of points at either end
     fig.update_yaxes(title_text="value − retrained", row=1, col=1)
     fig.update_yaxes(title_text="avg-gap (lower is better)", row=1, col=2)
     fig.update_layout(height=440, margin=dict(l=60, r=20, t=50, b=40))
