@@ -123,16 +123,12 @@ def cmd_warm(args) -> int:
 
 def _embed_cli(folder: Path, samples: int) -> dict:
     """The aligned UMAP of a run's saved features, as the Manifolds page would show it."""
-    from dimalign.artifacts import load_bundle, save_bundle
-    from dimalign.embed import embed_run
-    from dimalign.worker import embedding_path
+    from dimalign.embed import embed_saved_run
 
     sys.stderr.write(f"UMAP of {samples} points (the first ever also compiles numba "
                      "kernels, about a minute) ...\n")
     start = time.perf_counter()
-    path = embedding_path(folder, samples)
-    bundle = embed_run(load_bundle(folder / "geometry.pt"), samples)
-    save_bundle(bundle, path)
+    path, bundle = embed_saved_run(folder, samples)
     return {"path": str(path), "points": len(bundle["rows"]), "backend": bundle["backend"],
             "seconds": round(time.perf_counter() - start, 3)}
 

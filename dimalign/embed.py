@@ -153,3 +153,18 @@ def embed_run(geometry: dict, samples: int, seed: int = 0) -> dict:
         "samples": samples,
         "backend": used,
     }
+
+
+def embedding_path(run_folder: Path, samples: int) -> Path:
+    return Path(run_folder) / f"embedding-{int(samples)}.pt"
+
+
+def embed_saved_run(run_folder: Path, samples: int) -> tuple[Path, dict]:
+    """The aligned embedding of a finished run's saved features, written beside them (the file
+    the Manifolds page reads). Returns (its path, the embedding)."""
+    from dimalign.artifacts import load_bundle, save_bundle
+
+    bundle = embed_run(load_bundle(Path(run_folder) / "geometry.pt"), samples)
+    path = embedding_path(run_folder, samples)
+    save_bundle(bundle, path)
+    return path, bundle

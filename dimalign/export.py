@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import shutil
 from pathlib import Path
 
 from dimalign import plots
 from dimalign.store import Store
+
+
+def csv_text(rows: list[dict]) -> str:
+    """Rows of one shape as CSV text (the dashboard's downloads)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def export_run(store: Store, run_id: str, dest: Path) -> list[Path]:

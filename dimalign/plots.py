@@ -7,6 +7,8 @@ import pandas  # noqa: F401 - see below
 import plotly.graph_objects as go
 import torch
 
+from dimalign.geometry import k_for_energy
+
 # plotly imports pandas lazily, inside the first figure it builds. In the app, two script
 # threads (a page and a live fragment) can build their first figures at the same moment and
 # one of them then sees a half-initialised pandas module; importing it here, once, avoids that.
@@ -83,16 +85,21 @@ def telemetry_figure(curves: dict[str, list[tuple[int, float]]],
     return fig
 
 
+def _spectra(geometry: dict, split: str, centered: bool):
+    """(model, normalised spectrum) of one split's saved features, skipping missing ones."""
+    kind = "centered" if centered else "plain"
+    for name, g in geometry["models"].items():
+        if g["spectra"][split][kind] is not None:
+            yield name, g["spectra"][split][kind]
+
+
 def spectra_figure(geometry: dict, split: str = "forget", centered: bool = False) -> go.Figure:
     """Normalised eigenspectra (log scale) of one split's features, one line per model."""
     fig = go.Figure()
-    kind = "centered" if centered else "plain"
-    for name, g in geometry["models"].items():
-        values = g["spectra"][split][kind]
-        if values is None:
-            continue
+    for name, values in _spectra(geometry, split, centered):
         fig.add_trace(go.Scatter(x=list(range(1, len(values) + 1)), y=values.tolist(),
                                  mode="lines", name=name))
+    kind = "centered" if centered else "plain"
     fig.update_layout(title=f"Eigenspectrum of {split} features ({kind})", yaxis_type="log",
                       xaxis_title="eigenvalue index", yaxis_title="share of energy", height=380)
     return fig
@@ -105,13 +112,9 @@ def cumulative_figure(geometry: dict, split: str, energy: float,
                       centered: bool = False) -> tuple[go.Figure, dict[str, int]]:
     """Cumulative energy of each model's spectrum, the `energy` line and the k it selects."""
     fig, ks = go.Figure(), {}
-    kind = "centered" if centered else "plain"
-    for name, g in geometry["models"].items():
-        values = g["spectra"][split][kind]
-        if values is None:
-            continue
+    for name, values in _spectra(geometry, split, centered):
         cumulative = values.double().cumsum(0)
-        ks[name] = int((cumulative < energy - 1e-12).sum().item()) + 1
+        ks[name] = k_for_energy(values, energy)
         fig.add_trace(go.Scatter(x=list(range(1, len(values) + 1)), y=cumulative.tolist(),
                                  mode="lines", name=f"{name} (k={ks[name]})",
                                  line_color=MODEL_COLOURS.get(name)))
@@ -130,12 +133,8 @@ def spectra_grid(geometry: dict, centered: bool = False) -> go.Figure:
     splits = ("retain", "forget", "test")
     fig = make_subplots(rows=1, cols=3, subplot_titles=[f"{s} features" for s in splits],
                         shared_yaxes=True)
-    kind = "centered" if centered else "plain"
     for col, split in enumerate(splits, start=1):
-        for name, g in geometry["models"].items():
-            values = g["spectra"][split][kind]
-            if values is None:
-                continue
+        for name, values in _spectra(geometry, split, centered):
             fig.add_trace(go.Scatter(x=list(range(1, len(values) + 1)), y=values.tolist(),
                                      mode="lines", name=name, legendgroup=name,
                                      showlegend=col == 1, line_color=MODEL_COLOURS.get(name)),
@@ -230,6 +229,7 @@ def tradeoff_figure(rows: list[dict], keys: list[str], retrained: dict) -> go.Fi
                         subplot_titles=["gap to retrained, per metric",
                                         "avg-gap vs time (fraction of retraining)"])
     metrics = [k for k in keys if k != "avg_gap" and retrained.get(k) is not None]
+    points = []  # (time / retraining, avg-gap) of every run that has both
     for n, row in enumerate(rows):
         label = row["method"] if row["run"] == row["method"] else f"{row['method']} {row['run']}"
         colour = "#222222" if row["method"] == "retrained" else PALETTE[n % len(PALETTE)]
@@ -238,13 +238,11 @@ def tradeoff_figure(rows: list[dict], keys: list[str], retrained: dict) -> go.Fi
                                  legendgroup=label, line=dict(color=colour)), row=1, col=1)
         gap = 0.0 if row["method"] == "retrained" else row.get("avg_gap")
         if gap is not None and row.get("time / retrain") is not None:
+            points.append((row["time / retrain"], gap))
             fig.add_trace(go.Scatter(x=[row["time / retrain"]], y=[gap], mode="markers+text",
                                      text=[row["method"]], textposition="top center",
                                      marker=dict(size=11, color=colour), name=label,
                                      legendgroup=label, showlegend=False), row=1, col=2)
-    points = [(r["time / retrain"], 0.0 if r["method"] == "retrained" else r["avg_gap"])
-              for r in rows if r.get("time / retrain") is not None
-              and (r["method"] == "retrained" or r.get("avg_gap") is not None)]
     front = [points[i] for i in pareto_front(points)]
     fig.add_trace(go.Scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines",
                              line=dict(dash="dot", color="#888888"), name="Pareto front",

@@ -182,3 +182,35 @@ def compare(cfg: Config, methods: list[str], *, preset: str = "",
     return finite({"preset": preset, "config": cfg.to_dict(), "device": str(baselines.device),
                    "methods": rows, "params": {m: cfg.method_params(m) for m in methods},
                    "retrained_seconds": seconds["retrained"]})
+
+
+def comparison_rows(results: list[tuple[str, str, dict]], keys: list[str]) -> list[dict]:
+    """The rows that compare saved runs of one experiment: its original and retrained models
+    (from the first result: an experiment's runs share them), then each run's unlearned model,
+    with every metric in `keys` and the time as a fraction of retraining.
+    results: (run id, method, result as saved) for each finished run."""
+    first = results[0][2]
+    retrain_seconds = first["seconds"]["retrained"]
+
+    def row(run: str, method: str, metrics: dict, seconds: float) -> dict:
+        return {"run": run, "method": method, **{k: metrics.get(k) for k in keys},
+                "time / retrain": seconds / retrain_seconds}
+
+    rows = [row(name, name, first["models"][name], first["seconds"][name])
+            for name in ("original", "retrained")]
+    rows += [row(run, method, result["models"]["unlearned"], result["seconds"]["unlearn"])
+             for run, method, result in results]
+    return rows
+
+
+def gaps_to_retrained(rows: list[dict], keys: list[str]) -> list[dict]:
+    """The same rows with each metric replaced by its difference to the retrained row
+    (avg-gap, already a distance to it, and missing values stay as they are)."""
+    retrained = next(r for r in rows if r["run"] == "retrained")
+
+    def gap(key: str, value):
+        if value is None or retrained.get(key) is None or key == "avg_gap":
+            return value
+        return value - retrained[key]
+
+    return [{**row, **{k: gap(k, row[k]) for k in keys}} for row in rows]

@@ -176,34 +176,37 @@ def experiment_key(cfg: Config) -> str:
 
 def baselines_run(cfg: Config) -> Run | None:
     """The newest finished baselines job of this experiment (any owner: they are shared)."""
-    key = experiment_key(cfg)
-    for run in store().runs(kind="baselines", statuses=("done",)):
-        if run.share_key == key:
-            return run
-    return None
+    return _baselines(cfg, ("done",))
 
 
 def active_baselines(cfg: Config) -> Run | None:
+    return _baselines(cfg, ACTIVE)
+
+
+def _baselines(cfg: Config, statuses: tuple[str, ...]) -> Run | None:
     key = experiment_key(cfg)
-    for run in store().runs(kind="baselines", statuses=ACTIVE):
-        if run.share_key == key:
-            return run
-    return None
+    return next((run for run in store().runs(kind="baselines", statuses=statuses)
+                 if run.share_key == key), None)
+
+
+_RUN_KEYS: dict[str, str | None] = {}  # run id -> its experiment key (a run's config is fixed)
+
+
+def _run_key(run: Run) -> str | None:
+    if run.id not in _RUN_KEYS:
+        from dimalign.config import config_from_dict
+
+        try:
+            _RUN_KEYS[run.id] = experiment_key(config_from_dict(run.config))
+        except ConfigError:
+            _RUN_KEYS[run.id] = None
+    return _RUN_KEYS[run.id]
 
 
 def experiment_runs(cfg: Config, who: str | None = None) -> list[Run]:
     """Unlearning runs of this experiment (same data, scenario, model, baselines)."""
-    from dimalign.config import config_from_dict
-
     key = experiment_key(cfg)
-    out = []
-    for run in store().runs(kind="unlearn", owner=who):
-        try:
-            if experiment_key(config_from_dict(run.config)) == key:
-                out.append(run)
-        except ConfigError:
-            continue
-    return out
+    return [run for run in store().runs(kind="unlearn", owner=who) if _run_key(run) == key]
 
 
 def run_label(run: Run) -> str:
@@ -230,7 +233,7 @@ def load_geometry(run: Run) -> dict | None:
     return _cached_bundle(str(path), path.stat().st_mtime) if path.exists() else None
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_resource(show_spinner=False, max_entries=16)  # shared, read-only: no copy per run
 def _cached_bundle(path: str, mtime: float) -> dict:
     from dimalign.artifacts import load_bundle
 

@@ -158,25 +158,16 @@ def _index(store, run) -> None:
             store.add_artifact(run.id, name.split(".")[0], run.folder / name)
 
 
-def embedding_path(source_folder, samples: int):
-    return source_folder / f"embedding-{int(samples)}.pt"
-
-
 def _embed(store, run) -> dict:
     """UMAP of a finished run's saved features, in one aligned frame, saved beside them."""
-    import torch
-
-    from dimalign.artifacts import load_bundle, save_bundle
-    from dimalign.embed import embed_run
+    from dimalign.embed import embed_saved_run
 
     source = store.get(run.config["source"])
     samples = int(run.config["samples"])
     store.update(run.id, phase="umap", progress=0.0)
-    bundle = embed_run(load_bundle(source.folder / "geometry.pt"), samples)
-    path = embedding_path(source.folder, samples)
-    save_bundle(bundle, path)
+    path, _ = embed_saved_run(source.folder, samples)
     store.add_artifact(source.id, f"embedding-{samples}", path)
-    return {"models": {}, "seconds": {}, "device": str(torch.device("cpu"))}
+    return {"models": {}, "seconds": {}, "device": "cpu"}
 
 
 def _parent_weights(parent, into):

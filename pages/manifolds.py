@@ -5,9 +5,9 @@ import streamlit as st
 from dimalign import plots, ui
 from dimalign.artifacts import load_bundle
 from dimalign.data import build_experiment
+from dimalign.embed import embedding_path
 from dimalign.jobs import submit_embedding
 from dimalign.store import StoreError
-from dimalign.worker import embedding_path
 
 cfg, who, run, geometry = ui.geometry_page("Manifolds")
 
