@@ -31,18 +31,25 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--retrain-runs", type=int, default=3)
     parser.add_argument("--methods", default=",".join(ORDER))
+    parser.add_argument("--baseline-epochs", type=int,
+                        help="train the cached original/retrained models for this many epochs "
+                             "(their quality does not change the timings); the timed retraining "
+                             "always uses the preset's epochs")
     args = parser.parse_args()
     cfg = build_config(args.preset)
+    baseline_cfg = cfg if args.baseline_epochs is None else build_config(
+        args.preset, [f"train.epochs={args.baseline_epochs}"])
     data = cfg.dataset
     if cfg.dataset == "cifar10":
         arrays, data = cifar10_arrays()
         if data != "CIFAR-10":
             os.environ["DIMALIGN_HOME"] = tempfile.mkdtemp(prefix="dimalign-bench-")
         use_arrays("cifar10", arrays)
-    b = get_baselines(cfg)
+    b = get_baselines(baseline_cfg)
     exp = b.experiment
     header("unlearning cost", {"preset": args.preset, "data": data, "device": b.device,
-                               "runs": args.runs,
+                               "runs": args.runs, "retrain epochs": cfg.train.epochs,
+                               "baseline epochs": baseline_cfg.train.epochs,
                                "telemetry_every": cfg.unlearn.telemetry_every,
                                "telemetry_samples": cfg.unlearn.telemetry_samples})
     keep = exp.retain_idx

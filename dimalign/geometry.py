@@ -37,10 +37,14 @@ class Spectrum:
         return effective_rank(self.values)
 
 
-def _check(feats: torch.Tensor, name: str) -> None:
+def _check_shape(feats: torch.Tensor, name: str) -> None:
     if feats.ndim != 2 or feats.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty (N, C) matrix, got shape "
                          f"{tuple(feats.shape)}")
+
+
+def _check(feats: torch.Tensor, name: str) -> None:
+    _check_shape(feats, name)
     if not torch.isfinite(feats).all():
         raise ValueError(f"{name} contains NaN or infinite values")
 
@@ -79,16 +83,49 @@ def k_for_energy(eigenvalues: torch.Tensor, energy: float) -> int:
 
 def top_basis(feats: torch.Tensor, energy: float = 0.9, k: int | None = None) -> Basis:
     """Top eigenvectors of FᵀF (the top left singular vectors of F in METHOD.md's layout)."""
+    if 0 < feats.shape[0] < feats.shape[-1] and feats.ndim == 2:
+        basis = _top_basis_from_rows(feats, energy, k)
+        if basis is not None:
+            return basis
     _check(feats, "features")
     eigenvalues, vectors = _gram_eigh(feats)  # ascending
     eigenvalues, vectors = eigenvalues.flip(0), vectors.flip(1)
-    if k is None:
-        k = k_for_energy(eigenvalues, energy)
-    elif not 1 <= k <= feats.shape[1]:
-        raise ValueError(f"k must lie in 1..{feats.shape[1]} (the feature dimension), got {k}")
-    elif eigenvalues[0] <= 0:
-        raise ValueError("the features are all zero: they span no subspace")
+    k = _pick_k(eigenvalues, energy, k, feats.shape[1])
     return Basis(vectors[:, :k], eigenvalues, k)
+
+
+def _pick_k(eigenvalues: torch.Tensor, energy: float, k: int | None, width: int) -> int:
+    if k is None:
+        return k_for_energy(eigenvalues, energy)
+    if not 1 <= k <= width:
+        raise ValueError(f"k must lie in 1..{width} (the feature dimension), got {k}")
+    if eigenvalues[0] <= 0:
+        raise ValueError("the features are all zero: they span no subspace")
+    return k
+
+
+DUAL_TOLERANCE = 1e-10  # smallest λ_k / λ_1 whose eigenvector Fᵀv/√λ is still accurate in fp64
+
+
+def _top_basis_from_rows(feats: torch.Tensor, energy: float, k: int | None) -> Basis | None:
+    """top_basis for fewer samples than dimensions (N < C, e.g. one training batch): the
+    non-zero eigenpairs of FᵀF (C×C) follow from those of F Fᵀ (N×N) as u = Fᵀv/√λ. The small
+    problem is solved on the CPU, so on a GPU the whole basis costs one transfer of N×N numbers
+    instead of a C×C device solver and its syncs. None when k reaches into the null space."""
+    f = feats.detach().double()
+    small = (f @ f.T).cpu()  # (N, N); the only device-to-host copy
+    if not torch.isfinite(small).all():
+        raise ValueError("features contains NaN or infinite values")
+    values, v = torch.linalg.eigh(small)  # ascending
+    values, v = values.flip(0), v.flip(1)
+    n, c = f.shape
+    eigenvalues = torch.cat([values, values.new_zeros(c - n)])
+    k = _pick_k(eigenvalues, energy, k, c)
+    if k > n or values[k - 1] <= DUAL_TOLERANCE * values[0]:
+        return None
+    scale = values[:k].rsqrt()
+    vectors = f.T @ (v[:, :k] * scale).to(f.device)  # (C, k), orthonormal columns
+    return Basis(vectors, eigenvalues.to(feats.device), k)
 
 
 def dimensional_alignment(forget: torch.Tensor, retain: torch.Tensor, energy: float = 0.9,
@@ -101,8 +138,8 @@ def dimensional_alignment(forget: torch.Tensor, retain: torch.Tensor, energy: fl
     retain mean from both sets. A precomputed `basis` (e.g. from a feature bank) skips the
     retain eigendecomposition. Since U_r has orthonormal columns, ‖G U_r U_rᵀ‖ = ‖G U_r‖.
     """
-    _check(forget, "forget features")
-    _check(retain, "retain features")
+    _check_shape(forget, "forget features")
+    _check_shape(retain, "retain features")
     if center:
         mean = retain.detach().mean(0, keepdim=True)
         forget, retain = forget - mean, retain - mean
@@ -112,7 +149,10 @@ def dimensional_alignment(forget: torch.Tensor, retain: torch.Tensor, energy: fl
     f = forget.to(dtype)
     gram = f.T @ f  # (C, C) = F_f F_fᵀ
     denominator = torch.linalg.matrix_norm(gram)
-    if denominator.detach() <= torch.finfo(dtype).tiny:
+    size = denominator.item()  # the one host sync of this function: it answers both checks
+    if not math.isfinite(size):
+        raise ValueError("forget features contains NaN or infinite values (or overflows)")
+    if size <= torch.finfo(dtype).tiny:
         raise ValueError("the forget features are all zero: DA is undefined")
     numerator = torch.linalg.matrix_norm(gram @ basis.vectors.to(dtype))
     return Alignment((numerator / denominator).clamp(max=1.0), basis.k)

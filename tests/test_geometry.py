@@ -105,6 +105,26 @@ def test_degenerate_inputs_give_finite_answers_or_clear_errors():
         dimensional_alignment(torch.zeros(0, 8), rand(5, 8, 22))
 
 
+def test_basis_of_fewer_samples_than_dimensions_matches_the_full_eigendecomposition():
+    feats = rand(12, 40, 30) * torch.linspace(0.1, 3, 40)  # N < C: the N×N route
+    small = top_basis(feats, energy=0.8)
+    w, v = np.linalg.eigh(feats.numpy().T @ feats.numpy())
+    order = np.argsort(w)[::-1]
+    np.testing.assert_allclose(small.eigenvalues.numpy(), np.clip(w[order], 0, None), atol=1e-8)
+    reference = v[:, order[: small.k]]
+    assert small.k == k_for_energy(torch.from_numpy(w[order].copy()), 0.8)
+    # the same subspace (eigenvectors are defined up to sign), orthonormal columns
+    np.testing.assert_allclose(np.abs(reference.T @ small.vectors.numpy()), np.eye(small.k),
+                               atol=1e-7)
+    # k past the rank reaches into the null space: the full C×C route answers it
+    wide = top_basis(feats, k=20)
+    assert wide.k == 20 and wide.vectors.shape == (40, 20)
+    np.testing.assert_allclose(wide.vectors.T @ wide.vectors, torch.eye(20, dtype=torch.float64),
+                               atol=1e-8)
+    with pytest.raises(ValueError, match="NaN"):
+        top_basis(torch.full((3, 8), float("nan")))
+
+
 @pytest.mark.parametrize("k_a, k_b", [(3, 3), (2, 6), (6, 2), (8, 8)])
 def test_principal_angles_match_scipy(k_a, k_b):
     a, b = rand(60, 12, 23), rand(40, 12, 24)

@@ -193,6 +193,25 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
         telemetry(point)
         telemetry_seconds += time.perf_counter() - t0
 
+    # A step's loss values are read (checked for NaN, logged) only after the next step has been
+    # queued: reading them at once would make the host wait for the device on every step.
+    pending: list = []
+
+    def settle() -> None:
+        if not pending:
+            return
+        values_on_device, names, at_step, where = pending.pop()
+        values = values_on_device.tolist()
+        for name, value in zip(names, values, strict=True):
+            if not math.isfinite(value):
+                raise UnlearningFailed(
+                    f"{spec.name}: loss term '{name}' became {value} at step {at_step} "
+                    f"({where}); lower {spec.name}.lr or the weight of that term")
+            window.setdefault(name, []).append(value)
+        if progress is not None:
+            # one schedule of `total` steps (epochs of a method differ in length)
+            progress(Progress("unlearn", 1, 1, at_step, total, sum(values)))
+
     if probe is not None and resume is None:
         report(-1, "start")
     for epoch, phases in enumerate(plan):
@@ -203,31 +222,30 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
                 if cancel is not None and cancel():
                     raise Cancelled(f"cancelled at step {step} of {total}")
                 ctx.state["progress"] = step / total
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                    terms = spec.loss(ctx, phase, batch(phase.source))
-                values = torch.stack([t.detach().float() for t in terms.values()]).tolist()
-                for (name, _), value in zip(terms.items(), values, strict=True):
-                    if not math.isfinite(value):
-                        raise UnlearningFailed(
-                            f"{spec.name}: loss term '{name}' became {value} at step {step + 1} "
-                            f"(epoch {epoch + 1}, {phase.name} phase); lower {spec.name}.lr or "
-                            "the weight of that term")
-                    window.setdefault(name, []).append(value)
+                try:
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                        terms = spec.loss(ctx, phase, batch(phase.source))
+                except Exception:
+                    settle()  # a diverged previous step explains the error better, if there is one
+                    raise
+                values = torch.stack([t.detach().float() for t in terms.values()])
                 opt.zero_grad(set_to_none=True)
                 sum(terms.values()).backward()
                 if wd:
-                    for p in model.parameters():
-                        if p.grad is not None:
-                            p.grad.add_(p.detach(), alpha=wd)
+                    grads = [p.grad for p in model.parameters() if p.grad is not None]
+                    weights = [p.detach() for p in model.parameters() if p.grad is not None]
+                    torch._foreach_add_(grads, weights, alpha=wd)
                 if spec.grad_hook is not None:
                     spec.grad_hook(ctx)
                 opt.step()
                 step += 1
-                if progress is not None:
-                    # one schedule of `total` steps (epochs of a method differ in length)
-                    progress(Progress("unlearn", 1, 1, step, total, sum(values)))
+                settle()
+                pending.append((values, list(terms), step,
+                                f"epoch {epoch + 1}, {phase.name} phase"))
                 if probe is not None and (step % every == 0 or step == total):
+                    settle()
                     report(epoch, phase.name)
+        settle()
         if checkpoint is not None:
             checkpoint({
                 "epoch": epoch + 1, "step": step, "model": model.state_dict(),
@@ -236,6 +254,7 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
                 "positions": {n: s.pos for n, s in streams.items()},
                 "seconds": time.perf_counter() - start,
                 "telemetry_seconds": telemetry_seconds})
+    settle()
     model.eval()
     if cuda:
         torch.cuda.synchronize()
