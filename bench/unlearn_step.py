@@ -1,7 +1,7 @@
 """Where an unlearning step's time goes: one method's wall time with the retain basis taken
 through the N×N route (`geometry._top_basis_from_rows`, the default) against the full C×C
 eigendecomposition (the route before it), in one process, then a torch.profiler table of one
-more run. Weights are untrained (speed does not depend on them).
+more run's first --profile-steps steps. Weights are untrained (speed does not depend on them).
 
     .venv/bin/python bench/unlearn_step.py [--preset cifar10-class] [--method muda] [--runs 3]
                                            [--epochs 2] [--rows 15]
@@ -12,6 +12,7 @@ Without CIFAR-10 on the machine, CIFAR-shaped synthetic data stands in (the head
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from dimalign import geometry  # noqa: E402
 from dimalign.config import build_config  # noqa: E402
 from dimalign.data import build_experiment  # noqa: E402
 from dimalign.methods import REGISTRY  # noqa: E402
-from dimalign.methods.loop import unlearn  # noqa: E402
+from dimalign.methods.loop import Cancelled, unlearn  # noqa: E402
 from dimalign.models import build_model  # noqa: E402
 from dimalign.train import pick_device  # noqa: E402
 
@@ -36,6 +37,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--rows", type=int, default=15)
+    parser.add_argument("--profile-steps", type=int, default=40,
+                        help="steps of the profiled run (the profiler slows every op down)")
     args = parser.parse_args()
     cfg = build_config(args.preset, [f"{args.method}.epochs={args.epochs}"])
     data = cfg.dataset
@@ -70,8 +73,9 @@ def main() -> None:
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=activities) as prof:
-        unlearn(cfg, spec, exp, original, device)
+    seen = iter(range(args.profile_steps))
+    with torch.profiler.profile(activities=activities) as prof, contextlib.suppress(Cancelled):
+        unlearn(cfg, spec, exp, original, device, cancel=lambda: next(seen, None) is None)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=key, row_limit=args.rows))
 
