@@ -13,6 +13,7 @@ import torch
 from dimalign.config import EvalConfig
 from dimalign.data import Experiment
 from dimalign.geometry import angles_between, dimensional_alignment, eigenspectrum, top_basis
+from dimalign.memo import LRU
 from dimalign.metrics import Outputs, retain_basis
 
 SPLITS = ("retain", "forget", "test")
@@ -66,16 +67,26 @@ def model_geometry(out: Outputs, exp: Experiment, ev: EvalConfig,
     }
 
 
+GEOMETRY: LRU[dict] = LRU(4)  # the baselines' geometry, in a warm worker
+
+
 def geometry_bundle(outs: dict[str, Outputs], exp: Experiment, ev: EvalConfig,
-                    seed: int) -> dict:
+                    seed: int, ids: dict[str, str] | None = None) -> dict:
+    """`ids`: checkpoint identities of models whose geometry is computed once per process."""
+    ids = ids or {}
     rows = subsample(exp, ev.feature_samples, seed)
+
+    def geometry(name: str) -> dict:
+        make = lambda: model_geometry(outs[name], exp, ev, rows)  # noqa: E731
+        return GEOMETRY.get_or_make((ids[name], ev, seed), make) if name in ids else make()
+
     labels = {"train": exp.y_clean, "test": exp.y_test}
     src = {s: src for s, (src, _) in split_rows(exp).items()}
     return {
         "settings": dataclasses.asdict(ev),
         "rows": rows,  # indices into the train (retain, forget) or test tensors
         "labels": {s: labels[src[s]][rows[s]] for s in SPLITS},
-        "models": {name: model_geometry(out, exp, ev, rows) for name, out in outs.items()},
+        "models": {name: geometry(name) for name in outs},
     }
 
 

@@ -203,6 +203,10 @@ def _store():
 def cmd_submit(args) -> int:
     from dimalign.jobs import ensure_scheduler, submit
 
+    if args.wait and args.no_start:
+        raise StoreError("--wait needs a scheduler: drop --no-start")
+    if args.json and not args.wait:
+        raise StoreError("--json goes with --wait (without it, submit prints the run id)")
     store = _store()
     run_id = submit(store, preset=args.preset, overrides=args.set, method=args.method,
                     owner=args.owner, parent_id=args.fork)
@@ -211,7 +215,21 @@ def cmd_submit(args) -> int:
         print(f"waits for baselines job {run.depends_on}", file=sys.stderr)
     if not args.no_start:
         ensure_scheduler()
-    print(run_id)
+    if not args.wait:
+        print(run_id)
+        return 0
+    print(f"run {run_id}", file=sys.stderr)
+    run = _follow(store, run_id, 0.1)
+    if run.status != "done":
+        print(f"{run.id} {run.status}" + (f": {run.error}" if run.error else ""),
+              file=sys.stderr)
+        return 1
+    result = json.loads((run.folder / "result.json").read_text())
+    if args.json:
+        json.dump(result, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print_table(result)
     return 0
 
 
@@ -247,14 +265,21 @@ def cmd_runs(args) -> int:
 
 
 def cmd_watch(args) -> int:
-    from dimalign.jobs import queue_position
     from dimalign.store import check_run_id
+
+    run = _follow(_store(), check_run_id(args.run), args.interval)
+    print(f"{run.id} {run.status}" + (f": {run.error}" if run.error else ""))
+    return 0 if run.status == "done" else 1
+
+
+def _follow(store, run_id: str, interval: float):
+    """Show a run's queue place or progress bar on stderr until it ends; returns the run."""
+    from dimalign.jobs import queue_position
     from dimalign.train import Progress
 
-    store = _store()
     bar, last_phase, last_progress = ProgressBar(), None, None
     while True:
-        run = store.get(check_run_id(args.run))
+        run = store.get(run_id)
         if run.status == "queued":
             pos = queue_position(store, run.id)
             waiting = f" (waits for {run.depends_on})" if run.depends_on else ""
@@ -266,9 +291,8 @@ def cmd_watch(args) -> int:
                          max(1, round((run.progress or 0) * steps)), steps, None))
         if run.status not in ("queued", "running"):
             sys.stderr.write("\n")
-            print(f"{run.id} {run.status}" + (f": {run.error}" if run.error else ""))
-            return 0 if run.status == "done" else 1
-        time.sleep(args.interval)
+            return run
+        time.sleep(interval)
 
 
 def cmd_cancel(args) -> int:
@@ -357,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--owner", default="local", help="who the run belongs to (default: local)")
     sb.add_argument("--fork", metavar="RUN", help="start from this run's weights and config")
     sb.add_argument("--no-start", action="store_true", help="queue only; start no scheduler")
+    sb.add_argument("--wait", action="store_true",
+                    help="block until the run ends and print its result (exit 1 unless done)")
+    sb.add_argument("--json", action="store_true",
+                    help="with --wait: the result as one JSON object, as `run --json` prints")
     sb.set_defaults(func=cmd_submit)
     rs = sub.add_parser("runs", help="list runs in the store")
     rs.add_argument("--owner")
@@ -387,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     sw.set_defaults(func=cmd_sweep)
     sc = sub.add_parser("scheduler", help="run the job scheduler in the foreground")
-    sc.add_argument("--idle-exit", type=float, default=120.0,
+    sc.add_argument("--idle-exit", type=float, default=600.0,
                     help="stop after this many idle seconds (0: never)")
     sc.set_defaults(func=cmd_scheduler)
     return parser

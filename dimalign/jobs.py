@@ -1,5 +1,5 @@
-"""Jobs: submit, cancel, resume and fork runs; the scheduler that starts one worker process
-per job with bounded concurrency and fairness between owners; recovery of dead workers.
+"""Jobs: submit, cancel, resume and fork runs; the scheduler that keeps a pool of warm worker
+processes busy with bounded concurrency and fairness between owners; recovery of dead workers.
 
 One scheduler serves a $DIMALIGN_HOME (an exclusive lock file says which). `ensure_scheduler`
 starts it in the background when none is running, so `dimalign submit` and the app just submit.
@@ -7,16 +7,19 @@ starts it in the background when none is running, so `dimalign submit` and the a
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 
 from dimalign import paths
 from dimalign.config import build_config, override_config
@@ -130,9 +133,16 @@ def resume(store: Store, run_id: str) -> Run:
 
 @dataclass
 class Slot:
+    """One long-lived worker process and the job it is running, if any."""
+
     gpu: int | None
-    process: multiprocessing.Process | None = None
-    run_id: str | None = None
+    process: multiprocessing.process.BaseProcess | None = None
+    conn: Connection | None = None
+    run_id: str | None = None  # handed to the worker, until it says it is idle again
+    ready: bool = False  # the worker has its imports and waits for a job
+    jobs: int = 0
+    failures: int = 0  # workers in a row that died before they were ready
+    retry_at: float = 0.0
 
 
 def default_slots() -> list[Slot]:
@@ -144,7 +154,18 @@ def default_slots() -> list[Slot]:
     return [Slot(i % gpus if gpus else None) for i in range(count)]
 
 
+def recycle_limits() -> tuple[int, float]:
+    """(jobs, MiB of resident memory) after which a worker is replaced by a fresh one."""
+    return (int(os.environ.get("DIMALIGN_WORKER_JOBS", 200)),
+            float(os.environ.get("DIMALIGN_WORKER_MEMORY_MB", 8192)))
+
+
 class Scheduler:
+    """Keeps one warm worker process per slot and hands each a job at a time: workers import
+    torch and keep recent experiments in memory once, so a run pays only for its own work.
+    A worker that dies is replaced and its run marked `interrupted`; one past its job count
+    or memory bound finishes its job and is replaced."""
+
     def __init__(self, store: Store, slots: list[Slot] | None = None, per_owner: int = 1,
                  heartbeat_timeout: float = HEARTBEAT_TIMEOUT):
         self.store = store
@@ -152,7 +173,8 @@ class Scheduler:
         self.per_owner = per_owner
         self.heartbeat_timeout = heartbeat_timeout
         self.ctx = multiprocessing.get_context("spawn")
-        self.exiting: list[multiprocessing.Process] = []
+        self.exiting: list[multiprocessing.process.BaseProcess] = []
+        self.max_jobs, self.max_memory_mb = recycle_limits()
 
     def tick(self) -> None:
         self.reap()
@@ -160,31 +182,58 @@ class Scheduler:
         self.fail_orphans()
         self.start_eligible()
 
+    def spawn(self, slot: Slot) -> None:
+        from dimalign.worker import serve
+
+        ours, theirs = self.ctx.Pipe()
+        slot.process = self.ctx.Process(
+            target=serve, args=(str(paths.home()), slot.gpu, theirs, self.max_jobs,
+                                self.max_memory_mb),
+            name="dimalign-worker", daemon=True)  # dies with a scheduler that exits
+        slot.process.start()
+        theirs.close()
+        slot.conn, slot.ready, slot.run_id = ours, False, None
+
+    def listen(self, slot: Slot) -> None:
+        """Read what the worker said: ready for a job, or done with one (and whether it is
+        leaving to be replaced)."""
+        try:
+            while slot.conn.poll():
+                message = slot.conn.recv()
+                if message[0] == "ready":
+                    slot.ready, slot.failures = True, 0
+                elif message[0] == "idle":
+                    slot.run_id, slot.jobs = None, slot.jobs + 1
+                    slot.ready = not message[1]  # a recycled worker exits; reaped below
+        except (EOFError, OSError):
+            pass
+
     def reap(self) -> None:
-        # a worker that recorded its run's ending frees its slot at once; its process may
-        # still take a second to exit (interpreter and torch shutdown), joined later
         self.exiting = [p for p in self.exiting if p.is_alive()]
         for slot in self.slots:
             if slot.process is None:
                 continue
-            run = self.store.get(slot.run_id)
+            self.listen(slot)
             if slot.process.is_alive():
-                if run.terminal:
-                    self.exiting.append(slot.process)
-                    slot.process, slot.run_id = None, None
                 continue
             slot.process.join()
-            # our worker died without recording an ending (a worker that lost the race to
-            # claim the run exits at once and leaves the run to the one that won)
-            if run.status == "running" and run.pid == slot.process.pid:
-                self.store.transition(run.id, ("running",), status="interrupted",
-                                      error=f"worker exited with code "
-                                            f"{slot.process.exitcode}", pid=None)
-            slot.process, slot.run_id = None, None
+            if slot.run_id is not None:  # died inside a job without recording its end
+                run = self.store.get(slot.run_id)
+                if run.status == "running" and run.pid == slot.process.pid:
+                    self.store.transition(run.id, ("running",), status="interrupted",
+                                          error=f"its worker exited with code "
+                                                f"{slot.process.exitcode}; resume it to "
+                                                "continue from its last checkpoint", pid=None)
+            elif not slot.ready and slot.jobs == 0:  # died while starting: back off
+                slot.failures += 1
+                slot.retry_at = time.monotonic() + min(30.0, 2.0 ** slot.failures)
+            slot.conn.close()
+            slot.process, slot.conn, slot.run_id, slot.ready, slot.jobs = None, None, None, \
+                False, 0
 
     def recover(self) -> None:
         """Running runs whose worker is gone (killed, crashed, machine restarted)."""
-        ours = {s.run_id for s in self.slots if s.process is not None}
+        ours = {s.run_id for s in self.slots if s.run_id is not None}
         now = time.time()
         for run in self.store.runs(statuses=("running",)):
             if run.id in ours:
@@ -207,13 +256,16 @@ class Scheduler:
                                                 f"{dep.error or ''}".strip())
 
     def next_runs(self, free: int) -> list[Run]:
-        """Fair order: owners with fewer running jobs first, FIFO within an owner."""
-        running = self.store.runs(statuses=("running",))
+        """Fair order: owners with fewer running jobs first, FIFO within an owner. A run handed
+        to a worker that has not claimed it yet counts as running."""
+        handed = {s.run_id for s in self.slots if s.run_id is not None}
         busy: dict[str, int] = {}
-        for r in running:
-            busy[r.owner] = busy.get(r.owner, 0) + 1
-        queued = sorted(self.store.runs(statuses=("queued",), executor="local"),
-                        key=lambda r: r.created)
+        owners = {r.id: r.owner for r in self.store.runs(statuses=("running",))}
+        owners.update({i: self.store.get(i).owner for i in handed if i not in owners})
+        for owner in owners.values():
+            busy[owner] = busy.get(owner, 0) + 1
+        queued = sorted((r for r in self.store.runs(statuses=("queued",), executor="local")
+                         if r.id not in handed), key=lambda r: r.created)
         ready = [r for r in queued
                  if not r.depends_on or self.store.get(r.depends_on).status == "done"]
         picked: list[Run] = []
@@ -233,18 +285,34 @@ class Scheduler:
         return len(self.slots) if owner == SHARED_OWNER else self.per_owner
 
     def start_eligible(self) -> None:
-        free = [s for s in self.slots if s.process is None]
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.process is None and now >= slot.retry_at:
+                self.spawn(slot)
+        free = [s for s in self.slots if s.ready and s.run_id is None]
         for slot, run in zip(free, self.next_runs(len(free)), strict=False):
-            from dimalign.worker import work
-
-            process = self.ctx.Process(target=work, args=(str(paths.home()), run.id, slot.gpu),
-                                       name=f"dimalign-{run.id}", daemon=False)
-            process.start()
-            slot.process, slot.run_id = process, run.id
+            slot.conn.send(run.id)
+            slot.run_id = run.id
 
     def busy(self) -> bool:
-        return any(s.process is not None for s in self.slots) or bool(self.exiting) or bool(
+        return any(s.run_id is not None for s in self.slots) or bool(self.exiting) or bool(
             self.store.runs(statuses=("queued",), executor="local", limit=1))
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Tell every worker to leave after its current job, and wait for them."""
+        for slot in self.slots:
+            if slot.process is None:
+                continue
+            with contextlib.suppress(OSError):
+                slot.conn.send(None)
+        end = time.monotonic() + timeout
+        for slot in self.slots:
+            if slot.process is not None:
+                slot.process.join(max(0.0, end - time.monotonic()))
+                if slot.process.is_alive():
+                    slot.process.terminate()
+                slot.conn.close()
+                slot.process, slot.conn, slot.run_id, slot.ready = None, None, None, False
 
     def warm_umap(self) -> multiprocessing.Process | None:
         """Compile UMAP's kernels in the background once per NUMBA_CACHE_DIR (not in a slot)."""
@@ -259,7 +327,7 @@ class Scheduler:
         self.exiting.append(process)
         return process
 
-    def serve(self, idle_exit: float | None = 120.0, poll: float = 0.3) -> None:
+    def serve(self, idle_exit: float | None = 600.0, poll: float = 0.15) -> None:
         """Tick until there has been nothing to do for `idle_exit` seconds (None: forever)."""
         self.warm_umap()
         idle_since = time.monotonic()
@@ -299,7 +367,7 @@ def scheduler_running() -> bool:
         return False
 
 
-def serve_forever(idle_exit: float | None = 120.0) -> int:
+def serve_forever(idle_exit: float | None = 600.0) -> int:
     """Run the scheduler here if no other holds this home's lock. Returns 0, or 1 if taken."""
     paths.home().mkdir(parents=True, exist_ok=True)
     with open(_lock_path(), "a+") as fh:
@@ -312,8 +380,14 @@ def serve_forever(idle_exit: float | None = 120.0) -> int:
         fh.write(str(os.getpid()))  # who holds it, for `dimalign scheduler --stop` and tests
         fh.flush()
         store = Store()
-        Scheduler(store).serve(idle_exit=idle_exit)
-        store.close()
+        scheduler = Scheduler(store)
+        # SIGTERM (`dimalign scheduler --stop`): workers finish their runs, then leave
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            scheduler.serve(idle_exit=idle_exit)
+        finally:
+            scheduler.close(timeout=600.0)
+            store.close()
     return 0
 
 

@@ -25,6 +25,7 @@ from dimalign.geometry import (
     linear_cka,
     top_basis,
 )
+from dimalign.memo import LRU
 from dimalign.models import Classifier
 
 GAP_KEYS = ("acc_retain", "acc_forget", "acc_test", "mia")  # avg-gap averages these
@@ -189,12 +190,26 @@ def sample_sizes(exp: Experiment, ev: EvalConfig) -> dict[str, int]:
             "lp_fit": len(fit_idx), "lp_score": len(score_idx)}
 
 
-def evaluate(models: dict[str, Classifier], exp: Experiment, ev: EvalConfig,
-             seed: int = 0) -> tuple[dict[str, dict[str, float]], dict[str, Outputs]]:
+EVALUATED: LRU[tuple[Outputs, dict]] = LRU(4)  # baselines' outputs and metrics, in a warm worker
+
+
+def evaluate(models: dict[str, Classifier], exp: Experiment, ev: EvalConfig, seed: int = 0,
+             ids: dict[str, str] | None = None
+             ) -> tuple[dict[str, dict[str, float]], dict[str, Outputs]]:
     """Every metric for every model, plus CKA to the retrained and original models and the
-    avg-gap to the retrained model. Returns (metrics per model, outputs per model)."""
-    outs = {name: model_outputs(m, exp) for name, m in models.items()}
-    result = {name: model_metrics(out, exp, ev, seed) for name, out in outs.items()}
+    avg-gap to the retrained model. Returns (metrics per model, outputs per model).
+    `ids` names models by a checkpoint identity (the cached baselines): those are evaluated
+    once per process and settings, and reused."""
+    ids = ids or {}
+
+    def measure(model: Classifier) -> tuple[Outputs, dict]:
+        out = model_outputs(model, exp)
+        return out, model_metrics(out, exp, ev, seed)
+
+    measured = {name: EVALUATED.get_or_make((ids[name], ev, seed), lambda m=m: measure(m))
+                if name in ids else measure(m) for name, m in models.items()}
+    outs = {name: out for name, (out, _) in measured.items()}
+    result = {name: dict(row) for name, (_, row) in measured.items()}
     idx = _sample(int(exp.forget.sum()) + len(exp.y_test), ev.cka_samples,
                   np.random.default_rng(seed))
     shared = {name: forget_and_test(out, exp)[0][idx] for name, out in outs.items()}

@@ -109,7 +109,9 @@ def evaluate_and_save(cfg: Config, preset: str, method: str, baselines: Baseline
     from dimalign.metrics import evaluate, sample_sizes
 
     exp = baselines.experiment
-    metrics, outputs = evaluate(models, exp, cfg.eval, cfg.seed)
+    known = {role: baselines.checkpoints[role] for role in ("original", "retrained")
+             if models.get(role) is getattr(baselines, role)}
+    metrics, outputs = evaluate(models, exp, cfg.eval, cfg.seed, ids=known)
     result = finite({
         "preset": preset,
         "config": cfg.to_dict(),
@@ -131,7 +133,7 @@ def evaluate_and_save(cfg: Config, preset: str, method: str, baselines: Baseline
     scratch = run_dir.with_name(f"{run_dir.name}.{os.getpid()}.tmp")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    save_bundle(geometry_bundle(outputs, exp, cfg.eval, cfg.seed), scratch / GEOMETRY)
+    save_bundle(geometry_bundle(outputs, exp, cfg.eval, cfg.seed, ids=known), scratch / GEOMETRY)
     (scratch / TELEMETRY).write_text(json.dumps(finite(points)))
     if outcome is not None:
         torch.save({k: v.detach().cpu() for k, v in outcome.model.state_dict().items()},

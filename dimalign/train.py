@@ -24,6 +24,7 @@ from dimalign import paths
 from dimalign.config import Config
 from dimalign.data import Experiment, augment, build_experiment, normalise, trigger_size
 from dimalign.datasets import DATASETS, DatasetInfo
+from dimalign.memo import LRU
 from dimalign.models import Classifier, build_model
 
 CACHE_VERSION = 3  # bump when training changes in a way that makes old checkpoints stale
@@ -250,9 +251,23 @@ def _train_and_save(cfg: Config, exp: Experiment, role: str, device: torch.devic
     return model, seconds, False
 
 
+LOADED: LRU[Baselines] = LRU(4)  # recent experiments' baselines, kept in a warm worker
+
+
 def get_baselines(cfg: Config, progress: ProgressFn | None = None) -> Baselines:
-    """Original and retrained models of a config, from the cache when they are there."""
+    """Original and retrained models of a config, from the cache when they are there (and from
+    memory when this process loaded the same checkpoints lately: callers never change them)."""
     device = pick_device(cfg.device)
+    metas = [cached_meta(cfg, role) for role in ("original", "retrained")]
+    if all(metas):
+        key = (str(device), *(f"{cache_path(cache_key(cfg, role))}@{meta['created']}"
+                              for role, meta in zip(("original", "retrained"), metas,
+                                                    strict=True)))
+        return LOADED.get_or_make(key, lambda: _load_or_train(cfg, device, progress))
+    return _load_or_train(cfg, device, progress)
+
+
+def _load_or_train(cfg: Config, device: torch.device, progress: ProgressFn | None) -> Baselines:
     exp = build_experiment(cfg)
     models, seconds, cached, ids = {}, {}, {}, {}
     for role in ("original", "retrained"):

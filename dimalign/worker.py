@@ -1,10 +1,11 @@
-"""One worker process per job. Never imports streamlit.
+"""Worker processes: long-lived, one job at a time. Never imports streamlit.
 
-Started by the scheduler with the spawn start method. It claims its run in the store (so no
-two workers run the same job), beats a heartbeat, watches for a cancel request, streams
-progress and telemetry into the store, checkpoints after every epoch, and records how the run
-ended. A worker killed outright leaves a stale heartbeat: the scheduler marks the run
-`interrupted`, and `resume` continues it from its last checkpoint.
+Started by the scheduler with the spawn start method, a worker imports torch once and keeps
+recent experiments in memory, then takes run ids from its pipe. For each it claims the run in
+the store (so no two workers run the same job), beats a heartbeat, watches for a cancel
+request, streams progress and telemetry into the store, checkpoints after every epoch, and
+records how the run ended. A worker killed outright leaves a stale heartbeat: the scheduler
+marks the run `interrupted`, and `resume` continues it from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ HEARTBEAT_SECONDS = 1.0
 CHECKPOINT = "checkpoint.pt"
 
 
+CANCEL_POLL_SECONDS = 0.2  # a cancel request stops the run within this and one step
+
+
 class _Heartbeat(threading.Thread):
     """Beats every second on its own connection; turns a cancel request into an event."""
 
@@ -29,15 +33,61 @@ class _Heartbeat(threading.Thread):
         from dimalign.store import Store
 
         store = Store()
-        while not self.done.wait(HEARTBEAT_SECONDS):
-            store.update(self.run_id, heartbeat=time.time())
+        last = time.monotonic()
+        while not self.done.wait(CANCEL_POLL_SECONDS):
+            if time.monotonic() - last >= HEARTBEAT_SECONDS:
+                store.update(self.run_id, heartbeat=time.time())
+                last = time.monotonic()
             if store.get(self.run_id).cancel_requested:
                 self.cancel.set()
         store.close()
 
 
+def resident_mb() -> float:
+    """This process's resident memory now (Linux), else its peak (elsewhere), in MiB."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def serve(home: str, gpu: int | None, conn, max_jobs: int, max_memory_mb: float) -> None:
+    """Process entry point (spawned by the scheduler): import once, then run the jobs the
+    scheduler hands over until it says stop, goes away, or this worker has done `max_jobs`
+    or grown past `max_memory_mb` (the scheduler then starts a fresh one)."""
+    os.environ["DIMALIGN_HOME"] = home
+    if gpu is not None:  # before torch is imported, so the jobs see only their GPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    import dimalign.metrics  # noqa: F401 - the imports every job needs, paid once
+    import dimalign.runner  # noqa: F401
+
+    conn.send(("ready",))
+    jobs = 0
+    while True:
+        try:
+            run_id = conn.recv()
+        except (EOFError, OSError):  # the scheduler is gone
+            return
+        if run_id is None:
+            return
+        work(home, run_id, gpu)
+        jobs += 1
+        leaving = jobs >= max_jobs or resident_mb() > max_memory_mb
+        try:
+            conn.send(("idle", leaving))
+        except OSError:
+            return
+        if leaving:
+            return
+
+
 def work(home: str, run_id: str, gpu: int | None = None) -> None:
-    """Process entry point (spawned): run one job to its end."""
+    """Run one job to its end (in a worker process)."""
     os.environ["DIMALIGN_HOME"] = home
     if gpu is not None:  # before torch is imported, so the job sees only its GPU
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)

@@ -129,7 +129,8 @@ def test_kill_9_marks_the_run_interrupted_and_resume_finishes_it_keeping_metrics
     folder = store.get(run_id).folder
     drain(scheduler, lambda: (folder / "checkpoint.pt").exists()
           and store.last_step(run_id) >= 20)
-    os.kill(store.get(run_id).pid, signal.SIGKILL)
+    killed = store.get(run_id).pid
+    os.kill(killed, signal.SIGKILL)
     drain(scheduler, lambda: store.get(run_id).status == "interrupted")
     kept = store.curves(run_id)
     assert kept["acc_forget"]  # the store is readable and what was written is there
@@ -137,11 +138,65 @@ def test_kill_9_marks_the_run_interrupted_and_resume_finishes_it_keeping_metrics
     drain(scheduler, lambda: store.get(run_id).terminal, timeout=180)
     run = store.get(run_id)
     assert run.status == "done", run.error
+    assert run.pid != killed and scheduler.slots[0].process is not None  # a fresh worker
     after = store.curves(run_id)
     assert after["acc_forget"][: len(kept["acc_forget"])] == kept["acc_forget"]
     steps = [s for s, _ in after["acc_forget"]]
     assert steps == sorted(set(steps))  # continued, no step written twice
     assert steps[-1] > kept["acc_forget"][-1][0]
+
+
+def test_a_pooled_worker_runs_job_after_job_without_restarting(store):
+    scheduler = Scheduler(store, slots=[Slot(None)])
+    try:
+        first = submit(store, preset="digits-class", overrides=TINY, owner="ida")
+        drain(scheduler, lambda: store.get(first).terminal)
+        second = submit(store, preset="digits-class", overrides=TINY + ["muda.lambda_da=2"],
+                        owner="ida")
+        drain(scheduler, lambda: store.get(second).terminal)
+        a, b = store.get(first), store.get(second)
+        assert (a.status, b.status) == ("done", "done"), (a.error, b.error)
+        assert a.pid == b.pid and scheduler.slots[0].jobs == 2  # one warm process, two jobs
+    finally:
+        scheduler.close()
+
+
+@pytest.mark.parametrize("limit", ["jobs", "memory"])
+def test_a_worker_past_its_job_count_or_memory_bound_is_replaced(store, limit):
+    scheduler = Scheduler(store, slots=[Slot(None)])
+    if limit == "jobs":
+        scheduler.max_jobs = 1
+    else:
+        scheduler.max_memory_mb = 1.0  # every worker is past it after its first job
+    try:
+        ids = [submit(store, preset="digits-class", overrides=TINY + [f"muda.lambda_da={x}"],
+                      owner=f"rec-{limit}") for x in (1, 3)]
+        drain(scheduler, lambda: all(store.get(i).terminal for i in ids))
+        runs = [store.get(i) for i in ids]
+        assert [r.status for r in runs] == ["done", "done"], [r.error for r in runs]
+        assert runs[0].pid != runs[1].pid  # the second job ran in a fresh worker
+    finally:
+        scheduler.close()
+
+
+def test_cancel_stops_a_pooled_job_within_a_second_and_the_worker_stays(store):
+    scheduler = Scheduler(store, slots=[Slot(None)])
+    try:
+        run_id = submit(store, preset="digits-class", overrides=TINY + ["muda.epochs=400"],
+                        owner="jon")
+        drain(scheduler, lambda: store.get(run_id).status == "running" and store.curves(run_id))
+        worker = store.get(run_id).pid
+        asked = time.monotonic()
+        cancel(store, run_id)
+        while not store.get(run_id).terminal and time.monotonic() - asked < 10:
+            time.sleep(0.02)
+        took = time.monotonic() - asked
+        assert store.get(run_id).status == "cancelled" and took <= 1.0, took
+        after = submit(store, preset="digits-class", overrides=TINY, owner="jon")
+        drain(scheduler, lambda: store.get(after).terminal)
+        assert store.get(after).status == "done" and store.get(after).pid == worker
+    finally:
+        scheduler.close()
 
 
 def test_a_worker_found_dead_after_a_restart_is_marked_interrupted(store):
@@ -210,6 +265,29 @@ def test_cli_submit_runs_watch_export_cancel_resume(store, tmp_path):
     assert bad.returncode == 2 and "not a run id" in bad.stderr and "Traceback" not in bad.stderr
     invalid = dimalign("submit", "--set", "scenario.classes=99")
     assert invalid.returncode == 2 and "scenario.classes" in invalid.stderr
+
+
+def test_submit_wait_prints_the_run_json_and_fails_when_the_run_does_not_finish(store):
+    proc = dimalign("submit", "--set", "train.epochs=2", "--owner", "kim", "--wait", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)  # exactly one object, as `run --json` prints
+    assert {"preset", "config", "device", "models", "seconds", "samples",
+            "artifacts"} <= set(result)
+    assert result["models"]["unlearned"]["acc_forget"] is not None
+    assert dimalign("submit", "--wait", "--no-start").returncode == 2
+
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "dimalign", "submit", "--set", "train.epochs=2", "--set",
+         "muda.epochs=400", "--owner", "kim", "--wait"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 120
+    while not [r for r in store.runs(owner="kim", statuses=("running",)) if store.curves(r.id)]:
+        assert time.monotonic() < end and waiting.poll() is None, waiting.stderr.read()
+        time.sleep(0.2)
+    (running,) = store.runs(owner="kim", statuses=("running",))
+    cancel(store, running.id)
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 1 and f"{running.id} cancelled" in err and out == ""
 
 
 def test_local_sweep_runs_every_combination(store):
