@@ -1,7 +1,7 @@
 """End to end in real headless Chromium against `streamlit run` on localhost.
 
-Playwright drives Debian's Chromium (/usr/bin/chromium, which .ci/run installs); there is no
-skip: a missing browser fails this test. Screenshots of every page go to test-artifacts/.
+Playwright drives the Chromium tests/find_browser.py finds (`make test` installs one if missing);
+no skip: a missing browser fails this test. Screenshots of every page go to test-artifacts/.
 """
 
 import os
@@ -14,10 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from find_browser import MISSING, find
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
 PAGES = ["Experiment", "Unlearn (live)", "Eigenspectra", "Principal angles", "Manifolds",
          "Compare", "Learn"]
 
@@ -56,9 +56,10 @@ def server(default_baselines):
 def browser():
     from playwright.sync_api import sync_playwright
 
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium"
+    chromium = find()
+    assert chromium, MISSING
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        b = p.chromium.launch(executable_path=chromium, headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--no-first-run", "--disable-sync"])
         yield b
