@@ -135,12 +135,15 @@ def _embed_cli(folder: Path, samples: int) -> dict:
 
 def cmd_methods(args) -> int:
     if args.json:
+        # knobs in display order; "groups" names their groups in that order (the first is the
+        # one a page shows open)
         out = {name: {"title": REGISTRY[name].title, "description": REGISTRY[name].description,
                       "paper": REGISTRY[name].paper,
+                      "groups": [group for group, _ in REGISTRY[name].groups()],
                       "knobs": {k: {"default": kn.default, "type": kn.type.__name__,
                                     "range": kn.range_text() if kn.type in (int, float) else None,
                                     "choices": list(kn.choices), "help": kn.help,
-                                    "source": kn.source}
+                                    "source": kn.source, "group": kn.group}
                                 for k, kn in REGISTRY[name].knobs.items()}}
                for name in ORDER}
         json.dump(out, sys.stdout, indent=1)
@@ -150,12 +153,15 @@ def cmd_methods(args) -> int:
         spec = REGISTRY[name]
         print(f"{name:<13} {spec.title}: {spec.description}")
         print(f"{'':<13} paper: {spec.paper}")
-        for key, knob in spec.knobs.items():
-            extra = f" one of {', '.join(knob.choices)}" if knob.choices else ""
-            if knob.type in (int, float) and not knob.choices:
-                extra = f" in {knob.range_text()}"
-            print(f"{'':<15}{name}.{key} = {knob.default!r:<8} {knob.help};{extra}"
-                  + (f" [{knob.source}]" if knob.source != "choice" else ""))
+        for group, keys in spec.groups():
+            print(f"{'':<13} {group}:")
+            for key in keys:
+                knob = spec.knobs[key]
+                extra = f" one of {', '.join(knob.choices)}" if knob.choices else ""
+                if knob.type in (int, float) and not knob.choices:
+                    extra = f" in {knob.range_text()}"
+                print(f"{'':<16}{name}.{key} = {knob.default!r:<8} {knob.help};{extra}"
+                      + (f" [{knob.source}]" if knob.source != "choice" else ""))
     return 0
 
 

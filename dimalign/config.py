@@ -65,10 +65,21 @@ class EvalConfig:
     feature_samples: int = 500  # per split, features kept for the dashboard (spectra use all)
 
 
+TELEMETRY_POINTS = 50  # live telemetry points a run gets at least with telemetry_every="auto"
+
+
 @dataclass(frozen=True)
 class UnlearnConfig:
-    telemetry_every: int = 10  # steps between live telemetry points (0 = none)
+    # steps between live telemetry points: "auto" = at least TELEMETRY_POINTS of them (one per
+    # step for shorter runs), N = every N steps, 0 = none
+    telemetry_every: int | str = "auto"
     telemetry_samples: int = 64  # per split, the fixed subset telemetry evaluates
+
+    def cadence(self, total_steps: int) -> int:
+        """Steps between telemetry points for a run of `total_steps` (0 = no telemetry)."""
+        if self.telemetry_every == "auto":
+            return max(1, total_steps // TELEMETRY_POINTS)
+        return self.telemetry_every
 
 
 @dataclass(frozen=True)
@@ -235,6 +246,11 @@ def _build(cls, data: dict, prefix: str):
 
 
 def _parse_value(key: str, hint, raw: str):
+    if hint == int | str:  # a number or a word such as "auto"; validate() checks which
+        try:
+            return int(raw)
+        except ValueError:
+            return raw
     if hint == tuple[int, ...]:
         items = [s for s in raw.replace(" ", "").split(",") if s]
         return [_parse_value(key, int, s) for s in items]
@@ -252,6 +268,10 @@ def _parse_value(key: str, hint, raw: str):
 
 
 def _coerce(key: str, hint, value):
+    if hint == int | str:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ConfigError(key, f"expected an integer or a word, got {value!r}")
+        return value
     if hint == tuple[int, ...]:
         values = value if isinstance(value, (list, tuple)) else [value]
         return tuple(_coerce(key, int, v) for v in values)
@@ -322,8 +342,11 @@ def validate(cfg: Config) -> None:
     if not 0 <= ev.k <= dim:
         raise ConfigError("eval.k", f"must lie in 0..{dim} (the feature dimension of "
                           f"{cfg.model_name}; 0 = choose k from eval.energy), got {ev.k}")
-    if cfg.unlearn.telemetry_every < 0:
-        raise ConfigError("unlearn.telemetry_every", "must be non-negative (0 = no telemetry)")
+    every = cfg.unlearn.telemetry_every
+    if every != "auto" and (isinstance(every, str) or every < 0):
+        raise ConfigError("unlearn.telemetry_every", f"must be 'auto' (at least "
+                          f"{TELEMETRY_POINTS} points a run), a number of steps or 0 (no "
+                          f"telemetry), got {every!r}")
     if cfg.unlearn.telemetry_samples < 2:
         raise ConfigError("unlearn.telemetry_samples", "must be at least 2")
     for name in ("mia_samples", "nmi_samples", "cka_samples", "feature_samples"):

@@ -48,21 +48,73 @@ CURVE_GROUPS = (
 
 MARKERS_UP_TO = 25
 
+# background of the steps a phase covers on the live curves; other phases are left plain
+PHASE_SHADES = {"forget": "rgba(228, 87, 86, 0.10)", "max": "rgba(228, 87, 86, 0.10)",
+                "recover": "rgba(84, 162, 75, 0.10)", "min": "rgba(84, 162, 75, 0.10)"}
+SHADED_SPANS_UP_TO = 60  # more spans than this are too thin to read: no shading then
+PHASE_LABELS_UP_TO = 12  # and more than this are shaded without their names
+
+
+def phase_spans(curves: dict[str, list[tuple[int, float]]]) -> list[tuple[str, int, int]]:
+    """(phase, first step, last step) of each run of telemetry points in one phase, from the
+    `phase_<name>` metrics the loop records; a point stands for the steps since the one before,
+    so spans meet. The start point (phase "start") only opens the first span."""
+    marks = sorted((step, key.removeprefix("phase_")) for key, points in curves.items()
+                   if key.startswith("phase_") for step, _ in points)
+    spans: list[tuple[str, int, int]] = []
+    previous = None
+    for step, name in marks:
+        if name != "start":
+            if spans and spans[-1][0] == name:
+                spans[-1] = (name, spans[-1][1], step)
+            else:
+                spans.append((name, step if previous is None else previous, step))
+        previous = step
+    return spans
+
 
 def telemetry_figure(curves: dict[str, list[tuple[int, float]]],
-                     references: dict[str, dict[str, float]] | None = None) -> go.Figure:
+                     references: dict[str, dict[str, float]] | None = None,
+                     ghosts: list[tuple[str, dict[str, list[tuple[int, float]]]]] = ()
+                     ) -> go.Figure:
     """A run's live curves in four panels; `references` draws e.g. the retrained and original
-    models' values ({"retrained": {"acc_forget": 0.0, "da": 0.97}, ...}) as dashed lines."""
+    models' values ({"retrained": {"acc_forget": 0.0, "da": 0.97}, ...}) as dashed lines.
+    Forget and recover phases (SCRUB's max and min) are shaded, from the `phase_<name>` curves.
+    `ghosts`: earlier runs as (label, curves), newest first, drawn faint and fading behind."""
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=2, cols=2, subplot_titles=[g[0] for g in CURVE_GROUPS],
                         horizontal_spacing=0.08, vertical_spacing=0.14)
     dashes = {"retrained": "dash", "original": "dot"}
     shapes, notes = [], []  # built as plain dicts: add_hline costs ~30 ms a line
+    spans = [s for s in phase_spans(curves) if s[0] in PHASE_SHADES and s[2] > s[1]]
+    if len(spans) > SHADED_SPANS_UP_TO:
+        spans = []
+    label = len(spans) <= PHASE_LABELS_UP_TO  # phase names, in the first panel drawn
+    in_legend: set[int] = set()  # each ghost once in the legend
     for i, (_, wanted) in enumerate(CURVE_GROUPS):
         row, col = divmod(i, 2)
         axis = "" if i == 0 else str(i + 1)
-        for key in sorted(k for k in curves if wanted(k)):
+        keys = sorted(k for k in curves if wanted(k))
+        for name, x0, x1 in spans if keys else ():  # one rectangle a span and panel
+            shape = dict(type="rect", xref=f"x{axis}", x0=x0, x1=x1, yref=f"y{axis} domain",
+                         y0=0, y1=1, layer="below", fillcolor=PHASE_SHADES[name],
+                         line=dict(width=0))
+            if label:
+                shape["label"] = dict(text=name, textposition="top center",
+                                      font=dict(size=9, color="#888"))
+            shapes.append(shape)
+        label = label and not (keys and spans)
+        for g, (ghost, ghost_curves) in enumerate(ghosts):
+            for key in sorted(k for k in ghost_curves if wanted(k) and ghost_curves[k]):
+                steps, values = zip(*ghost_curves[key], strict=True)
+                fig.add_trace(go.Scatter(
+                    x=list(steps), y=list(values), mode="lines", name=ghost,
+                    legendgroup=f"ghost{g}", showlegend=g not in in_legend,
+                    opacity=0.45 * (1 - g / (len(ghosts) + 1)), hoverinfo="name+y",
+                    line=dict(width=1, color="#888", dash="dot")), row=row + 1, col=col + 1)
+                in_legend.add(g)
+        for key in keys:
             steps, values = zip(*curves[key], strict=True) if curves[key] else ((), ())
             # markers only while few: each is an SVG node, and long runs have hundreds
             mode = "lines+markers" if len(steps) <= MARKERS_UP_TO else "lines"

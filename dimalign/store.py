@@ -281,6 +281,13 @@ class Store:
             out.setdefault(key, []).append((step, value))
         return out
 
+    def version(self, run_id: str) -> tuple:
+        """Changes whenever the run's row or its metrics do: a live page compares it with the
+        one it last drew and skips the work while nothing moved (one indexed query)."""
+        return self.db.execute(
+            "SELECT status, progress, phase, error, (SELECT MAX(rowid) FROM metrics WHERE "
+            "run_id = ?) FROM runs WHERE id = ?", (run_id, check_run_id(run_id))).fetchone()
+
     def last_step(self, run_id: str) -> int:
         row = self.db.execute("SELECT MAX(step) FROM metrics WHERE run_id = ?",
                               (run_id,)).fetchone()

@@ -291,3 +291,104 @@ def knob_widget(method: str, name: str, knob: Knob, value, disabled: bool = Fals
         grid = sorted({*grid, value})
     return st.select_slider(label, grid, value=value, key=key, help=help_text,
                             format_func=lambda v: f"{v:g}", disabled=disabled)
+
+
+# ---------------------------------------------------------------------------- steering
+
+
+def knob_groups(method: str, spec, params: dict) -> dict:
+    """Every knob's widget, by group: the first group open, the others in expanders."""
+    values = {}
+    for i, (group, names) in enumerate(spec.groups()):
+        where = st.container() if i == 0 else st.expander(group)
+        if i == 0:
+            where.markdown(f"**{group}**")
+        cols = where.columns(4)
+        for j, name in enumerate(names):
+            with cols[j % 4]:
+                values[name] = knob_widget(method, name, spec.knobs[name], params[name])
+    return values
+
+
+def knobs_moved(auto: bool, signature: tuple) -> bool:
+    """True once per change of the knobs while *Run on change* is on (switching it on, or
+    the first draw, only records the knobs)."""
+    before = st.session_state.get("_auto_signature")
+    st.session_state["_auto_signature"] = signature
+    return auto and before is not None and before != signature
+
+
+def start_run(preset: str, overrides: list[str], method: str, who: str,
+              parent_id: str | None = None, supersede: bool = False) -> None:
+    """Queue a run (a fork when `parent_id`), show it, and redraw. `supersede`: an automatic
+    run, which cancels this session's previous automatic run if it is still going."""
+    from dimalign.jobs import cancel, ensure_scheduler, submit
+
+    new = submit(store(), preset=preset, overrides=overrides, method=method, owner=who,
+                 parent_id=parent_id)
+    ensure_scheduler()  # cheap when one runs; starts one if it stopped while idle
+    if supersede:
+        previous = st.session_state.get("_auto_run")
+        if previous and store().get(previous).status in ACTIVE:
+            cancel(store(), previous)
+        st.session_state["_auto_run"] = new
+    remember("run", new)
+    st.rerun()
+
+
+class Ghost:
+    """An earlier run drawn faintly under the chosen one, named by what it changed."""
+
+    def __init__(self, run: Run, label: str):
+        self.id, self.run, self.label = run.id, run, label
+
+
+def ghost_runs(runs: list[Run], selected: Run, count: int = 5) -> list[Ghost]:
+    """This owner's last `count` runs of the experiment besides the chosen one (queued runs
+    have nothing to draw yet)."""
+    from dimalign.config import config_from_dict
+    from dimalign.steer import ghost_label, knob_changes
+
+    chosen = config_from_dict(selected.config)
+    out = []
+    for run in runs:
+        if run.id == selected.id or run.status == "queued":
+            continue
+        changes = knob_changes(config_from_dict(run.config), chosen, run.method, selected.method)
+        out.append(Ghost(run, ghost_label(changes, run.id)))
+        if len(out) == count:
+            break
+    return out
+
+
+def result_table(run: Run, ghosts: list[Ghost]) -> None:
+    """The chosen run's three models, then the ghosts' unlearned models, on the same metrics."""
+    keys = ["acc_retain", "acc_forget", "acc_test", "acc_test_kept", "mia", "da", "avg_gap"]
+    models = run.result["models"]
+    rows = [{"model": m, **{k: models[m].get(k) for k in keys}} for m in models]
+    rows += [{"model": f"ghost {g.label}", **{k: g.run.result["models"]["unlearned"].get(k)
+                                              for k in keys}}
+             for g in ghosts if g.run.status == "done" and g.run.result]
+    st.dataframe(rows, hide_index=True, key="result_table")
+
+
+def effect_panel(runs: list[Run]) -> None:
+    """The last two finished runs side by side: what the last change did."""
+    from dimalign.config import config_from_dict
+    from dimalign.steer import effect, knob_changes
+
+    done = [r for r in runs if r.status == "done" and r.result][:2]
+    if len(done) < 2:
+        return
+    newer, older = done
+    changes = knob_changes(config_from_dict(older.config), config_from_dict(newer.config),
+                           older.method, newer.method)
+    st.markdown(f"**Effect** of {', '.join(changes) or 'a rerun with the same knobs'} "
+                f"({older.id} → {newer.id})")
+    rows = effect(newer.result["models"]["unlearned"], older.result["models"]["unlearned"])
+    for col, row in zip(st.columns(len(rows)), rows, strict=True):
+        color = "off" if row["better"] is None else (
+            "normal" if (row["better"] == (row["delta"] > 0)) else "inverse")
+        col.metric(row["title"], "–" if row["after"] is None else f"{row['after']:.3f}",
+                   None if row["delta"] is None else f"{row['delta']:+.3f}",
+                   delta_color=color)

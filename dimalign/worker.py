@@ -63,9 +63,12 @@ def serve(home: str, gpu: int | None, conn, max_jobs: int, max_memory_mb: float)
     os.environ["DIMALIGN_HOME"] = home
     if gpu is not None:  # before torch is imported, so the jobs see only their GPU
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    import torch
+
     import dimalign.metrics  # noqa: F401 - the imports every job needs, paid once
     import dimalign.runner  # noqa: F401
 
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # imports torch._dynamo (~2 s)
     conn.send(("ready",))
     jobs = 0
     while True:

@@ -1,10 +1,11 @@
-"""Unlearn (live): pick a method, set its knobs, run it in the background and watch it."""
+"""Unlearn (live): pick a method, set its knobs, run it in the background and watch it. With
+*Run on change*, releasing a knob runs again; the last runs stay on the charts as ghosts."""
 
 import streamlit as st
 
 from dimalign import plots, ui
 from dimalign.config import ConfigError
-from dimalign.jobs import cancel, queue_position, submit
+from dimalign.jobs import cancel, queue_position
 from dimalign.methods import ORDER, REGISTRY
 from dimalign.store import StoreError
 
@@ -13,6 +14,7 @@ who = ui.owner()
 st.title("Unlearn (live)")
 if cfg is None:
     st.stop()
+ui.ensure_scheduler()  # its workers warm up while the knobs are set, not after the first click
 
 methods = [m for m in ORDER if REGISTRY[m].trains]
 method = st.selectbox("Method", methods, index=methods.index("muda"), key="method",
@@ -20,26 +22,27 @@ method = st.selectbox("Method", methods, index=methods.index("muda"), key="metho
 spec = REGISTRY[method]
 st.caption(f"Paper: {spec.paper}")
 
-params = cfg.method_params(method)
-values = {}
-cols = st.columns(4)
-for i, (name, knob) in enumerate(spec.knobs.items()):
-    with cols[i % 4]:
-        values[name] = ui.knob_widget(method, name, knob, params[name])
+values = ui.knob_groups(method, spec, cfg.method_params(method))
 changed = [f"{method}.{k}={str(v).lower() if isinstance(v, bool) else v}"
            for k, v in values.items() if v != spec.knobs[k].default]
 overrides = st.session_state.get("overrides", []) + changed
+preset = ui.sticky("preset")
+auto = st.toggle("Run on change", key="auto_run",
+                 help="Releasing a knob runs the method again with the new values, and cancels "
+                      "your previous automatic run if it is still queued or running")
+
+try:
+    if ui.knobs_moved(auto, (preset, method, tuple(overrides))):
+        ui.start_run(preset, overrides, method, who, supersede=True)
+except (ConfigError, StoreError) as err:
+    st.error(f"Not started: {err}. Change that setting and it runs again.")
 
 runs = ui.experiment_runs(cfg, who)
 selected = ui.pick_run(runs, key="run") if runs else None
 b_run, b_cancel, b_fork = st.columns([1, 1, 2])
-preset = ui.sticky("preset")
 try:
     if b_run.button("Run", type="primary", key="run_button"):
-        ui.ensure_scheduler()
-        new = submit(ui.store(), preset=preset, overrides=overrides, method=method, owner=who)
-        ui.remember("run", new)
-        st.rerun()
+        ui.start_run(preset, overrides, method, who)
     status = selected.status if selected is not None else None
     if status in ("queued", "running") and b_cancel.button("Cancel", key="cancel_button"):
         cancel(ui.store(), selected.id)
@@ -47,17 +50,14 @@ try:
     if status in ("running", "done") and b_fork.button(
             "Fork from here", key="fork_button",
             help="Continue from this run's current weights with the knobs above"):
-        ui.ensure_scheduler()
-        child = submit(ui.store(), preset=preset, overrides=changed, method=method, owner=who,
-                       parent_id=selected.id)
-        ui.remember("run", child)
-        st.rerun()
+        ui.start_run(preset, changed, method, who, parent_id=selected.id)
 except (ConfigError, StoreError) as err:
     st.error(f"Not started: {err}. Change that setting and press Run again.")
 
 if selected is None:
-    st.info("No runs yet for this experiment. Set the knobs and press Run: the run trains in "
-            "the background and its curves appear here as it goes.")
+    st.info("No runs yet for this experiment. Set the knobs and press Run (or switch on *Run "
+            "on change* and move a knob): the run trains in the background and its curves "
+            "appear here as it goes.")
     st.stop()
 
 # reference lines: the baselines job's evaluation, else any finished run of this experiment
@@ -65,12 +65,16 @@ evaluated = ui.baselines_run(cfg) or next(
     (r for r in runs if r.status == "done" and r.result), None)
 references = {m: v for m, v in (evaluated.result or {}).get("models", {}).items()
               if m in ("original", "retrained")} if evaluated else {}
+ghosts = ui.ghost_runs(runs, selected)
+ui.effect_panel(runs)
 
 
 def _panel(run_id: str) -> None:
-    run = ui.store().get(run_id)
+    store = ui.store()
+    version = store.version(run_id)  # the curves are read again only when this moves
+    run = store.get(run_id)
     if run.status == "queued":
-        pos = queue_position(ui.store(), run.id)
+        pos = queue_position(store, run.id)
         wait = f", waiting for its baselines ({run.depends_on})" if run.depends_on else ""
         st.info(f"Queued: position {pos}{wait}.")
     elif run.status == "running":
@@ -79,16 +83,13 @@ def _panel(run_id: str) -> None:
         ui.show_run_error(run)
         if run.status == "done":
             st.success(f"Run {run.id} done.")
-    curves = ui.store().curves(run_id)
-    points = sum(len(c) for c in curves.values())  # grows while the run trains
-    fig = ui.memo_figure(("curves", run_id, points, str(references)),
-                         lambda: plots.telemetry_figure(curves, references))
+    fig = ui.memo_figure(
+        ("curves", run_id, version, str(references), tuple(g.id for g in ghosts)),
+        lambda: plots.telemetry_figure(store.curves(run_id), references,
+                                       ghosts=[(g.label, store.curves(g.id)) for g in ghosts]))
     ui.chart(fig, f"curves_{run_id}")
     if run.status == "done" and run.result:
-        models = run.result["models"]
-        keys = ["acc_retain", "acc_forget", "acc_test", "mia", "da", "avg_gap"]
-        st.dataframe([{"model": m, **{k: models[m].get(k) for k in keys}} for m in models],
-                     hide_index=True, key="result_table")
+        ui.result_table(run, ghosts)
 
 
 if selected.status in ("queued", "running"):

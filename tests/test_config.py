@@ -59,6 +59,8 @@ def test_overrides_are_parsed_by_type_and_config_is_frozen():
     (["train.augment=maybe"], "train.augment", "true or false"),
     (["scenario=class"], "scenario", "scenario.kind"),
     (["seed"], "--set", "key=value"),
+    (["unlearn.telemetry_every=often"], "unlearn.telemetry_every", "'auto'"),
+    (["unlearn.telemetry_every=-1"], "unlearn.telemetry_every", "0 (no telemetry)"),
 ])
 def test_bad_values_are_rejected_naming_the_key_and_what_is_allowed(overrides, key, words):
     with pytest.raises(ConfigError) as info:
@@ -78,3 +80,20 @@ def test_settings_files_are_checked_like_overrides():
     with pytest.raises(ConfigError, match="expected float"):
         config_from_dict({"train": {"lr": "fast"}})
     assert config_from_dict({"train": {"lr": 1}}).train.lr == 1.0
+
+
+def test_telemetry_cadence_is_auto_by_default_and_a_fixed_number_of_steps_when_set():
+    auto = build_config("digits-class").unlearn
+    assert auto.telemetry_every == "auto"
+    assert [auto.cadence(n) for n in (1, 16, 49, 50, 99, 100, 1000)] == [1, 1, 1, 1, 1, 2, 20]
+    assert all(n // auto.cadence(n) >= min(n, 50) for n in range(1, 2000))  # >= 50 points
+    fixed = build_config("digits-class", ["unlearn.telemetry_every=7"]).unlearn
+    assert (fixed.telemetry_every, fixed.cadence(1000)) == (7, 7)
+    assert build_config("digits-class", ["unlearn.telemetry_every=0"]).unlearn.cadence(100) == 0
+    assert build_config("digits-class", ["unlearn.telemetry_every=auto"]).unlearn == auto
+    # saved configs (a number) and settings files (either) load as before
+    assert config_from_dict({"unlearn": {"telemetry_every": 10}}).unlearn.cadence(5) == 10
+    assert config_from_dict({"unlearn": {"telemetry_every": "auto"}}).unlearn == auto
+    for bad in (True, 2.5, "sometimes"):
+        with pytest.raises(ConfigError, match="unlearn.telemetry_every"):
+            config_from_dict({"unlearn": {"telemetry_every": bad}})

@@ -8,7 +8,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -28,17 +27,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Served:
+    def __init__(self, url: str, pid: int):
+        self.url, self.pid = url, pid
+
+
+def children(pid: int) -> list[int]:
+    """Every process below `pid` (make runs the recipe's command as its child)."""
+    out, parents = [], {pid}
+    for _ in range(3):
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            child = int(stat.parent.name)
+            if int(fields[1]) in parents and child not in out:
+                out.append(child)
+        parents |= set(out)
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 @pytest.fixture(scope="module")
 def server(default_baselines):
+    """The app exactly as the README starts it: `make app`, on a free port."""
     port = free_port()
-    env = dict(os.environ)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless",
-         "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(["make", "app", f"PORT={port}"], cwd=ROOT, env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + 60
+    end = time.monotonic() + 120
     while True:
         try:
             urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
@@ -47,9 +69,15 @@ def server(default_baselines):
             assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
             assert time.monotonic() < end, "streamlit did not start"
             time.sleep(0.5)
-    yield url
+    (streamlit,) = [p for p in children(proc.pid)
+                    if b"streamlit" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    yield Served(url, streamlit)
     proc.terminate()
+    os.kill(streamlit, 15)
     proc.wait(10)
+    from dimalign.jobs import stop_scheduler
+
+    stop_scheduler()  # the one the app started: later tests run their own
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +150,13 @@ def test_start_a_muda_run_watch_it_live_and_visit_every_page(server, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     # the fresh server's first visit is a deep link, as a bookmarked workshop address would be:
     # it must open inside app.py's frame (titled page links), not Streamlit's pages/ listing
-    page.goto(f"{server}/unlearn?owner=e2e&preset=digits-class")
+    page.goto(f"{server.url}/unlearn?owner=e2e&preset=digits-class")
     page.get_by_role("button", name="Run").wait_for(timeout=60_000)
     assert page.get_by_role("link", name="Principal angles", exact=True).count() == 1
     assert page.get_by_role("link", name="angles", exact=True).count() == 0
     # a longer schedule, so the curve visibly grows: epochs and retain fraction to the max
+    for group in ("Schedule", "Optimiser"):  # knob groups after the first sit in expanders
+        page.get_by_text(group, exact=True).click()
     for label in ("epochs", "retain_fraction"):
         thumb = page.get_by_role("slider", name=label)
         thumb.focus()
@@ -167,3 +197,96 @@ def test_start_a_muda_run_watch_it_live_and_visit_every_page(server, browser):
         errors = page.locator("[data-testid='stException']")
         assert errors.count() == 0, f"{name}: {errors.first.inner_text()}"
     assert len(list(ARTIFACTS.glob("*.png"))) >= len(PAGES)
+
+
+def open_unlearn(browser, owner: str, server: Served, query: str = ""):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server.url}/unlearn?owner={owner}&preset=digits-class{query}")
+    page.get_by_role("button", name="Run").wait_for(timeout=60_000)
+    wait_idle(page)
+    return page
+
+
+def test_the_server_stays_cheap_while_a_page_watches_a_run(server, browser):
+    """`make app` as shipped, one page on a training run: the server's CPU time over the run
+    stays under 15 % of the run's wall time (the file watcher once took 80 % of a core)."""
+    from dimalign.jobs import ensure_scheduler, submit
+    from dimalign.store import Store
+
+    store = Store()
+    run_id = submit(store, preset="digits-class", overrides=["muda.epochs=150"],
+                    owner="watcher")
+    page = open_unlearn(browser, "watcher", server, f"&run={run_id}")
+    ensure_scheduler()
+    end = time.monotonic() + 120
+    while store.get(run_id).status == "queued":
+        assert time.monotonic() < end, "the run never started"
+        time.sleep(0.02)
+    cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
+    while not store.get(run_id).terminal:
+        assert time.monotonic() < end + 120, "the run never ended"
+        time.sleep(0.02)
+    cpu, wall = cpu_seconds(server.pid) - cpu0, time.monotonic() - t0
+    assert store.get(run_id).status == "done", store.get(run_id).error
+    page.get_by_text("done.").wait_for(timeout=30_000)
+    assert wall > 3, f"the run was too short ({wall:.1f} s) to measure the server"
+    assert cpu / wall < 0.15, f"server CPU {cpu:.2f} s over a {wall:.1f} s run"
+    page.close()
+
+
+def test_three_owners_press_run_together_and_all_finish(server, browser):
+    pages = [open_unlearn(browser, f"trio-{i}", server) for i in range(3)]
+    for page in pages:
+        page.get_by_role("button", name="Run").click()
+    for page in pages:
+        page.get_by_text("done.").wait_for(timeout=240_000)
+        assert page.locator("[data-testid='stException']").count() == 0
+        page.close()
+
+
+GHOST_NAMES = """() => [...document.querySelectorAll('.js-plotly-plot')].flatMap(
+    gd => (gd.data || []).map(t => t.name || ''))"""
+
+
+def test_run_on_change_reruns_on_a_knob_release_and_cancels_the_superseded_run(server,
+                                                                            browser):
+    from dimalign.store import Store
+
+    store = Store()
+    page = open_unlearn(browser, "steer", server)
+    for group in ("Schedule", "Optimiser"):
+        page.get_by_text(group, exact=True).click()
+    for label in ("epochs", "retain_fraction"):  # a long run: still going when the next comes
+        thumb = page.get_by_role("slider", name=label)
+        thumb.focus()
+        thumb.press("End")
+        wait_idle(page)
+    page.get_by_text("Run on change").click()
+    wait_idle(page)
+    assert not store.runs(owner="steer")  # switching it on only records the knobs
+    lam = page.get_by_role("slider", name="lambda_da")
+    lam.focus()
+    lam.press("ArrowRight")
+    end = time.monotonic() + 60
+    while not store.runs(owner="steer", statuses=("running",)):
+        assert time.monotonic() < end, "the first automatic run never started"
+        time.sleep(0.1)
+    (first,) = store.runs(owner="steer")
+    wait_idle(page)
+    lam = page.get_by_role("slider", name="lambda_da")
+    lam.focus()
+    lam.press("ArrowRight")
+    while len(store.runs(owner="steer")) < 2:
+        assert time.monotonic() < end, "moving the knob again started no run"
+        time.sleep(0.1)
+    second = next(r for r in store.runs(owner="steer") if r.id != first.id)
+    while store.get(first.id).status != "cancelled":
+        assert time.monotonic() < end, f"the superseded run is {store.get(first.id).status}"
+        time.sleep(0.1)
+    assert second.config["muda"]["lambda_da"] != first.config["muda"]["lambda_da"]
+    end = time.monotonic() + 60
+    while not any("λ_DA" in name for name in page.evaluate(GHOST_NAMES)):
+        assert time.monotonic() < end, f"no ghost trace: {page.evaluate(GHOST_NAMES)}"
+        time.sleep(0.3)
+    page.screenshot(path=ARTIFACTS / "unlearn-ghosts.png", full_page=True)
+    page.close()

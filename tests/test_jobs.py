@@ -11,7 +11,16 @@ import time
 import pytest
 
 from dimalign.config import ConfigError
-from dimalign.jobs import Scheduler, Slot, cancel, queue_position, resume, submit
+from dimalign.jobs import (
+    Scheduler,
+    Slot,
+    cancel,
+    queue_position,
+    resume,
+    scheduler_running,
+    stop_scheduler,
+    submit,
+)
 from dimalign.store import Store, StoreError
 
 TINY = ["train.epochs=2"]
@@ -19,6 +28,11 @@ TINY = ["train.epochs=2"]
 
 @pytest.fixture()
 def store(tiny_baselines):  # baselines of TINY are cached: jobs only unlearn
+    stop_scheduler()  # a background one (a browser or CLI test's) would take our jobs
+    end = time.monotonic() + 60
+    while scheduler_running():
+        assert time.monotonic() < end, "the background scheduler did not stop"
+        time.sleep(0.1)
     s = Store()
     yield s
     s.close()

@@ -23,6 +23,79 @@ def params_of(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("name", ORDER)
+def test_every_knob_has_a_group_and_groups_list_every_knob_once(name):
+    spec = REGISTRY[name]
+    assert all(knob.group.strip() for knob in spec.knobs.values())
+    groups = spec.groups()
+    assert sorted(k for _, keys in groups for k in keys) == sorted(spec.knobs)
+    assert len({g for g, _ in groups}) == len(groups)
+    if spec.trains:  # the common knobs come after the method's own groups
+        assert [g for g, _ in groups][-2:] == ["Schedule", "Optimiser"] or name == "muda"
+
+
+def test_muda_shows_its_loss_weights_first_then_schedule_retain_basis_and_optimiser():
+    assert REGISTRY["muda"].groups() == [
+        ("Loss weights", ["lambda_da", "lambda_sd", "temperature", "sd"]),
+        ("Schedule", ["epochs", "ratio_forget", "ratio_recover", "alternate", "alternate_steps"]),
+        ("Retain basis", ["energy", "k", "center", "basis", "bank_size", "bank_refresh"]),
+        ("Optimiser", ["lr", "batch_size", "optimizer", "weight_decay", "retain_fraction"]),
+    ]
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("muda", []),  # a few steps: a point each
+    ("ft", ["ft.batch_size=10"]),  # over a hundred steps: every few steps, at least 50 points
+])
+def test_auto_telemetry_gives_at_least_50_points_or_one_per_step(name, extra, tiny_baselines):
+    b = tiny_baselines
+    cfg = build_config("digits-class", ["train.epochs=2", f"{name}.epochs=1", *extra])
+    assert cfg.unlearn.telemetry_every == "auto"
+    points = []
+    out = unlearn(cfg, REGISTRY[name], b.experiment, b.original, b.device,
+                  telemetry=points.append)
+    steps = [p["step"] for p in points]
+    assert steps[0] == 0 and steps[-1] == out.steps and steps == sorted(set(steps))
+    if out.steps < 50:
+        assert steps == list(range(out.steps + 1))
+    else:
+        assert out.steps >= 100 and len(steps) - 1 >= 50  # and the start point besides
+    assert all(any(k.startswith("loss_") for k in p) for p in points[1:])
+    assert "acc_forget" in points[0] and "acc_forget" in points[-1]
+
+
+def test_the_live_curves_shade_forget_and_recover_phases(tiny_baselines):
+    from dimalign import plots
+    from dimalign.store import Store
+
+    b = tiny_baselines
+    cfg = build_config("digits-class", ["train.epochs=2", "muda.epochs=3"])
+    points = []
+    unlearn(cfg, REGISTRY["muda"], b.experiment, b.original, b.device, telemetry=points.append)
+    by_epoch = [max(p["step"] for p in points if p["epoch"] == e) for e in (1, 2, 3)]
+    # through the run store as a worker writes it: numbers only
+    store = Store()
+    run_id = store.create_run(owner="tess", kind="unlearn", preset="digits-class",
+                              method="muda", config={})
+    for p in points:
+        store.log_metrics(run_id, p["step"], {k: v for k, v in p.items()
+                                              if isinstance(v, int | float) and k != "step"})
+    curves = store.curves(run_id)
+    assert plots.phase_spans(curves) == [("forget", 0, by_epoch[0]),
+                                         ("recover", by_epoch[0], by_epoch[1]),
+                                         ("forget", by_epoch[1], by_epoch[2])]
+    fig = plots.telemetry_figure(curves, {"retrained": {"da": 0.9}})
+    rects = [s for s in fig.layout.shapes if s.type == "rect"]
+    assert len(rects) == 3 * 4  # a rectangle per span in each of the four panels
+    assert {(r.x0, r.x1) for r in rects} == {(0, by_epoch[0]), (by_epoch[0], by_epoch[1]),
+                                             (by_epoch[1], by_epoch[2])}
+    assert all(r.yref.endswith("domain") and r.layer == "below" for r in rects)
+    assert [r.label.text for r in rects if r.label.text] == ["forget", "recover", "forget"]
+    assert len({r.fillcolor for r in rects}) == 2
+    assert not [s for s in plots.telemetry_figure({"da": curves["da"]}).layout.shapes
+                if s.type == "rect"]  # no phases given, nothing shaded
+
+
 def test_the_registry_holds_muda_and_nine_baselines_with_described_valid_knobs():
     assert set(ORDER) == set(REGISTRY) and len(ORDER) == 10 and "muda" in ORDER
     for name, spec in REGISTRY.items():
@@ -41,10 +114,13 @@ def test_method_runs_a_short_epoch_with_finite_losses_and_live_telemetry(name, t
                   telemetry=points.append)
     assert out.steps > 0 and out.seconds > 0
     assert points[0]["phase"] == "start" and points[-1]["step"] == out.steps
+    assert all(p[f"phase_{p['phase']}"] == 1.0 for p in points)  # the phase as a number too
     losses = [v for p in points for k, v in p.items() if k.startswith("loss_")]
     assert losses and all(math.isfinite(v) for v in losses)
+    probed = [p for p in points if "acc_forget" in p]  # the probe may skip middle points
+    assert probed[0] is points[0] and probed[-1] is points[-1]
     for key in ("acc_retain", "acc_forget", "acc_test", "da", "angle_1"):
-        assert all(0 <= p[key] <= (90 if key == "angle_1" else 1) for p in points), key
+        assert all(0 <= p[key] <= (90 if key == "angle_1" else 1) for p in probed), key
     after = params_of(out.model)
     assert any(not torch.equal(before[n], after[n]) for n in before)  # it learned something
     assert all(torch.equal(before[n], p) for n, p in params_of(b.original).items())  # in a copy

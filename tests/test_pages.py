@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dimalign.jobs import Scheduler, Slot, submit
+from dimalign.jobs import Scheduler, Slot, cancel, ensure_scheduler, submit
 from dimalign.store import Store
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -79,6 +79,52 @@ def test_unlearn_page_builds_sliders_from_the_registry_and_draws_live_curves(fin
     before = len(finished["store"].runs(owner=OWNER))
     at.select_slider(key="knob_muda_lambda_da").set_value(2.0).run()
     assert len(finished["store"].runs(owner=OWNER)) == before
+
+
+def wait_terminal(store, run_id, timeout=180):
+    end = time.monotonic() + timeout
+    while not store.get(run_id).terminal:
+        assert time.monotonic() < end, f"run {run_id} is still {store.get(run_id).status}"
+        time.sleep(0.1)
+
+
+def test_run_on_change_submits_on_a_knob_change_and_cancels_the_one_before(finished):
+    store = finished["store"]
+    at = page("pages/unlearn.py", finished["run"])
+    assert at.slider(key="knob_muda_epochs") is not None  # groups: Schedule is an expander
+    at.slider(key="knob_muda_epochs").set_value(50).run()  # long enough to be superseded
+    at.slider(key="knob_muda_retain_fraction").set_value(1.0).run()
+    at.toggle(key="auto_run").set_value(True).run()
+    before = {r.id for r in store.runs(owner=OWNER)}
+    assert not at.exception and {r.id for r in store.runs(owner=OWNER)} == before
+    at.select_slider(key="knob_muda_lambda_da").set_value(2.0).run()
+    (first,) = [r for r in store.runs(owner=OWNER) if r.id not in before]
+    assert first.config["muda"]["lambda_da"] == 2.0 and not at.exception
+    at.select_slider(key="knob_muda_lambda_da").set_value(10.0).run()
+    (second,) = [r for r in store.runs(owner=OWNER) if r.id not in before | {first.id}]
+    assert second.config["muda"]["lambda_da"] == 10.0
+    wait_terminal(store, first.id)
+    assert store.get(first.id).status == "cancelled"
+    cancel(store, second.id)
+    wait_terminal(store, second.id)
+
+
+def test_effect_panel_shows_what_the_last_change_did(finished):
+    store = finished["store"]
+    newer = submit(store, preset="digits-class", overrides=TINY + ["muda.lambda_da=1"],
+                   owner=OWNER)
+    ensure_scheduler()
+    wait_terminal(store, newer)
+    assert store.get(newer).status == "done", store.get(newer).error
+    at = page("pages/unlearn.py", newer)
+    texts = " ".join(m.value for m in at.markdown)
+    assert "λ_DA 5 → 1" in texts, texts
+    titles = {m.label for m in at.metric}
+    assert {"DA", "acc_forget", "avg-gap"} <= titles
+    names = {t.get("name") for t in traces(at)}
+    assert any("λ_DA 5 → 1" in (n or "") for n in names)  # the earlier run, as a ghost
+    table = at.dataframe[0].value
+    assert any(str(m).startswith("ghost ") for m in table["model"])
 
 
 def test_unlearn_page_refuses_nothing_silently_for_a_bad_knob_combination(finished):

@@ -26,6 +26,9 @@ class Knob:
     low_open: bool = False  # True: the lower bound itself is not allowed
     choices: tuple[str, ...] = ()
     source: str = "choice"  # "paper: <where>" or "choice: <why>"
+    # where the knob is shown, e.g. "Loss weights", "Schedule", "Optimiser" (required): a
+    # method's groups come in the order its knobs first name them, the first one shown open
+    group: str = field(kw_only=True)
 
     def check(self, key: str, value: Any) -> Any:
         """Coerce and range-check a value; ConfigError names the key and what is allowed."""
@@ -51,18 +54,25 @@ class Knob:
         return f"{left}{low}, {high}]"
 
 
+SCHEDULE, OPTIMISER = "Schedule", "Optimiser"  # the groups of the common knobs
+
+
 def common_knobs(lr: float, epochs: int, batch_size: int = 64, optimizer: str = "sgd",
                  retain_fraction: float = 1.0, source: str = "choice") -> dict[str, Knob]:
-    """Knobs every trained method has; defaults differ per method."""
+    """Knobs every trained method has; defaults differ per method. Epochs come first (group
+    "Schedule"), then the "Optimiser" ones: a method lists its own knobs before these."""
     return {
-        "lr": Knob(float, lr, "learning rate", 0.0, 10.0, low_open=True, source=source),
-        "epochs": Knob(int, epochs, "passes of the method's schedule", 1, 1000, source=source),
+        "epochs": Knob(int, epochs, "passes of the method's schedule", 1, 1000, source=source,
+                       group=SCHEDULE),
+        "lr": Knob(float, lr, "learning rate", 0.0, 10.0, low_open=True, source=source,
+                   group=OPTIMISER),
         "batch_size": Knob(int, batch_size, "samples per batch (each of forget and retain)", 2,
-                           65536),
-        "optimizer": Knob(str, optimizer, "optimiser", choices=("sgd", "adam")),
-        "weight_decay": Knob(float, 5e-4, "L2 weight decay", 0.0, 1.0),
+                           65536, group=OPTIMISER),
+        "optimizer": Knob(str, optimizer, "optimiser", choices=("sgd", "adam"), group=OPTIMISER),
+        "weight_decay": Knob(float, 5e-4, "L2 weight decay", 0.0, 1.0, group=OPTIMISER),
         "retain_fraction": Knob(float, retain_fraction, "fraction of D_r the method may use "
-                                "(a fixed, seeded subset)", 0.0, 1.0, low_open=True),
+                                "(a fixed, seeded subset)", 0.0, 1.0, low_open=True,
+                                group=OPTIMISER),
     }
 
 
@@ -116,6 +126,14 @@ class MethodSpec:
 
     def defaults(self) -> dict[str, Any]:
         return {k: knob.default for k, knob in self.knobs.items()}
+
+    def groups(self) -> list[tuple[str, list[str]]]:
+        """(group, its knobs) in display order: the order the knobs first name their groups.
+        The first is the one to show open."""
+        out: dict[str, list[str]] = {}
+        for key, knob in self.knobs.items():
+            out.setdefault(knob.group, []).append(key)
+        return list(out.items())
 
     def resolve(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """Defaults with the overrides applied, each checked."""

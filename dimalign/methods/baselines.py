@@ -9,8 +9,21 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dimalign.methods.base import Batch, Context, Knob, MethodSpec, Phase, common_knobs, register
+from dimalign.methods.base import (
+    SCHEDULE,
+    Batch,
+    Context,
+    Knob,
+    MethodSpec,
+    Phase,
+    common_knobs,
+    register,
+)
 from dimalign.methods.losses import distill_kl, random_wrong_labels, teacher_logits
+
+# Knobs are listed in display order: a method's own (its loss weights first), then the common
+# "Schedule" and "Optimiser" groups of common_knobs; the first group is shown open.
+LOSS = "Loss weights"
 
 
 def _retain_pass(ctx: Context, epoch: int) -> list[Phase]:
@@ -59,10 +72,10 @@ def _l1_loss(ctx: Context, phase: Phase, b: Batch) -> dict[str, torch.Tensor]:
 register(MethodSpec(
     "l1_sparse", "ℓ1-sparse", "Fine-tune on D_r with an ℓ1 penalty on the weights that decays "
     "linearly", "Jia et al. 2023, Model Sparsity Can Simplify Machine Unlearning (NeurIPS)",
-    {**common_knobs(lr=0.01, epochs=5, source="paper: Jia et al. 2023 lr 0.01-0.1, 10 epochs; "
-                    "choice: 5 epochs"),
-     "alpha": Knob(float, 5e-4, "ℓ1 weight at the start (decays linearly to 0)", 0.0, 1.0,
-                   source="paper: Jia et al. 2023 (5e-4 on CIFAR-10)")},
+    {"alpha": Knob(float, 5e-4, "ℓ1 weight at the start (decays linearly to 0)", 0.0, 1.0,
+                   source="paper: Jia et al. 2023 (5e-4 on CIFAR-10)", group=LOSS),
+     **common_knobs(lr=0.01, epochs=5, source="paper: Jia et al. 2023 lr 0.01-0.1, 10 epochs; "
+                    "choice: 5 epochs")},
     _retain_pass, _l1_loss))
 
 
@@ -90,9 +103,9 @@ def _neggrad_loss(ctx: Context, phase: Phase, b: Batch) -> dict[str, torch.Tenso
 register(MethodSpec(
     "neggrad_plus", "NegGrad+", "Descend on D_r and ascend on D_f at once: CE(D_r) − α·CE(D_f)",
     "Kurmanji et al. 2023, Towards Unbounded Machine Unlearning (NeurIPS)",
-    {**common_knobs(lr=0.01, epochs=3, source="choice: matched to FT"),
-     "alpha": Knob(float, 0.2, "weight of the forget ascent", 0.0, 100.0,
-                   source="choice: the paper tunes β per setting")},
+    {"alpha": Knob(float, 0.2, "weight of the forget ascent", 0.0, 100.0,
+                   source="choice: the paper tunes β per setting", group=LOSS),
+     **common_knobs(lr=0.01, epochs=3, source="choice: matched to FT")},
     _paired_pass, _neggrad_loss))
 
 
@@ -138,10 +151,11 @@ def _salun_grad_hook(ctx: Context) -> None:
 register(MethodSpec(
     "salun", "SalUn", "Saliency unlearning: random labels, updating only the weights most "
     "salient to the forget loss", "Fan et al. 2024, SalUn (ICLR)",
-    {**common_knobs(lr=0.01, epochs=3, source="paper: Fan et al. 2024 lr 0.013, 10 epochs; "
-                    "choice: 3 epochs"),
-     "mask_ratio": Knob(float, 0.5, "fraction of weights left free to change", 0.0, 1.0,
-                        low_open=True, source="paper: Fan et al. 2024 (50 %)")},
+    {"mask_ratio": Knob(float, 0.5, "fraction of weights left free to change", 0.0, 1.0,
+                        low_open=True, source="paper: Fan et al. 2024 (50 %)",
+                        group="Saliency mask"),
+     **common_knobs(lr=0.01, epochs=3, source="paper: Fan et al. 2024 lr 0.013, 10 epochs; "
+                    "choice: 3 epochs")},
     _paired_pass, _rl_loss, setup=_salun_setup, grad_hook=_salun_grad_hook))
 
 
@@ -168,16 +182,16 @@ register(MethodSpec(
     "scrub", "SCRUB", "Teacher–student: move away from the original on D_f (max-KL), stay "
     "close on D_r (min-KL + CE)", "Kurmanji et al. 2023, Towards Unbounded Machine Unlearning "
     "(NeurIPS)",
-    {**common_knobs(lr=5e-3, epochs=3, source="paper: code defaults lr 5e-4 for CIFAR "
+    {"temperature": Knob(float, 4.0, "distillation temperature", 0.0, 100.0, low_open=True,
+                         source="paper: kd_T = 4", group=LOSS),
+     "alpha": Knob(float, 0.001, "weight of the retain KL", 0.0, 100.0,
+                   source="paper: alpha = 0.001", group=LOSS),
+     "gamma": Knob(float, 0.99, "weight of the retain cross-entropy", 0.0, 100.0,
+                   source="paper: gamma = 0.99", group=LOSS),
+     **common_knobs(lr=5e-3, epochs=3, source="paper: code defaults lr 5e-4 for CIFAR "
                     "ResNets; choice: 5e-3 for the few steps of the small models"),
      "max_epochs": Knob(int, 2, "epochs that begin with a max step on D_f", 0, 1000,
-                        source="paper: msteps"),
-     "temperature": Knob(float, 4.0, "distillation temperature", 0.0, 100.0, low_open=True,
-                         source="paper: kd_T = 4"),
-     "alpha": Knob(float, 0.001, "weight of the retain KL", 0.0, 100.0,
-                   source="paper: alpha = 0.001"),
-     "gamma": Knob(float, 0.99, "weight of the retain cross-entropy", 0.0, 100.0,
-                   source="paper: gamma = 0.99")},
+                        source="paper: msteps", group=SCHEDULE)},
     _scrub_phases, _scrub_loss))
 
 
@@ -201,8 +215,8 @@ def _bad_teacher_loss(ctx: Context, phase: Phase, b: Batch) -> dict[str, torch.T
 register(MethodSpec(
     "bad_teacher", "Bad Teacher", "Distil a competent teacher on D_r and a random teacher on D_f",
     "Chundawat et al. 2023, Can Bad Teaching Induce Forgetting? (AAAI)",
-    {**common_knobs(lr=1e-4, epochs=1, optimizer="adam", retain_fraction=0.3,
-                    source="paper: Adam lr 1e-4, 1 epoch, 30 % of D_r"),
-     "temperature": Knob(float, 1.0, "distillation temperature", 0.0, 100.0, low_open=True,
-                         source="paper: KL temperature 1")},
+    {"temperature": Knob(float, 1.0, "distillation temperature", 0.0, 100.0, low_open=True,
+                         source="paper: KL temperature 1", group=LOSS),
+     **common_knobs(lr=1e-4, epochs=1, optimizer="adam", retain_fraction=0.3,
+                    source="paper: Adam lr 1e-4, 1 epoch, 30 % of D_r")},
     _paired_pass, _bad_teacher_loss, setup=_bad_teacher_setup))

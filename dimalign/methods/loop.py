@@ -64,8 +64,14 @@ class Stream:
         return x, self.y[idx]
 
 
+# Share of a run's own time (telemetry excluded) that telemetry may spend before it measures the
+# probe at fewer points; points in between carry the step's losses and phase only.
+PROBE_SHARE = 0.15
+
+
 class Probe:
-    """Fixed small subsets of D_r, D_f and D_t that telemetry evaluates every n steps."""
+    """Fixed small subsets of D_r, D_f and D_t that telemetry evaluates at a point: accuracy on
+    each, and DA and the smallest principal angles of forget against retain features."""
 
     def __init__(self, exp: Experiment, retain_rows, size: int, device, seed: int):
         gen = torch.Generator().manual_seed(seed + 1)
@@ -163,7 +169,7 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
         spec.setup(ctx)  # before any resume: a mask or teacher comes from the starting model
     plan = [spec.phases(ctx, e) for e in range(params["epochs"])]
     total = sum(p.steps for phases in plan for p in phases)
-    every = cfg.unlearn.telemetry_every
+    every = cfg.unlearn.cadence(total)
     probe = Probe(exp, retain_rows, cfg.unlearn.telemetry_samples, device, cfg.seed) \
         if telemetry is not None and every > 0 else None
     opt = _optimizer(params, model)
@@ -181,13 +187,22 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
         earlier, telemetry_seconds = resume["seconds"], resume["telemetry_seconds"]
         start -= earlier
 
+    probe_seconds = 0.0  # what the last probe took
+
     def report(epoch: int, phase_name: str) -> None:
-        nonlocal telemetry_seconds
+        nonlocal telemetry_seconds, probe_seconds
         t0 = time.perf_counter()
+        own = t0 - start - telemetry_seconds
+        # the phase as a number too: the run store keeps numbers only (the curves shade phases)
         point = {"step": step, "epoch": epoch + 1, "phase": phase_name,
-                 "seconds": t0 - start - telemetry_seconds}
+                 f"phase_{phase_name}": 1.0, "seconds": own}
         point.update({f"loss_{k}": sum(v) / len(v) for k, v in window.items()})
-        point.update(probe.measure(model, cfg.eval.energy))
+        # the probe costs about one training step on a small model: it runs at the first and
+        # last points, and at the others while telemetry stays within PROBE_SHARE of the run
+        if step in (0, total) or telemetry_seconds + probe_seconds <= PROBE_SHARE * own:
+            t1 = time.perf_counter()
+            point.update(probe.measure(model, cfg.eval.energy))
+            probe_seconds = time.perf_counter() - t1
         window.clear()
         records.append(point)
         telemetry(point)

@@ -11,37 +11,56 @@ import torch
 import torch.nn.functional as F
 
 from dimalign.geometry import dimensional_alignment, top_basis
-from dimalign.methods.base import Batch, Context, Knob, MethodSpec, Phase, common_knobs, register
+from dimalign.methods.base import (
+    SCHEDULE,
+    Batch,
+    Context,
+    Knob,
+    MethodSpec,
+    Phase,
+    common_knobs,
+    register,
+)
 from dimalign.methods.losses import distill_kl, teacher_logits
 
 PAPER = "Seo, Kim, Han. Revisiting Machine Unlearning with Dimensional Alignment. WACV 2025"
 
-KNOBS = {
-    **common_knobs(lr=0.01, epochs=4, retain_fraction=0.3,
-                   source="choice: the paper's exact lr/epochs are not public"),
+_COMMON = common_knobs(lr=0.01, epochs=4, retain_fraction=0.3,
+                       source="choice: the paper's exact lr/epochs are not public")
+LOSS, BASIS = "Loss weights", "Retain basis"
+
+KNOBS = {  # in display order, group by group
     "lambda_da": Knob(float, 5.0, "weight of the DA loss in the forget phase", 0.0, 1000.0,
-                      source="paper: loss term; choice: value"),
+                      source="paper: loss term; choice: value", group=LOSS),
     "lambda_sd": Knob(float, 1.0, "weight of self-distillation (both phases)", 0.0, 1000.0,
-                      source="paper: loss term; choice: value"),
+                      source="paper: loss term; choice: value", group=LOSS),
     "temperature": Knob(float, 4.0, "self-distillation temperature T", 0.0, 100.0,
-                        low_open=True, source="choice"),
+                        low_open=True, source="choice", group=LOSS),
     "sd": Knob(str, "kl", "self-distillation target: logits (kl) or features (mse)",
-               choices=("kl", "mse"), source="choice (METHOD.md option)"),
-    "ratio_forget": Knob(int, 1, "forget units per cycle (forget:recover ratio)", 1, 100),
-    "ratio_recover": Knob(int, 1, "recover units per cycle (forget:recover ratio)", 0, 100),
+               choices=("kl", "mse"), source="choice (METHOD.md option)", group=LOSS),
+    "epochs": _COMMON["epochs"],
+    "ratio_forget": Knob(int, 1, "forget units per cycle (forget:recover ratio)", 1, 100,
+                         group=SCHEDULE),
+    "ratio_recover": Knob(int, 1, "recover units per cycle (forget:recover ratio)", 0, 100,
+                          group=SCHEDULE),
     "alternate": Knob(str, "epoch", "alternation unit", choices=("epoch", "steps"),
-                      source="paper: alternating phases; choice: unit"),
-    "alternate_steps": Knob(int, 5, "steps per unit when alternate=steps", 1, 100000),
+                      source="paper: alternating phases; choice: unit", group=SCHEDULE),
+    "alternate_steps": Knob(int, 5, "steps per unit when alternate=steps", 1, 100000,
+                            group=SCHEDULE),
     "energy": Knob(float, 0.9, "retain eigen-energy that sets k for U_r", 0.0, 1.0,
-                   low_open=True),
-    "k": Knob(int, 0, "fixed k for U_r instead of energy (0 = use energy)", 0, 100000),
-    "center": Knob(bool, False, "subtract the retain mean before DA (paper: uncentred)"),
+                   low_open=True, group=BASIS),
+    "k": Knob(int, 0, "fixed k for U_r instead of energy (0 = use energy)", 0, 100000,
+              group=BASIS),
+    "center": Knob(bool, False, "subtract the retain mean before DA (paper: uncentred)",
+                   group=BASIS),
     "basis": Knob(str, "batch", "retain basis source: the current retain batch, or a bank "
                   "of retain features refreshed every bank_refresh steps",
-                  choices=("batch", "bank")),
+                  choices=("batch", "bank"), group=BASIS),
+    "bank_size": Knob(int, 512, "retain samples in the feature bank", 2, 1_000_000,
+                      group=BASIS),
     "bank_refresh": Knob(int, 10, "steps between refreshes of the retain feature bank", 1,
-                         100000),
-    "bank_size": Knob(int, 512, "retain samples in the feature bank", 2, 1_000_000),
+                         100000, group=BASIS),
+    **{k: knob for k, knob in _COMMON.items() if k != "epochs"},  # the Optimiser group
 }
 
 
