@@ -151,7 +151,7 @@ def test_start_a_muda_run_watch_it_live_and_visit_every_page(server, browser):
     # the fresh server's first visit is a deep link, as a bookmarked workshop address would be:
     # it must open inside app.py's frame (titled page links), not Streamlit's pages/ listing
     page.goto(f"{server.url}/unlearn?owner=e2e&preset=digits-class")
-    page.get_by_role("button", name="Run").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Run", exact=True).wait_for(timeout=60_000)
     assert page.get_by_role("link", name="Principal angles", exact=True).count() == 1
     assert page.get_by_role("link", name="angles", exact=True).count() == 0
     # a longer schedule, so the curve visibly grows: epochs and retain fraction to the max
@@ -162,7 +162,7 @@ def test_start_a_muda_run_watch_it_live_and_visit_every_page(server, browser):
         thumb.focus()
         thumb.press("End")
         wait_idle(page)
-    page.get_by_role("button", name="Run").click()
+    page.get_by_role("button", name="Run", exact=True).click()
 
     counts, end = [], time.monotonic() + 180
     while time.monotonic() < end:
@@ -202,7 +202,7 @@ def test_start_a_muda_run_watch_it_live_and_visit_every_page(server, browser):
 def open_unlearn(browser, owner: str, server: Served, query: str = ""):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{server.url}/unlearn?owner={owner}&preset=digits-class{query}")
-    page.get_by_role("button", name="Run").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Run", exact=True).wait_for(timeout=60_000)
     wait_idle(page)
     return page
 
@@ -237,7 +237,7 @@ def test_the_server_stays_cheap_while_a_page_watches_a_run(server, browser):
 def test_three_owners_press_run_together_and_all_finish(server, browser):
     pages = [open_unlearn(browser, f"trio-{i}", server) for i in range(3)]
     for page in pages:
-        page.get_by_role("button", name="Run").click()
+        page.get_by_role("button", name="Run", exact=True).click()
     for page in pages:
         page.get_by_text("done.").wait_for(timeout=240_000)
         assert page.locator("[data-testid='stException']").count() == 0
