@@ -261,7 +261,7 @@ def test_run_on_change_reruns_on_a_knob_release_and_cancels_the_superseded_run(s
         thumb.focus()
         thumb.press("End")
         wait_idle(page)
-    page.get_by_text("Run on change").click()
+    page.get_by_role("paragraph").filter(has_text=re.compile(r"^Run on change$")).click()
     wait_idle(page)
     assert not store.runs(owner="steer")  # switching it on only records the knobs
     lam = page.get_by_role("slider", name="lambda_da")
