@@ -160,6 +160,15 @@ def recycle_limits() -> tuple[int, float]:
             float(os.environ.get("DIMALIGN_WORKER_MEMORY_MB", 8192)))
 
 
+def worker_threads(workers: int) -> int:
+    """torch threads per worker: half the cores, shared by the workers. The other half stays
+    with the web server and the pages; on 2 cores a second busy torch thread spins in
+    barriers against them and slowed small runs several-fold. DIMALIGN_WORKER_THREADS sets it."""
+    if "DIMALIGN_WORKER_THREADS" in os.environ:
+        return max(1, int(os.environ["DIMALIGN_WORKER_THREADS"]))
+    return max(1, (os.cpu_count() or 2) // 2 // max(1, workers))
+
+
 class Scheduler:
     """Keeps one warm worker process per slot and hands each a job at a time: workers import
     torch and keep recent experiments in memory once, so a run pays only for its own work.
@@ -175,6 +184,7 @@ class Scheduler:
         self.ctx = multiprocessing.get_context("spawn")
         self.exiting: list[multiprocessing.process.BaseProcess] = []
         self.max_jobs, self.max_memory_mb = recycle_limits()
+        self.threads = worker_threads(len(self.slots))
 
     def tick(self) -> None:
         self.reap()
@@ -188,7 +198,7 @@ class Scheduler:
         ours, theirs = self.ctx.Pipe()
         slot.process = self.ctx.Process(
             target=serve, args=(str(paths.home()), slot.gpu, theirs, self.max_jobs,
-                                self.max_memory_mb),
+                                self.max_memory_mb, self.threads),
             name="dimalign-worker", daemon=True)  # dies with a scheduler that exits
         slot.process.start()
         theirs.close()

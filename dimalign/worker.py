@@ -56,7 +56,8 @@ def resident_mb() -> float:
         return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def serve(home: str, gpu: int | None, conn, max_jobs: int, max_memory_mb: float) -> None:
+def serve(home: str, gpu: int | None, conn, max_jobs: int, max_memory_mb: float,
+          threads: int = 1) -> None:
     """Process entry point (spawned by the scheduler): import once, then run the jobs the
     scheduler hands over until it says stop, goes away, or this worker has done `max_jobs`
     or grown past `max_memory_mb` (the scheduler then starts a fresh one)."""
@@ -65,10 +66,12 @@ def serve(home: str, gpu: int | None, conn, max_jobs: int, max_memory_mb: float)
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     import torch
 
+    torch.set_num_threads(threads)
     import dimalign.metrics  # noqa: F401 - the imports every job needs, paid once
     import dimalign.runner  # noqa: F401
 
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # imports torch._dynamo (~2 s)
+    _warm_latest_experiment()
     conn.send(("ready",))
     jobs = 0
     while True:
@@ -87,6 +90,36 @@ def serve(home: str, gpu: int | None, conn, max_jobs: int, max_memory_mb: float)
             return
         if leaving:
             return
+
+
+def _warm_latest_experiment() -> None:
+    """Load and evaluate the baselines of this home's latest experiment (if cached) before
+    the first job, so the first click of a session is as fast as the ones after it."""
+    try:
+        from dimalign.artifacts import geometry_bundle
+        from dimalign.config import config_from_dict
+        from dimalign.data import normalise
+        from dimalign.jobs import baselines_cached
+        from dimalign.metrics import evaluate
+        from dimalign.store import Store
+        from dimalign.train import get_baselines, warm_up
+
+        store = Store()
+        latest = store.runs(limit=1)
+        store.close()
+        if not latest or latest[0].kind == "embed":
+            return
+        cfg = config_from_dict(latest[0].config)
+        if not baselines_cached(cfg):
+            return
+        b = get_baselines(cfg)
+        ids = b.checkpoints
+        _, outs = evaluate({"original": b.original, "retrained": b.retrained}, b.experiment,
+                           cfg.eval, cfg.seed, ids=ids)
+        geometry_bundle(outs, b.experiment, cfg.eval, cfg.seed, ids=ids)
+        warm_up(b.original, normalise(b.experiment.x_train[:2].to(b.device), b.experiment.info))
+    except Exception:  # noqa: BLE001 - warming is an optimisation; the job reports real errors
+        return
 
 
 def work(home: str, run_id: str, gpu: int | None = None) -> None:

@@ -73,11 +73,12 @@ def _panel(run_id: str) -> None:
     store = ui.store()
     version = store.version(run_id)  # the curves are read again only when this moves
     run = store.get(run_id)
-    if run.status == "queued":
+    if run.status == "queued":  # nothing to draw yet: a chart would only cost the browser
         pos = queue_position(store, run.id)
         wait = f", waiting for its baselines ({run.depends_on})" if run.depends_on else ""
         st.info(f"Queued: position {pos}{wait}.")
-    elif run.status == "running":
+        return
+    if run.status == "running":
         st.progress(run.progress or 0.0, text=f"{run.phase or 'running'} — {run.id}")
     else:
         ui.show_run_error(run)
