@@ -246,9 +246,13 @@ def main() -> None:
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as p:
+            # every participant's page is in front on their own machine: no background-tab
+            # throttling of timers and rendering, which one browser applies to all but one
             browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run", "--disable-sync"])
+                "--disable-component-update", "--no-first-run", "--disable-sync",
+                "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                "--disable-backgrounding-occluded-windows"])
             try:
                 solo = {"solo": open_page(browser, url, "solo")}
                 base = race(solo, args.timeout)
