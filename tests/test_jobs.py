@@ -268,7 +268,8 @@ def test_cli_submit_runs_watch_export_cancel_resume(store, tmp_path):
     assert "acc_forget" in (tmp_path / "out" / "metrics.csv").read_text()
     assert run_id in (tmp_path / "out" / "report.html").read_text()
 
-    queued = dimalign("submit", "--set", "train.epochs=2", "--owner", "hal", "--no-start")
+    queued = dimalign("submit", "--set", "train.epochs=2", "--set", "muda.epochs=400", "--owner",
+                      "hal", "--no-start")  # long: the running scheduler may take it at once
     other = queued.stdout.strip()
     assert "cancel" in dimalign("cancel", other).stdout  # cancelled, or requested if started
     assert dimalign("watch", other).returncode == 1

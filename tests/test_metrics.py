@@ -124,3 +124,27 @@ def test_geometry_bundle_round_trips_and_shares_rows_across_models(default_evalu
     # every model's features are of the same samples, so their manifolds can be aligned
     assert len(loaded["rows"]["retain"]) == 50 and len(loaded["rows"]["forget"]) == 50
     json.dumps(loaded["settings"])  # settings stay plain data
+
+
+def test_a_warm_process_evaluates_cached_baselines_once_and_gets_the_same_numbers(
+        tiny_baselines):
+    """What a pooled worker relies on: baselines named by their checkpoint are evaluated (and
+    their geometry computed) once per process and settings; the numbers do not change."""
+    from dimalign.artifacts import GEOMETRY
+    from dimalign.metrics import EVALUATED
+    from dimalign.runner import finite
+
+    b = tiny_baselines
+    models = {"original": b.original, "retrained": b.retrained}
+    ev = EvalConfig(mia_samples=100, nmi_samples=200, cka_samples=200, feature_samples=20)
+    plain, outs = evaluate(models, b.experiment, ev, seed=0)
+    hits = EVALUATED.hits
+    first, _ = evaluate(models, b.experiment, ev, seed=0, ids=b.checkpoints)
+    again, _ = evaluate(models, b.experiment, ev, seed=0, ids=b.checkpoints)
+    assert EVALUATED.hits == hits + 2  # the second call reused both baselines
+    assert finite(first) == finite(again) == finite(plain)  # NaN (e.g. no ASR) as None
+    geometry_hits = GEOMETRY.hits
+    one = geometry_bundle(outs, b.experiment, ev, 0, ids=b.checkpoints)
+    two = geometry_bundle(outs, b.experiment, ev, 0, ids=b.checkpoints)
+    assert GEOMETRY.hits == geometry_hits + 2
+    assert one["models"]["retrained"]["da"] == two["models"]["retrained"]["da"]
