@@ -171,6 +171,7 @@ def test_start_a_muda_run_watch_it_live_and_visit_every_page(server, browser):
             break
         time.sleep(0.5)
     page.screenshot(path=ARTIFACTS / "unlearn-live.png", full_page=True)
+    page.locator(".js-plotly-plot").first.screenshot(path=ARTIFACTS / "unlearn-curves.png")
     seen = sorted(set(c for c in counts if c > 0))
     assert len(seen) >= 2, f"the live curve never grew: {counts}"
     assert page.get_by_text("done.").count(), "the run did not finish in the browser"
@@ -288,5 +289,6 @@ def test_run_on_change_reruns_on_a_knob_release_and_cancels_the_superseded_run(s
     while not any("λ_DA" in name for name in page.evaluate(GHOST_NAMES)):
         assert time.monotonic() < end, f"no ghost trace: {page.evaluate(GHOST_NAMES)}"
         time.sleep(0.3)
-    page.screenshot(path=ARTIFACTS / "unlearn-ghosts.png", full_page=True)
+    wait_idle(page)
+    page.locator(".js-plotly-plot").first.screenshot(path=ARTIFACTS / "unlearn-ghosts.png")
     page.close()

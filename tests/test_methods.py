@@ -64,18 +64,20 @@ def test_auto_telemetry_gives_at_least_50_points_or_one_per_step(name, extra, ti
     assert "acc_forget" in points[0] and "acc_forget" in points[-1]
 
 
-def test_the_live_curves_shade_forget_and_recover_phases(tiny_baselines):
+@pytest.mark.parametrize("every", ["auto", "1000"])  # 1000: phases shorter than the cadence
+def test_the_live_curves_shade_forget_and_recover_phases(tiny_baselines, every):
     from dimalign import plots
     from dimalign.store import Store
 
     b = tiny_baselines
-    cfg = build_config("digits-class", ["train.epochs=2", "muda.epochs=3"])
+    cfg = build_config("digits-class", ["train.epochs=2", "muda.epochs=3",
+                                        f"unlearn.telemetry_every={every}"])
     points = []
     unlearn(cfg, REGISTRY["muda"], b.experiment, b.original, b.device, telemetry=points.append)
     by_epoch = [max(p["step"] for p in points if p["epoch"] == e) for e in (1, 2, 3)]
     # through the run store as a worker writes it: numbers only
     store = Store()
-    run_id = store.create_run(owner="tess", kind="unlearn", preset="digits-class",
+    run_id = store.create_run(owner=f"tess-{every}", kind="unlearn", preset="digits-class",
                               method="muda", config={})
     for p in points:
         store.log_metrics(run_id, p["step"], {k: v for k, v in p.items()

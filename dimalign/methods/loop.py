@@ -233,7 +233,7 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
         if epoch < first_epoch:
             continue
         for phase in phases:
-            for _ in range(phase.steps):
+            for left in range(phase.steps - 1, -1, -1):
                 if cancel is not None and cancel():
                     raise Cancelled(f"cancelled at step {step} of {total}")
                 ctx.state["progress"] = step / total
@@ -257,7 +257,8 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
                 settle()
                 pending.append((values, list(terms), step,
                                 f"epoch {epoch + 1}, {phase.name} phase"))
-                if probe is not None and (step % every == 0 or step == total):
+                # also at a phase's last step, so the curves shade phases shorter than `every`
+                if probe is not None and (step % every == 0 or step == total or left == 0):
                     settle()
                     report(epoch, phase.name)
         settle()
