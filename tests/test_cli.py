@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from dimalign.methods import ORDER
+
 PER_MODEL = ("acc_retain", "acc_forget", "acc_test", "mia", "da", "da_test", "lp_forget",
              "lp_test", "nmi", "effective_rank", "cka_retrained", "cka_original")
 
@@ -150,7 +152,7 @@ def test_methods_lists_the_registry_with_defaults():
     proc = dimalign("methods", "--json")
     assert proc.returncode == 0
     listed = json.loads(proc.stdout)
-    assert len(listed) == 10 and listed["muda"]["knobs"]["lambda_da"]["default"] == 5.0
+    assert list(listed) == list(ORDER) and listed["muda"]["knobs"]["lambda_da"]["default"] == 5.0
     assert "Seo" in listed["muda"]["paper"]
     text = dimalign("methods").stdout
     assert "muda.lambda_sd" in text and "salun.mask_ratio" in text
