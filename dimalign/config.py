@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 
-from dimalign.datasets import DATASETS
-from dimalign.models import feature_dim
+from dimalign.datasets import (
+    DATASET_NAMES,
+    IMAGEFOLDER,
+    DatasetInfo,
+    DatasetUnavailable,
+    dataset_info,
+)
+from dimalign.models import TORCHVISION_PREFIX, feature_dim, is_torchvision
 
 SCENARIO_KINDS = ("class", "random", "backdoor")
 MODELS = ("auto", "cnn", "resnet18")
@@ -85,7 +92,8 @@ class UnlearnConfig:
 @dataclass(frozen=True)
 class Config:
     dataset: str = "digits"
-    model: str = "auto"  # auto: cnn for 1-channel data, resnet18 (CIFAR stem) for RGB
+    model: str = "auto"  # auto: cnn for 1-channel data, resnet18 (CIFAR stem) for RGB;
+    # or torchvision:NAME, any torchvision classification model (built with weights=None)
     seed: int = 0
     device: str = "auto"  # not part of any cache key: the same run on CPU or GPU is the same run
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
@@ -95,6 +103,21 @@ class Config:
     # knob overrides per method, e.g. {"muda": {"lambda_da": 2.0}}; defaults live in the
     # method registry (dimalign.methods), which also checks these
     methods: dict = field(default_factory=dict)
+    # your own data and model (README "Your own data and model"); to_dict leaves them out while
+    # they keep their defaults, so the identity of every other config stays what it was
+    dataset_root: str = ""  # dataset=imagefolder: a folder with one sub-folder per class
+    image_size: int = 32  # dataset=imagefolder: images are resized to image_size x image_size
+    original_checkpoint: str = ""  # a state dict file used as the original model (not trained)
+
+    @property
+    def info(self) -> DatasetInfo:
+        """The dataset's facts (for imagefolder, from a scan of dataset_root, made once per
+        config object: a config describes one run)."""
+        if self.dataset != IMAGEFOLDER:
+            return dataset_info(self.dataset)
+        if "_info" not in self.__dict__:  # frozen: write past __setattr__, as cached_property does
+            self.__dict__["_info"] = dataset_info(self.dataset, self.dataset_root, self.image_size)
+        return self.__dict__["_info"]
 
     def method_params(self, name: str) -> dict:
         """Every knob of a method: its defaults with this config's overrides."""
@@ -106,14 +129,20 @@ class Config:
     def model_name(self) -> str:
         if self.model != "auto":
             return self.model
-        return "cnn" if DATASETS[self.dataset].channels == 1 else "resnet18"
+        return "cnn" if self.info.channels == 1 else "resnet18"
 
     def to_dict(self) -> dict:
         """Plain data that `config_from_dict` turns back into this config (method knobs appear
         as their own sections, as in a preset file)."""
         d = dataclasses.asdict(self)
         d.update(d.pop("methods"))
+        for name in OWN_DATA_KEYS:
+            if d[name] == getattr(Config, name):
+                del d[name]
         return d
+
+
+OWN_DATA_KEYS = ("dataset_root", "image_size", "original_checkpoint")
 
 
 # ---------------------------------------------------------------------------- presets
@@ -292,12 +321,13 @@ def _one_of(key: str, value, allowed) -> None:
 
 def validate(cfg: Config) -> None:
     """Raise ConfigError on the first wrong value. Needs no data: sizes come from the registry."""
-    _one_of("dataset", cfg.dataset, tuple(DATASETS))
-    _one_of("model", cfg.model, MODELS)
+    _one_of("dataset", cfg.dataset, DATASET_NAMES)
+    if not is_torchvision(cfg.model):
+        _one_of("model", cfg.model, (*MODELS, f"{TORCHVISION_PREFIX}NAME"))
     _one_of("device", cfg.device, DEVICES)
     if cfg.seed < 0:
         raise ConfigError("seed", f"must be a non-negative integer, got {cfg.seed}")
-    info = DATASETS[cfg.dataset]
+    info = _validate_own_data(cfg)
     sc, n = cfg.scenario, info.num_classes
     _one_of("scenario.kind", sc.kind, SCENARIO_KINDS)
     if sc.kind == "class":
@@ -336,7 +366,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.momentum", f"must lie in [0, 1), got {tr.momentum}")
     if tr.weight_decay < 0:
         raise ConfigError("train.weight_decay", f"must be non-negative, got {tr.weight_decay}")
-    ev, dim = cfg.eval, feature_dim(cfg.model_name, info.size)
+    try:
+        dim = feature_dim(cfg.model_name, info.size)
+    except ValueError as err:  # an unknown torchvision model, or one without nn.Linear
+        raise ConfigError("model", str(err)) from None
+    ev = cfg.eval
     if not 0 < ev.energy <= 1:
         raise ConfigError("eval.energy", f"must lie in (0, 1], got {ev.energy}")
     if not 0 <= ev.k <= dim:
@@ -352,3 +386,23 @@ def validate(cfg: Config) -> None:
     for name in ("mia_samples", "nmi_samples", "cka_samples", "feature_samples"):
         if getattr(ev, name) < 10:
             raise ConfigError(f"eval.{name}", f"must be at least 10, got {getattr(ev, name)}")
+
+
+def _validate_own_data(cfg: Config) -> DatasetInfo:
+    """Check dataset_root, image_size and original_checkpoint; return the dataset's facts."""
+    if cfg.dataset != IMAGEFOLDER:
+        for name in ("dataset_root", "image_size"):
+            if getattr(cfg, name) != getattr(Config, name):
+                raise ConfigError(name, f"applies to dataset={IMAGEFOLDER} only (dataset is "
+                                  f"{cfg.dataset!r})")
+    elif not 4 <= cfg.image_size <= 1024:
+        raise ConfigError("image_size", f"must lie in 4..1024, got {cfg.image_size}")
+    try:
+        info = cfg.info
+    except DatasetUnavailable as err:
+        raise ConfigError("dataset_root", str(err).removeprefix("dataset_root: ")) from None
+    checkpoint = cfg.original_checkpoint
+    if checkpoint and not os.path.isfile(os.path.expanduser(checkpoint)):
+        raise ConfigError("original_checkpoint", f"file {cfg.original_checkpoint!r} does not "
+                              "exist (a state dict saved with torch.save)")
+    return info

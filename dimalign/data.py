@@ -9,13 +9,14 @@ Scenarios (all deterministic from the seed):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
 import torch
 
 from dimalign.config import Config, ConfigError
-from dimalign.datasets import DATASETS, Arrays, DatasetInfo
+from dimalign.datasets import IMAGEFOLDER, Arrays, DatasetInfo, channel_stats, dataset_info
 
 
 @dataclass(frozen=True)
@@ -51,13 +52,34 @@ class Experiment:
 
 
 @functools.lru_cache(maxsize=4)
-def load_arrays(dataset: str, seed: int) -> Arrays:
-    """Raw train/test tensors of a dataset (cached in-process: pages and runs share them)."""
-    return DATASETS[dataset].load(seed)
+def load_arrays(dataset: str, seed: int, root: str = "", size: int = 32,
+                fingerprint: str = "") -> Arrays:
+    """Raw train/test tensors of a dataset (cached in-process: pages and runs share them).
+    imagefolder: the tree at `root` resized to `size`; `fingerprint` (its files' identity) only
+    keys this cache, so a changed folder is read again."""
+    return dataset_info(dataset, root, size).load(seed)
+
+
+def experiment_arrays(cfg: Config) -> tuple[DatasetInfo, Arrays]:
+    """A config's dataset facts (imagefolder: with mean and std of its training images) and
+    raw tensors."""
+    info = cfg.info
+    if cfg.dataset != IMAGEFOLDER:
+        return info, load_arrays(cfg.dataset, cfg.seed)
+    arrays = load_arrays(cfg.dataset, cfg.seed, cfg.dataset_root, cfg.image_size,
+                         info.fingerprint)
+    mean, std = _folder_stats(cfg.dataset_root, cfg.image_size, info.fingerprint, cfg.seed)
+    return dataclasses.replace(info, mean=mean, std=std), arrays
+
+
+@functools.lru_cache(maxsize=4)
+def _folder_stats(root: str, size: int, fingerprint: str, seed: int):
+    """Per-channel mean and std of an imagefolder's training images, computed once."""
+    return channel_stats(load_arrays(IMAGEFOLDER, seed, root, size, fingerprint)[0])
 
 
 def trigger_size(cfg: Config) -> int:
-    return cfg.scenario.trigger_size or max(2, DATASETS[cfg.dataset].size // 8)
+    return cfg.scenario.trigger_size or max(2, cfg.info.size // 8)
 
 
 def stamp_trigger(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -68,8 +90,7 @@ def stamp_trigger(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def build_experiment(cfg: Config) -> Experiment:
-    info = DATASETS[cfg.dataset]
-    x_tr, y_tr, x_te, y_te = load_arrays(cfg.dataset, cfg.seed)
+    info, (x_tr, y_tr, x_te, y_te) = experiment_arrays(cfg)
     sc, n = cfg.scenario, len(y_tr)
     gen = torch.Generator().manual_seed(cfg.seed)
     no_test_forgotten = torch.zeros(len(y_te), dtype=torch.bool)

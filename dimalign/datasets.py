@@ -2,12 +2,18 @@
 
 Every loader returns uint8 images `(N, C, H, W)` and int64 labels `(N,)` for train and test,
 on the CPU. `digits` ships inside scikit-learn and works offline; the others come through
-torchvision and are downloaded on first use into `$DIMALIGN_HOME/data`.
+torchvision and are downloaded on first use into `$DIMALIGN_HOME/data`. `imagefolder` reads the
+user's own images (one folder per class); its facts come from a scan of that folder
+(`folder_info`), its mean and std from the training images once they are loaded (`channel_stats`).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
+import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +45,7 @@ class DatasetInfo:
     std: tuple[float, ...]
     load: Callable[[int], Arrays]  # seed -> arrays (the seed matters only where we split)
     torchvision_class: str = ""  # empty for embedded data
+    fingerprint: str = ""  # imagefolder: identity of the files read (FolderScan.fingerprint)
 
     @property
     def embedded(self) -> bool:
@@ -117,6 +124,181 @@ def _tv(name, title, classes, channels, size, n_train, n_test, mean, std, class_
                        _torchvision_loader(name, class_name), class_name)
 
 
+# ---------------------------------------------------------------------------- your own images
+
+IMAGEFOLDER = "imagefolder"
+FOLDER_TEST_FRACTION = 0.2  # per class, when the folder has no train/ and test/ of its own
+# what torchvision's ImageFolder reads
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """What a scan of an ImageFolder tree finds, without decoding any image."""
+
+    root: str  # absolute
+    classes: tuple[str, ...]  # folder names, sorted: label i is classes[i]
+    files: tuple[str, ...]  # image paths relative to root
+    labels: tuple[int, ...]
+    test: tuple[bool, ...] | None  # from root/train and root/test; None: split by the seed
+    channels: int  # 1 when the first image of every class is grayscale, else 3
+    fingerprint: str  # sha256 of the file list with sizes and modification times
+
+
+def _class_files(folder: Path, root: Path) -> tuple[list[str], list[str]]:
+    """(sorted class names, per class its sorted image paths relative to root) of folder."""
+    classes = sorted(e.name for e in os.scandir(folder)
+                     if e.is_dir() and not e.name.startswith("."))
+    files = []
+    for name in classes:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(folder / name, followlinks=True):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            found += [str((Path(dirpath) / f).relative_to(root)) for f in filenames
+                      if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+        files.append(sorted(found))
+    return classes, files
+
+
+def scan_folder(root: str) -> FolderScan:
+    """Scan an ImageFolder tree; DatasetUnavailable (one line, saying what to fix) if unusable."""
+    if not root:
+        raise DatasetUnavailable("dataset=imagefolder needs dataset_root=PATH: a folder with one "
+                                 "sub-folder of images per class")
+    base = Path(root).expanduser().resolve()
+    if not base.is_dir():
+        raise DatasetUnavailable(f"dataset_root: folder {str(base)!r} does not exist")
+    split = (base / "train").is_dir() and (base / "test").is_dir()
+    classes, per_class = _class_files(base / "train" if split else base, base)
+    if len(classes) < 2:
+        raise DatasetUnavailable(
+            f"dataset_root: {str(base)!r} has {len(classes)} class folder(s); an ImageFolder "
+            "tree needs one sub-folder of images per class, at least 2 of them")
+    empty = [c for c, f in zip(classes, per_class, strict=True) if not f]
+    if empty:
+        raise DatasetUnavailable(f"dataset_root: class folder {empty[0]!r} holds no images "
+                                 f"({', '.join(IMAGE_EXTENSIONS)})")
+    files = [f for f in per_class for f in f]
+    labels = [i for i, f in enumerate(per_class) for _ in f]
+    test = None
+    if split:
+        test_classes, test_files = _class_files(base / "test", base)
+        unknown = sorted(set(test_classes) - set(classes))
+        if unknown:
+            raise DatasetUnavailable(f"dataset_root: test/{unknown[0]} is not a class of train/ "
+                                     f"({', '.join(classes)})")
+        for name, found in zip(test_classes, test_files, strict=True):
+            files += found
+            labels += [classes.index(name)] * len(found)
+        n_train = sum(map(len, per_class))
+        if len(files) == n_train:
+            raise DatasetUnavailable(f"dataset_root: {str(base / 'test')!r} holds no images")
+        test = tuple([False] * n_train + [True] * (len(files) - n_train))
+    else:
+        few = [c for c, f in zip(classes, per_class, strict=True) if len(f) < 2]
+        if few:
+            raise DatasetUnavailable(f"dataset_root: class folder {few[0]!r} holds one image; "
+                                     "the train/test split needs at least 2 per class")
+    channels = 1 if all(_mode(base / f[0]) in GRAY_MODES for f in per_class) else 3
+    h = hashlib.sha256(json.dumps([str(base), split, classes]).encode())
+    for f in files:
+        st = os.stat(base / f)
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return FolderScan(str(base), tuple(classes), tuple(files), tuple(labels), test, channels,
+                      h.hexdigest())
+
+
+def _mode(path: Path) -> str:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:  # reads the header only
+            return im.mode
+    except Exception as err:  # PIL.UnidentifiedImageError, OSError...
+        raise DatasetUnavailable(f"dataset_root: cannot read image {str(path)!r} ({err})") from None
+
+
+def _decode(scan: FolderScan, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every image of the scan, resized to size x size: uint8 (N, C, size, size), cached on disk
+    under $DIMALIGN_HOME/data/imagefolder (keyed by the scan's fingerprint and the size)."""
+    cache = paths.data_dir() / IMAGEFOLDER / f"{scan.fingerprint[:24]}-{size}.npz"
+    if cache.exists():
+        with np.load(cache) as z:
+            return z["x"], z["y"]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    mode = "L" if scan.channels == 1 else "RGB"
+
+    def read(rel: str) -> np.ndarray:
+        try:
+            with Image.open(Path(scan.root) / rel) as im:
+                im = im.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+                return np.asarray(im, dtype=np.uint8).reshape(size, size, scan.channels)
+        except Exception as err:
+            raise DatasetUnavailable(f"dataset_root: cannot read image "
+                                     f"{str(Path(scan.root) / rel)!r} ({err})") from None
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        images = list(pool.map(read, scan.files))
+    x = np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))  # (N, C, H, W)
+    y = np.asarray(scan.labels, dtype=np.int64)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, x=x, y=y)
+    os.replace(tmp, cache)
+    return x, y
+
+
+def _load_folder(scan: FolderScan, size: int, seed: int) -> Arrays:
+    x, y = _decode(scan, size)
+    if scan.test is not None:
+        is_test = np.asarray(scan.test)
+        idx_tr, idx_te = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    else:
+        idx_tr, idx_te = stratified_split(y, FOLDER_TEST_FRACTION, seed)
+    as_t = torch.from_numpy
+    return (as_t(x[idx_tr]), as_t(y[idx_tr]), as_t(x[idx_te]), as_t(y[idx_te]))
+
+
+def folder_info(root: str, size: int) -> DatasetInfo:
+    """The DatasetInfo of an ImageFolder tree at `size` x `size` pixels. Its mean and std are
+    empty: `data.experiment_arrays` fills them (`channel_stats`) from the training images."""
+    scan = scan_folder(root)
+    labels = np.asarray(scan.labels)
+    if scan.test is not None:
+        n_test = int(np.sum(scan.test))
+    else:
+        n_test = sum(int(np.ceil(FOLDER_TEST_FRACTION * np.sum(labels == c)))
+                     for c in range(len(scan.classes)))
+    return DatasetInfo(IMAGEFOLDER, f"ImageFolder {scan.root} ({size}x{size})",
+                       len(scan.classes), scan.channels, size, len(labels) - n_test, n_test,
+                       (), (), functools.partial(_load_folder, scan, size), "ImageFolder",
+                       scan.fingerprint)
+
+
+def channel_stats(x_train: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) of uint8 images (N, C, H, W), in [0, 1] units."""
+    c = x_train.shape[1]
+    total, squares = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
+    for start in range(0, len(x_train), 1024):  # chunks: big images as float would not fit
+        xb = x_train[start:start + 1024].double() / 255.0
+        total += xb.sum((0, 2, 3))
+        squares += (xb * xb).sum((0, 2, 3))
+    n = max(1, x_train.numel() // c)
+    mean = total / n
+    std = (squares / n - mean * mean).clamp_min(0).sqrt().clamp_min(1e-3)
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def dataset_info(name: str, root: str = "", size: int = 32) -> DatasetInfo:
+    """Facts of a dataset; for imagefolder, of the tree at `root` resized to `size`."""
+    if name == IMAGEFOLDER:
+        return folder_info(root, size)
+    return DATASETS[name]
+
 _N_DIGITS, _DIGITS_TEST = 1797, 544  # ceil(0.3 * n_c) summed over the ten classes
 DATASETS: dict[str, DatasetInfo] = {
     d.name: d
@@ -133,3 +315,4 @@ DATASETS: dict[str, DatasetInfo] = {
             (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "CIFAR100"),
     )
 }
+DATASET_NAMES = (*DATASETS, IMAGEFOLDER)  # what `dataset` accepts

@@ -1,10 +1,13 @@
 """Classifiers f = h ∘ g with penultimate features exposed.
 
 Every model has `features(x) -> (N, C)` (after global pooling, before the head), a linear
-`head`, and `feature_dim`. Inputs are normalised float images `(N, C_in, H, W)`.
+`head`, and `feature_dim`. Inputs are normalised float images `(N, C_in, H, W)`. Besides the
+built-in models, `torchvision:NAME` wraps any torchvision classification model.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -86,14 +89,104 @@ def cnn_width(size: int) -> int:
 
 
 def feature_dim(name: str, size: int) -> int:
-    """Penultimate feature dimension C of a model, without building it."""
+    """Penultimate feature dimension C of a model, without building it (a torchvision model is
+    built on the meta device). ValueError for an unknown torchvision model or one without
+    nn.Linear."""
+    if is_torchvision(name):
+        return _torchvision_feature_dim(name[len(TORCHVISION_PREFIX):])
     return 4 * cnn_width(size) if name == "cnn" else 512
 
 
 def build_model(name: str, in_channels: int, num_classes: int, size: int = 32) -> Classifier:
     """A fresh model for images of `size` pixels a side."""
+    if is_torchvision(name):
+        return TorchvisionClassifier(name[len(TORCHVISION_PREFIX):], in_channels, num_classes)
     if name not in MODEL_CLASSES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_CLASSES)}")
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_CLASSES)}, "
+                         f"or {TORCHVISION_PREFIX}NAME")
     if name == "cnn":
         return SmallCNN(in_channels, num_classes, width=cnn_width(size))
     return MODEL_CLASSES[name](in_channels=in_channels, num_classes=num_classes)
+
+
+# ---------------------------------------------------------------------------- torchvision models
+
+TORCHVISION_PREFIX = "torchvision:"  # model=torchvision:NAME, any classification constructor
+
+
+def is_torchvision(name: str) -> bool:
+    return name.startswith(TORCHVISION_PREFIX)
+
+
+def _last_linear(net: nn.Module, name: str) -> tuple[str, nn.Linear]:
+    """(dotted path, module) of the last nn.Linear: its input is the penultimate features."""
+    found = [(path, m) for path, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise ValueError(f"torchvision model {name!r} has no nn.Linear layer, so dimalign cannot "
+                         "find its penultimate features; choose another (e.g. resnet18)")
+    return found[-1]
+
+
+def torchvision_names() -> list[str]:
+    import torchvision.models
+
+    return torchvision.models.list_models(module=torchvision.models)  # classification only
+
+
+def _torchvision_net(name: str, num_classes: int) -> nn.Module:
+    import torchvision.models
+
+    if name not in torchvision_names():
+        raise ValueError(f"torchvision has no classification model {name!r}; choose one of "
+                         "torchvision.models.list_models(module=torchvision.models), e.g. "
+                         "resnet18, mobilenet_v3_small, efficientnet_b0, vit_b_16")
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+class TorchvisionClassifier(Classifier):
+    """A torchvision classifier split at its last nn.Linear: that layer becomes `head`, and
+    `body` is the model with it replaced by nn.Identity, so `body(x)` are the features it saw.
+
+    Weights are `body.*` and `head.*`; `from_torchvision_state` maps a plain torchvision state
+    dict (e.g. `fc.weight`) onto them. One-channel images are repeated to three."""
+
+    def __init__(self, name: str, in_channels: int = 3, num_classes: int = 10):
+        if in_channels not in (1, 3):
+            raise ValueError(f"torchvision models take 1- or 3-channel images, not {in_channels}")
+        net = _torchvision_net(name, num_classes)
+        path, linear = _last_linear(net, name)
+        super().__init__(linear.in_features, num_classes)
+        parent, _, attr = path.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, attr, nn.Identity())
+        self.body, self.head = net, linear
+        self.head_path = path
+        self.in_channels = in_channels
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        out = self.body(x)
+        if not isinstance(out, torch.Tensor):  # e.g. Inception/GoogLeNet training outputs
+            out = out[0]
+        return out.flatten(1)  # (N, C)
+
+    def from_torchvision_state(self, state: dict) -> dict:
+        """A state dict of the plain torchvision model (or of this wrapper) -> this wrapper's."""
+        state = {k.removeprefix("module."): v for k, v in state.items()}  # DataParallel's prefix
+        if all(k.startswith(("body.", "head.")) for k in state):
+            return state
+        head = self.head_path + "."
+        return {("head." + k[len(head):] if k.startswith(head) else "body." + k): v
+                for k, v in state.items()}
+
+    def to_torchvision_key(self, key: str) -> str:
+        """This wrapper's key -> the plain torchvision model's (for messages)."""
+        if key.startswith("head."):
+            return self.head_path + key[4:]
+        return key.removeprefix("body.")
+
+
+@functools.lru_cache(maxsize=32)
+def _torchvision_feature_dim(name: str) -> int:
+    with torch.device("meta"):  # builds the layers without allocating their weights
+        return _last_linear(_torchvision_net(name, 10), name)[1].in_features

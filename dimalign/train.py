@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from dimalign import paths
-from dimalign.config import Config
+from dimalign.config import Config, ConfigError
 from dimalign.data import Experiment, augment, build_experiment, normalise, trigger_size
-from dimalign.datasets import DATASETS, DatasetInfo
+from dimalign.datasets import IMAGEFOLDER, DatasetInfo
 from dimalign.memo import LRU
-from dimalign.models import Classifier, build_model
+from dimalign.models import Classifier, TorchvisionClassifier, build_model
 
 CACHE_VERSION = 3  # bump when training changes in a way that makes old checkpoints stale
 LOSS_EVERY = 10  # read the loss back from the device every n steps (each read is a sync)
@@ -162,14 +162,39 @@ def scenario_key(cfg: Config) -> dict:
 
 def cache_key(cfg: Config, role: str) -> dict:
     """Everything that defines a baseline model. The original model sees all of D, which only
-    the backdoor scenario changes, so one original serves every class and random scenario."""
+    the backdoor scenario changes, so one original serves every class and random scenario.
+    An imagefolder adds its files' identity; an original from `original_checkpoint` is that
+    file (path and sha256 of its bytes), whatever the training settings."""
     key = {"version": CACHE_VERSION, "role": role, "dataset": cfg.dataset, "seed": cfg.seed,
            "model": cfg.model_name,
            # compiling changes how fast, not what is learned, like the device
            "train": {k: v for k, v in cfg.to_dict()["train"].items() if k != "compile"}}
-    if role == "retrained" or cfg.scenario.kind == "backdoor":
+    if cfg.dataset == IMAGEFOLDER:
+        # the fingerprint covers the folder's absolute path and every file's size and mtime
+        key["data"] = {"image_size": cfg.image_size, "fingerprint": cfg.info.fingerprint}
+    if role == "original" and cfg.original_checkpoint:
+        del key["seed"], key["train"]  # nothing is trained
+        path = os.path.abspath(os.path.expanduser(cfg.original_checkpoint))
+        key["checkpoint"] = {"path": path, "sha256": file_sha256(path)}
+    elif role == "retrained" or cfg.scenario.kind == "backdoor":
         key["scenario"] = scenario_key(cfg)
     return key
+
+
+_SHA256: dict[tuple, str] = {}
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes (remembered while its size and modification time stay)."""
+    st = os.stat(path)
+    ident = (path, st.st_size, st.st_mtime_ns)
+    if ident not in _SHA256:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _SHA256[ident] = h.hexdigest()
+    return _SHA256[ident]
 
 
 def cache_path(key: dict) -> str:
@@ -189,7 +214,7 @@ def save_checkpoint(model: nn.Module, path: str, meta: dict) -> None:
 
 
 def load_checkpoint(cfg: Config, path: str, device: torch.device) -> Classifier:
-    info = DATASETS[cfg.dataset]
+    info = cfg.info
     model = build_model(cfg.model_name, info.channels, info.num_classes, info.size)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     model = model.to(device)
@@ -235,7 +260,64 @@ def baseline_model(cfg: Config, exp: Experiment, role: str, device: torch.device
         meta = cached_meta(cfg, role)
         if meta is not None:
             return load_checkpoint(cfg, path, device), float(meta["seconds"]), True
+        if role == "original" and cfg.original_checkpoint:
+            return _import_original(cfg, device, key, path)
         return _train_and_save(cfg, exp, role, device, key, path, progress)
+
+
+def _import_original(cfg: Config, device: torch.device, key: dict,
+                     path: str) -> tuple[Classifier, float, bool]:
+    """The original model from the user's state dict file (no training: 0 seconds), checked
+    against the model and cached like a trained one."""
+    source = key["checkpoint"]["path"]
+    info = cfg.info
+    model = build_model(cfg.model_name, info.channels, info.num_classes, info.size)
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file, or pickled objects weights_only refuses
+        raise ConfigError("original_checkpoint", f"cannot read {source!r} as a state dict: "
+                          "not a file torch.save wrote, or it holds more than tensors "
+                          f"({type(err).__name__})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # the common {"state_dict": ...} wrapping
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise ConfigError("original_checkpoint", f"{source!r} is not a state dict (a dict of "
+                          "tensors, as torch.save(model.state_dict(), PATH) writes)")
+    tv = isinstance(model, TorchvisionClassifier)
+    if tv:
+        state = model.from_torchvision_state(state)
+    _check_fits(cfg, model, state, source)
+    model.load_state_dict(state)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model.eval()
+    save_checkpoint(model, path, {"key": key, "seconds": 0.0, "device": str(device),
+                                  "samples": 0, "torch": torch.__version__,
+                                  "created": time.time(), "imported": source})
+    return model, 0.0, False
+
+
+def _check_fits(cfg: Config, model: Classifier, state: dict, source: str) -> None:
+    """ConfigError naming the first few keys where a state dict does not fit the model."""
+    name = (model.to_torchvision_key if isinstance(model, TorchvisionClassifier)
+            else (lambda k: k))
+    expected = model.state_dict()
+    missing = [name(k) for k in expected if k not in state]
+    unexpected = [name(k) for k in state if k not in expected]
+    shapes = [f"{name(k)} {tuple(v.shape)} in the file, {tuple(expected[k].shape)} in the model"
+              for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    problems = []
+    for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                       ("shape mismatch", shapes)):
+        if keys:
+            more = f" (and {len(keys) - 3} more)" if len(keys) > 3 else ""
+            problems.append(f"{what} {', '.join(keys[:3])}{more}")
+    if problems:
+        raise ConfigError("original_checkpoint", f"{source!r} does not fit model "
+                          f"{cfg.model_name} with {cfg.info.num_classes} classes and "
+                          f"{cfg.info.channels} channel(s): " + "; ".join(problems))
 
 
 def _train_and_save(cfg: Config, exp: Experiment, role: str, device: torch.device, key: dict,

@@ -102,6 +102,7 @@ def sidebar_config() -> Config | None:
                  help="What each chart's camera button saves (hover a chart to see it)")
     if st.session_state.get("overrides_for") != preset:  # settings belong to one preset
         st.session_state["overrides"], st.session_state["overrides_for"] = [], preset
+        st.session_state["own_data"] = []
     remember("preset", preset)
     try:
         return build_config(preset, st.session_state.get("overrides", []))
@@ -392,3 +393,24 @@ def effect_panel(runs: list[Run]) -> None:
         col.metric(row["title"], "–" if row["after"] is None else f"{row['after']:.3f}",
                    None if row["delta"] is None else f"{row['delta']:+.3f}",
                    delta_color=color)
+
+
+def use_own_data(root: str, size: int, model: str, checkpoint: str) -> None:
+    """Button callback: switch this session's experiment to an image folder / model /
+    checkpoint (all empty: back to the preset's data). Checked first: bad input leaves an
+    error for the page to show and changes nothing."""
+    own = []
+    if root.strip():
+        own += ["dataset=imagefolder", f"dataset_root={root.strip()}", f"image_size={size}",
+                "scenario.kind=class", "scenario.classes=0"]
+    if model.strip() and model.strip() != "auto":
+        own.append(f"model={model.strip()}")
+    if checkpoint.strip():
+        own.append(f"original_checkpoint={checkpoint.strip()}")
+    try:
+        build_config(sticky("preset") or DEFAULT_PRESET, own)
+    except ConfigError as err:
+        st.session_state["own_error"] = f"Not used: {err}"
+        return
+    st.session_state["own_error"] = None
+    st.session_state["own_data"], st.session_state["overrides"] = own, list(own)

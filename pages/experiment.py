@@ -4,7 +4,7 @@ import streamlit as st
 
 from dimalign import plots, ui
 from dimalign.data import build_experiment
-from dimalign.datasets import DATASETS, DatasetUnavailable
+from dimalign.datasets import DatasetUnavailable
 from dimalign.jobs import submit
 from dimalign.train import cached_meta
 
@@ -17,7 +17,7 @@ if cfg is None:
 
 def _apply() -> None:
     s = st.session_state
-    out = [f"scenario.kind={s.exp_kind}", f"seed={s.exp_seed}"]
+    out = [*s.get("own_data", []), f"scenario.kind={s.exp_kind}", f"seed={s.exp_seed}"]
     if s.exp_kind == "class":
         out.append("scenario.classes=" + ",".join(str(c) for c in s.exp_classes))
     else:
@@ -27,7 +27,30 @@ def _apply() -> None:
     s.overrides = out
 
 
-sc, n_classes = cfg.scenario, DATASETS[cfg.dataset].num_classes
+sc, n_classes = cfg.scenario, cfg.info.num_classes
+with st.expander("Your own data and model", expanded=bool(st.session_state.get("own_data"))):
+    st.caption("An image folder (one sub-folder per class; `train/` and `test/` inside are "
+               "used when both exist, else a seeded 80/20 split), a torchvision model, and "
+               "optionally your trained weights as the original model.")
+    o1, o2 = st.columns(2)
+    o1.text_input("Image folder", cfg.dataset_root, key="own_root",
+                         placeholder="/data/my-images")
+    o2.number_input("Image size (pixels)", 4, 1024, cfg.image_size, key="own_size")
+    o1.text_input("Model", cfg.model, key="own_model",
+                          help="auto, cnn, resnet18, or torchvision:NAME (any torchvision "
+                               "classification model, e.g. torchvision:resnet18)")
+    o2.text_input("Original checkpoint (state dict, optional)",
+                               cfg.original_checkpoint, key="own_checkpoint",
+                               placeholder="/models/original.pt")
+    use, reset = st.columns([1, 4])
+    use.button("Use these", key="own_apply", on_click=lambda: ui.use_own_data(
+        st.session_state.own_root, int(st.session_state.own_size), st.session_state.own_model,
+        st.session_state.own_checkpoint))
+    if st.session_state.get("own_data"):
+        reset.button("Back to the preset's data", key="own_reset", on_click=ui.use_own_data,
+                     args=("", 0, "", ""))
+    if st.session_state.get("own_error"):
+        st.error(st.session_state["own_error"])
 with st.expander("Scenario and seed", expanded=False):
     c1, c2, c3 = st.columns(3)
     c1.selectbox("Forget", ["class", "random", "backdoor"],

@@ -134,6 +134,30 @@ def test_unlearn_page_refuses_nothing_silently_for_a_bad_knob_combination(finish
     assert at.select_slider(key="knob_bad_teacher_lr").value == 1e-4
 
 
+def test_experiment_page_switches_to_an_image_folder_and_refuses_a_bad_one(tmp_path):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for c in range(3):
+        (tmp_path / f"digit{c}").mkdir()
+        for i, img in enumerate(digits.images[digits.target == c][:20]):
+            Image.fromarray((img * 255 / 16).astype("uint8")).save(
+                tmp_path / f"digit{c}" / f"{i:03}.png")
+    at = page("pages/experiment.py")
+    at.text_input(key="own_root").input(str(tmp_path / "nowhere"))
+    at.number_input(key="own_size").set_value(8)
+    at.button(key="own_apply").click().run()
+    assert any("dataset_root" in e.value for e in at.error) and not at.exception
+    assert at.session_state["overrides"] == TINY  # nothing changed
+    at.text_input(key="own_root").input(str(tmp_path))
+    at.button(key="own_apply").click().run()
+    assert not at.exception and not at.error
+    assert "dataset=imagefolder" in at.session_state["overrides"]
+    text = " ".join(m.value for m in at.markdown)
+    assert "**imagefolder**" in text and "classes 0" in text
+
+
 def test_spectra_page_draws_three_models_and_selects_k_with_the_energy_slider(finished):
     at = page("pages/spectra.py", finished["run"])
     names = {t.get("name") for t in traces(at)}
