@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from typing import NamedTuple
 
 import streamlit as st
 
@@ -60,12 +61,11 @@ def _new_owner() -> str:
 
 
 def ensure_scheduler() -> None:
-    """Start the background scheduler once per session if none runs (a cheap lock check)."""
-    if not st.session_state.get("_scheduler_checked"):
-        from dimalign.jobs import ensure_scheduler as start
+    """Start the background scheduler if none runs: a lock-file check, cheap enough for every
+    call (one stops after ten idle minutes, so a session cannot check just once)."""
+    from dimalign.jobs import ensure_scheduler as start
 
-        start()
-        st.session_state["_scheduler_checked"] = True
+    start()
 
 
 def _in_frame() -> None:
@@ -323,11 +323,11 @@ def start_run(preset: str, overrides: list[str], method: str, who: str,
               parent_id: str | None = None, supersede: bool = False) -> None:
     """Queue a run (a fork when `parent_id`), show it, and redraw. `supersede`: an automatic
     run, which cancels this session's previous automatic run if it is still going."""
-    from dimalign.jobs import cancel, ensure_scheduler, submit
+    from dimalign.jobs import cancel, submit
 
     new = submit(store(), preset=preset, overrides=overrides, method=method, owner=who,
                  parent_id=parent_id)
-    ensure_scheduler()  # cheap when one runs; starts one if it stopped while idle
+    ensure_scheduler()
     if supersede:
         previous = st.session_state.get("_auto_run")
         if previous and store().get(previous).status in ACTIVE:
@@ -337,11 +337,11 @@ def start_run(preset: str, overrides: list[str], method: str, who: str,
     st.rerun()
 
 
-class Ghost:
+class Ghost(NamedTuple):
     """An earlier run drawn faintly under the chosen one, named by what it changed."""
 
-    def __init__(self, run: Run, label: str):
-        self.id, self.run, self.label = run.id, run, label
+    run: Run
+    label: str
 
 
 def ghost_runs(runs: list[Run], selected: Run, count: int = 5) -> list[Ghost]:

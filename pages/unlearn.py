@@ -85,9 +85,9 @@ def _panel(run_id: str) -> None:
         if run.status == "done":
             st.success(f"Run {run.id} done.")
     fig = ui.memo_figure(
-        ("curves", run_id, version, str(references), tuple(g.id for g in ghosts)),
+        ("curves", run_id, version, str(references), tuple(g.run.id for g in ghosts)),
         lambda: plots.telemetry_figure(store.curves(run_id), references,
-                                       ghosts=[(g.label, store.curves(g.id)) for g in ghosts]))
+                                       ghosts=[(g.label, store.curves(g.run.id)) for g in ghosts]))
     ui.chart(fig, f"curves_{run_id}")
     if run.status == "done" and run.result:
         ui.result_table(run, ghosts)

@@ -247,9 +247,9 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
                 opt.zero_grad(set_to_none=True)
                 sum(terms.values()).backward()
                 if wd:
-                    grads = [p.grad for p in model.parameters() if p.grad is not None]
-                    weights = [p.detach() for p in model.parameters() if p.grad is not None]
-                    torch._foreach_add_(grads, weights, alpha=wd)
+                    held = [p for p in model.parameters() if p.grad is not None]
+                    torch._foreach_add_([p.grad for p in held], [p.detach() for p in held],
+                                        alpha=wd)
                 if spec.grad_hook is not None:
                     spec.grad_hook(ctx)
                 opt.step()
@@ -270,7 +270,6 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
                 "positions": {n: s.pos for n, s in streams.items()},
                 "seconds": time.perf_counter() - start,
                 "telemetry_seconds": telemetry_seconds})
-    settle()
     model.eval()
     if cuda:
         torch.cuda.synchronize()
