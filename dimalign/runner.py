@@ -67,12 +67,14 @@ def run_experiment(cfg: Config, method: str = "retrain", *, preset: str = "",
                    say: Callable[[str], None] = _say, run_dir: Path | None = None,
                    init: torch.nn.Module | None = None,
                    checkpoint: Callable[[dict], None] | None = None,
-                   resume: dict | None = None) -> dict:
+                   resume: dict | None = None, earlier_points: list[dict] = ()) -> dict:
     """Baselines (cached), the method (unless retrain), every metric, and the run's folder.
 
     Without `run_dir` the folder is named by a hash of the config and method, and an identical
     earlier result is reused unless `fresh`. `init`, `checkpoint` and `resume` pass through to
-    the unlearning loop (forks start from `init`; workers checkpoint and resume).
+    the unlearning loop (forks start from `init`; workers checkpoint and resume); a resumed
+    run passes the telemetry points it sent before as `earlier_points`, so its saved telemetry
+    is whole.
     """
     spec = get_method(method)
     baselines = get_baselines(cfg, progress=progress)
@@ -82,7 +84,7 @@ def run_experiment(cfg: Config, method: str = "retrain", *, preset: str = "",
             return saved
     models = {"original": baselines.original, "retrained": baselines.retrained}
     seconds = dict(baselines.seconds)
-    points: list[dict] = []
+    points: list[dict] = list(earlier_points)
     outcome: UnlearnResult | None = None
     if spec.trains:
         say(f"unlearning with {spec.title} ...")

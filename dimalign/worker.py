@@ -214,6 +214,8 @@ def _execute(store, run, cancel: threading.Event) -> dict | None:
     ckpt_path = run.folder / CHECKPOINT
     resume = torch.load(ckpt_path, weights_only=True) if ckpt_path.exists() else None
     already = store.last_step(run.id)  # metrics written before a crash are kept, not redone
+    # the points sent up to the checkpoint; the resumed run sends the later ones again
+    earlier = [] if resume is None else _points_before(store, run.id, resume["step"])
 
     def telemetry(point: dict) -> None:
         if point["step"] > already:
@@ -233,9 +235,24 @@ def _execute(store, run, cancel: threading.Event) -> dict | None:
     result = run_experiment(cfg, run.method, preset=run.preset, progress=progress,
                             telemetry=telemetry, cancel=cancel.is_set, run_dir=run.folder,
                             init=init, checkpoint=checkpoint, resume=resume,
+                            earlier_points=earlier,
                             say=lambda text: store.update(run.id, phase=text.rstrip(" .")))
     _index(store, run)
     return result
+
+
+def _points_before(store, run_id: str, last: int) -> list[dict]:
+    """The telemetry points a run sent up to step `last`, rebuilt from the store."""
+    by_step: dict[int, dict] = {}
+    for key, curve in store.curves(run_id).items():
+        for step, value in curve:
+            if step > last:
+                continue
+            point = by_step.setdefault(step, {"step": step})
+            point[key] = value
+            if key.startswith("phase_"):
+                point["phase"] = key.removeprefix("phase_")
+    return [by_step[s] for s in sorted(by_step)]
 
 
 def _index(store, run) -> None:

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from dimalign.config import ConfigError
 from dimalign.jobs import (
@@ -135,14 +136,15 @@ def test_cancelling_a_running_run_stops_its_worker(store):
     assert run.status == "cancelled" and "cancelled at step" in run.error
 
 
-def test_kill_9_marks_the_run_interrupted_and_resume_finishes_it_keeping_metrics(store):
-    run_id = submit(store, preset="digits-class",
-                    overrides=TINY + ["muda.epochs=60", "unlearn.telemetry_every=2"],
-                    owner="fay")
+def test_kill_9_at_40_percent_then_resume_ends_with_the_uninterrupted_weights(store):
+    # MUDA with a retain bank: state of the method's own that a resume must restore exactly
+    overrides = TINY + ["muda.epochs=60", "muda.basis=bank", "muda.bank_refresh=7",
+                        "unlearn.telemetry_every=2"]
+    run_id = submit(store, preset="digits-class", overrides=overrides, owner="fay")
     scheduler = Scheduler(store, slots=[Slot(None)])
     folder = store.get(run_id).folder
     drain(scheduler, lambda: (folder / "checkpoint.pt").exists()
-          and store.last_step(run_id) >= 20)
+          and store.get(run_id).progress >= 0.4)
     killed = store.get(run_id).pid
     os.kill(killed, signal.SIGKILL)
     drain(scheduler, lambda: store.get(run_id).status == "interrupted")
@@ -158,6 +160,17 @@ def test_kill_9_marks_the_run_interrupted_and_resume_finishes_it_keeping_metrics
     steps = [s for s, _ in after["acc_forget"]]
     assert steps == sorted(set(steps))  # continued, no step written twice
     assert steps[-1] > kept["acc_forget"][-1][0]
+    saved = json.loads((folder / "telemetry.json").read_text())  # every point, not the tail
+    assert [p["step"] for p in saved if "acc_forget" in p] == steps
+
+    twin = submit(store, preset="digits-class", overrides=overrides, owner="fay-twin")
+    drain(scheduler, lambda: store.get(twin).terminal, timeout=180)
+    assert store.get(twin).status == "done"
+    resumed = torch.load(folder / "unlearned.pt", weights_only=True)
+    left_alone = torch.load(store.get(twin).folder / "unlearned.pt", weights_only=True)
+    assert resumed.keys() == left_alone.keys()
+    for key, value in left_alone.items():
+        assert torch.allclose(resumed[key].double(), value.double(), atol=1e-5, rtol=0), key
 
 
 def test_a_pooled_worker_runs_job_after_job_without_restarting(store):

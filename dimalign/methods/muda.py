@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dimalign.geometry import dimensional_alignment, top_basis
+from dimalign.geometry import Basis, dimensional_alignment, top_basis
 from dimalign.methods.base import (
     SCHEDULE,
     Batch,
@@ -92,26 +92,27 @@ def _self_distillation(ctx: Context, x: torch.Tensor, logits: torch.Tensor,
     return distill_kl(logits, teacher_logits(ctx.teacher, x), ctx.params["temperature"])
 
 
-def _retain_basis(ctx: Context, retain_feats: torch.Tensor):
+def _retain_basis(ctx: Context, retain_feats: torch.Tensor) -> Basis:
     p = ctx.params
     k = p["k"] or None
     if p["basis"] == "batch":
         f = retain_feats.detach().float()
         return top_basis(f - f.mean(0, keepdim=True) if p["center"] else f, p["energy"], k)
-    step = ctx.state.get("bank_step", 0)
-    if step % p["bank_refresh"] == 0:  # refresh the bank from the current model
+    # the bank lives in ctx.state as plain tensors and numbers, so checkpoints carry it
+    bank = ctx.state.setdefault("bank", {"step": 0})
+    if bank["step"] % p["bank_refresh"] == 0:  # refresh the bank from the current model
         feats, need = [], p["bank_size"]
         with torch.no_grad():
             while need > 0:
                 x = ctx.draw("retain").xr
                 feats.append(ctx.model.features(x).float())
                 need -= len(x)
-        bank = torch.cat(feats)[: p["bank_size"]]
-        ctx.state["bank_mean"] = bank.mean(0, keepdim=True)
-        centred = bank - ctx.state["bank_mean"] if p["center"] else bank
-        ctx.state["bank_basis"] = top_basis(centred, p["energy"], k)
-    ctx.state["bank_step"] = step + 1
-    return ctx.state["bank_basis"]
+        rows = torch.cat(feats)[: p["bank_size"]]  # (bank_size, C)
+        centred = rows - rows.mean(0, keepdim=True) if p["center"] else rows
+        basis = top_basis(centred, p["energy"], k)
+        bank.update(vectors=basis.vectors, eigenvalues=basis.eigenvalues, k=basis.k)
+    bank["step"] += 1
+    return Basis(bank["vectors"], bank["eigenvalues"], bank["k"])
 
 
 def loss(ctx: Context, phase: Phase, batch: Batch) -> dict[str, torch.Tensor]:
