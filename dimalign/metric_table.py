@@ -66,11 +66,6 @@ class Metric:
     def range(self) -> tuple[float | None, float | None]:
         return self.low, self.high
 
-    @property
-    def direction(self) -> int:
-        """+1 where higher is better, -1 where lower is, 0 where neither."""
-        return {"higher": 1, "lower": -1, None: 0}[self.better]
-
 
 CLASS, BACKDOOR = frozenset({"class"}), frozenset({"backdoor"})
 

@@ -2,10 +2,10 @@
 
 Protocols are METHOD.md's "Evaluation" section; what each key means, its range, which way is
 better and where it is shown is the metric table (`metric_table.py`), which also holds the one
-gap-to-retrained function. Every model is run over the data once
-(`model_outputs`); each metric is then a function of those logits and features. scikit-learn
-provides the SVC, the logistic regression and k-means. Subsample sizes come from `EvalConfig`
-and are reported next to the numbers they produced.
+gap-to-retrained function. Every model is run over the data once (`model_outputs`); each
+metric is then a function of those logits and features. scikit-learn provides the SVC, the
+logistic regression and k-means. Subsample sizes come from `EvalConfig` and are reported next
+to the numbers they produced.
 """
 
 from __future__ import annotations
