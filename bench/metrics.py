@@ -28,13 +28,13 @@ from _common import header, median  # noqa: E402
 
 from dimalign.artifacts import geometry_bundle  # noqa: E402
 from dimalign.config import build_config  # noqa: E402
-from dimalign.geometry import dimensional_alignment, eigenspectrum  # noqa: E402
+from dimalign.geometry import eigenspectrum  # noqa: E402
 from dimalign.metrics import (  # noqa: E402
+    alignment,
     linear_probe,
     mia_efficacy,
     model_outputs,
     nmi,
-    retain_basis,
     split_accuracies,
 )
 from dimalign.train import get_baselines  # noqa: E402
@@ -57,9 +57,8 @@ def one_model(model, exp, ev, seed) -> dict[str, float]:
                                       ev.mia_samples, seed))
 
     def da():
-        basis = retain_basis(out.feats_train[r], ev)
-        for feats in (out.feats_train[f], out.feats_test):
-            dimensional_alignment(feats, out.feats_train[r], center=ev.center, basis=basis)
+        _, basis = alignment(out.feats_train[f], out.feats_train[r], ev)
+        alignment(out.feats_test, out.feats_train[r], ev, basis=basis)
 
     clock("da + da_test", da)
     clock("linear probe + f1", lambda: linear_probe(out, exp, seed))

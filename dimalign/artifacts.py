@@ -12,9 +12,9 @@ import torch
 
 from dimalign.config import EvalConfig
 from dimalign.data import Experiment
-from dimalign.geometry import angles_between, dimensional_alignment, eigenspectrum, top_basis
+from dimalign.geometry import angles_between, eigenspectrum, top_basis
 from dimalign.memo import LRU
-from dimalign.metrics import Outputs, retain_basis
+from dimalign.metrics import Outputs, alignment
 
 SPLITS = ("retain", "forget", "test")
 
@@ -51,9 +51,8 @@ def model_geometry(out: Outputs, exp: Experiment, ev: EvalConfig,
     logits = {"train": out.logits_train, "test": out.logits_test}
     split = {s: feats[src][idx] for s, (src, idx) in split_rows(exp).items()}
     spectra = {s: _spectra(f) for s, f in split.items()}
-    basis_r = retain_basis(split["retain"], ev)
+    da, basis_r = alignment(split["forget"], split["retain"], ev)
     basis_f = top_basis(split["forget"], ev.energy)
-    da = dimensional_alignment(split["forget"], split["retain"], center=ev.center, basis=basis_r)
     src = {s: src for s, (src, _) in split_rows(exp).items()}
     return {
         "spectra": spectra,
@@ -61,7 +60,7 @@ def model_geometry(out: Outputs, exp: Experiment, ev: EvalConfig,
         "angles": angles_between(basis_f.vectors, basis_r.vectors).float(),
         "k_retain": basis_r.k,
         "k_forget": basis_f.k,
-        "da": float(da.value),
+        "da": da,
         "features": {s: feats[src[s]][rows[s]].float() for s in SPLITS},
         "predictions": {s: logits[src[s]][rows[s]].argmax(1) for s in SPLITS},
     }

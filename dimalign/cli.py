@@ -17,6 +17,7 @@ from dimalign.config import DEFAULT_PRESET, ConfigError, build_config, load_pres
 from dimalign.datasets import DatasetUnavailable
 from dimalign.methods import ORDER, REGISTRY, get_method
 from dimalign.methods.loop import Cancelled
+from dimalign.metric_table import TABLE, TIME_FRACTION, ordered, shown
 from dimalign.store import StoreError
 
 
@@ -64,7 +65,7 @@ def print_table(result: dict, stream=sys.stdout) -> None:
     """Metrics as rows, models as columns (there are more metrics than models)."""
     models = result["models"]
     names = list(models)
-    keys = list(dict.fromkeys(k for row in models.values() for k in row))
+    keys = ordered(k for row in models.values() for k in row)
     stream.write(f"{'metric':<20}" + "".join(f"{n:>12}" for n in names) + "\n")
     for key in keys:
         stream.write(f"{key:<20}" + "".join(f"{_fmt(models[n].get(key)):>12}" for n in names)
@@ -165,10 +166,6 @@ def cmd_methods(args) -> int:
     return 0
 
 
-COMPARE_KEYS = ("acc_retain", "acc_forget", "acc_test", "acc_test_kept", "asr", "mia", "da",
-                "lp_forget", "nmi", "cka_retrained")
-
-
 def cmd_compare(args) -> int:
     from dimalign.runner import compare
 
@@ -182,18 +179,25 @@ def cmd_compare(args) -> int:
         sys.stdout.write("\n")
         return 0
     rows = result["methods"]
-    keys = [k for k in COMPARE_KEYS if any(r.get(k) is not None for r in rows.values())]
-    print("each cell: value (gap to retrained); time = fraction of retraining time "
+    keys = [k for k in shown("cli") if any(r.get(k) is not None for r in rows.values())]
+    cost = TIME_FRACTION
+    print(f"each cell: value (gap to retrained); {cost.title} = {cost.description} "
           f"({result['retrained_seconds']:.1f} s)")
-    print(f"{'method':<13}" + "".join(f"{k:>16}" for k in keys) + f"{'avg_gap':>9}{'time':>8}")
+    widths = {k: max(len(k) + 2, 9 if TABLE[k].distance else 16) for k in keys}
+    print(f"{'method':<13}" + "".join(f"{k:>{widths[k]}}" for k in keys)
+          + f"{cost.title:>19}")
     for name, row in rows.items():
-        cells = []
+        line = f"{name:<13}"
         for k in keys:
             value, gap = row.get(k), row["gaps"].get(k)
-            cells.append("-" if value is None else f"{value:.3f} ({gap:+.3f})")
-        gap = "-" if row.get("avg_gap") is None else f"{row['avg_gap']:.3f}"
-        print(f"{name:<13}" + "".join(f"{c:>16}" for c in cells)
-              + f"{gap:>9}{row['time_fraction']:>8.2f}")
+            if value is None:
+                cell = "-"
+            elif TABLE[k].distance or gap is None:  # a distance is its own gap
+                cell = f"{value:.3f}"
+            else:
+                cell = f"{value:.3f} ({gap:+.3f})"
+            line += f"{cell:>{widths[k]}}"
+        print(line + f"{row[cost.name]:>19.2f}")
     return 0
 
 

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from dimalign import plots
+from dimalign.metric_table import TABLE, ordered
 from dimalign.store import Store
 
 
@@ -72,12 +73,16 @@ def export_run(store: Store, run_id: str, dest: Path) -> list[Path]:
 def _report(run, result: dict, curves_fig, spectra_fig) -> str:
     models = result.get("models", {})
     names = list(models)
-    keys = list(dict.fromkeys(k for row in models.values() for k in row))
+    keys = ordered(k for row in models.values() for k in row)
 
     def cell(v):
         return "–" if v is None else (f"{v:.4f}" if isinstance(v, float) else html.escape(str(v)))
 
-    rows = "".join(f"<tr><th>{html.escape(k)}</th>"
+    def head(k):  # the table's description on hover
+        about = f"{TABLE[k].title}: {TABLE[k].description}" if k in TABLE else k
+        return f'<th title="{html.escape(about)}">{html.escape(k)}</th>'
+
+    rows = "".join(f"<tr>{head(k)}"
                    + "".join(f"<td>{cell(models[n].get(k))}</td>" for n in names) + "</tr>"
                    for k in keys)
     table = (f"<table><tr><th>metric</th>{''.join(f'<th>{html.escape(n)}</th>' for n in names)}"

@@ -1,14 +1,15 @@
 """Metrics of models on an experiment: accuracies, MIA, linear probe, F1, NMI, DA, CKA, gaps.
 
-Protocols are METHOD.md's "Evaluation" section. Every model is run over the data once
-(`model_outputs`); each metric is then a function of those logits and features. scikit-learn
-provides the SVC, the logistic regression and k-means. Subsample sizes come from `EvalConfig`
-and are reported next to the numbers they produced.
+Protocols are METHOD.md's "Evaluation" section; what each key means, its range, which way is
+better and where it is shown is the metric table (`metric_table.py`), which also holds the one
+gap-to-retrained function. Every model is run over the data once (`model_outputs`); each
+metric is then a function of those logits and features. scikit-learn provides the SVC, the
+logistic regression and k-means. Subsample sizes come from `EvalConfig` and are reported next
+to the numbers they produced.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,9 +27,10 @@ from dimalign.geometry import (
     top_basis,
 )
 from dimalign.memo import LRU
+from dimalign.metric_table import avg_gap_keys, gap_to_retrained
 from dimalign.models import Classifier
 
-GAP_KEYS = ("acc_retain", "acc_forget", "acc_test", "mia")  # avg-gap averages these
+GAP_KEYS = avg_gap_keys()  # avg-gap averages these (the table's in_avg_gap entries)
 
 
 @dataclass(frozen=True)
@@ -163,9 +165,8 @@ def model_metrics(out: Outputs, exp: Experiment, ev: EvalConfig, seed: int) -> d
     res["mia"], _ = mia_efficacy(out.logits_train[r], out.logits_test, out.logits_train[f],
                                  ev.mia_samples, seed)
     retain = out.feats_train[r]
-    basis = retain_basis(retain, ev)
-    for key, feats in (("da", out.feats_train[f]), ("da_test", out.feats_test)):
-        res[key] = dimensional_alignment(feats, retain, center=ev.center, basis=basis).value.item()
+    res["da"], basis = alignment(out.feats_train[f], retain, ev)
+    res["da_test"], _ = alignment(out.feats_test, retain, ev, basis=basis)
     res["da_k"] = basis.k
     res.update(linear_probe(out, exp, seed))
     res["nmi"], _ = nmi(out, exp, ev.nmi_samples, seed)
@@ -177,6 +178,17 @@ def retain_basis(retain: torch.Tensor, ev: EvalConfig) -> Basis:
     """U_r as the config asks for it (centred on the retain mean when eval.center is set)."""
     centred = retain - retain.mean(0, keepdim=True) if ev.center else retain
     return top_basis(centred, ev.energy, ev.k or None)
+
+
+def alignment(feats: torch.Tensor, retain: torch.Tensor, ev: EvalConfig,
+              basis: Basis | None = None) -> tuple[float, Basis]:
+    """DA of `feats` (N, C) against the retain features `retain` (N_r, C) as the eval settings
+    ask for it: U_r = `retain_basis(retain, ev)` (ev.energy or a fixed ev.k; both sets centred
+    on the retain mean when ev.center). Pass the `basis` it returned to score another set
+    against the same U_r without a second eigendecomposition. Returns (DA, the basis used)."""
+    basis = retain_basis(retain, ev) if basis is None else basis
+    value = dimensional_alignment(feats, retain, center=ev.center, basis=basis).value.item()
+    return value, basis
 
 
 def sample_sizes(exp: Experiment, ev: EvalConfig) -> dict[str, int]:
@@ -223,7 +235,8 @@ def evaluate(models: dict[str, Classifier], exp: Experiment, ev: EvalConfig, see
 
 
 def avg_gap(row: dict[str, float], reference: dict[str, float]) -> float:
-    """Mean |model - retrained| over the accuracies and MIA (NaN entries are skipped)."""
-    gaps = [abs(row[k] - reference[k]) for k in GAP_KEYS
-            if not (math.isnan(row[k]) or math.isnan(reference[k]))]
+    """Mean |model - retrained| over GAP_KEYS (the accuracies and MIA); missing or NaN
+    entries are skipped."""
+    gaps = [abs(gap) for k in GAP_KEYS
+            if (gap := gap_to_retrained(k, row.get(k), reference.get(k))) is not None]
     return float(np.mean(gaps)) if gaps else float("nan")

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import torch
 
 from dimalign.geometry import k_for_energy
+from dimalign.metric_table import TABLE, TIME_FRACTION, gap_to_retrained, shown
 
 # plotly imports pandas lazily, inside the first figure it builds. In the app, two script
 # threads (a page and a live fragment) can build their first figures at the same moment and
@@ -38,10 +39,11 @@ def split_sizes(summary: dict) -> go.Figure:
     return fig
 
 
+# the live curves' panels; the metric panels hold the metrics the table shows in "curves"
 CURVE_GROUPS = (
     ("Loss terms", lambda k: k.startswith("loss_")),
-    ("Accuracy on fixed subsets", lambda k: k in ("acc_retain", "acc_forget", "acc_test")),
-    ("Dimensional Alignment (forget vs retain)", lambda k: k == "da"),
+    ("Accuracy on fixed subsets", lambda k: k in shown("curves", "accuracy")),
+    ("Dimensional Alignment (forget vs retain)", lambda k: k in shown("curves", "alignment")),
     ("Smallest principal angles (degrees)", lambda k: k.startswith("angle_")),
 )
 
@@ -291,25 +293,30 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 def tradeoff_figure(rows: list[dict], keys: list[str], retrained: dict) -> go.Figure:
     """Left: every run's gap to the retrained model per metric (a parallel-coordinates profile;
-    0 is retraining). Right: avg-gap against time as a fraction of retraining, with the Pareto
-    front. Plain SVG traces, so the chart draws fast without a GPU and exports cleanly."""
+    0 is retraining). Right: avg-gap against `time_fraction` (time as a fraction of
+    retraining), with the Pareto front. Plain SVG traces, so the chart draws fast without a GPU
+    and exports cleanly."""
     from plotly.subplots import make_subplots
 
+    avg, cost = TABLE["avg_gap"], TIME_FRACTION
     fig = make_subplots(rows=1, cols=2, column_widths=[0.62, 0.38], horizontal_spacing=0.08,
                         subplot_titles=["gap to retrained, per metric",
-                                        "avg-gap vs time (fraction of retraining)"])
-    metrics = [k for k in keys if k != "avg_gap" and retrained.get(k) is not None]
-    points = []  # (time / retraining, avg-gap) of every run that has both
+                                        f"{avg.title} vs {cost.title}"])
+    # distances (avg-gap) are their own gap: they get the right panel, not a profile point
+    metrics = [k for k in keys if not (k in TABLE and TABLE[k].distance)
+               and retrained.get(k) is not None]
+    points = []  # (time fraction, avg-gap) of every run that has both
     for n, row in enumerate(rows):
         label = row["method"] if row["run"] == row["method"] else f"{row['method']} {row['run']}"
         colour = "#222222" if row["method"] == "retrained" else PALETTE[n % len(PALETTE)]
-        gaps = [row[k] - retrained[k] if row.get(k) is not None else None for k in metrics]
+        gaps = [gap_to_retrained(k, row.get(k), retrained[k]) for k in metrics]
         fig.add_trace(go.Scatter(x=metrics, y=gaps, mode="lines+markers", name=label,
                                  legendgroup=label, line=dict(color=colour)), row=1, col=1)
-        gap = 0.0 if row["method"] == "retrained" else row.get("avg_gap")
-        if gap is not None and row.get("time / retrain") is not None:
-            points.append((row["time / retrain"], gap))
-            fig.add_trace(go.Scatter(x=[row["time / retrain"]], y=[gap], mode="markers+text",
+        gap = 0.0 if row["method"] == "retrained" else row.get(avg.name)
+        time = row.get(cost.name)
+        if gap is not None and time is not None:
+            points.append((time, gap))
+            fig.add_trace(go.Scatter(x=[time], y=[gap], mode="markers+text",
                                      text=[row["method"]], textposition="top center",
                                      marker=dict(size=11, color=colour), name=label,
                                      legendgroup=label, showlegend=False), row=1, col=2)
@@ -319,9 +326,9 @@ def tradeoff_figure(rows: list[dict], keys: list[str], retrained: dict) -> go.Fi
                              hoverinfo="skip"), row=1, col=2)
     fig.add_hline(y=0, line=dict(color="#222222", width=1), row=1, col=1)
     longest = max((p[0] for p in points), default=1.0)
-    fig.update_xaxes(title_text="time / retraining", range=[-0.1 * longest, 1.12 * longest],
+    fig.update_xaxes(title_text=cost.title, range=[-0.1 * longest, 1.12 * longest],
                      row=1, col=2)  # room for the labels of points at either end
     fig.update_yaxes(title_text="value − retrained", row=1, col=1)
-    fig.update_yaxes(title_text="avg-gap (lower is better)", row=1, col=2)
+    fig.update_yaxes(title_text=f"{avg.title} ({avg.better} is better)", row=1, col=2)
     fig.update_layout(height=440, margin=dict(l=60, r=20, t=50, b=40))
     return fig

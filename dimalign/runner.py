@@ -21,6 +21,7 @@ from dimalign import paths
 from dimalign.config import Config
 from dimalign.methods import get_method
 from dimalign.methods.loop import TelemetryFn, UnlearnResult, unlearn
+from dimalign.metric_table import TABLE, TIME_FRACTION, gap_to_retrained
 from dimalign.train import Baselines, ProgressFn, get_baselines
 
 GEOMETRY, RESULT, TELEMETRY, CHECKPOINT = "geometry.pt", "result.json", "telemetry.json", \
@@ -179,9 +180,9 @@ def compare(cfg: Config, methods: list[str], *, preset: str = "",
         key = "retrained" if name == "retrain" else name
         row = dict(metrics[key])
         row["seconds"] = seconds[key]
-        row["time_fraction"] = seconds[key] / seconds["retrained"]
-        row["gaps"] = {k: row[k] - retrained[k] for k in retrained
-                       if isinstance(retrained[k], float) and k in row}
+        row[TIME_FRACTION.name] = seconds[key] / seconds["retrained"]
+        row["gaps"] = {k: gap_to_retrained(k, row[k], retrained.get(k))
+                       for k in metrics[key] if k in TABLE}
         rows[name] = row
     return finite({"preset": preset, "config": cfg.to_dict(), "device": str(baselines.device),
                    "methods": rows, "params": {m: cfg.method_params(m) for m in methods},
@@ -191,14 +192,14 @@ def compare(cfg: Config, methods: list[str], *, preset: str = "",
 def comparison_rows(results: list[tuple[str, str, dict]], keys: list[str]) -> list[dict]:
     """The rows that compare saved runs of one experiment: its original and retrained models
     (from the first result: an experiment's runs share them), then each run's unlearned model,
-    with every metric in `keys` and the time as a fraction of retraining.
+    with every metric in `keys` and the time as a fraction of retraining (`time_fraction`).
     results: (run id, method, result as saved) for each finished run."""
     first = results[0][2]
     retrain_seconds = first["seconds"]["retrained"]
 
     def row(run: str, method: str, metrics: dict, seconds: float) -> dict:
         return {"run": run, "method": method, **{k: metrics.get(k) for k in keys},
-                "time / retrain": seconds / retrain_seconds}
+                TIME_FRACTION.name: seconds / retrain_seconds}
 
     rows = [row(name, name, first["models"][name], first["seconds"][name])
             for name in ("original", "retrained")]
@@ -208,13 +209,9 @@ def comparison_rows(results: list[tuple[str, str, dict]], keys: list[str]) -> li
 
 
 def gaps_to_retrained(rows: list[dict], keys: list[str]) -> list[dict]:
-    """The same rows with each metric replaced by its difference to the retrained row
-    (avg-gap, already a distance to it, and missing values stay as they are)."""
+    """The same rows with each metric in `keys` replaced by its gap to the retrained row
+    (`metric_table.gap_to_retrained`: avg-gap, already a distance, stays as it is; a gap with
+    a missing side is None)."""
     retrained = next(r for r in rows if r["run"] == "retrained")
-
-    def gap(key: str, value):
-        if value is None or retrained.get(key) is None or key == "avg_gap":
-            return value
-        return value - retrained[key]
-
-    return [{**row, **{k: gap(k, row[k]) for k in keys}} for row in rows]
+    return [{**row, **{k: gap_to_retrained(k, row[k], retrained.get(k)) for k in keys}}
+            for row in rows]

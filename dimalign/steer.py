@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from dimalign.config import Config
 from dimalign.methods import REGISTRY
+from dimalign.metric_table import TABLE, shown
 
 SYMBOLS = {"lambda_da": "λ_DA", "lambda_sd": "λ_SD", "temperature": "T"}
-# the effect panel: (metric, title, which way is better: 1 higher, -1 lower, 0 neither)
-EFFECT = (("da", "DA", 1), ("acc_forget", "acc_forget", 0), ("acc_test_kept", "acc_test_kept", 1),
-          ("avg_gap", "avg-gap", -1))
 
 
 def _text(value) -> str:
@@ -50,15 +48,18 @@ def ghost_label(changes: list[str], run_id: str) -> str:
 
 
 def effect(newer: dict, older: dict) -> list[dict]:
-    """The effect panel's rows: each metric of two runs' unlearned models, the change and
-    whether it went the better way (None where neither way is better or a value is missing)."""
+    """The effect panel's rows: each metric the table shows in "effect", of two runs'
+    unlearned models, the change and whether it went the better way (None where neither way
+    is better or a value is missing)."""
     rows = []
-    for key, title, better in EFFECT:
+    for key in shown("effect"):
+        metric = TABLE[key]
         a, b = older.get(key), newer.get(key)
         if a is None and b is None:
             continue
         delta = None if a is None or b is None else b - a
-        good = None if delta is None or better == 0 or delta == 0 else (delta > 0) == (better > 0)
-        rows.append({"key": key, "title": title, "before": a, "after": b, "delta": delta,
-                     "better": good})
+        good = None if delta is None or metric.better is None or delta == 0 else (
+            (delta > 0) == (metric.better == "higher"))
+        rows.append({"key": key, "title": metric.title, "before": a, "after": b,
+                     "delta": delta, "better": good})
     return rows

@@ -364,7 +364,9 @@ def ghost_runs(runs: list[Run], selected: Run, count: int = 5) -> list[Ghost]:
 
 def result_table(run: Run, ghosts: list[Ghost]) -> None:
     """The chosen run's three models, then the ghosts' unlearned models, on the same metrics."""
-    keys = ["acc_retain", "acc_forget", "acc_test", "acc_test_kept", "mia", "da", "avg_gap"]
+    from dimalign.metric_table import shown
+
+    keys = shown("unlearn")
     models = run.result["models"]
     rows = [{"model": m, **{k: models[m].get(k) for k in keys}} for m in models]
     rows += [{"model": f"ghost {g.label}", **{k: g.run.result["models"]["unlearned"].get(k)

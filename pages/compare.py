@@ -5,6 +5,7 @@ import streamlit as st
 
 from dimalign import plots, ui
 from dimalign.export import csv_text
+from dimalign.metric_table import TABLE, TIME_FRACTION, gap_to_retrained, shown
 from dimalign.runner import comparison_rows, gaps_to_retrained
 
 cfg = ui.sidebar_config()
@@ -13,8 +14,7 @@ st.title("Compare")
 if cfg is None:
     st.stop()
 
-KEYS = ["acc_retain", "acc_forget", "acc_test", "mia", "da", "lp_forget", "nmi",
-        "cka_retrained", "avg_gap"]
+KEYS = list(shown("compare"))  # the metric table's columns for this page
 runs = [r for r in ui.experiment_runs(cfg, who) if r.status == "done" and r.result]
 if not runs:
     st.info("No finished runs of this experiment yet: start some on the Unlearn page.")
@@ -27,15 +27,21 @@ table = gaps_to_retrained(rows, KEYS) if show_gaps else rows
 
 
 def _colour(value, key):
-    if value is None or key not in retrained or retrained[key] is None or key == "avg_gap":
+    if TABLE[key].distance or pd.isna(value):  # a distance is not shaded against itself
         return ""
-    gap = abs(value if show_gaps else value - retrained[key])
-    return f"background-color: rgba(228, 87, 86, {min(0.8, gap * 2):.2f})"
+    gap = value if show_gaps else gap_to_retrained(key, value, retrained.get(key))
+    if gap is None:
+        return ""
+    return f"background-color: rgba(228, 87, 86, {min(0.8, abs(gap) * 2):.2f})"
 
 
 styled = pd.DataFrame(table).style.format(precision=3).apply(
     lambda col: [_colour(v, col.name) for v in col] if col.name in KEYS else [""] * len(col))
-st.dataframe(styled, hide_index=True, key="compare_table")
+columns = {k: st.column_config.Column(help=f"{TABLE[k].title}: {TABLE[k].description}")
+           for k in KEYS}
+columns[TIME_FRACTION.name] = st.column_config.Column(TIME_FRACTION.title,
+                                                      help=TIME_FRACTION.description)
+st.dataframe(styled, hide_index=True, key="compare_table", column_config=columns)
 st.caption("Red shading grows with the distance to the retrained model (the gold standard).")
 
 ui.chart(plots.tradeoff_figure(rows, KEYS, retrained), "tradeoffs")

@@ -6,6 +6,7 @@ from dimalign import plots, ui
 from dimalign.data import build_experiment
 from dimalign.datasets import DatasetUnavailable
 from dimalign.jobs import submit
+from dimalign.metric_table import shown
 from dimalign.train import cached_meta
 
 cfg = ui.sidebar_config()
@@ -94,8 +95,7 @@ active = ui.active_baselines(cfg)
 done = ui.baselines_run(cfg)
 if done is not None and done.result:
     models = done.result["models"]
-    keys = [k for k in ("acc_retain", "acc_forget", "acc_test", "mia", "da", "lp_forget",
-                        "effective_rank") if k in models["original"]]
+    keys = [k for k in shown("experiment") if k in models["original"]]
     st.dataframe([{"model": m, **{k: models[m].get(k) for k in keys},
                    "train seconds": round(done.result["seconds"][m], 1)}
                   for m in ("original", "retrained")], hide_index=True, key="baselines")

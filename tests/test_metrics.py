@@ -9,8 +9,12 @@ from dimalign.artifacts import SPLITS, geometry_bundle, load_bundle, save_bundle
 from dimalign.config import EvalConfig
 from dimalign.data import Experiment
 from dimalign.datasets import DATASETS
+from dimalign.geometry import dimensional_alignment
+from dimalign.metric_table import for_scenario
 from dimalign.metrics import (
+    GAP_KEYS,
     Outputs,
+    alignment,
     avg_gap,
     evaluate,
     linear_probe,
@@ -69,9 +73,9 @@ def test_mia_efficacy_reads_unseen_like_forget_sets_as_non_members():
     assert high > 0.9 and low < 0.1
 
 
-def test_avg_gap_is_the_mean_absolute_difference_over_accuracies_and_mia():
-    a = {"acc_retain": 1.0, "acc_forget": 1.0, "acc_test": 0.9, "mia": 0.1}
-    b = {"acc_retain": 1.0, "acc_forget": 0.0, "acc_test": 0.8, "mia": 0.9}
+def test_avg_gap_is_the_mean_absolute_difference_over_its_table_keys():
+    a = dict(zip(GAP_KEYS, (1.0, 1.0, 0.9, 0.1), strict=True))
+    b = dict(zip(GAP_KEYS, (1.0, 0.0, 0.8, 0.9), strict=True))
     assert avg_gap(a, b) == pytest.approx((0 + 1 + 0.1 + 0.8) / 4)
     assert avg_gap(a, a) == 0
 
@@ -79,11 +83,24 @@ def test_avg_gap_is_the_mean_absolute_difference_over_accuracies_and_mia():
 def test_model_metrics_report_every_documented_key_for_a_class_scenario():
     out, exp = synthetic(separable=True)
     row = model_metrics(out, exp, EvalConfig(), seed=0)
-    expected = {"acc_retain", "acc_forget", "acc_test", "mia", "da", "da_test", "lp_forget",
-                "lp_test", "nmi", "effective_rank", "acc_test_kept", "acc_test_forgotten",
-                "f1_forget"}
-    assert expected <= set(row)
+    pairwise = {"cka_retrained", "cka_original", "avg_gap"}  # evaluate adds these (two models)
+    assert set(row) == set(for_scenario("class")) - pairwise
     assert all(torch.isfinite(torch.tensor(float(v))) for v in row.values())
+
+
+@pytest.mark.parametrize("ev", [EvalConfig(), EvalConfig(k=5, center=True)],
+                         ids=["energy", "fixed-k-centred"])
+def test_alignment_is_da_with_the_eval_settings_and_reuses_its_basis(ev):
+    out, exp = synthetic(separable=True)
+    forget, retain = out.feats_train[exp.forget], out.feats_train[~exp.forget]
+    value, basis = alignment(forget, retain, ev)
+    reference = dimensional_alignment(forget, retain, energy=ev.energy, k=ev.k or None,
+                                      center=ev.center)
+    assert value == pytest.approx(reference.value.item()) and basis.k == reference.k
+    assert ev.k == 0 or basis.k == ev.k
+    again, same = alignment(out.feats_test, retain, ev, basis=basis)
+    assert same is basis and again == pytest.approx(
+        dimensional_alignment(out.feats_test, retain, center=ev.center, basis=basis).value.item())
 
 
 @pytest.fixture(scope="module")

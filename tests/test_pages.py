@@ -8,6 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dimalign.jobs import Scheduler, Slot, cancel, ensure_scheduler, submit
+from dimalign.metric_table import TABLE, TIME_FRACTION, shown
 from dimalign.store import Store
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -63,6 +64,7 @@ def test_experiment_page_shows_baseline_metrics_from_the_shared_job(finished):
     at = page("pages/experiment.py")
     table = at.dataframe[0].value
     assert list(table["model"]) == ["original", "retrained"]
+    assert list(table.columns) == ["model", *shown("experiment"), "train seconds"]
     assert table.loc[1, "acc_forget"] < table.loc[0, "acc_forget"]
 
 
@@ -120,7 +122,7 @@ def test_effect_panel_shows_what_the_last_change_did(finished):
     texts = " ".join(m.value for m in at.markdown)
     assert "λ_DA 5 → 1" in texts, texts
     titles = {m.label for m in at.metric}
-    assert {"DA", "acc_forget", "avg-gap"} <= titles
+    assert {TABLE[k].title for k in shown("effect")} <= titles  # a class run has all of them
     names = {t.get("name") for t in traces(at)}
     assert any("λ_DA 5 → 1" in (n or "") for n in names)  # the earlier run, as a ghost
     table = at.dataframe[0].value
@@ -194,6 +196,7 @@ def test_compare_page_tabulates_runs_with_gaps_and_offers_downloads(finished):
     assert len(at.get("download_button")) == 2
     names = [t.get("name") for t in traces(at)]
     assert "Pareto front" in names and "retrained" in names and "muda " + finished["run"] in names
+    assert list(table.columns) == ["run", "method", *shown("compare"), TIME_FRACTION.name]
     at.toggle(key="gaps").set_value(True).run()
     gaps = at.dataframe[0].value
     assert gaps.loc[gaps["run"] == "retrained", "acc_forget"].iloc[0] == 0
