@@ -10,8 +10,8 @@ import torch
 
 from dimalign.config import EvalConfig
 from dimalign.data import Experiment, normalise
-from dimalign.geometry import angles_between, dimensional_alignment, top_basis
-from dimalign.metrics import retain_basis
+from dimalign.geometry import angles_between, top_basis
+from dimalign.metrics import alignment
 from dimalign.models import Classifier
 
 TelemetryFn = Callable[[dict], None]
@@ -55,9 +55,7 @@ class Probe:
         out = {f"acc_{name}": hits.float().mean().item()
                for name, hits in zip(self.sizes, hits_all.split(sizes), strict=True)}
         try:
-            basis_r = retain_basis(feats["retain"], self.ev)
-            out["da"] = dimensional_alignment(feats["forget"], feats["retain"],
-                                              center=self.ev.center, basis=basis_r).value.item()
+            out["da"], basis_r = alignment(feats["forget"], feats["retain"], self.ev)
             angles = angles_between(top_basis(feats["forget"], self.ev.energy).vectors,
                                     basis_r.vectors)
             for i, a in enumerate(angles[:3].tolist()):
