@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from dimalign.config import ConfigError
+from dimalign.errors import ConfigError
 from dimalign.jobs import (
     Scheduler,
     Slot,
