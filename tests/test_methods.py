@@ -101,7 +101,7 @@ def test_the_live_curves_shade_forget_and_recover_phases(tiny_baselines, every):
 
 def test_the_registry_holds_the_baselines_then_muda_with_described_valid_knobs():
     # registration order: the baselines module, then muda (plugins, if any, after them)
-    assert ORDER == tuple(REGISTRY) and ORDER[: len(BUILTIN)] == BUILTIN
+    assert tuple(REGISTRY) == ORDER and ORDER[: len(BUILTIN)] == BUILTIN
     assert BUILTIN[0] == "retrain" and BUILTIN[-1] == "muda" and len(BUILTIN) > 2
     for name, spec in REGISTRY.items():
         assert spec.title and spec.description and spec.paper

@@ -167,5 +167,5 @@ def test_an_entry_point_naming_a_method_spec_registers_it(plugin_module):
 
 
 def test_the_order_is_the_registration_order_builtins_first():
-    assert ORDER == tuple(REGISTRY)
+    assert tuple(REGISTRY) == ORDER
     assert ORDER[: len(BUILTIN)] == BUILTIN and BUILTIN[-1] == "muda"
