@@ -1,7 +1,10 @@
-"""Command line: `dimalign presets`, `dimalign run --preset P [--set k=v ...] [--json]`.
+"""Command line: `dimalign COMMAND [options]`, one `cmd_*` function per command.
 
-Progress goes to stderr; with --json, stdout holds exactly one JSON object. Known failures
-(bad config, missing dataset, diverging training) print one line and exit non-zero.
+`dimalign --help` lists every command with its one-line help: argparse builds that list from
+the subcommands `build_parser` registers, so it names all of them by construction;
+`dimalign COMMAND --help` shows one command's options. Progress goes to stderr; with --json,
+stdout holds exactly one JSON object. Known failures (bad config, missing dataset, diverging
+training) print one line and exit non-zero.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from dimalign.config import DEFAULT_PRESET, ConfigError, build_config, load_preset, preset_names
+from dimalign.config import DEFAULT_PRESET, build_config, load_preset, preset_names
 from dimalign.datasets import DatasetUnavailable
+from dimalign.errors import ConfigError
 from dimalign.methods import ORDER, REGISTRY, get_method
 from dimalign.methods.loop import Cancelled
 from dimalign.metric_table import TABLE, TIME_FRACTION, ordered, shown
@@ -356,8 +360,13 @@ def cmd_scheduler(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dimalign", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="dimalign", description="See and steer machine unlearning in feature space: run "
+        "experiments and compare methods, queue and follow background runs, export results.",
+        epilog="`dimalign COMMAND --help` shows the options of one command.")
+    # the "commands" list of --help is argparse's, made from the subparsers added below
+    sub = parser.add_subparsers(dest="command", required=True, title="commands",
+                                metavar="COMMAND")
     sub.add_parser("presets", help="list the named presets").set_defaults(func=cmd_presets)
     run = sub.add_parser("run", help="train or load the baselines of a preset and report metrics")
     run.add_argument("--preset", default=DEFAULT_PRESET, help=f"default: {DEFAULT_PRESET}")

@@ -1,7 +1,11 @@
 """Experiment configuration: frozen dataclasses, presets, `key=value` overrides, validation.
 
 A config is validated once, here, and then passed around frozen. Every error names the key
-and the values it accepts, so the CLI and the UI can show it as it is.
+and the values it accepts, so the CLI and the UI can show it as it is. Method knobs are the
+exception to "here": their sections are handed whole to the method's spec
+(`MethodSpec.parse` for override text, `MethodSpec.check` for values), which knows their types
+and ranges. The method registry is imported when first needed rather than at the top: it loads
+plugin methods, and a plugin may itself import this module.
 """
 
 from __future__ import annotations
@@ -21,20 +25,14 @@ from dimalign.datasets import (
     DatasetUnavailable,
     dataset_info,
 )
+from dimalign.errors import ConfigError
 from dimalign.models import TORCHVISION_PREFIX, feature_dim, is_torchvision
+from dimalign.values import from_text
 
 SCENARIO_KINDS = ("class", "random", "backdoor")
 MODELS = ("auto", "cnn", "resnet18")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEFAULT_PRESET = "digits-class"
-
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message names the key and what is allowed."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"{key}: {message}")
 
 
 @dataclass(frozen=True)
@@ -61,7 +59,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How feature-space metrics are computed. All [choice]s of METHOD.md, recorded per run."""
+    """How feature-space metrics are computed. Each is one of our choices (docs/method.md,
+    "Settings: the paper's and ours"), recorded per run."""
 
     energy: float = 0.9  # DA and angles: k = fewest eigenvectors holding this retain energy
     k: int = 0  # a fixed k for the retain basis instead (0 = use energy)
@@ -196,7 +195,7 @@ def config_from_dict(settings: dict) -> Config:
 
 
 def _method_registry() -> dict:
-    from dimalign.methods import REGISTRY
+    from dimalign.methods import REGISTRY  # not at the top: see the module docstring
 
     return REGISTRY
 
@@ -211,14 +210,9 @@ def _set_path(settings: dict, key: str, raw: str) -> None:
     # Walk the dataclass tree so unknown keys fail here, naming the allowed ones.
     cls, node, parts = Config, settings, key.split(".")
     registry = _method_registry()
-    if parts[0] in registry:
-        spec = registry[parts[0]]
-        if len(parts) != 2 or parts[1] not in spec.knobs:
-            raise ConfigError(key, "unknown knob; allowed knobs are "
-                              + ", ".join(f"{spec.name}.{k}" for k in spec.knobs))
-        knob = spec.knobs[parts[1]]
-        settings.setdefault(parts[0], {})[parts[1]] = knob.check(
-            key, _parse_value(key, knob.type, raw))
+    if parts[0] in registry:  # a method's knob: its spec reads the text (and later checks it)
+        method, _, knob = key.partition(".")
+        settings.setdefault(method, {})[knob] = registry[method].parse(knob, raw)
         return
     for i, part in enumerate(parts):
         hints = _section_hints(cls)
@@ -232,7 +226,7 @@ def _set_path(settings: dict, key: str, raw: str) -> None:
             if dataclasses.is_dataclass(hints[part]):
                 raise ConfigError(key, "is a section; set one of its keys, e.g. " +
                                   _qualified(key, next(iter(typing.get_type_hints(hints[part])))))
-            node[part] = _parse_value(key, hints[part], raw)
+            node[part] = from_text(key, hints[part], raw)
         else:
             cls = hints[part]
             node = node.setdefault(part, {})
@@ -254,9 +248,7 @@ def _build(cls, data: dict, prefix: str):
             section = data.pop(name)
             if not isinstance(section, dict):
                 raise ConfigError(name, "expected a table of the method's knobs")
-            registry[name].resolve(section)  # raises on an unknown knob or a bad value
-            methods[name] = {k: registry[name].knobs[k].check(f"{name}.{k}", v)
-                             for k, v in section.items()}
+            methods[name] = registry[name].check(section)  # raises on an unknown knob or value
     unknown = sorted(set(data) - set(hints))
     if unknown:
         allowed = ", ".join(_qualified(prefix, n) for n in hints)
@@ -272,28 +264,6 @@ def _build(cls, data: dict, prefix: str):
     if cls is Config:
         kwargs["methods"] = methods
     return cls(**kwargs)
-
-
-def _parse_value(key: str, hint, raw: str):
-    if hint == int | str:  # a number or a word such as "auto"; validate() checks which
-        try:
-            return int(raw)
-        except ValueError:
-            return raw
-    if hint == tuple[int, ...]:
-        items = [s for s in raw.replace(" ", "").split(",") if s]
-        return [_parse_value(key, int, s) for s in items]
-    if hint is bool:
-        lowered = raw.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(key, f"expected true or false, got {raw!r}")
-    try:
-        return hint(raw)
-    except ValueError:
-        raise ConfigError(key, f"expected {hint.__name__}, got {raw!r}") from None
 
 
 def _coerce(key: str, hint, value):

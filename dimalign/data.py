@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from dimalign.config import Config, ConfigError
+from dimalign.config import Config
 from dimalign.datasets import IMAGEFOLDER, Arrays, DatasetInfo, channel_stats, dataset_info
+from dimalign.errors import ConfigError
 
 
 @dataclass(frozen=True)

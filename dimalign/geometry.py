@@ -1,9 +1,9 @@
 """Feature-space geometry: Dimensional Alignment, principal angles, eigenspectra, CKA.
 
-Pure torch, no I/O. Features are (N, C) tensors, one row per sample; METHOD.md writes the same
-matrices transposed (columns are samples). Eigendecompositions run in float64, on a GPU when
-there is one and the features are large (results come back on the input's device); results come
-back in the input's dtype unless stated.
+Pure torch, no I/O. Features are (N, C) tensors, one row per sample, as in docs/method.md
+("Dimensional Alignment"); the paper writes the same matrices transposed (columns are samples).
+Eigendecompositions run in float64, on a GPU when there is one and the features are large
+(results come back on the input's device); results come back in the input's dtype unless stated.
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def k_for_energy(eigenvalues: torch.Tensor, energy: float) -> int:
 
 
 def top_basis(feats: torch.Tensor, energy: float = 0.9, k: int | None = None) -> Basis:
-    """Top eigenvectors of FᵀF (the top left singular vectors of F in METHOD.md's layout)."""
+    """Top eigenvectors of FᵀF: the top right singular vectors of F (N, C), the left ones in
+    the paper's layout (docs/method.md, "Dimensional Alignment")."""
     if 0 < feats.shape[0] < feats.shape[-1] and feats.ndim == 2:
         basis = _top_basis_from_rows(feats, energy, k)
         if basis is not None:

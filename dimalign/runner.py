@@ -28,8 +28,10 @@ GEOMETRY, RESULT, TELEMETRY, CHECKPOINT = "geometry.pt", "result.json", "telemet
     "unlearned.pt"
 
 
-def run_id(cfg: Config, method: str) -> str:
-    """A run's folder name: a hash of what defines it, never user text."""
+def result_key(cfg: Config, method: str) -> str:
+    """The folder name of a CLI result (under `runs/`): 16 hex digits of a hash of what defines
+    the run, never user text. Not a run id: run ids name the store's runs (`dimalign.store`),
+    12 random hex digits, whose folders sit beside these."""
     blob = json.dumps({"config": cfg.to_dict(), "method": method}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -80,7 +82,7 @@ def run_experiment(cfg: Config, method: str = "retrain", *, preset: str = "",
     spec = get_method(method)
     baselines = get_baselines(cfg, progress=progress)
     if run_dir is None:
-        run_dir = paths.runs_dir() / run_id(cfg, method)
+        run_dir = paths.runs_dir() / result_key(cfg, method)
         if not fresh and (saved := reusable_result(run_dir, baselines)) is not None:
             return saved
     models = {"original": baselines.original, "retrained": baselines.retrained}

@@ -12,7 +12,8 @@ import sys
 from collections.abc import Iterable
 
 from dimalign import paths
-from dimalign.config import ConfigError, build_config
+from dimalign.config import build_config
+from dimalign.errors import ConfigError
 from dimalign.store import Store
 
 

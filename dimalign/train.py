@@ -1,4 +1,9 @@
-"""Training of the original (on D) and retrained (on D_r) models, cached on disk.
+"""Training of the original (on D) and retrained (on D_r) models, cached on disk, and the
+`Progress` reports that training and the unlearning loop (`methods/loop.py`) both send.
+
+A report's phase says what is training: "original" or "retrained" here, "unlearn" for the whole
+schedule of an unlearning method (a method's own phases, e.g. MUDA's forget and recover, are
+not progress phases: they appear in the run's telemetry).
 
 Data stays as uint8 tensors on the training device and is augmented there, so a GPU never waits
 on a DataLoader. On CUDA: bf16 autocast and channels_last. Models are cached under a hash of
@@ -21,9 +26,10 @@ import torch
 from torch import nn
 
 from dimalign import paths
-from dimalign.config import Config, ConfigError
+from dimalign.config import Config
 from dimalign.data import Experiment, augment, build_experiment, normalise, trigger_size
 from dimalign.datasets import IMAGEFOLDER, DatasetInfo
+from dimalign.errors import ConfigError
 from dimalign.memo import LRU
 from dimalign.models import Classifier, TorchvisionClassifier, build_model
 
@@ -37,7 +43,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass(frozen=True)
 class Progress:
-    phase: str  # "original" or "retrained"
+    phase: str  # "original" or "retrained" (a baseline), or "unlearn" (the unlearning loop)
     epoch: int  # 1-based
     epochs: int
     step: int  # 1-based, within the epoch

@@ -10,8 +10,9 @@ from typing import NamedTuple
 
 import streamlit as st
 
-from dimalign.config import DEFAULT_PRESET, Config, ConfigError, build_config, load_preset
+from dimalign.config import DEFAULT_PRESET, Config, build_config, load_preset
 from dimalign.config import preset_names as _preset_names
+from dimalign.errors import ConfigError
 from dimalign.methods.base import Knob
 from dimalign.store import Run, Store, StoreError, check_owner
 

@@ -4,7 +4,7 @@
 import streamlit as st
 
 from dimalign import plots, ui
-from dimalign.config import ConfigError
+from dimalign.errors import ConfigError
 from dimalign.jobs import cancel, queue_position
 from dimalign.methods import ORDER, REGISTRY
 from dimalign.store import StoreError

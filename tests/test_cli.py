@@ -37,6 +37,25 @@ def test_presets_lists_every_preset_with_a_description():
     assert all(len(line.split(maxsplit=1)[1]) > 20 for line in lines)
 
 
+def test_top_level_help_lists_every_command_with_its_help():
+    import argparse
+
+    from dimalign import cli
+
+    parser = cli.build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = {c.dest: c.help for c in commands._choices_actions}
+    assert set(helps) == set(commands.choices) and all(helps.values())
+    # every cmd_* function is reachable from a command
+    wired = {p.get_default("func") for p in commands.choices.values()}
+    assert wired == {getattr(cli, n) for n in dir(cli) if n.startswith("cmd_")}
+    proc = dimalign("--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())  # argparse wraps long help lines
+    for name, text_of in helps.items():
+        assert f" {name} " in text and " ".join(text_of.split()) in text, name
+
+
 @pytest.fixture(scope="module")
 def json_runs(tmp_path_factory):
     """`run --json` twice on an empty home: the first trains, the second loads from cache."""

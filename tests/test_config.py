@@ -5,12 +5,12 @@ import pytest
 from dimalign.config import (
     DEFAULT_PRESET,
     Config,
-    ConfigError,
     build_config,
     config_from_dict,
     load_preset,
     preset_names,
 )
+from dimalign.errors import ConfigError
 
 REQUIRED_PRESETS = {"digits-class", "digits-random", "digits-backdoor", "mnist-class",
                     "cifar10-class", "cifar10-random", "cifar100-class"}
@@ -97,3 +97,22 @@ def test_telemetry_cadence_is_auto_by_default_and_a_fixed_number_of_steps_when_s
     for bad in (True, 2.5, "sometimes"):
         with pytest.raises(ConfigError, match="unlearn.telemetry_every"):
             config_from_dict({"unlearn": {"telemetry_every": bad}})
+
+
+def test_method_knobs_are_read_and_checked_by_the_method_spec_alone():
+    from dimalign.methods import REGISTRY
+
+    spec = REGISTRY["muda"]
+    # text from --set and values from a settings file end up the same, coerced by the spec
+    by_text = build_config("digits-class", ["muda.lambda_da=2", "muda.center=yes"])
+    by_value = config_from_dict({**load_preset("digits-class")[1],
+                                 "muda": {"lambda_da": 2, "center": True}})
+    assert by_text.methods == by_value.methods == {"muda": {"lambda_da": 2.0, "center": True}}
+    assert by_text.method_params("muda") == {**spec.defaults(), "lambda_da": 2.0, "center": True}
+    assert spec.parse("k", "7") == 7 and spec.check({"lambda_da": 3}) == {"lambda_da": 3.0}
+    for bad, words in ((["muda.lambda_da=lots"], "expected float"),
+                       (["muda.nope=1"], "allowed knobs are muda.lambda_da")):
+        with pytest.raises(ConfigError, match=words):
+            build_config("digits-class", bad)
+    with pytest.raises(ConfigError, match="muda.lambda_da: expected float"):  # files stay typed
+        config_from_dict({"muda": {"lambda_da": "2"}})

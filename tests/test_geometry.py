@@ -21,7 +21,8 @@ def rand(n, c, seed):
 
 
 def numpy_da(forget: np.ndarray, retain: np.ndarray, k: int) -> float:
-    """METHOD.md's formula with columns as samples, straight from NumPy."""
+    """The paper's formula with columns as samples (docs/method.md, "Dimensional Alignment"),
+    straight from NumPy."""
     ff, fr = forget.T, retain.T  # (C, N)
     w, v = np.linalg.eigh(fr @ fr.T)
     u = v[:, np.argsort(w)[::-1][:k]]

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from dimalign.config import ConfigError
+from dimalign.errors import ConfigError
 from dimalign.jobs import (
     Scheduler,
     Slot,

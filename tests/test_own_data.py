@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from dimalign.config import ConfigError, build_config
+from dimalign.config import build_config
 from dimalign.data import build_experiment
+from dimalign.errors import ConfigError
 from dimalign.features import forward_all
 from dimalign.models import build_model, feature_dim
 from dimalign.train import cache_key

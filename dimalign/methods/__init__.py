@@ -3,23 +3,23 @@ typed knobs. Pages and the CLI build pickers and sliders from `REGISTRY`.
 
 Outside packages add methods through the entry-point group `dimalign.methods`: each entry point
 names a module (importing it calls `register(...)`) or a `MethodSpec` (registered here). They
-load once, at import of this package and after the built-in methods, so `ORDER` lists the
-built-ins first and then the plugins in the order they registered. A plugin that fails to load,
-or whose name clashes with a method already registered, is skipped with one warning.
+load once, at import of this package and after the built-in methods. `ORDER`, the order every
+picker and table lists methods in, is the order they registered: the built-ins as their modules
+register them (`baselines`, then `muda`), then the plugins. A plugin that fails to load, or
+whose name clashes with a method already registered, is skipped with one warning.
 """
 
 import types
 import warnings
 from importlib.metadata import entry_points
 
-from dimalign.config import ConfigError
+from dimalign.errors import ConfigError
 from dimalign.methods import baselines, muda  # noqa: F401  (registers the methods)
 from dimalign.methods.base import REGISTRY, Knob, MethodSpec, register
 
 ENTRY_POINT_GROUP = "dimalign.methods"
-BUILTIN = ("retrain", "ft", "ga", "neggrad_plus", "rl", "l1_sparse", "salun", "scrub",
-           "bad_teacher", "muda")
-ORDER = BUILTIN  # extended with the plugins below
+BUILTIN = tuple(REGISTRY)  # the built-in methods, in the order they registered
+ORDER = BUILTIN  # the plugins join below
 
 
 class PluginWarning(UserWarning):
@@ -69,7 +69,7 @@ def _load_plugins() -> tuple[str, ...]:
         eps = ()
     for ep in sorted(eps, key=lambda e: e.name):  # a stable order whatever sys.path holds
         _load_plugin(ep)
-    return BUILTIN + tuple(n for n in REGISTRY if n not in BUILTIN)
+    return tuple(REGISTRY)  # registration order: the built-ins, then the plugins
 
 
 ORDER = _load_plugins()

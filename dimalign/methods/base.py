@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from dimalign.config import ConfigError
+from dimalign.errors import ConfigError
+from dimalign.values import from_text
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,13 @@ class Knob:
     # method's groups come in the order its knobs first name them, the first one shown open
     group: str = field(kw_only=True)
 
+    def parse(self, key: str, text: str) -> Any:
+        """A value of this knob's type from text (a `--set` override); `check` still applies."""
+        return from_text(key, self.type, text)
+
     def check(self, key: str, value: Any) -> Any:
-        """Coerce and range-check a value; ConfigError names the key and what is allowed."""
+        """Coerce and range-check a value; ConfigError names the key and what is allowed.
+        The one place a knob's value is checked: configs, presets and the app all come here."""
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
@@ -135,15 +141,26 @@ class MethodSpec:
             out.setdefault(knob.group, []).append(key)
         return list(out.items())
 
+    def knob(self, key: str) -> Knob:
+        """The knob named `key`; a ConfigError lists the allowed ones."""
+        if key not in self.knobs:
+            raise ConfigError(f"{self.name}.{key}" if key else self.name,
+                              "unknown knob; allowed knobs are "
+                              + ", ".join(f"{self.name}.{k}" for k in self.knobs))
+        return self.knobs[key]
+
+    def parse(self, key: str, text: str) -> Any:
+        """A knob's value from the text of a `NAME.key=value` override (checked by `check`)."""
+        return self.knob(key).parse(f"{self.name}.{key}", text)
+
+    def check(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """The overrides, each coerced and checked: what a config keeps for this method."""
+        return {key: self.knob(key).check(f"{self.name}.{key}", value)
+                for key, value in overrides.items()}
+
     def resolve(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        """Defaults with the overrides applied, each checked."""
-        params = self.defaults()
-        for key, value in overrides.items():
-            if key not in self.knobs:
-                raise ConfigError(f"{self.name}.{key}", "unknown knob; allowed knobs are "
-                                  + ", ".join(f"{self.name}.{k}" for k in self.knobs))
-            params[key] = self.knobs[key].check(f"{self.name}.{key}", value)
-        return params
+        """Every knob: the defaults with the overrides applied, each checked."""
+        return {**self.defaults(), **self.check(overrides)}
 
 
 REGISTRY: dict[str, MethodSpec] = {}

@@ -47,7 +47,7 @@ register(MethodSpec(
     trains=False))
 
 
-# ---------------------------------------------------------------------------- FT, l1-sparse
+# ---------------------------------------------------------------------------- FT
 
 def _ft_loss(ctx: Context, phase: Phase, b: Batch) -> dict[str, torch.Tensor]:
     return {"ce_retain": F.cross_entropy(ctx.model(b.xr), b.yr)}
@@ -60,23 +60,6 @@ register(MethodSpec(
     common_knobs(lr=0.01, epochs=5, source="paper: Jia et al. 2023 use lr in [0.01, 0.1], "
                  "10 epochs; choice: 5 epochs for the small CPU models"),
     _retain_pass, _ft_loss))
-
-
-def _l1_loss(ctx: Context, phase: Phase, b: Batch) -> dict[str, torch.Tensor]:
-    # the l1 weight decays linearly to zero over the run, as in Jia et al.
-    alpha = ctx.params["alpha"] * (1.0 - ctx.state.get("progress", 0.0))
-    l1 = sum(p.abs().sum() for p in ctx.model.parameters())
-    return {"ce_retain": F.cross_entropy(ctx.model(b.xr), b.yr), "l1": alpha * l1}
-
-
-register(MethodSpec(
-    "l1_sparse", "ℓ1-sparse", "Fine-tune on D_r with an ℓ1 penalty on the weights that decays "
-    "linearly", "Jia et al. 2023, Model Sparsity Can Simplify Machine Unlearning (NeurIPS)",
-    {"alpha": Knob(float, 5e-4, "ℓ1 weight at the start (decays linearly to 0)", 0.0, 1.0,
-                   source="paper: Jia et al. 2023 (5e-4 on CIFAR-10)", group=LOSS),
-     **common_knobs(lr=0.01, epochs=5, source="paper: Jia et al. 2023 lr 0.01-0.1, 10 epochs; "
-                    "choice: 5 epochs")},
-    _retain_pass, _l1_loss))
 
 
 # ---------------------------------------------------------------------------- GA, NegGrad+
@@ -109,7 +92,7 @@ register(MethodSpec(
     _paired_pass, _neggrad_loss))
 
 
-# ---------------------------------------------------------------------------- RL, SalUn
+# ---------------------------------------------------------------------------- RL
 
 def _rl_loss(ctx: Context, phase: Phase, b: Batch) -> dict[str, torch.Tensor]:
     wrong = random_wrong_labels(b.yf, ctx.num_classes, ctx.generator)
@@ -125,6 +108,27 @@ register(MethodSpec(
                  "3 epochs"),
     _paired_pass, _rl_loss))
 
+
+# ---------------------------------------------------------------------------- ℓ1-sparse
+
+def _l1_loss(ctx: Context, phase: Phase, b: Batch) -> dict[str, torch.Tensor]:
+    # the l1 weight decays linearly to zero over the run, as in Jia et al.
+    alpha = ctx.params["alpha"] * (1.0 - ctx.state.get("progress", 0.0))
+    l1 = sum(p.abs().sum() for p in ctx.model.parameters())
+    return {"ce_retain": F.cross_entropy(ctx.model(b.xr), b.yr), "l1": alpha * l1}
+
+
+register(MethodSpec(
+    "l1_sparse", "ℓ1-sparse", "Fine-tune on D_r with an ℓ1 penalty on the weights that decays "
+    "linearly", "Jia et al. 2023, Model Sparsity Can Simplify Machine Unlearning (NeurIPS)",
+    {"alpha": Knob(float, 5e-4, "ℓ1 weight at the start (decays linearly to 0)", 0.0, 1.0,
+                   source="paper: Jia et al. 2023 (5e-4 on CIFAR-10)", group=LOSS),
+     **common_knobs(lr=0.01, epochs=5, source="paper: Jia et al. 2023 lr 0.01-0.1, 10 epochs; "
+                    "choice: 5 epochs")},
+    _retain_pass, _l1_loss))
+
+
+# ---------------------------------------------------------------------------- SalUn (RL's loss)
 
 def _salun_setup(ctx: Context) -> None:
     """Saliency mask: weights whose forget-loss gradient magnitude is in the top `mask_ratio`."""
