@@ -1,6 +1,6 @@
 """Metrics of models on an experiment: accuracies, MIA, linear probe, F1, NMI, DA, CKA, gaps.
 
-Protocols are METHOD.md's "Evaluation" section; what each key means, its range, which way is
+Protocols are docs/method.md, "Metrics"; what each key means, its range, which way is
 better and where it is shown is the metric table (`metric_table.py`), which also holds the one
 gap-to-retrained function. Every model is run over the data once (`model_outputs`); each
 metric is then a function of those logits and features. scikit-learn provides the SVC, the

@@ -37,7 +37,7 @@ KNOBS = {  # in display order, group by group
     "temperature": Knob(float, 4.0, "self-distillation temperature T", 0.0, 100.0,
                         low_open=True, source="choice", group=LOSS),
     "sd": Knob(str, "kl", "self-distillation target: logits (kl) or features (mse)",
-               choices=("kl", "mse"), source="choice (METHOD.md option)", group=LOSS),
+               choices=("kl", "mse"), source="choice (docs/method.md, MUDA)", group=LOSS),
     "epochs": _COMMON["epochs"],
     "ratio_forget": Knob(int, 1, "forget units per cycle (forget:recover ratio)", 1, 100,
                          group=SCHEDULE),
