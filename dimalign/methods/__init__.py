@@ -5,17 +5,26 @@ Outside packages add methods through the entry-point group `dimalign.methods`: e
 names a module (importing it calls `register(...)`) or a `MethodSpec` (registered here). They
 load once, at import of this package and after the built-in methods. `ORDER`, the order every
 picker and table lists methods in, is the order they registered: the built-ins as their modules
-register them (`baselines`, then `muda`), then the plugins. A plugin that fails to load, or
-whose name clashes with a method already registered, is skipped with one warning.
+register them, then the plugins. Every module of this package other than the shared machinery
+(`base`, `loop`, `losses`, `run_state`, `telemetry`) is a built-in method module and is
+imported here in name order (`baselines`, then `muda`): a new method is one new file. A plugin
+that fails to load, or whose name clashes with a method already registered, is skipped with
+one warning.
 """
 
+import importlib
+import pkgutil
 import types
 import warnings
 from importlib.metadata import entry_points
 
 from dimalign.errors import ConfigError
-from dimalign.methods import baselines, muda  # noqa: F401  (registers the methods)
 from dimalign.methods.base import REGISTRY, Knob, MethodSpec, register
+
+MACHINERY = ("base", "loop", "losses", "run_state", "telemetry")  # not method modules
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _module not in MACHINERY:
+        importlib.import_module(f"{__name__}.{_module}")  # registers its methods
 
 ENTRY_POINT_GROUP = "dimalign.methods"
 BUILTIN = tuple(REGISTRY)  # the built-in methods, in the order they registered
