@@ -81,3 +81,61 @@ def test_every_module_imports_alone():
     failed = proc.stdout.strip()
     assert not failed, f"these modules fail to import alone: {failed}\n{proc.stderr}"
     print(f"{len(package_modules())} modules imported alone in {seconds:.1f} s")
+
+
+# The layers of README's "Architecture", bottom first: a module imports only from its own layer
+# or below (imports inside functions included), so the engine never reaches up into the app.
+LAYERS = [
+    ("errors", "values", "paths", "memo", "metric_table", "geometry", "models"),
+    ("datasets", "methods", "methods.base", "methods.losses", "methods.baselines",
+     "methods.muda"),
+    ("config",),
+    ("data", "features", "train"),
+    ("metrics", "artifacts", "embed", "plots", "methods.run_state", "methods.telemetry",
+     "methods.loop"),
+    ("runner", "store"),
+    ("export", "jobs", "worker", "sweep"),
+    ("steer", "ui"),
+    ("cli", "__main__", "app", "pages"),
+]
+
+
+def layer_of(module: str) -> int:
+    """The layer of a module ("methods.loop", "ui.widgets", "pages.compare", ...)."""
+    for depth, names in enumerate(LAYERS):
+        for name in names:
+            if module == name or (name in ("ui", "pages") and module.startswith(name + ".")):
+                return depth
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS and to README's list")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The dimalign modules a file imports, anywhere in it, as names relative to dimalign."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and \
+                node.module.split(".")[0] == "dimalign":
+            base = node.module.removeprefix("dimalign").lstrip(".")
+            for alias in node.names:  # `from dimalign import paths` imports a module
+                child = f"{base}.{alias.name}".lstrip(".")
+                found.add(child if (PACKAGE / (child.replace(".", "/") + ".py")).exists()
+                          or (PACKAGE / child.replace(".", "/")).is_dir() else base)
+        elif isinstance(node, ast.Import):
+            found |= {a.name.removeprefix("dimalign.") for a in node.names
+                      if a.name.startswith("dimalign.")}
+    return {m for m in found if m}
+
+
+def test_every_module_imports_only_from_its_layer_or_below():
+    files = {m.removeprefix("dimalign."): PACKAGE / Path(*m.split(".")[1:]).with_suffix(".py")
+             for m in package_modules() if m != "dimalign"}
+    files = {name: (path if path.exists() else path.with_suffix("") / "__init__.py")
+             for name, path in files.items()}
+    files.update({f"pages.{p.stem}": p for p in (ROOT / "pages").glob("*.py")})
+    files["app"] = ROOT / "app.py"
+    upward = [f"{name} (layer {layer_of(name)}) imports {dep} (layer {layer_of(dep)})"
+              for name, path in sorted(files.items())
+              for dep in sorted(imported_modules(path)) if layer_of(dep) > layer_of(name)]
+    assert not upward, "\n".join(upward)
