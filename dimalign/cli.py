@@ -29,9 +29,9 @@ class ProgressBar:
     """Progress on stderr: a bar redrawn at most 10 times a second on a terminal, one line per
     tenth of the work otherwise (logs and CI stay readable)."""
 
-    def __init__(self, stream=sys.stderr, width: int = 28):
-        self.stream, self.width = stream, width
-        self.tty = stream.isatty()
+    def __init__(self, stream=None, width: int = 28):
+        self.stream, self.width = stream or sys.stderr, width  # at call time: it may be redirected
+        self.tty = self.stream.isatty()
         self.phase, self.last, self.loss, self.decile = None, 0.0, None, -1
 
     def __call__(self, p) -> None:
@@ -65,8 +65,9 @@ def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def print_table(result: dict, stream=sys.stdout) -> None:
+def print_table(result: dict, stream=None) -> None:
     """Metrics as rows, models as columns (there are more metrics than models)."""
+    stream = stream or sys.stdout
     models = result["models"]
     names = list(models)
     keys = ordered(k for row in models.values() for k in row)

@@ -1,7 +1,4 @@
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,16 +17,8 @@ def in_range(key: str, value: float) -> bool:
     return (low is None or value >= low - 1e-9) and (high is None or value <= high + 1e-9)
 
 
-def dimalign(*args, home=None, timeout=300):
-    env = dict(os.environ)
-    if home is not None:
-        env["DIMALIGN_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "dimalign", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env)
-
-
-def test_presets_lists_every_preset_with_a_description():
-    proc = dimalign("presets")
+def test_presets_lists_every_preset_with_a_description(cli):
+    proc = cli("presets")
     assert proc.returncode == 0
     lines = proc.stdout.strip().splitlines()
     names = {line.split()[0] for line in lines}
@@ -37,19 +26,19 @@ def test_presets_lists_every_preset_with_a_description():
     assert all(len(line.split(maxsplit=1)[1]) > 20 for line in lines)
 
 
-def test_top_level_help_lists_every_command_with_its_help():
+def test_top_level_help_lists_every_command_with_its_help(cli):
     import argparse
 
-    from dimalign import cli
+    from dimalign import cli as module
 
-    parser = cli.build_parser()
+    parser = module.build_parser()
     [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     helps = {c.dest: c.help for c in commands._choices_actions}
     assert set(helps) == set(commands.choices) and all(helps.values())
     # every cmd_* function is reachable from a command
     wired = {p.get_default("func") for p in commands.choices.values()}
-    assert wired == {getattr(cli, n) for n in dir(cli) if n.startswith("cmd_")}
-    proc = dimalign("--help")
+    assert wired == {getattr(module, n) for n in dir(module) if n.startswith("cmd_")}
+    proc = cli("--help")
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())  # argparse wraps long help lines
     for name, text_of in helps.items():
@@ -57,11 +46,12 @@ def test_top_level_help_lists_every_command_with_its_help():
 
 
 @pytest.fixture(scope="module")
-def json_runs(tmp_path_factory):
+def json_runs(tmp_path_factory, cli_process):
     """`run --json` twice on an empty home: the first trains, the second loads from cache."""
     home = tmp_path_factory.mktemp("cli-home")
     args = ("run", "--preset", "digits-backdoor", "--set", "train.epochs=2", "--json")
-    return dimalign(*args, home=home), dimalign(*args, home=home)
+    # as processes: what reaches the real stdout is the contract
+    return cli_process(*args, home=home), cli_process(*args, home=home)
 
 
 def test_run_json_prints_exactly_one_object_with_the_contract_keys(json_runs):
@@ -91,8 +81,8 @@ def test_second_run_comes_from_the_cache_with_the_same_numbers(json_runs):
     assert "evaluating" in first.stderr and "evaluating" not in second.stderr  # reused
 
 
-def test_readable_table_without_json(tiny_baselines):
-    proc = dimalign("run", "--set", "train.epochs=2")
+def test_readable_table_without_json(tiny_baselines, cli):
+    proc = cli("run", "--set", "train.epochs=2")
     assert proc.returncode == 0, proc.stderr
     header, *rows = proc.stdout.strip().splitlines()
     assert header.split() == ["metric", "original", "retrained"]
@@ -107,17 +97,17 @@ def test_readable_table_without_json(tiny_baselines):
     (("--method", "magic"), "--method"),
     (("--preset", "nope"), "preset: unknown preset 'nope'"),
 ])
-def test_bad_input_exits_2_with_one_clear_line_and_nothing_on_stdout(args, words):
-    proc = dimalign("run", *args)
+def test_bad_input_exits_2_with_one_clear_line_and_nothing_on_stdout(args, words, cli_process):
+    proc = cli_process("run", *args)
     assert proc.returncode == 2
     assert words in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""
 
 
 @pytest.fixture(scope="module")
-def muda_run(tmp_path_factory):
+def muda_run(tmp_path_factory, cli):
     home = tmp_path_factory.mktemp("cli-muda")
-    return home, dimalign("run", "--set", "train.epochs=2", "--method", "muda", "--json",
+    return home, cli("run", "--set", "train.epochs=2", "--method", "muda", "--json",
                           "--umap", "90", home=home)
 
 
@@ -148,17 +138,17 @@ def test_run_with_umap_saves_the_aligned_frame_the_manifolds_page_reads(muda_run
     assert bundle["split"].count("forget") == 30
 
 
-def test_warm_compiles_umap_once_and_says_where():
+def test_warm_compiles_umap_once_and_says_where(cli):
     from dimalign.embed import numba_cache_dir
 
-    forced = dimalign("warm", "--force")
+    forced = cli("warm", "--force")
     assert forced.returncode == 0, forced.stderr
     assert "compiled into" in forced.stdout and str(numba_cache_dir()) in forced.stdout
-    again = dimalign("warm")
+    again = cli("warm")
     assert again.returncode == 0 and "UMAP is warm" in again.stdout
 
 
-def test_a_diverging_run_fails_naming_the_term_and_leaves_no_result(muda_run):
+def test_a_diverging_run_fails_naming_the_term_and_leaves_no_result(muda_run, cli_process):
     """An injected NaN in the cached original: the run stops, nothing half-written stays."""
     import torch
 
@@ -168,25 +158,26 @@ def test_a_diverging_run_fails_naming_the_term_and_leaves_no_result(muda_run):
     state["head.bias"][0] = float("nan")
     torch.save(state, original)
     runs_before = set((home / "runs").iterdir())
-    proc = dimalign("run", "--set", "train.epochs=2", "--set", "muda.lr=0.02", "--method",
-                    "muda", home=home)
+    # its own process: this one keeps the loaded original in memory (train.LOADED)
+    proc = cli_process("run", "--set", "train.epochs=2", "--set", "muda.lr=0.02", "--method",
+                       "muda", home=home)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "loss term 'sd' became nan at step 1" in proc.stderr
     assert set((home / "runs").iterdir()) == runs_before
 
 
-def test_methods_lists_the_registry_with_defaults():
-    proc = dimalign("methods", "--json")
+def test_methods_lists_the_registry_with_defaults(cli):
+    proc = cli("methods", "--json")
     assert proc.returncode == 0
     listed = json.loads(proc.stdout)
     assert list(listed) == list(ORDER) and listed["muda"]["knobs"]["lambda_da"]["default"] == 5.0
     assert "Seo" in listed["muda"]["paper"]
-    text = dimalign("methods").stdout
+    text = cli("methods").stdout
     assert "muda.lambda_sd" in text and "salun.mask_ratio" in text
 
 
-def test_compare_reports_every_method_with_gaps_and_time_fractions(tiny_baselines):
-    proc = dimalign("compare", "--set", "train.epochs=2", "--methods", "retrain,ga,muda",
+def test_compare_reports_every_method_with_gaps_and_time_fractions(tiny_baselines, cli):
+    proc = cli("compare", "--set", "train.epochs=2", "--methods", "retrain,ga,muda",
                     "--json")
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)["methods"]
@@ -197,7 +188,7 @@ def test_compare_reports_every_method_with_gaps_and_time_fractions(tiny_baseline
         rows["muda"]["acc_forget"] - rows["retrain"]["acc_forget"])
     assert rows["muda"]["gaps"]["avg_gap"] == rows["muda"]["avg_gap"]  # its own gap
     assert rows["muda"][TIME_FRACTION.name] > 0
-    table = dimalign("compare", "--set", "train.epochs=2", "--methods", "ft,muda").stdout
+    table = cli("compare", "--set", "train.epochs=2", "--methods", "ft,muda").stdout
     assert "gap to retrained" in table and table.count("\n") >= 5
     header = table.splitlines()[1]
     shown_here = [k for k in shown("cli") if k in for_scenario("class")]

@@ -3,8 +3,6 @@
 import hashlib
 import pickle
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -109,9 +107,8 @@ def test_missing_dataset_offline_names_dataset_folder_and_fix(data_home):
     assert "digits" in text  # and points at what works offline
 
 
-def test_cli_reports_missing_dataset_in_one_line_without_traceback(data_home):
-    proc = subprocess.run([sys.executable, "-m", "dimalign", "run", "--preset", "mnist-class"],
-                          capture_output=True, text=True, timeout=120)
+def test_cli_reports_missing_dataset_in_one_line_without_traceback(data_home, cli_process):
+    proc = cli_process("run", "--preset", "mnist-class", timeout=120)  # exit code 3: contract
     assert proc.returncode == 3
     assert "Traceback" not in proc.stderr
     assert "Dataset 'mnist'" in proc.stderr and str(data_home) in proc.stderr

@@ -24,11 +24,9 @@ from dimalign.jobs import (
 )
 from dimalign.store import Store, StoreError
 
-TINY = ["train.epochs=2"]
-
 
 @pytest.fixture()
-def store(tiny_baselines):  # baselines of TINY are cached: jobs only unlearn
+def store(tiny_baselines, tiny):  # baselines of tiny are cached: jobs only unlearn
     stop_scheduler()  # a background one (a browser or CLI test's) would take our jobs
     end = time.monotonic() + 60
     while scheduler_running():
@@ -39,22 +37,11 @@ def store(tiny_baselines):  # baselines of TINY are cached: jobs only unlearn
     s.close()
 
 
-def drain(scheduler, done, timeout=120.0):
-    """Tick the scheduler until `done()` holds."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        scheduler.tick()
-        if done():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for the scheduler")
-
-
 def status(store, run_id):
     return store.get(run_id).status
 
 
-def test_store_is_wal_versioned_and_refuses_unsafe_ids_and_owners(store):
+def test_store_is_wal_versioned_and_refuses_unsafe_ids_and_owners(store, tiny):
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     version = store.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     assert int(version[0]) >= 1
@@ -63,15 +50,15 @@ def test_store_is_wal_versioned_and_refuses_unsafe_ids_and_owners(store):
             store.get(bad)
     for owner in ("../x", "", "a b", "x" * 65, "/root"):
         with pytest.raises(StoreError, match="owner"):
-            submit(store, preset="digits-class", overrides=TINY, owner=owner)
+            submit(store, preset="digits-class", overrides=tiny, owner=owner)
 
 
-def test_an_invalid_config_is_refused_at_submit_and_nothing_is_queued(store):
+def test_an_invalid_config_is_refused_at_submit_and_nothing_is_queued(store, tiny):
     before = len(store.runs())
     with pytest.raises(ConfigError, match="muda.lambda_da"):
-        submit(store, preset="digits-class", overrides=TINY + ["muda.lambda_da=-3"])
+        submit(store, preset="digits-class", overrides=tiny + ["muda.lambda_da=-3"])
     with pytest.raises(ConfigError, match="--method"):
-        submit(store, preset="digits-class", overrides=TINY, method="forget-it-all")
+        submit(store, preset="digits-class", overrides=tiny, method="forget-it-all")
     assert len(store.runs()) == before
 
 
@@ -90,8 +77,8 @@ def test_many_owners_asking_for_the_same_baselines_wait_on_one_job(store):
     cancel(store, dep)
 
 
-def test_scheduler_is_fair_between_owners_and_fifo_within_one(store):
-    ids = {who: [submit(store, preset="digits-class", overrides=TINY, owner=who)
+def test_scheduler_is_fair_between_owners_and_fifo_within_one(store, tiny):
+    ids = {who: [submit(store, preset="digits-class", overrides=tiny, owner=who)
                  for _ in range(n)] for who, n in (("ann", 3), ("ben", 1))}
     scheduler = Scheduler(store, slots=[Slot(None), Slot(None)], per_owner=1)
     picked = scheduler.next_runs(2)
@@ -103,8 +90,8 @@ def test_scheduler_is_fair_between_owners_and_fifo_within_one(store):
     assert all(status(store, i) == "cancelled" for i in ids["ann"] + ids["ben"])
 
 
-def test_a_run_goes_through_a_worker_process_into_the_store(store):
-    run_id = submit(store, preset="digits-class", overrides=TINY, owner="dora")
+def test_a_run_goes_through_a_worker_process_into_the_store(store, drain, tiny):
+    run_id = submit(store, preset="digits-class", overrides=tiny, owner="dora")
     scheduler = Scheduler(store, slots=[Slot(None)])
     drain(scheduler, lambda: store.get(run_id).terminal)
     run = store.get(run_id)
@@ -125,8 +112,8 @@ def test_a_run_goes_through_a_worker_process_into_the_store(store):
     assert forked.config["train"]["epochs"] == 2  # the rest comes from the parent
 
 
-def test_cancelling_a_running_run_stops_its_worker(store):
-    run_id = submit(store, preset="digits-class", overrides=TINY + ["muda.epochs=400"],
+def test_cancelling_a_running_run_stops_its_worker(store, drain, tiny):
+    run_id = submit(store, preset="digits-class", overrides=tiny + ["muda.epochs=400"],
                     owner="eve")
     scheduler = Scheduler(store, slots=[Slot(None)])
     drain(scheduler, lambda: store.get(run_id).status == "running" and store.curves(run_id))
@@ -136,9 +123,9 @@ def test_cancelling_a_running_run_stops_its_worker(store):
     assert run.status == "cancelled" and "cancelled at step" in run.error
 
 
-def test_kill_9_at_40_percent_then_resume_ends_with_the_uninterrupted_weights(store):
+def test_kill_9_at_40_percent_then_resume_ends_with_the_uninterrupted_weights(store, drain, tiny):
     # MUDA with a retain bank: state of the method's own that a resume must restore exactly
-    overrides = TINY + ["muda.epochs=60", "muda.basis=bank", "muda.bank_refresh=7",
+    overrides = tiny + ["muda.epochs=60", "muda.basis=bank", "muda.bank_refresh=7",
                         "unlearn.telemetry_every=2"]
     run_id = submit(store, preset="digits-class", overrides=overrides, owner="fay")
     scheduler = Scheduler(store, slots=[Slot(None)])
@@ -173,12 +160,12 @@ def test_kill_9_at_40_percent_then_resume_ends_with_the_uninterrupted_weights(st
         assert torch.allclose(resumed[key].double(), value.double(), atol=1e-5, rtol=0), key
 
 
-def test_a_pooled_worker_runs_job_after_job_without_restarting(store):
+def test_a_pooled_worker_runs_job_after_job_without_restarting(store, drain, tiny):
     scheduler = Scheduler(store, slots=[Slot(None)])
     try:
-        first = submit(store, preset="digits-class", overrides=TINY, owner="ida")
+        first = submit(store, preset="digits-class", overrides=tiny, owner="ida")
         drain(scheduler, lambda: store.get(first).terminal)
-        second = submit(store, preset="digits-class", overrides=TINY + ["muda.lambda_da=2"],
+        second = submit(store, preset="digits-class", overrides=tiny + ["muda.lambda_da=2"],
                         owner="ida")
         drain(scheduler, lambda: store.get(second).terminal)
         a, b = store.get(first), store.get(second)
@@ -189,14 +176,14 @@ def test_a_pooled_worker_runs_job_after_job_without_restarting(store):
 
 
 @pytest.mark.parametrize("limit", ["jobs", "memory"])
-def test_a_worker_past_its_job_count_or_memory_bound_is_replaced(store, limit):
+def test_a_worker_past_its_job_count_or_memory_bound_is_replaced(store, limit, drain, tiny):
     scheduler = Scheduler(store, slots=[Slot(None)])
     if limit == "jobs":
         scheduler.max_jobs = 1
     else:
         scheduler.max_memory_mb = 1.0  # every worker is past it after its first job
     try:
-        ids = [submit(store, preset="digits-class", overrides=TINY + [f"muda.lambda_da={x}"],
+        ids = [submit(store, preset="digits-class", overrides=tiny + [f"muda.lambda_da={x}"],
                       owner=f"rec-{limit}") for x in (1, 3)]
         drain(scheduler, lambda: all(store.get(i).terminal for i in ids))
         runs = [store.get(i) for i in ids]
@@ -206,10 +193,10 @@ def test_a_worker_past_its_job_count_or_memory_bound_is_replaced(store, limit):
         scheduler.close()
 
 
-def test_cancel_stops_a_pooled_job_within_a_second_and_the_worker_stays(store):
+def test_cancel_stops_a_pooled_job_within_a_second_and_the_worker_stays(store, drain, tiny):
     scheduler = Scheduler(store, slots=[Slot(None)])
     try:
-        run_id = submit(store, preset="digits-class", overrides=TINY + ["muda.epochs=400"],
+        run_id = submit(store, preset="digits-class", overrides=tiny + ["muda.epochs=400"],
                         owner="jon")
         drain(scheduler, lambda: store.get(run_id).status == "running" and store.curves(run_id))
         worker = store.get(run_id).pid
@@ -219,15 +206,15 @@ def test_cancel_stops_a_pooled_job_within_a_second_and_the_worker_stays(store):
             time.sleep(0.02)
         took = time.monotonic() - asked
         assert store.get(run_id).status == "cancelled" and took <= 1.0, took
-        after = submit(store, preset="digits-class", overrides=TINY, owner="jon")
+        after = submit(store, preset="digits-class", overrides=tiny, owner="jon")
         drain(scheduler, lambda: store.get(after).terminal)
         assert store.get(after).status == "done" and store.get(after).pid == worker
     finally:
         scheduler.close()
 
 
-def test_a_worker_found_dead_after_a_restart_is_marked_interrupted(store):
-    run_id = submit(store, preset="digits-class", overrides=TINY, owner="gus")
+def test_a_worker_found_dead_after_a_restart_is_marked_interrupted(store, tiny):
+    run_id = submit(store, preset="digits-class", overrides=tiny, owner="gus")
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     store.update(run_id, status="running", pid=proc.pid, heartbeat=time.time())
     proc.kill()
@@ -261,48 +248,43 @@ def test_four_processes_writing_at_once_lose_nothing_and_never_see_a_locked_data
         assert [s for s, _ in curve] == list(range(300))
 
 
-def dimalign(*args):
-    return subprocess.run([sys.executable, "-m", "dimalign", *args], capture_output=True,
-                          text=True, timeout=300)
-
-
-def test_cli_submit_runs_watch_export_cancel_resume(store, tmp_path):
-    proc = dimalign("submit", "--set", "train.epochs=2", "--owner", "hal")
+def test_cli_submit_runs_watch_export_cancel_resume(store, tmp_path, cli):
+    proc = cli("submit", "--set", "train.epochs=2", "--owner", "hal")
     assert proc.returncode == 0, proc.stderr
     run_id = proc.stdout.strip()
-    watched = dimalign("watch", run_id)
+    watched = cli("watch", run_id)
     assert watched.returncode == 0 and f"{run_id} done" in watched.stdout
-    listed = json.loads(dimalign("runs", "--json", "--owner", "hal").stdout)
+    listed = json.loads(cli("runs", "--json", "--owner", "hal").stdout)
     assert listed[0]["id"] == run_id and listed[0]["status"] == "done" and listed[0]["pid"]
-    exported = dimalign("export", run_id, str(tmp_path / "out"))
+    exported = cli("export", run_id, str(tmp_path / "out"))
     assert exported.returncode == 0, exported.stderr
     names = {p.name for p in (tmp_path / "out").rglob("*")}
     assert {"config.json", "metrics.csv", "curves.html", "report.html", "unlearned.pt"} <= names
     assert "acc_forget" in (tmp_path / "out" / "metrics.csv").read_text()
     assert run_id in (tmp_path / "out" / "report.html").read_text()
 
-    queued = dimalign("submit", "--set", "train.epochs=2", "--set", "muda.epochs=400", "--owner",
+    queued = cli("submit", "--set", "train.epochs=2", "--set", "muda.epochs=400", "--owner",
                       "hal", "--no-start")  # long: the running scheduler may take it at once
     other = queued.stdout.strip()
-    assert "cancel" in dimalign("cancel", other).stdout  # cancelled, or requested if started
-    assert dimalign("watch", other).returncode == 1
+    assert "cancel" in cli("cancel", other).stdout  # cancelled, or requested if started
+    assert cli("watch", other).returncode == 1
     assert store.get(other).status == "cancelled"
-    again = dimalign("resume", run_id)
+    again = cli("resume", run_id)
     assert again.returncode == 2 and "only interrupted, failed or cancelled" in again.stderr
-    bad = dimalign("watch", "../../etc")
+    bad = cli("watch", "../../etc")
     assert bad.returncode == 2 and "not a run id" in bad.stderr and "Traceback" not in bad.stderr
-    invalid = dimalign("submit", "--set", "scenario.classes=99")
+    invalid = cli("submit", "--set", "scenario.classes=99")
     assert invalid.returncode == 2 and "scenario.classes" in invalid.stderr
 
 
-def test_submit_wait_prints_the_run_json_and_fails_when_the_run_does_not_finish(store):
-    proc = dimalign("submit", "--set", "train.epochs=2", "--owner", "kim", "--wait", "--json")
+def test_submit_wait_prints_the_run_json_and_fails_when_the_run_does_not_finish(store, cli):
+    proc = cli("submit", "--set", "train.epochs=2", "--owner", "kim", "--wait", "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)  # exactly one object, as `run --json` prints
     assert {"preset", "config", "device", "models", "seconds", "samples",
             "artifacts"} <= set(result)
     assert result["models"]["unlearned"]["acc_forget"] is not None
-    assert dimalign("submit", "--wait", "--no-start").returncode == 2
+    assert cli("submit", "--wait", "--no-start").returncode == 2
 
     waiting = subprocess.Popen(
         [sys.executable, "-m", "dimalign", "submit", "--set", "train.epochs=2", "--set",
@@ -318,23 +300,24 @@ def test_submit_wait_prints_the_run_json_and_fails_when_the_run_does_not_finish(
     assert waiting.returncode == 1 and f"{running.id} cancelled" in err and out == ""
 
 
-def test_local_sweep_runs_every_combination(store):
-    proc = dimalign("sweep", "--method", "muda", "--set", "train.epochs=2", "--grid",
+def test_local_sweep_runs_every_combination(store, cli):
+    proc = cli("sweep", "--method", "muda", "--set", "train.epochs=2", "--grid",
                     "muda.lambda_da=1,5", "--grid", "muda.lambda_sd=0,1", "--owner", "swp")
     assert proc.returncode == 0, proc.stderr
     ids = proc.stdout.split()
     assert len(ids) == 4
     for run_id in ids:
-        assert dimalign("watch", run_id).returncode == 0
+        assert cli("watch", run_id).returncode == 0
     knobs = {(store.get(i).config["muda"]["lambda_da"], store.get(i).config["muda"]["lambda_sd"])
              for i in ids}
     assert knobs == {(1.0, 0.0), (1.0, 1.0), (5.0, 0.0), (5.0, 1.0)}
 
 
-def test_ray_sweep_writes_every_trial_into_the_store(store):
+def test_ray_sweep_writes_every_trial_into_the_store(store, cli_process):
     """Ray Tune on a local Ray instance, a tiny grid: trials appear as runs in our store."""
-    proc = dimalign("sweep", "--backend", "ray", "--method", "muda", "--set", "train.epochs=2",
-                    "--grid", "muda.lambda_da=1,5", "--owner", "raysweep")
+    # its own process: Ray stays out of this one
+    proc = cli_process("sweep", "--backend", "ray", "--method", "muda", "--set", "train.epochs=2",
+                       "--grid", "muda.lambda_da=1,5", "--owner", "raysweep")
     assert proc.returncode == 0, proc.stderr[-3000:]
     ids = proc.stdout.split()
     assert len(ids) == 2

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +35,9 @@ def tree(tmp_path_factory):
     return root
 
 
-def cli(*sets: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "dimalign", "run", "--json"]
-    for s in sets:
-        args += ["--set", s]
-    return subprocess.run(args, capture_output=True, text=True, env=os.environ, timeout=300)
+def run_json(cli, *sets: str):
+    """`dimalign run --json --set S ...` in this process."""
+    return cli("run", "--json", *[arg for s in sets for arg in ("--set", s)])
 
 
 def folder(root, *more: str) -> list[str]:
@@ -96,8 +92,8 @@ def test_torchvision_model_features_and_head():
     assert model.to_torchvision_key("head.weight") == "fc.weight"
 
 
-def test_run_on_a_folder(tree):
-    out = cli(*folder(tree, "image_size=8"))
+def test_run_on_a_folder(tree, cli):
+    out = run_json(cli, *folder(tree, "image_size=8"))
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["config"]["dataset"] == "imagefolder"
@@ -107,7 +103,7 @@ def test_run_on_a_folder(tree):
     assert result["models"]["original"]["acc_forget"] is not None
 
 
-def test_run_with_torchvision_model_and_original_checkpoint(tree, tmp_path):
+def test_run_with_torchvision_model_and_original_checkpoint(tree, tmp_path, cli):
     import torchvision
 
     torch.manual_seed(0)
@@ -115,7 +111,7 @@ def test_run_with_torchvision_model_and_original_checkpoint(tree, tmp_path):
     torch.save(torchvision.models.resnet18(num_classes=CLASSES).state_dict(), path)
     sets = folder(tree, "image_size=32", "model=torchvision:resnet18",
                   f"original_checkpoint={path}", "train.epochs=1", "train.batch_size=32")
-    out = cli(*sets)
+    out = run_json(cli, *sets)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["seconds"]["original"] == 0.0  # imported, not trained
@@ -148,10 +144,12 @@ def one_line_error(code: int, stderr: str, key: str) -> None:
     assert len(lines) == 1 and key in lines[0], stderr
 
 
-def test_bad_checkpoint_is_one_line(tree, tmp_path):
+def test_bad_checkpoint_is_one_line(tree, tmp_path, cli_process):
     bad = tmp_path / "bad.pt"
     torch.save({"not.a.layer": torch.zeros(3)}, bad)
-    out = cli(*folder(tree, "model=torchvision:resnet18", f"original_checkpoint={bad}"))
+    # its own process: the exit code and the one line on the real stderr are the contract
+    sets = folder(tree, "model=torchvision:resnet18", f"original_checkpoint={bad}")
+    out = cli_process("run", "--json", *[a for s in sets for a in ("--set", s)])
     one_line_error(out.returncode, out.stderr, "original_checkpoint")
     assert "not.a.layer" in out.stderr and "fc.weight" in out.stderr  # the first few keys
 

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY, drain_scheduler
 from streamlit.testing.v1 import AppTest
 
 from dimalign.jobs import Scheduler, Slot, cancel, ensure_scheduler, submit
@@ -12,7 +13,6 @@ from dimalign.metric_table import TABLE, TIME_FRACTION, shown
 from dimalign.store import Store
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-TINY = ["train.epochs=2"]
 OWNER = "tester"
 
 
@@ -26,12 +26,8 @@ def finished(tiny_baselines):
     run = submit(store, preset="digits-class", overrides=TINY, method="muda", owner=OWNER)
     scheduler = Scheduler(store, slots=[Slot(None)])
 
-    def drain(ids, timeout=300):
-        end = time.monotonic() + timeout
-        while not all(store.get(i).terminal for i in ids):
-            assert time.monotonic() < end, "workers did not finish"
-            scheduler.tick()
-            time.sleep(0.1)
+    def drain(ids):
+        drain_scheduler(scheduler, lambda: all(store.get(i).terminal for i in ids), 300)
 
     drain([base, run])
     assert store.get(run).status == "done", store.get(run).error
