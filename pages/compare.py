@@ -7,11 +7,7 @@ from dimalign import plots, ui
 from dimalign.export import csv_text
 from dimalign.runner import comparison_rows, gaps_to_retrained
 
-cfg = ui.sidebar_config()
-who = ui.owner()
-st.title("Compare")
-if cfg is None:
-    st.stop()
+cfg, who = ui.page("Compare")
 
 KEYS = ["acc_retain", "acc_forget", "acc_test", "mia", "da", "lp_forget", "nmi",
         "cka_retrained", "avg_gap"]

@@ -8,11 +8,7 @@ from dimalign.datasets import DatasetUnavailable
 from dimalign.jobs import submit
 from dimalign.train import cached_meta
 
-cfg = ui.sidebar_config()
-who = ui.owner()
-st.title("Experiment")
-if cfg is None:
-    st.stop()
+cfg, who = ui.page("Experiment")
 
 
 def _apply() -> None:
