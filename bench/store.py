@@ -74,8 +74,7 @@ def main() -> None:
         rid = submit(store, preset="digits-class", overrides=overrides, owner="bench")
         while not store.curve(rid, "acc_forget"):
             time.sleep(0.02)
-        first_wall = store.db.execute("SELECT MIN(wall) FROM metrics WHERE run_id = ?",
-                                      (rid,)).fetchone()[0]
+        first_wall = min(wall for *_, wall in store.metric_rows(rid))
         up.append(store.get(rid).started - t0)
         first.append(first_wall - t0)
         while not store.get(rid).terminal:

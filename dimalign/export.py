@@ -39,8 +39,7 @@ def export_run(store: Store, run_id: str, dest: Path) -> list[Path]:
     with open(metrics, "w", newline="") as fh:
         out = csv.writer(fh)
         out.writerow(["step", "key", "value", "wall_time"])
-        out.writerows(store.db.execute("SELECT step, key, value, wall FROM metrics WHERE "
-                                       "run_id = ? ORDER BY step, key", (run.id,)))
+        out.writerows(store.metric_rows(run.id))
     written.append(metrics)
 
     figures = dest / "figures"

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import multiprocessing
 import os
 import signal
@@ -25,19 +23,13 @@ from dimalign import paths
 from dimalign.config import build_config, override_config
 from dimalign.methods import get_method
 from dimalign.store import ACTIVE, Run, Store, StoreError, check_owner, pid_alive
+from dimalign.train import experiment_key
 
 SHARED_OWNER = "shared"  # owner of baseline jobs every owner can wait on
 HEARTBEAT_TIMEOUT = 15.0  # seconds without a heartbeat before a running worker counts as dead
 
 
 # ---------------------------------------------------------------------------- submitting
-
-
-def baselines_key(cfg) -> str:
-    from dimalign.train import cache_key
-
-    blob = json.dumps([cache_key(cfg, "original"), cache_key(cfg, "retrained")], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 def baselines_cached(cfg) -> bool:
@@ -51,20 +43,10 @@ def submit_baselines(store: Store, cfg, preset: str) -> str | None:
     running, a new one otherwise; None when both models are already cached."""
     if baselines_cached(cfg):
         return None
-    key = baselines_key(cfg)
-    with store.write() as db:  # find-or-create in one transaction: never two jobs per key
-        row = db.execute("SELECT id FROM runs WHERE share_key = ? AND status IN (?, ?) "
-                         "ORDER BY created LIMIT 1", (key, *ACTIVE)).fetchone()
-        if row:
-            return row[0]
-    run_id = store.create_run(owner=SHARED_OWNER, kind="baselines", preset=preset,
-                              method="retrain", config=cfg.to_dict(), share_key=key)
-    # a racing submitter may have created one too: keep the oldest, cancel ours
-    oldest = store.db.execute("SELECT id FROM runs WHERE share_key = ? AND status IN (?, ?) "
-                              "ORDER BY created, id LIMIT 1", (key, *ACTIVE)).fetchone()[0]
-    if oldest != run_id:
-        store.update(run_id, status="cancelled", error=f"duplicate of {oldest}")
-    return oldest
+    key = experiment_key(cfg)  # the baselines' identity is the experiment's
+    return store.find_or_create_run(
+        share_key=key, reuse=ACTIVE, owner=SHARED_OWNER, kind="baselines", preset=preset,
+        method="retrain", config=cfg.to_dict(), experiment=key)
 
 
 def submit(store: Store, *, preset: str, overrides: Iterable[str] = (), method: str = "muda",
@@ -80,15 +62,18 @@ def submit(store: Store, *, preset: str, overrides: Iterable[str] = (), method: 
         preset = parent.preset
     else:
         cfg = build_config(preset, overrides)
+    experiment = experiment_key(cfg)
     depends_on = submit_baselines(store, cfg, preset)
     kind = "baselines" if method == "retrain" else "unlearn"
     if kind == "baselines" and parent_id is None:
         if depends_on is not None:
             return depends_on  # asking for baselines = waiting on the shared job
         return store.create_run(owner=owner, kind="baselines", preset=preset, method=method,
-                                config=cfg.to_dict(), share_key=baselines_key(cfg))
+                                config=cfg.to_dict(), share_key=experiment,
+                                experiment=experiment)
     return store.create_run(owner=owner, kind=kind, preset=preset, method=method,
-                            config=cfg.to_dict(), parent_id=parent_id, depends_on=depends_on)
+                            config=cfg.to_dict(), parent_id=parent_id, depends_on=depends_on,
+                            experiment=experiment)
 
 
 def submit_embedding(store: Store, source_id: str, samples: int, owner: str) -> str:
@@ -98,15 +83,11 @@ def submit_embedding(store: Store, source_id: str, samples: int, owner: str) -> 
         raise StoreError(f"run {source_id} is {source.status}; manifolds need a finished run")
     if not 30 <= int(samples) <= 20000:
         raise StoreError(f"sample size must lie in 30..20000, got {samples}")
-    key = f"embed:{source_id}:{int(samples)}"
-    existing = store.db.execute("SELECT id FROM runs WHERE share_key = ? AND status IN "
-                                "('queued', 'running', 'done') ORDER BY created DESC LIMIT 1",
-                                (key,)).fetchone()
-    if existing:
-        return existing[0]
-    return store.create_run(owner=owner, kind="embed", preset=source.preset, method="umap",
-                            config={"source": source_id, "samples": int(samples)},
-                            parent_id=source_id, share_key=key)
+    return store.find_or_create_run(
+        share_key=f"embed:{source_id}:{int(samples)}", reuse=(*ACTIVE, "done"), owner=owner,
+        kind="embed", preset=source.preset, method="umap",
+        config={"source": source_id, "samples": int(samples)}, parent_id=source_id,
+        experiment=source.experiment)
 
 
 def cancel(store: Store, run_id: str) -> Run:
@@ -274,8 +255,8 @@ class Scheduler:
         owners.update({i: self.store.get(i).owner for i in handed if i not in owners})
         for owner in owners.values():
             busy[owner] = busy.get(owner, 0) + 1
-        queued = sorted((r for r in self.store.runs(statuses=("queued",), executor="local")
-                         if r.id not in handed), key=lambda r: r.created)
+        queued = [r for r in self.store.runs(statuses=("queued",), executor="local",
+                                             oldest_first=True) if r.id not in handed]
         ready = [r for r in queued
                  if not r.depends_on or self.store.get(r.depends_on).status == "done"]
         picked: list[Run] = []
@@ -352,9 +333,7 @@ class Scheduler:
 
 def queue_position(store: Store, run_id: str) -> int | None:
     """1-based place among queued runs (FIFO by submission), None if not queued."""
-    queued = sorted(store.runs(statuses=("queued",)), key=lambda r: r.created)
-    ids = [r.id for r in queued]
-    return ids.index(run_id) + 1 if run_id in ids else None
+    return store.queue_position(run_id)
 
 
 # ---------------------------------------------------------------------------- the daemon

@@ -1,4 +1,11 @@
 """The run store: SQLite in WAL mode under $DIMALIGN_HOME (runs, per-step metrics, artifacts).
+It is the only module that speaks SQL: the rest of dimalign calls its methods.
+
+A run has a kind: "unlearn" (a method on a config's baselines), "baselines" (train or load
+and evaluate the original and retrained models, one job per share key that every owner waits
+on) or "embed" (the aligned UMAP of a finished run's features). Each records the experiment it
+belongs to (same data, split, model and baselines), written at submit, so pages list an
+experiment's runs with one indexed query.
 
 Many processes use it at once — the app, the scheduler, one worker per job, CLI commands — so
 every connection waits on locks (busy timeout) instead of failing, and writers take the lock
@@ -14,13 +21,14 @@ import re
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from dimalign import paths
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
 _ID = re.compile(r"^[0-9a-f]{12}$")
@@ -33,7 +41,7 @@ CREATE TABLE IF NOT EXISTS runs (
     parent_id TEXT REFERENCES runs(id),
     depends_on TEXT REFERENCES runs(id),
     owner TEXT NOT NULL,
-    kind TEXT NOT NULL,               -- 'baselines' or 'unlearn'
+    kind TEXT NOT NULL,               -- 'unlearn', 'baselines' or 'embed'
     preset TEXT NOT NULL,
     method TEXT NOT NULL,
     config TEXT NOT NULL,             -- JSON of the validated config
@@ -50,7 +58,8 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     progress REAL,                    -- 0..1 of the current phase
     phase TEXT,                       -- what the worker is doing: original, retrained, unlearn
-    result TEXT                       -- JSON: the run's metrics when done
+    result TEXT,                      -- JSON: the run's metrics when done
+    experiment TEXT                   -- its experiment (train.experiment_key), NULL if none
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status, created);
 CREATE INDEX IF NOT EXISTS runs_share ON runs(share_key);
@@ -71,8 +80,29 @@ CREATE TABLE IF NOT EXISTS artifacts (
 );
 """
 
-# migrations[v] upgrades a store at version v to v + 1; none yet
-MIGRATIONS: dict[int, str] = {}
+# indexes on columns that a migration adds: created after the migrations have run
+_LATE_SCHEMA = """
+CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment, kind, created);
+"""
+
+
+def _add_experiment(db: sqlite3.Connection) -> None:
+    """1 -> 2: the experiment key becomes a column, filled in once from each run's stored
+    config (a config that no longer validates gets NULL: it belongs to no experiment); an
+    embedding belongs to the experiment of the run it embeds."""
+    from dimalign.train import stored_experiment_key  # only here: it imports torch
+
+    db.execute("ALTER TABLE runs ADD COLUMN experiment TEXT")
+    rows = db.execute("SELECT id, config FROM runs WHERE kind != 'embed'").fetchall()
+    db.executemany("UPDATE runs SET experiment = ? WHERE id = ?",
+                   [(stored_experiment_key(json.loads(config)), run_id)
+                    for run_id, config in rows])
+    db.execute("UPDATE runs SET experiment = (SELECT source.experiment FROM runs AS source "
+               "WHERE source.id = runs.parent_id) WHERE kind = 'embed'")
+
+
+# MIGRATIONS[v] upgrades a store at version v to v + 1, inside the opening write transaction
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_experiment}
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
@@ -123,6 +153,7 @@ class Run:
     progress: float | None
     phase: str | None
     result: dict | None
+    experiment: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -168,17 +199,28 @@ class Store:
             raise
         self.db.execute("COMMIT")
 
+    def _stored_version(self) -> int | None:
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.OperationalError:  # a new file: no tables yet
+            return None
+        return int(row[0]) if row else None
+
     def _migrate(self) -> None:
+        stored = self._stored_version()
+        if stored is not None and stored < SCHEMA_VERSION:
+            import dimalign.train  # noqa: F401 - what a migration imports (torch), before the lock
         with self.write() as db:
             _run_script(db, _SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             version = int(row[0]) if row else SCHEMA_VERSION
-            while version < SCHEMA_VERSION:
-                _run_script(db, MIGRATIONS[version])
-                version += 1
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path} was written by a newer dimalign (schema "
                                  f"{version}); upgrade dimalign to read it")
+            while version < SCHEMA_VERSION:
+                MIGRATIONS[version](db)
+                version += 1
+            _run_script(db, _LATE_SCHEMA)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (version,))
 
     # ------------------------------------------------------------------------ runs
@@ -186,15 +228,41 @@ class Store:
     def create_run(self, *, owner: str, kind: str, preset: str, method: str, config: dict,
                    parent_id: str | None = None, depends_on: str | None = None,
                    share_key: str | None = None, status: str = "queued",
-                   executor: str = "local") -> str:
+                   executor: str = "local", experiment: str | None = None) -> str:
+        """A new run; returns its id. `experiment`: the key of the experiment it belongs to
+        (train.experiment_key), listed by `runs(experiment=...)`."""
+        fields = dict(owner=owner, kind=kind, preset=preset, method=method, config=config,
+                      parent_id=parent_id, depends_on=depends_on, share_key=share_key,
+                      status=status, executor=executor, experiment=experiment)
+        with self.write() as db:
+            return self._insert(db, **fields)
+
+    def find_or_create_run(self, *, share_key: str, reuse: tuple[str, ...] = ACTIVE,
+                           **fields) -> str:
+        """The newest run with this share key whose status is one of `reuse`, else a new one
+        made from `fields` (create_run's arguments). Looked up and inserted in one write
+        transaction: callers racing in other processes get the same run, never two."""
+        with self.write() as db:
+            row = db.execute(
+                f"SELECT id FROM runs WHERE share_key = ? AND status IN "
+                f"({','.join('?' * len(reuse))}) ORDER BY created DESC LIMIT 1",
+                (share_key, *reuse)).fetchone()
+            if row is not None:
+                return row[0]
+            return self._insert(db, share_key=share_key, **fields)
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, *, owner: str, kind: str, preset: str, method: str,
+                config: dict, parent_id: str | None = None, depends_on: str | None = None,
+                share_key: str | None = None, status: str = "queued", executor: str = "local",
+                experiment: str | None = None) -> str:
         check_owner(owner)
         run_id = secrets.token_hex(6)
-        with self.write() as db:
-            db.execute(
-                "INSERT INTO runs (id, parent_id, depends_on, owner, kind, preset, method, "
-                "config, share_key, executor, status, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (run_id, parent_id, depends_on, owner, kind, preset, method, json.dumps(config),
-                 share_key, executor, status, time.time()))
+        db.execute(
+            "INSERT INTO runs (id, parent_id, depends_on, owner, kind, preset, method, config, "
+            "share_key, executor, status, created, experiment) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (run_id, parent_id, depends_on, owner, kind, preset, method, json.dumps(config),
+             share_key, executor, status, time.time(), experiment))
         return run_id
 
     def get(self, run_id: str) -> Run:
@@ -206,23 +274,30 @@ class Store:
 
     def runs(self, owner: str | None = None, statuses: tuple[str, ...] | None = None,
              kind: str | None = None, executor: str | None = None,
-             limit: int = 1000) -> list[Run]:
+             experiment: str | None = None, share_key: str | None = None,
+             limit: int = 1000, oldest_first: bool = False) -> list[Run]:
+        """Runs that match every filter given, newest first (`oldest_first`: FIFO order)."""
         sql, args = "SELECT * FROM runs WHERE 1=1", []
-        if executor is not None:
-            sql += " AND executor = ?"
-            args.append(executor)
-        if owner is not None:
-            sql += " AND owner = ?"
-            args.append(owner)
+        for column, value in (("executor", executor), ("owner", owner), ("kind", kind),
+                              ("experiment", experiment), ("share_key", share_key)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
         if statuses:
             sql += f" AND status IN ({','.join('?' * len(statuses))})"
             args.extend(statuses)
-        if kind is not None:
-            sql += " AND kind = ?"
-            args.append(kind)
-        sql += " ORDER BY created DESC LIMIT ?"
+        sql += f" ORDER BY created {'ASC' if oldest_first else 'DESC'} LIMIT ?"
         args.append(limit)
         return [_row_to_run(r) for r in self.db.execute(sql, args).fetchall()]
+
+    def queue_position(self, run_id: str) -> int | None:
+        """1-based place among queued runs (FIFO by submission), None if not queued."""
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM runs AS other, runs AS this WHERE this.id = ? AND "
+            "this.status = 'queued' AND other.status = 'queued' AND (other.created < "
+            "this.created OR (other.created = this.created AND other.id <= this.id))",
+            (check_run_id(run_id),)).fetchone()
+        return row[0] or None
 
     @staticmethod
     def _encode(fields: dict) -> dict:
@@ -280,6 +355,12 @@ class Store:
                 "SELECT key, step, value FROM metrics WHERE run_id = ? ORDER BY step", (run_id,)):
             out.setdefault(key, []).append((step, value))
         return out
+
+    def metric_rows(self, run_id: str) -> list[tuple[int, str, float | None, float]]:
+        """Every metric the run wrote: (step, key, value, wall time), by step then key."""
+        return [tuple(row) for row in self.db.execute(
+            "SELECT step, key, value, wall FROM metrics WHERE run_id = ? ORDER BY step, key",
+            (run_id,))]
 
     def version(self, run_id: str) -> tuple:
         """Changes whenever the run's row or its metrics do: a live page compares it with the

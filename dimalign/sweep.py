@@ -56,12 +56,13 @@ def sweep_ray(store: Store, preset: str, method: str, grid: Iterable[str],
         raise RuntimeError("the ray backend needs Ray: pip install -e '.[ray]'") from None
     import torch
 
-    from dimalign.train import get_baselines
+    from dimalign.train import experiment_key, get_baselines
 
     combos, configs = plan(preset, method, grid, fixed)
     get_baselines(configs[0])  # trials share the baselines: train them once, here
     ids = [store.create_run(owner=owner, kind="unlearn", preset=preset, method=method,
-                            config=cfg.to_dict(), executor="ray") for cfg in configs]
+                            config=cfg.to_dict(), executor="ray",
+                            experiment=experiment_key(cfg)) for cfg in configs]
     home = str(paths.home())
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
              log_to_driver=False, runtime_env={"env_vars": {"DIMALIGN_HOME": home}})

@@ -203,6 +203,25 @@ def file_sha256(path: str) -> str:
     return _SHA256[ident]
 
 
+def experiment_key(cfg: Config) -> str:
+    """Which experiment a run belongs to: runs that share data, split, model and baselines (the
+    identity of both baseline checkpoints; also the share key of their baselines job). Stored
+    with each run at submit."""
+    blob = json.dumps([cache_key(cfg, "original"), cache_key(cfg, "retrained")], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def stored_experiment_key(config: dict) -> str | None:
+    """The experiment key of a stored config; None when it no longer validates (or names files
+    that are gone): such a run belongs to no experiment."""
+    from dimalign.config import config_from_dict
+
+    try:
+        return experiment_key(config_from_dict(config))
+    except Exception:  # noqa: BLE001 - an old run must not stop the store from opening
+        return None
+
+
 def cache_path(key: dict) -> str:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return str(paths.models_dir() / f"{key['role']}-{digest}.pt")

@@ -4,7 +4,8 @@ import streamlit as st
 
 from dimalign import plots, ui
 
-cfg, who, run, geometry = ui.geometry_page("Principal angles")
+cfg, who = ui.page("Principal angles")
+run, geometry = ui.require_geometry(cfg, who)
 
 ui.chart(ui.memo_figure(("angles", run.id, run.finished), lambda: plots.angles_figure(geometry)),
          "angles")

@@ -8,11 +8,7 @@ from dimalign.export import csv_text
 from dimalign.metric_table import TABLE, TIME_FRACTION, gap_to_retrained, shown
 from dimalign.runner import comparison_rows, gaps_to_retrained
 
-cfg = ui.sidebar_config()
-who = ui.owner()
-st.title("Compare")
-if cfg is None:
-    st.stop()
+cfg, who = ui.page("Compare")
 
 KEYS = list(shown("compare"))  # the metric table's columns for this page
 runs = [r for r in ui.experiment_runs(cfg, who) if r.status == "done" and r.result]

@@ -9,11 +9,7 @@ from dimalign.jobs import submit
 from dimalign.metric_table import shown
 from dimalign.train import cached_meta
 
-cfg = ui.sidebar_config()
-who = ui.owner()
-st.title("Experiment")
-if cfg is None:
-    st.stop()
+cfg, who = ui.page("Experiment")
 
 
 def _apply() -> None:

@@ -4,11 +4,7 @@ import streamlit as st
 
 from dimalign import plots, ui
 
-cfg = ui.sidebar_config()
-who = ui.owner()
-st.title("Learn: unlearning in feature space")
-if cfg is None:
-    st.stop()
+cfg, who = ui.page("Learn: unlearning in feature space")
 
 st.markdown("""
 **1. The setting.** A classifier $f = h \\circ g$: $g$ maps an image to penultimate features

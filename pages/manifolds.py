@@ -9,7 +9,8 @@ from dimalign.embed import embedding_path
 from dimalign.jobs import submit_embedding
 from dimalign.store import StoreError
 
-cfg, who, run, geometry = ui.geometry_page("Manifolds")
+cfg, who = ui.page("Manifolds")
+run, geometry = ui.require_geometry(cfg, who)
 
 limit = sum(len(v) for v in geometry["rows"].values())
 sizes = [s for s in (150, 300, 600, 1200, 2400) if s <= limit] or [limit]

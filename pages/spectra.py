@@ -4,7 +4,8 @@ import streamlit as st
 
 from dimalign import plots, ui
 
-cfg, who, run, geometry = ui.geometry_page("Eigenspectra")
+cfg, who = ui.page("Eigenspectra")
+run, geometry = ui.require_geometry(cfg, who)
 
 centered = st.toggle("Centred (covariance) instead of uncentred", key="centered")
 ui.chart(ui.memo_figure(("spectra", run.id, run.finished, centered),

@@ -9,12 +9,7 @@ from dimalign.jobs import cancel, queue_position
 from dimalign.methods import ORDER, REGISTRY
 from dimalign.store import StoreError
 
-cfg = ui.sidebar_config()
-who = ui.owner()
-st.title("Unlearn (live)")
-if cfg is None:
-    st.stop()
-ui.ensure_scheduler()  # its workers warm up while the knobs are set, not after the first click
+cfg, who = ui.page("Unlearn (live)", scheduler=True)  # workers warm up while knobs are set
 
 methods = [m for m in ORDER if REGISTRY[m].trains]
 method = st.selectbox("Method", methods, index=methods.index("muda"), key="method",

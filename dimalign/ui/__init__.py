@@ -1,0 +1,49 @@
+"""The dashboard's side of dimalign, and the only part of it that imports streamlit. Pages
+use `from dimalign import ui` and these names; inside, one concern per module:
+
+    state     the URL's query parameters and the session: sticky values, the owner id,
+              this session's experiment settings
+    runs      the store: this session's connection, an experiment's runs and baselines job,
+              saved geometry, ghost runs, submitting a run
+    widgets   charts, the run picker, knob sliders, the result and effect tables
+    frame     page(title), which every page opens with, the sidebar, the geometry source
+    deeplink  the private Streamlit patch that keeps deep links inside app.py's frame
+
+Nothing heavy runs here: training, metrics and UMAP are jobs; pages read their results from
+the store.
+"""
+
+from dimalign.ui.frame import Page, geometry_source, page, require_geometry, sidebar_config
+from dimalign.ui.runs import (
+    Ghost,
+    active_baselines,
+    baselines_run,
+    ensure_scheduler,
+    experiment_key,
+    experiment_runs,
+    ghost_runs,
+    load_geometry,
+    start_run,
+    store,
+)
+from dimalign.ui.state import owner, remember, sticky, use_own_data
+from dimalign.ui.widgets import (
+    chart,
+    effect_panel,
+    knob_groups,
+    knob_widget,
+    knobs_moved,
+    memo_figure,
+    pick_run,
+    result_table,
+    run_label,
+    show_run_error,
+)
+
+__all__ = [
+    "Ghost", "Page", "active_baselines", "baselines_run", "chart", "effect_panel",
+    "ensure_scheduler", "experiment_key", "experiment_runs", "geometry_source", "ghost_runs",
+    "knob_groups", "knob_widget", "knobs_moved", "load_geometry", "memo_figure", "owner",
+    "page", "pick_run", "remember", "require_geometry", "result_table", "run_label",
+    "show_run_error", "sidebar_config", "start_run", "sticky", "store", "use_own_data",
+]

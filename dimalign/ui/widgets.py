@@ -1,0 +1,165 @@
+"""Widgets the pages share: charts (and a per-session figure memo), the run picker, knob
+sliders built from a method's registry entry, and the result and effect tables."""
+
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+from dimalign.methods.base import Knob
+from dimalign.metric_table import shown
+from dimalign.store import Run
+from dimalign.ui.runs import Ghost
+from dimalign.ui.state import remember, sticky
+
+
+def memo_figure(identity: tuple, build):
+    """A figure built once per `identity` in this session: plotly validates every array as a
+    figure is built (~0.25 s for the manifolds), and page switches redraw unchanged data."""
+    memo = st.session_state.setdefault("_figures", {})
+    if identity not in memo:
+        if len(memo) >= 16:
+            memo.pop(next(iter(memo)))
+        memo[identity] = build()
+    return memo[identity]
+
+
+def chart(fig, key: str, where=None, **kwargs):
+    """A plotly chart whose camera button saves it as PNG or SVG (the sidebar's choice), in the
+    browser, named after the chart."""
+    fmt = str(st.session_state.get("_figure_format", "PNG")).lower()
+    config = {"displaylogo": False,
+              "toImageButtonOptions": {"format": fmt, "filename": f"dimalign-{key}",
+                                       "scale": 2 if fmt == "png" else 1}}
+    return (where or st).plotly_chart(fig, key=key, config=config, **kwargs)
+
+
+def run_label(run: Run) -> str:
+    return f"{run.id} · {run.method} · {run.status}" + (
+        f" · fork of {run.parent_id}" if run.parent_id else "")
+
+
+def pick_run(runs: list[Run], key: str = "run", done_only: bool = False) -> Run | None:
+    """A run picker remembered in the URL (so a reload re-attaches to it)."""
+    choices = [r for r in runs if r.status == "done"] if done_only else runs
+    if not choices:
+        return None
+    ids = [r.id for r in choices]
+    wanted = sticky("run")
+    index = ids.index(wanted) if wanted in ids else 0
+    chosen = st.selectbox("Run", ids, index=index, key=key,
+                          format_func=lambda i: run_label(next(r for r in choices if r.id == i)))
+    remember("run", chosen)
+    return next(r for r in choices if r.id == chosen)
+
+
+def show_run_error(run: Run) -> None:
+    hints = {"failed": "Change the settings that the message names (often a lower learning "
+                       "rate or loss weight) and run again.",
+             "interrupted": "Its worker stopped. Resume it to continue from its last "
+                            "checkpoint.",
+             "cancelled": "It was cancelled; run it again when you want it."}
+    if run.status in hints:
+        st.error(f"Run {run.id} {run.status}: {run.error or 'no message'}. {hints[run.status]}")
+
+
+# ---------------------------------------------------------------------------- knob widgets
+
+
+def _log_grid(knob: Knob) -> list[float]:
+    low = knob.low if knob.low is not None and knob.low > 0 else 1e-6
+    high = knob.high if knob.high is not None else 1e3
+    values = {knob.default}
+    if knob.low == 0 and not knob.low_open:
+        values.add(0.0)
+    for exp in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1):
+        for mantissa in (1, 2, 5):
+            v = float(f"{mantissa}e{exp}")
+            if low <= v <= high:
+                values.add(v)
+    return sorted(values)
+
+
+def knob_widget(method: str, name: str, knob: Knob, value, disabled: bool = False):
+    """A slider (or picker) for one knob; its key is stable, so tests find it."""
+    key = f"knob_{method}_{name}"
+    label = f"{name}"
+    help_text = knob.help + (f" — {knob.source}" if knob.source != "choice" else "")
+    if knob.type is bool:
+        return st.checkbox(label, value=bool(value), key=key, help=help_text, disabled=disabled)
+    if knob.type is str:
+        return st.selectbox(label, knob.choices, index=knob.choices.index(value), key=key,
+                            help=help_text, disabled=disabled)
+    if knob.type is int:  # a slider over a useful span: up to 4x the default, at least 50
+        low = int(knob.low or 0)
+        high = int(min(knob.high if knob.high is not None else 10**6,
+                       max(50, 4 * int(knob.default), int(value))))
+        return st.slider(label, low, high, int(value), key=key, help=help_text,
+                         disabled=disabled)
+    if knob.high is not None and knob.high <= 1 and knob.default >= 0.05:  # a fraction
+        return st.slider(label, 0.01 if knob.low_open else float(knob.low or 0), 1.0,
+                         float(value), step=0.01, key=key, help=help_text, disabled=disabled)
+    grid = _log_grid(knob)
+    if value not in grid:
+        grid = sorted({*grid, value})
+    return st.select_slider(label, grid, value=value, key=key, help=help_text,
+                            format_func=lambda v: f"{v:g}", disabled=disabled)
+
+
+# ---------------------------------------------------------------------------- steering
+
+
+def knob_groups(method: str, spec, params: dict) -> dict:
+    """Every knob's widget, by group: the first group open, the others in expanders."""
+    values = {}
+    for i, (group, names) in enumerate(spec.groups()):
+        where = st.container() if i == 0 else st.expander(group)
+        if i == 0:
+            where.markdown(f"**{group}**")
+        cols = where.columns(4)
+        for j, name in enumerate(names):
+            with cols[j % 4]:
+                values[name] = knob_widget(method, name, spec.knobs[name], params[name])
+    return values
+
+
+def knobs_moved(auto: bool, signature: tuple) -> bool:
+    """True once per change of the knobs while *Run on change* is on (switching it on, or
+    the first draw, only records the knobs)."""
+    before = st.session_state.get("_auto_signature")
+    st.session_state["_auto_signature"] = signature
+    return auto and before is not None and before != signature
+
+
+def result_table(run: Run, ghosts: list[Ghost]) -> None:
+    """The chosen run's three models, then the ghosts' unlearned models, on the same metrics."""
+    keys = shown("unlearn")
+    models = run.result["models"]
+    rows = [{"model": m, **{k: models[m].get(k) for k in keys}} for m in models]
+    rows += [{"model": f"ghost {g.label}", **{k: g.run.result["models"]["unlearned"].get(k)
+                                              for k in keys}}
+             for g in ghosts if g.run.status == "done" and g.run.result]
+    st.dataframe(rows, hide_index=True, key="result_table")
+
+
+def effect_panel(runs: list[Run]) -> None:
+    """The last two finished runs side by side: what the last change did."""
+    from dimalign.config import config_from_dict
+    from dimalign.steer import effect, knob_changes
+
+    done = [r for r in runs if r.status == "done" and r.result][:2]
+    if len(done) < 2:
+        return
+    newer, older = done
+    changes = knob_changes(config_from_dict(older.config), config_from_dict(newer.config),
+                           older.method, newer.method)
+    st.markdown(f"**Effect** of {', '.join(changes) or 'a rerun with the same knobs'} "
+                f"({older.id} → {newer.id})")
+    rows = effect(newer.result["models"]["unlearned"], older.result["models"]["unlearned"])
+    for col, row in zip(st.columns(len(rows)), rows, strict=True):
+        color = "off" if row["better"] is None else (
+            "normal" if (row["better"] == (row["delta"] > 0)) else "inverse")
+        col.metric(row["title"], "–" if row["after"] is None else f"{row['after']:.3f}",
+                   None if row["delta"] is None else f"{row['delta']:+.3f}",
+                   delta_color=color)
