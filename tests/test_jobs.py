@@ -147,8 +147,10 @@ def test_kill_9_at_40_percent_then_resume_ends_with_the_uninterrupted_weights(st
     steps = [s for s, _ in after["acc_forget"]]
     assert steps == sorted(set(steps))  # continued, no step written twice
     assert steps[-1] > kept["acc_forget"][-1][0]
-    saved = json.loads((folder / "telemetry.json").read_text())  # every point, not the tail
-    assert [p["step"] for p in saved if "acc_forget" in p] == steps
+    # telemetry.json has every point, not only those after the resume (which points carry the
+    # probe depends on timing; every point carries its epoch)
+    saved = json.loads((folder / "telemetry.json").read_text())
+    assert [p["step"] for p in saved] == [s for s, _ in store.curve(run_id, "epoch")]
 
     twin = submit(store, preset="digits-class", overrides=overrides, owner="fay-twin")
     drain(scheduler, lambda: store.get(twin).terminal, timeout=180)
