@@ -398,7 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--preset", default=DEFAULT_PRESET)
     sb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sb.add_argument("--method", default="muda")
-    sb.add_argument("--owner", default="local", help="who the run belongs to (default: local)")
+    sb.add_argument("--owner", default="local",
+                    help="who the run belongs to (default: local). The command line's user owns "
+                         "the machine and needs no owner key; keys guard the web app. 'shared' "
+                         "and 'admin' are reserved")
     sb.add_argument("--fork", metavar="RUN", help="start from this run's weights and config")
     sb.add_argument("--no-start", action="store_true", help="queue only; start no scheduler")
     sb.add_argument("--wait", action="store_true",

@@ -22,10 +22,19 @@ from multiprocessing.connection import Connection
 from dimalign import paths
 from dimalign.config import build_config, override_config
 from dimalign.methods import get_method
-from dimalign.store import ACTIVE, Run, Store, StoreError, check_owner, pid_alive
+from dimalign.store import (
+    ACTIVE,
+    ADMIN_OWNER,
+    SHARED_OWNER,
+    OwnerRefused,
+    Run,
+    Store,
+    StoreError,
+    check_owner,
+    pid_alive,
+)
 from dimalign.train import experiment_key
 
-SHARED_OWNER = "shared"  # owner of baseline jobs every owner can wait on
 HEARTBEAT_TIMEOUT = 15.0  # seconds without a heartbeat before a running worker counts as dead
 
 
@@ -49,12 +58,26 @@ def submit_baselines(store: Store, cfg, preset: str) -> str | None:
         method="retrain", config=cfg.to_dict(), experiment=key)
 
 
+def _authorize(store: Store, owner: str | None, key: str | None,
+               run_id: str | None = None) -> None:
+    """Who may act as `owner`. `key` None: the machine's own user (the CLI, tests, benchmarks),
+    who owns every run. A key (the web app always passes its session's, "" for the
+    instructor's read-only view) must be `owner`'s, and the run, if any, `owner`'s."""
+    if key is not None:
+        store.check_owner_key(owner, key, run_id)
+
+
 def submit(store: Store, *, preset: str, overrides: Iterable[str] = (), method: str = "muda",
-           owner: str = "local", parent_id: str | None = None) -> str:
+           owner: str = "local", parent_id: str | None = None, key: str | None = None) -> str:
     """Validate and queue a run; returns its id. An invalid config raises ConfigError and
     queues nothing. A fork (`parent_id`) starts from the parent's weights with its config plus
-    `overrides`."""
+    `overrides`. `key`: the web app's proof that the caller is `owner` (see `_authorize`); a
+    fork then must be of one of `owner`'s runs. The shared baselines' owner and the
+    instructor's are not names to submit under."""
     check_owner(owner)
+    if owner.lower() in (SHARED_OWNER, ADMIN_OWNER):
+        raise OwnerRefused(f"owner {owner!r} is reserved; choose another name")
+    _authorize(store, owner, key, parent_id)
     get_method(method)
     if parent_id is not None:
         parent = store.get(parent_id)
@@ -90,13 +113,18 @@ def submit_embedding(store: Store, source_id: str, samples: int, owner: str) -> 
         experiment=source.experiment)
 
 
-def cancel(store: Store, run_id: str) -> Run:
+def cancel(store: Store, run_id: str, owner: str | None = None, key: str | None = None) -> Run:
+    """Cancel a queued or running run. Given an `owner` or a `key` (the web app passes both),
+    only the holder of the run's owner's key may; given neither, the machine's own user (the
+    CLI) may cancel any run."""
+    _authorize(store, owner, "" if key is None and owner is not None else key, run_id)
     return store.request_cancel(run_id)
 
 
-def resume(store: Store, run_id: str) -> Run:
+def resume(store: Store, run_id: str, owner: str | None = None, key: str | None = None) -> Run:
     """Queue an interrupted, failed or cancelled run again; it continues from its last
-    checkpoint and keeps the metrics it already wrote."""
+    checkpoint and keeps the metrics it already wrote. `owner`, `key`: as for `cancel`."""
+    _authorize(store, owner, "" if key is None and owner is not None else key, run_id)
     run = store.get(run_id)
     if run.status in ACTIVE or run.status == "done":
         raise StoreError(f"run {run_id} is {run.status}; only interrupted, failed or cancelled "

@@ -15,6 +15,8 @@ checkpoints live as files in the run's folder; the store indexes them.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -28,11 +30,20 @@ from pathlib import Path
 
 from dimalign import paths
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
 _ID = re.compile(r"^[0-9a-f]{12}$")
 _OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_KEY = re.compile(r"^[A-Za-z0-9_-]{22,128}$")  # token_urlsafe(16) or longer: >= 128 bits
+
+# Owner names with a meaning of their own. The web app refuses all of them as a participant's
+# name (tests/test_hostile.py); the engine refuses SHARED_OWNER and ADMIN_OWNER in submit.
+SHARED_OWNER = "shared"  # owner of the baselines jobs every owner waits on (jobs.submit_baselines)
+ADMIN_OWNER = "admin"  # the instructor's read-only view of every run (the web app)
+LOCAL_OWNER = "local"  # the CLI's default owner: the machine's own user
+SWEEP_OWNER = "sweep"  # `dimalign sweep`'s default owner
+RESERVED_OWNERS = frozenset({SHARED_OWNER, ADMIN_OWNER, LOCAL_OWNER, SWEEP_OWNER})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -78,6 +89,11 @@ CREATE TABLE IF NOT EXISTS artifacts (
     created REAL NOT NULL,
     PRIMARY KEY (run_id, name)
 );
+CREATE TABLE IF NOT EXISTS owners (
+    name TEXT PRIMARY KEY,            -- an owner name the web app has handed out or claimed
+    key_hash TEXT NOT NULL,           -- sha256 of the owner's key (the key itself is not kept)
+    created REAL NOT NULL
+);
 """
 
 # indexes on columns that a migration adds: created after the migrations have run
@@ -101,8 +117,16 @@ def _add_experiment(db: sqlite3.Connection) -> None:
                "WHERE source.id = runs.parent_id) WHERE kind = 'embed'")
 
 
+def _add_owners(db: sqlite3.Connection) -> None:
+    """2 -> 3: the owners table (name, hash of its key), for the web app's owner keys. Owners
+    of earlier runs have no key yet: the first web visitor to use such a name claims it."""
+    db.execute("CREATE TABLE IF NOT EXISTS owners (name TEXT PRIMARY KEY, "
+               "key_hash TEXT NOT NULL, created REAL NOT NULL)")
+
+
 # MIGRATIONS[v] upgrades a store at version v to v + 1, inside the opening write transaction
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_experiment}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_experiment,
+                                                               2: _add_owners}
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
@@ -116,6 +140,10 @@ class StoreError(ValueError):
     """Bad input to the store (an unknown run, a malformed id or owner)."""
 
 
+class OwnerRefused(StoreError):
+    """A caller who does not hold an owner's key asked to act as that owner."""
+
+
 def check_run_id(run_id: str) -> str:
     if not isinstance(run_id, str) or not _ID.match(run_id):
         raise StoreError(f"not a run id: {run_id!r} (12 hex characters, see `dimalign runs`)")
@@ -127,6 +155,27 @@ def check_owner(owner: str) -> str:
         raise StoreError(f"owner {owner!r} is not allowed: use 1-64 letters, digits, '_', "
                          "'.', '@' or '-', starting with a letter or digit")
     return owner
+
+
+def is_reserved_owner(owner: str) -> bool:
+    """Whether `owner` is one of RESERVED_OWNERS, in any case ("Shared" looks the same)."""
+    return owner.lower() in RESERVED_OWNERS
+
+
+def is_owner_key(key: str | None) -> bool:
+    """Whether `key` has the form of an owner key (22-128 URL-safe characters)."""
+    return isinstance(key, str) and bool(_KEY.match(key))
+
+
+def new_owner_key() -> str:
+    """A fresh owner key: 128 random bits, URL-safe (22 characters)."""
+    return secrets.token_urlsafe(16)
+
+
+def _key_hash(key: str) -> str:
+    # a key is 128 random bits, so a plain hash is enough: no salt or slow hash to resist
+    # guessing, which 2**128 candidates already do
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 @dataclass
@@ -333,6 +382,46 @@ class Store:
         elif run.status == "running":
             self.update(run_id, cancel_requested=1)
         return self.get(run_id)
+
+    # ------------------------------------------------------------------------ owners
+
+    def claim_owner(self, owner: str, key: str) -> bool:
+        """Whether `key` is `owner`'s key. A name nobody has claimed is claimed now, with this
+        key (its hash is kept); later callers must bring the same key. Reserved names and
+        malformed names or keys raise StoreError."""
+        check_owner(owner)
+        if is_reserved_owner(owner):
+            raise OwnerRefused(f"owner {owner!r} is reserved; choose another name")
+        if not is_owner_key(key):
+            raise StoreError("an owner key is 22-128 URL-safe characters (new_owner_key)")
+        with self.write() as db:
+            row = db.execute("SELECT key_hash FROM owners WHERE name = ?", (owner,)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO owners VALUES (?,?,?)",
+                           (owner, _key_hash(key), time.time()))
+                return True
+        return hmac.compare_digest(row[0], _key_hash(key))
+
+    def owner_claimed(self, owner: str) -> bool:
+        return self.db.execute("SELECT 1 FROM owners WHERE name = ?",
+                               (owner,)).fetchone() is not None
+
+    def check_owner_key(self, owner: str | None, key: str | None,
+                        run_id: str | None = None) -> None:
+        """Raise OwnerRefused unless `key` is the key `owner` was claimed with (and, with
+        `run_id`, that run is `owner`'s). A reserved owner, the instructor's view included,
+        has no key: it can change nothing."""
+        if not isinstance(owner, str) or not _OWNER.match(owner):
+            raise OwnerRefused(f"a key without a valid owner name ({owner!r})")
+        if is_reserved_owner(owner):
+            raise OwnerRefused(f"{owner!r} cannot change runs (a read-only or internal owner)")
+        row = self.db.execute("SELECT key_hash FROM owners WHERE name = ?",
+                              (owner,)).fetchone()
+        if row is None or not isinstance(key, str) or not hmac.compare_digest(
+                row[0], _key_hash(key)):
+            raise OwnerRefused(f"this session does not hold the key of owner {owner!r}")
+        if run_id is not None and self.get(run_id).owner != owner:
+            raise OwnerRefused(f"run {run_id} belongs to another owner")
 
     # ------------------------------------------------------------------------ metrics
 

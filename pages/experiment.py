@@ -5,11 +5,14 @@ import streamlit as st
 from dimalign import plots, ui
 from dimalign.data import build_experiment
 from dimalign.datasets import DatasetUnavailable
+from dimalign.errors import ConfigError
 from dimalign.jobs import submit
 from dimalign.metric_table import shown
+from dimalign.store import StoreError
 from dimalign.train import cached_meta
 
-cfg, who = ui.page("Experiment")
+cfg, who = ui.page("Experiment", settings=True)  # its controls stay when settings are wrong
+invalid = ui.settings_error()
 
 
 def _apply() -> None:
@@ -48,7 +51,7 @@ with st.expander("Your own data and model", expanded=bool(st.session_state.get("
                      args=("", 0, "", ""))
     if st.session_state.get("own_error"):
         st.error(st.session_state["own_error"])
-with st.expander("Scenario and seed", expanded=False):
+with st.expander("Scenario and seed", expanded=invalid is not None):
     c1, c2, c3 = st.columns(3)
     c1.selectbox("Forget", ["class", "random", "backdoor"],
                  index=["class", "random", "backdoor"].index(sc.kind), key="exp_kind",
@@ -64,6 +67,13 @@ with st.expander("Scenario and seed", expanded=False):
                         on_change=_apply)
     c3.number_input("Seed", 0, 10_000, cfg.seed, key="exp_seed", on_change=_apply)
 
+if invalid is not None:  # the controls above are drawn; nothing below would be this experiment
+    st.error(f"These settings are invalid: {invalid}. Change them above, or go back to the "
+             "preset's settings.")
+    st.button("Back to the preset's settings", key="settings_reset",
+              on_click=ui.reset_settings)
+    st.stop()
+
 what = {"class": f"classes {', '.join(map(str, sc.classes))}",
         "random": f"a random {sc.fraction:.0%} of training samples",
         "backdoor": f"{sc.fraction:.0%} of samples stamped with a trigger and relabelled to "
@@ -75,6 +85,10 @@ try:
     exp = build_experiment(cfg)
 except DatasetUnavailable as err:
     st.error(str(err))
+    st.stop()
+except (OSError, ValueError) as err:  # e.g. an unreadable image in one's own image folder
+    st.error(f"The data could not be loaded ({type(err).__name__}: {err}). Change the data "
+             "settings above.")
     st.stop()
 
 left, right = st.columns([1, 2])
@@ -97,13 +111,21 @@ if done is not None and done.result:
                   for m in ("original", "retrained")], hide_index=True, key="baselines")
 elif active is None:
     status = ", ".join(f"{r}: {'cached' if m else 'not trained'}" for r, m in cached.items())
-    st.info(f"Baselines: {status}. Train (or load) and evaluate them in the background.")
-    label = "Evaluate baselines" if all(cached.values()) else "Train baselines"
-    if st.button(label, key="train_baselines", type="primary"):
-        ui.ensure_scheduler()
-        submit(ui.store(), preset=ui.sticky("preset"),
-               overrides=st.session_state.get("overrides", []), method="retrain", owner=who)
-        st.rerun()
+    if who.admin:
+        st.info(f"Baselines: {status}. (Instructor's view: read-only.)")
+    else:
+        st.info(f"Baselines: {status}. Train (or load) and evaluate them in the background.")
+        label = "Evaluate baselines" if all(cached.values()) else "Train baselines"
+        if st.button(label, key="train_baselines", type="primary"):
+            ui.ensure_scheduler()
+            try:
+                submit(ui.store(), preset=ui.sticky("preset"),
+                       overrides=st.session_state.get("overrides", []), method="retrain",
+                       owner=who.name, key=who.key)
+            except (ConfigError, StoreError) as err:
+                st.error(f"Not started: {err}.")
+            else:
+                st.rerun()
 
 
 @st.fragment(run_every=1.0)

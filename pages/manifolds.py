@@ -20,7 +20,7 @@ path = embedding_path(run.folder, samples)
 job = None
 if not path.exists():
     try:
-        job = submit_embedding(ui.store(), run.id, samples, who)
+        job = submit_embedding(ui.store(), run.id, samples, who.name)
     except StoreError as err:
         st.error(f"{err}.")
         st.stop()
@@ -31,8 +31,13 @@ def _draw() -> bool:
     if not path.exists():
         return False
     plot, picked = st.columns([4, 1])
-    fig = ui.memo_figure(("manifolds", str(path), path.stat().st_mtime),
-                         lambda: plots.manifold_figure(load_bundle(path)))
+    try:
+        fig = ui.memo_figure(("manifolds", str(path), path.stat().st_mtime),
+                             lambda: plots.manifold_figure(load_bundle(path)))
+    except Exception as err:  # whatever a damaged file makes loading raise: one readable line
+        st.error(f"The manifold of run {run.id} ({samples} points) cannot be read "
+                 f"({type(err).__name__}): its file is damaged. Pick another number of points.")
+        return True
     event = ui.chart(fig, "manifolds", plot,
                      on_select="rerun", selection_mode="points")
     plot.caption("UMAP fitted on the retrained model's features; the other models' features "

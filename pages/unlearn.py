@@ -22,9 +22,13 @@ changed = [f"{method}.{k}={str(v).lower() if isinstance(v, bool) else v}"
            for k, v in values.items() if v != spec.knobs[k].default]
 overrides = st.session_state.get("overrides", []) + changed
 preset = ui.sticky("preset")
-auto = st.toggle("Run on change", key="auto_run",
-                 help="Releasing a knob runs the method again with the new values, and cancels "
-                      "your previous automatic run if it is still queued or running")
+if who.admin:  # the instructor's view: everyone's runs, nothing to start, cancel or fork
+    st.info("Instructor's view: every owner's runs of this experiment, read-only.")
+    auto = False
+else:
+    auto = st.toggle("Run on change", key="auto_run",
+                     help="Releasing a knob runs the method again with the new values, and "
+                          "cancels your previous automatic run if it is still queued or running")
 
 try:
     if ui.knobs_moved(auto, (preset, method, tuple(overrides))):
@@ -33,24 +37,29 @@ except (ConfigError, StoreError) as err:
     st.error(f"Not started: {err}. Change that setting and it runs again.")
 
 runs = ui.experiment_runs(cfg, who)
-selected = ui.pick_run(runs, key="run") if runs else None
-b_run, b_cancel, b_fork = st.columns([1, 1, 2])
-try:
-    if b_run.button("Run", type="primary", key="run_button"):
-        ui.start_run(preset, overrides, method, who)
-    status = selected.status if selected is not None else None
-    if status in ("queued", "running") and b_cancel.button("Cancel", key="cancel_button"):
-        cancel(ui.store(), selected.id)
-        st.rerun()
-    if status in ("running", "done") and b_fork.button(
-            "Fork from here", key="fork_button",
-            help="Continue from this run's current weights with the knobs above"):
-        ui.start_run(preset, changed, method, who, parent_id=selected.id)
-except (ConfigError, StoreError) as err:
-    st.error(f"Not started: {err}. Change that setting and press Run again.")
+selected = ui.pick_run(runs, key="run", with_owner=who.admin) if runs else None
+status = selected.status if selected is not None else None
+if not who.admin:
+    b_run, b_cancel, b_fork = st.columns([1, 1, 2])
+    try:
+        if b_run.button("Run", type="primary", key="run_button"):
+            ui.start_run(preset, overrides, method, who)
+        if status in ("running", "done") and b_fork.button(
+                "Fork from here", key="fork_button",
+                help="Continue from this run's current weights with the knobs above"):
+            ui.start_run(preset, changed, method, who, parent_id=selected.id)
+    except (ConfigError, StoreError) as err:
+        st.error(f"Not started: {err}. Change that setting and press Run again.")
+    try:
+        if status in ("queued", "running") and b_cancel.button("Cancel", key="cancel_button"):
+            cancel(ui.store(), selected.id, who.name, who.key)  # the engine checks the key
+            st.rerun()
+    except StoreError as err:
+        st.error(f"Not cancelled: {err}.")
 
 if selected is None:
-    st.info("No runs yet for this experiment. Set the knobs and press Run (or switch on *Run "
+    st.info("No runs of this experiment yet." if who.admin else
+            "No runs yet for this experiment. Set the knobs and press Run (or switch on *Run "
             "on change* and move a knob): the run trains in the background and its curves "
             "appear here as it goes.")
     st.stop()
@@ -61,7 +70,7 @@ evaluated = ui.baselines_run(cfg) or next(
 references = {m: v for m, v in (evaluated.result or {}).get("models", {}).items()
               if m in ("original", "retrained")} if evaluated else {}
 ghosts = ui.ghost_runs(runs, selected)
-ui.effect_panel(runs)
+ui.effect_panel([r for r in runs if r.owner == selected.owner])
 
 
 def _panel(run_id: str) -> None:

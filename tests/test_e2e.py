@@ -94,6 +94,17 @@ def browser():
         b.close()
 
 
+def address(owner: str) -> str:
+    """`owner=NAME&key=KEY` for a name claimed here with a fresh key, as a participant's
+    bookmarked address carries it."""
+    from dimalign.store import Store, new_owner_key
+
+    key, store = new_owner_key(), Store()
+    assert store.claim_owner(owner, key), f"{owner} is claimed already"
+    store.close()
+    return f"owner={owner}&key={key}"
+
+
 # every x value of every trace drawn in the page's charts (long curves are drawn without markers)
 CURVE_POINTS = """() => [...document.querySelectorAll('.js-plotly-plot')].reduce(
     (n, gd) => n + (gd.data || []).reduce((m, t) => m + (t.x ? t.x.length : 0), 0), 0)"""
@@ -150,7 +161,7 @@ def test_start_a_muda_run_watch_it_live_and_visit_every_page(server, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     # the fresh server's first visit is a deep link, as a bookmarked workshop address would be:
     # it must open inside app.py's frame (titled page links), not Streamlit's pages/ listing
-    page.goto(f"{server.url}/unlearn?owner=e2e&preset=digits-class")
+    page.goto(f"{server.url}/unlearn?{address('e2e')}&preset=digits-class")
     page.get_by_role("button", name="Run", exact=True).wait_for(timeout=60_000)
     assert page.get_by_role("link", name="Principal angles", exact=True).count() == 1
     assert page.get_by_role("link", name="angles", exact=True).count() == 0
@@ -200,9 +211,11 @@ def test_start_a_muda_run_watch_it_live_and_visit_every_page(server, browser):
     assert len(list(ARTIFACTS.glob("*.png"))) >= len(PAGES)
 
 
-def open_unlearn(browser, owner: str, server: Served, query: str = ""):
+def open_unlearn(browser, owner: str, server: Served, query: str = "", key: bool = True):
+    """A new browser session on Unlearn (live) as `owner` (`key`: with its key, claimed here)."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{server.url}/unlearn?owner={owner}&preset=digits-class{query}")
+    who = address(owner) if key else f"owner={owner}"
+    page.goto(f"{server.url}/unlearn?{who}&preset=digits-class{query}")
     page.get_by_role("button", name="Run", exact=True).wait_for(timeout=60_000)
     wait_idle(page)
     return page
@@ -292,3 +305,64 @@ def test_run_on_change_reruns_on_a_knob_release_and_cancels_the_superseded_run(s
     wait_idle(page)
     page.locator(".js-plotly-plot").first.screenshot(path=ARTIFACTS / "unlearn-ghosts.png")
     page.close()
+
+
+def wait_status(store, run_id: str, statuses: tuple[str, ...], timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while store.get(run_id).status not in statuses:
+        assert time.monotonic() < end, f"run {run_id} is still {store.get(run_id).status}"
+        time.sleep(0.1)
+
+
+def test_a_damaged_geometry_file_is_a_readable_message_not_a_traceback(server, browser):
+    from dimalign.jobs import ensure_scheduler, submit
+    from dimalign.store import Store
+
+    store = Store()
+    run_id = submit(store, preset="digits-class", overrides=["muda.epochs=1"], owner="dmg")
+    ensure_scheduler()
+    wait_status(store, run_id, ("done", "failed", "cancelled", "interrupted"), 180)
+    run = store.get(run_id)
+    assert run.status == "done", run.error
+    (run.folder / "geometry.pt").write_bytes(b"this is not a torch file\n" * 100)
+    page = open_unlearn(browser, "dmg", server, f"&run={run_id}")
+    for name in ("Eigenspectra", "Principal angles"):
+        page.get_by_role("link", name=name, exact=True).click()
+        page.get_by_role("heading", name=name).first.wait_for(timeout=60_000)
+        wait_idle(page)
+        alert = page.locator("[data-testid='stAlertContentError']")
+        alert.first.wait_for(timeout=30_000)
+        text = alert.first.inner_text()
+        assert f"Run {run_id}'s saved geometry cannot be read" in text, text
+        assert "Run it again" in text and str(run.folder) not in text
+        assert page.locator("[data-testid='stException']").count() == 0
+    page.screenshot(path=ARTIFACTS / "damaged-geometry.png", full_page=True)
+    page.close()
+
+
+def test_alices_name_without_her_key_cannot_cancel_her_run(server, browser):
+    from dimalign.jobs import submit
+    from dimalign.store import Store
+
+    store = Store()
+    alice = open_unlearn(browser, "alice-e2e", server)  # claims the name; her key in the URL
+    run_id = submit(store, preset="digits-class", overrides=["muda.epochs=150"],
+                    owner="alice-e2e")  # long: still going while the other browser looks
+    # a second browser, given only her display name (and her run's id)
+    other = open_unlearn(browser, "alice-e2e", server, f"&run={run_id}", key=False)
+    other.get_by_text("is taken").first.wait_for(timeout=30_000)
+    assert "owner=guest-" in other.url and "owner=alice-e2e" not in other.url
+    assert other.get_by_role("button", name="Cancel").count() == 0
+    assert other.get_by_role("button", name="Fork from here").count() == 0
+    assert other.get_by_text(run_id).count() == 0  # none of her runs is listed
+    assert other.locator("[data-testid='stException']").count() == 0
+    other.screenshot(path=ARTIFACTS / "owner-without-key.png", full_page=True)
+    assert store.get(run_id).status in ("queued", "running")
+    assert not store.get(run_id).cancel_requested
+    other.close()
+
+    # alice herself can (her address carries the key)
+    alice.reload()
+    alice.get_by_role("button", name="Cancel").click()
+    wait_status(store, run_id, ("cancelled",), 60)
+    alice.close()

@@ -10,10 +10,11 @@ from streamlit.testing.v1 import AppTest
 
 from dimalign.jobs import Scheduler, Slot, cancel, ensure_scheduler, submit
 from dimalign.metric_table import TABLE, TIME_FRACTION, shown
-from dimalign.store import Store
+from dimalign.store import Store, new_owner_key
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 OWNER = "tester"
+KEY = new_owner_key()  # the owner key every page of this module carries in its address
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,8 @@ def finished(tiny_baselines):
 
 def page(path: str, run_id: str | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params["owner"] = OWNER
+    at.query_params["owner"] = OWNER  # the first page claims the name with KEY
+    at.query_params["key"] = KEY
     if run_id:
         at.query_params["run"] = run_id
     at.session_state["overrides"] = TINY
@@ -48,6 +50,7 @@ def page(path: str, run_id: str | None = None) -> AppTest:
     if path != "pages/experiment.py":
         at.switch_page(path).run()
     assert not at.exception, at.exception
+    assert at.session_state["_identity"].name == OWNER  # the key let this session be OWNER
     return at
 
 

@@ -1,8 +1,9 @@
 """The dashboard's side of dimalign, and the only part of it that imports streamlit. Pages
 use `from dimalign import ui` and these names; inside, one concern per module:
 
-    state     the URL's query parameters and the session: sticky values, the owner id,
-              this session's experiment settings
+    state     the URL's query parameters and the session: sticky values, who the session is
+              (an owner's name and key, or the instructor's read-only view), this session's
+              experiment settings
     runs      the store: this session's connection, an experiment's runs and baselines job,
               saved geometry, ghost runs, submitting a run
     widgets   charts, the run picker, knob sliders, the result and effect tables
@@ -13,7 +14,15 @@ Nothing heavy runs here: training, metrics and UMAP are jobs; pages read their r
 the store.
 """
 
-from dimalign.ui.frame import Page, geometry_source, page, require_geometry, sidebar_config
+from dimalign.ui.frame import (
+    Page,
+    geometry_source,
+    page,
+    require_geometry,
+    reset_settings,
+    settings_error,
+    sidebar_config,
+)
 from dimalign.ui.runs import (
     Ghost,
     active_baselines,
@@ -26,7 +35,7 @@ from dimalign.ui.runs import (
     start_run,
     store,
 )
-from dimalign.ui.state import owner, remember, sticky, use_own_data
+from dimalign.ui.state import Identity, owner, remember, sticky, use_own_data
 from dimalign.ui.widgets import (
     chart,
     effect_panel,
@@ -41,9 +50,10 @@ from dimalign.ui.widgets import (
 )
 
 __all__ = [
-    "Ghost", "Page", "active_baselines", "baselines_run", "chart", "effect_panel",
+    "Ghost", "Identity", "Page", "active_baselines", "baselines_run", "chart", "effect_panel",
     "ensure_scheduler", "experiment_key", "experiment_runs", "geometry_source", "ghost_runs",
     "knob_groups", "knob_widget", "knobs_moved", "load_geometry", "memo_figure", "owner",
-    "page", "pick_run", "remember", "require_geometry", "result_table", "run_label",
-    "show_run_error", "sidebar_config", "start_run", "sticky", "store", "use_own_data",
+    "page", "pick_run", "remember", "require_geometry", "reset_settings", "result_table",
+    "run_label", "settings_error", "show_run_error", "sidebar_config", "start_run", "sticky",
+    "store", "use_own_data",
 ]

@@ -1,6 +1,6 @@
 """What every page opens with: `page(title)` (app.py's frame on a deep link, the shared
-sidebar, the title, the experiment's validated config and the owner), and, for the geometry
-pages, the run whose saved geometry they draw."""
+sidebar, the title, the experiment's validated config and the session's identity), and, for
+the geometry pages, the run whose saved geometry they draw."""
 
 from __future__ import annotations
 
@@ -14,26 +14,45 @@ from dimalign.errors import ConfigError
 from dimalign.store import Run
 from dimalign.ui import deeplink
 from dimalign.ui.runs import baselines_run, ensure_scheduler, experiment_runs, load_geometry
-from dimalign.ui.state import keep, owner, remember, sticky
+from dimalign.ui.state import (
+    Identity,
+    dismiss_owner_notice,
+    keep,
+    owner,
+    owner_notice,
+    remember,
+    sticky,
+)
 from dimalign.ui.widgets import pick_run
 
 
 class Page(NamedTuple):
     cfg: Config  # the session's experiment: the sidebar's preset plus its settings
-    who: str  # the owner id, kept in the URL
+    who: Identity  # the owner (name and key, kept in the URL) or the instructor's view
 
 
-def page(title: str, *, scheduler: bool = False) -> Page:
+def page(title: str, *, scheduler: bool = False, settings: bool = False) -> Page:
     """A page's frame: app.py's navigation (on a deep link to a fresh server), the sidebar,
-    the title. Stops the page with a message when the session's settings do not validate.
-    `scheduler`: start the background scheduler now, so its workers warm up while the user
-    sets things up."""
+    the title, a notice when the session's owner is not the one its address asked for.
+    Stops the page with a message when the session's settings do not validate, except on the
+    page that edits them (`settings`): that one gets a config to draw its controls from
+    (`settings_error()` says what is wrong). `scheduler`: start the background scheduler
+    now, so its workers warm up while the user sets things up."""
     deeplink.in_frame()
     cfg = sidebar_config()
     who = owner()
     st.title(title)
+    notice = owner_notice()
+    if notice:
+        st.warning(notice, icon=":material/badge:")
+        st.button("Understood", key="owner_notice_ok", on_click=dismiss_owner_notice)
     if cfg is None:
-        st.stop()
+        error = settings_error()
+        if not settings:
+            st.error(f"These settings are invalid: {error}. Change them on the Experiment "
+                     "page.")
+            st.stop()
+        cfg = _fallback_config()
     if scheduler:
         ensure_scheduler()
     return Page(cfg, who)
@@ -45,7 +64,8 @@ def preset_names() -> list[str]:
 
 
 def sidebar_config() -> Config | None:
-    """Preset picker and owner in the sidebar (both kept in the URL); the validated config."""
+    """Preset picker and owner in the sidebar (both kept in the URL); the validated config,
+    or None (and `settings_error()` says why)."""
     names = preset_names()
     wanted = sticky("preset") or DEFAULT_PRESET
     index = names.index(wanted) if wanted in names else names.index(DEFAULT_PRESET)
@@ -56,8 +76,11 @@ def sidebar_config() -> Config | None:
         preset = st.selectbox("Preset", names, index=index, key="preset")
         description, _ = load_preset(preset)
         st.caption(description)
-        st.caption(f"You are **{who}** — bookmark this page's address to come back to your "
-                   "runs.")
+        if who.admin:
+            st.caption("**Instructor's view**: every owner's runs, read-only.")
+        else:
+            st.caption(f"You are **{who.name}** — bookmark this page's address to come back to "
+                       "your runs. It carries your key: whoever has it can act as you.")
         formats = ["PNG", "SVG"]
         st.radio("Chart downloads", formats, horizontal=True, key="figure_format",
                  index=formats.index(st.session_state.get("_figure_format", "PNG")),
@@ -68,28 +91,60 @@ def sidebar_config() -> Config | None:
         st.session_state["own_data"] = []
     remember("preset", preset)
     try:
-        return build_config(preset, st.session_state.get("overrides", []))
+        cfg = build_config(preset, st.session_state.get("overrides", []))
     except ConfigError as err:
-        st.error(f"These settings are invalid: {err}. Change them on the Experiment page.")
+        st.session_state["_settings_error"] = err
         return None
+    st.session_state["_settings_error"] = None
+    return cfg
 
 
-def geometry_source(cfg: Config, who: str) -> tuple[Run | None, dict | None]:
+def settings_error() -> ConfigError | None:
+    """What is wrong with this session's settings, if anything."""
+    return st.session_state.get("_settings_error")
+
+
+def _fallback_config() -> Config:
+    """A config to draw the settings' controls from while they do not validate: the settings
+    without the wrong key, else the preset's own."""
+    preset = st.session_state.get("overrides_for") or DEFAULT_PRESET
+    error = settings_error()
+    wrong = error.key if error is not None else None
+    kept = [o for o in st.session_state.get("overrides", [])
+            if o.split("=", 1)[0].strip() != wrong]
+    try:
+        return build_config(preset, kept)
+    except ConfigError:
+        return build_config(preset, [])
+
+
+def reset_settings() -> None:
+    """Button callback: back to the preset's own settings (and its own data), the settings
+    widgets included."""
+    st.session_state["overrides"], st.session_state["own_data"] = [], []
+    st.session_state["own_error"] = None
+    for key in [k for k in st.session_state if str(k).startswith("exp_")]:
+        del st.session_state[key]
+
+
+def geometry_source(cfg: Config, who: Identity) -> tuple[Run | None, dict | None]:
     """The run whose saved geometry a page shows: the chosen finished unlearning run, else
-    the experiment's baselines (original and retrained only)."""
+    the experiment's baselines (original and retrained only). A geometry file that cannot be
+    read shows an error line (load_geometry) and gives None."""
     runs = experiment_runs(cfg, who, statuses=("done",))
-    run = pick_run(runs, done_only=True) if runs else baselines_run(cfg)
+    run = (pick_run(runs, done_only=True, with_owner=who.admin) if runs
+           else baselines_run(cfg))
     if run is None:
         st.info("Nothing to show yet: train the baselines on the Experiment page, or run a "
                 "method on the Unlearn page.")
         return None, None
     geometry = load_geometry(run)
-    if geometry is None:
+    if geometry is None and not (run.folder / "geometry.pt").exists():
         st.warning(f"Run {run.id} has no saved geometry; run it again.")
     return run, geometry
 
 
-def require_geometry(cfg: Config, who: str) -> tuple[Run, dict]:
+def require_geometry(cfg: Config, who: Identity) -> tuple[Run, dict]:
     """The geometry pages' run and its saved geometry; stops the page (with geometry_source's
     message) when there is nothing to show."""
     run, geometry = geometry_source(cfg, who)

@@ -10,7 +10,7 @@ import streamlit as st
 
 from dimalign.config import Config
 from dimalign.store import ACTIVE, Run, Store
-from dimalign.ui.state import remember
+from dimalign.ui.state import Identity, remember
 
 
 def store() -> Store:
@@ -49,17 +49,29 @@ def _baselines(cfg: Config, statuses: tuple[str, ...]) -> Run | None:
     return found[0] if found else None
 
 
-def experiment_runs(cfg: Config, who: str | None = None,
+def experiment_runs(cfg: Config, who: Identity | None = None,
                     statuses: tuple[str, ...] | None = None) -> list[Run]:
     """Unlearning runs of this experiment (same data, scenario, model, baselines), newest
-    first; `who` and `statuses` narrow them."""
-    return store().runs(kind="unlearn", owner=who, statuses=statuses,
-                        experiment=experiment_key(cfg))
+    first: `who`'s (every owner's for None or the instructor's view), of `statuses`."""
+    return store().runs(kind="unlearn", owner=None if who is None else who.runs_of,
+                        statuses=statuses, experiment=experiment_key(cfg))
 
 
 def load_geometry(run: Run) -> dict | None:
+    """A run's saved geometry; None when it has none, or when its file cannot be read
+    (damaged, cut short, failing a check): then an error line names the run and what to do."""
     path = run.folder / "geometry.pt"
-    return _cached_bundle(str(path), path.stat().st_mtime) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return _cached_bundle(str(path), path.stat().st_mtime)
+    except Exception as err:  # whatever a damaged file makes loading raise: one readable line
+        again = ("Evaluate the baselines again on the server (`dimalign submit --method "
+                 "retrain` with this experiment's settings)" if run.kind == "baselines" else
+                 "Run it again (the same method and knobs on the Unlearn page)")
+        st.error(f"Run {run.id}'s saved geometry cannot be read ({type(err).__name__}): its "
+                 f"file is damaged. {again}.")
+        return None
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)  # shared, read-only: no copy per run
@@ -77,7 +89,7 @@ class Ghost(NamedTuple):
 
 
 def ghost_runs(runs: list[Run], selected: Run, count: int = 5) -> list[Ghost]:
-    """This owner's last `count` runs of the experiment besides the chosen one (queued runs
+    """The chosen run's owner's last `count` runs of the experiment besides it (queued runs
     have nothing to draw yet)."""
     from dimalign.config import config_from_dict
     from dimalign.steer import ghost_label, knob_changes
@@ -85,7 +97,7 @@ def ghost_runs(runs: list[Run], selected: Run, count: int = 5) -> list[Ghost]:
     chosen = config_from_dict(selected.config)
     out = []
     for run in runs:
-        if run.id == selected.id or run.status == "queued":
+        if run.id == selected.id or run.status == "queued" or run.owner != selected.owner:
             continue
         changes = knob_changes(config_from_dict(run.config), chosen, run.method, selected.method)
         out.append(Ghost(run, ghost_label(changes, run.id)))
@@ -94,19 +106,20 @@ def ghost_runs(runs: list[Run], selected: Run, count: int = 5) -> list[Ghost]:
     return out
 
 
-def start_run(preset: str, overrides: list[str], method: str, who: str,
+def start_run(preset: str, overrides: list[str], method: str, who: Identity,
               parent_id: str | None = None, supersede: bool = False) -> None:
-    """Queue a run (a fork when `parent_id`), show it, and redraw. `supersede`: an automatic
-    run, which cancels this session's previous automatic run if it is still going."""
+    """Queue a run as `who` (a fork when `parent_id`: of one of `who`'s runs), show it, and
+    redraw. The engine checks `who`'s key. `supersede`: an automatic run, which cancels this
+    session's previous automatic run if it is still going."""
     from dimalign.jobs import cancel, submit
 
-    new = submit(store(), preset=preset, overrides=overrides, method=method, owner=who,
-                 parent_id=parent_id)
+    new = submit(store(), preset=preset, overrides=overrides, method=method, owner=who.name,
+                 parent_id=parent_id, key=who.key)
     ensure_scheduler()
     if supersede:
         previous = st.session_state.get("_auto_run")
         if previous and store().get(previous).status in ACTIVE:
-            cancel(store(), previous)
+            cancel(store(), previous, who.name, who.key)
         st.session_state["_auto_run"] = new
     remember("run", new)
     st.rerun()

@@ -35,13 +35,15 @@ def chart(fig, key: str, where=None, **kwargs):
     return (where or st).plotly_chart(fig, key=key, config=config, **kwargs)
 
 
-def run_label(run: Run) -> str:
-    return f"{run.id} · {run.method} · {run.status}" + (
+def run_label(run: Run, with_owner: bool = False) -> str:
+    return (f"{run.owner} · " if with_owner else "") + f"{run.id} · {run.method} · {run.status}" + (
         f" · fork of {run.parent_id}" if run.parent_id else "")
 
 
-def pick_run(runs: list[Run], key: str = "run", done_only: bool = False) -> Run | None:
-    """A run picker remembered in the URL (so a reload re-attaches to it)."""
+def pick_run(runs: list[Run], key: str = "run", done_only: bool = False,
+             with_owner: bool = False) -> Run | None:
+    """A run picker remembered in the URL (so a reload re-attaches to it); `with_owner`:
+    labels name each run's owner (the instructor's view lists everyone's)."""
     choices = [r for r in runs if r.status == "done"] if done_only else runs
     if not choices:
         return None
@@ -49,7 +51,8 @@ def pick_run(runs: list[Run], key: str = "run", done_only: bool = False) -> Run 
     wanted = sticky("run")
     index = ids.index(wanted) if wanted in ids else 0
     chosen = st.selectbox("Run", ids, index=index, key=key,
-                          format_func=lambda i: run_label(next(r for r in choices if r.id == i)))
+                          format_func=lambda i: run_label(
+                              next(r for r in choices if r.id == i), with_owner))
     remember("run", chosen)
     return next(r for r in choices if r.id == chosen)
 
