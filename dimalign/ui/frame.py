@@ -23,11 +23,11 @@ class Page(NamedTuple):
     who: str  # the owner id, kept in the URL
 
 
-def page(title: str, *, scheduler: bool = False) -> Page:
+def page(title: str, *, scheduler: bool = True) -> Page:
     """A page's frame: app.py's navigation (on a deep link to a fresh server), the sidebar,
     the title. Stops the page with a message when the session's settings do not validate.
-    `scheduler`: start the background scheduler now, so its workers warm up while the user
-    sets things up."""
+    `scheduler`: start the background scheduler unless one runs (every page shows runs: one
+    that was killed is replaced, and its workers warm up while the user sets things up)."""
     deeplink.in_frame()
     cfg = sidebar_config()
     who = owner()
