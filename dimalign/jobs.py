@@ -356,9 +356,11 @@ class Scheduler:
         for slot in self.slots:
             if slot.process is None and now >= slot.retry_at:
                 self.spawn(slot)
+        free = [i for i, s in enumerate(self.slots) if s.ready and s.run_id is None]
+        if not free:
+            return
         held = self.held_slots()
-        free = [s for i, s in enumerate(self.slots)
-                if s.ready and s.run_id is None and i not in held]
+        free = [self.slots[i] for i in free if i not in held]
         for slot, run in zip(free, self.next_runs(len(free)), strict=False):
             slot.conn.send(run.id)
             slot.run_id = run.id

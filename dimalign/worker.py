@@ -63,6 +63,7 @@ def serve(home: str, gpu: int | None, conn, max_jobs: int, max_memory_mb: float,
     """Process entry point (spawned by the scheduler): import once, then run the jobs the
     scheduler hands over until it says stop, goes away, or this worker has done `max_jobs`
     or grown past `max_memory_mb` (the scheduler then starts a fresh one)."""
+    scheduler = os.getppid()  # the process that started this one; it changes if that dies
     os.environ["DIMALIGN_HOME"] = home
     if gpu is not None:  # before torch is imported, so the jobs see only their GPU
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -74,7 +75,6 @@ def serve(home: str, gpu: int | None, conn, max_jobs: int, max_memory_mb: float,
 
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # imports torch._dynamo (~2 s)
     _warm_latest_experiment()
-    scheduler = os.getppid()  # the process that started this one; it changes if that dies
     conn.send(("ready",))
     jobs = 0
     while True:
