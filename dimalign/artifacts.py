@@ -12,7 +12,7 @@ import torch
 
 from dimalign.config import EvalConfig
 from dimalign.data import Experiment
-from dimalign.geometry import angles_between, eigenspectrum, top_basis
+from dimalign.geometry import DegenerateFeatures, angles_between, eigenspectrum, top_basis
 from dimalign.memo import LRU
 from dimalign.metrics import Outputs, alignment
 
@@ -45,21 +45,33 @@ def _spectra(feats: torch.Tensor) -> dict[str, torch.Tensor | None]:
     return out
 
 
+def _effective_rank(feats: torch.Tensor) -> float:
+    try:
+        return float(eigenspectrum(feats).effective_rank)
+    except DegenerateFeatures:
+        return float("nan")
+
+
 def model_geometry(out: Outputs, exp: Experiment, ev: EvalConfig,
                    rows: dict[str, torch.Tensor]) -> dict:
     feats = {"train": out.feats_train, "test": out.feats_test}
     logits = {"train": out.logits_train, "test": out.logits_test}
     split = {s: feats[src][idx] for s, (src, idx) in split_rows(exp).items()}
     spectra = {s: _spectra(f) for s, f in split.items()}
-    da, basis_r = alignment(split["forget"], split["retain"], ev)
-    basis_f = top_basis(split["forget"], ev.energy)
+    try:
+        da, basis_r = alignment(split["forget"], split["retain"], ev)
+        basis_f = top_basis(split["forget"], ev.energy)
+        angles = angles_between(basis_f.vectors, basis_r.vectors).float()
+        k_retain, k_forget = basis_r.k, basis_f.k
+    except DegenerateFeatures:  # a collapsed model: no subspaces to compare
+        da, angles, k_retain, k_forget = float("nan"), torch.full((1,), float("nan")), 0, 0
     src = {s: src for s, (src, _) in split_rows(exp).items()}
     return {
         "spectra": spectra,
-        "effective_rank": {s: float(eigenspectrum(f).effective_rank) for s, f in split.items()},
-        "angles": angles_between(basis_f.vectors, basis_r.vectors).float(),
-        "k_retain": basis_r.k,
-        "k_forget": basis_f.k,
+        "effective_rank": {s: _effective_rank(f) for s, f in split.items()},
+        "angles": angles,
+        "k_retain": k_retain,
+        "k_forget": k_forget,
         "da": da,
         "features": {s: feats[src[s]][rows[s]].float() for s in SPLITS},
         "predictions": {s: logits[src[s]][rows[s]].argmax(1) for s in SPLITS},

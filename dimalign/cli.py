@@ -22,6 +22,7 @@ from dimalign.errors import ConfigError
 from dimalign.methods import ORDER, REGISTRY, get_method
 from dimalign.methods.loop import Cancelled
 from dimalign.metric_table import TABLE, TIME_FRACTION, ordered, shown
+from dimalign.paths import PathError
 from dimalign.store import StoreError
 
 
@@ -94,8 +95,12 @@ def cmd_presets(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from dimalign.embed import MIN_SAMPLES
     from dimalign.runner import run_experiment
 
+    if args.umap != 0 and args.umap < MIN_SAMPLES:  # refused before anything trains
+        raise ConfigError("--umap", f"must be 0 (no UMAP) or at least {MIN_SAMPLES} points (a "
+                          f"third from each of retain, forget and test), got {args.umap}")
     cfg = build_config(args.preset, args.set)
     get_method(args.method)  # an unknown method fails before any training
     result = run_experiment(cfg, args.method, preset=args.preset, progress=ProgressBar(),
@@ -216,12 +221,14 @@ def _store():
 
 
 def cmd_submit(args) -> int:
-    from dimalign.jobs import ensure_scheduler, submit
+    from dimalign.jobs import check_worker_settings, ensure_scheduler, submit
 
     if args.wait and args.no_start:
         raise StoreError("--wait needs a scheduler: drop --no-start")
     if args.json and not args.wait:
         raise StoreError("--json goes with --wait (without it, submit prints the run id)")
+    if not args.no_start:
+        check_worker_settings()  # before anything is queued
     store = _store()
     run_id = submit(store, preset=args.preset, overrides=args.set, method=args.method,
                     owner=args.owner, parent_id=args.fork)
@@ -239,7 +246,9 @@ def cmd_submit(args) -> int:
         print(f"{run.id} {run.status}" + (f": {run.error}" if run.error else ""),
               file=sys.stderr)
         return 1
-    result = json.loads((run.folder / "result.json").read_text())
+    from dimalign.runner import load_result
+
+    result = load_result(run.folder)
     if args.json:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
@@ -288,13 +297,17 @@ def cmd_watch(args) -> int:
 
 
 def _follow(store, run_id: str, interval: float):
-    """Show a run's queue place or progress bar on stderr until it ends; returns the run."""
-    from dimalign.jobs import queue_position
+    """Show a run's queue place or progress bar on stderr until it ends; returns the run.
+    While the run is queued or running, a scheduler is started whenever none runs (one that
+    was killed is replaced, and marks the run interrupted if its worker died with it)."""
+    from dimalign.jobs import ensure_scheduler, queue_position
     from dimalign.train import Progress
 
     bar, last_phase, last_progress = ProgressBar(), None, None
     while True:
         run = store.get(run_id)
+        if run.status in ("queued", "running") and run.executor == "local":
+            ensure_scheduler()  # a lock-file check while one runs
         if run.status == "queued":
             pos = queue_position(store, run.id)
             waiting = f" (waits for {run.depends_on})" if run.depends_on else ""
@@ -311,9 +324,10 @@ def _follow(store, run_id: str, interval: float):
 
 
 def cmd_cancel(args) -> int:
-    from dimalign.jobs import cancel
+    from dimalign.jobs import cancel, ensure_scheduler
 
     run = cancel(_store(), args.run)
+    ensure_scheduler()  # after the cancel, so it cannot start the run first; runs what is left
     print(f"{run.id} {run.status}" + (" (cancel requested)" if run.cancel_requested else ""))
     return 0
 
@@ -321,18 +335,16 @@ def cmd_cancel(args) -> int:
 def cmd_resume(args) -> int:
     from dimalign.jobs import ensure_scheduler, resume
 
-    run = resume(_store(), args.run)
+    run = resume(_store(), args.run)  # a running run whose worker died: interrupted first
     ensure_scheduler()
     print(f"{run.id} {run.status}")
     return 0
 
 
 def cmd_export(args) -> int:
-    from pathlib import Path
-
     from dimalign.export import export_run
 
-    for path in export_run(_store(), args.run, Path(args.dir)):
+    for path in export_run(_store(), args.run, args.dir):
         print(path)
     return 0
 
@@ -457,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetUnavailable as err:
         print(f"dimalign: {err}", file=sys.stderr)
         return 3
+    except PathError as err:  # DIMALIGN_HOME or a destination that cannot be used
+        print(f"dimalign: {err}", file=sys.stderr)
+        return 2
     except (RuntimeError, ValueError) as err:  # diverged training, missing device, degenerate
         # features (e.g. all zero)
         print(f"dimalign: {err}", file=sys.stderr)

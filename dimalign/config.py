@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import tomllib
 import typing
@@ -33,6 +34,7 @@ SCENARIO_KINDS = ("class", "random", "backdoor")
 MODELS = ("auto", "cnn", "resnet18")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEFAULT_PRESET = "digits-class"
+SEED_LIMIT = 2**32  # seeds feed numpy and scikit-learn, whose generators take 32-bit seeds
 
 
 @dataclass(frozen=True)
@@ -278,6 +280,8 @@ def _coerce(key: str, hint, value):
         return float(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(key, f"expected {hint.__name__}, got {value!r}")
+    if hint is float and not math.isfinite(value):  # NaN passes every range check below
+        raise ConfigError(key, f"expected a finite number, got {value}")
     return value
 
 
@@ -295,8 +299,9 @@ def validate(cfg: Config) -> None:
     if not is_torchvision(cfg.model):
         _one_of("model", cfg.model, (*MODELS, f"{TORCHVISION_PREFIX}NAME"))
     _one_of("device", cfg.device, DEVICES)
-    if cfg.seed < 0:
-        raise ConfigError("seed", f"must be a non-negative integer, got {cfg.seed}")
+    if not 0 <= cfg.seed < SEED_LIMIT:
+        raise ConfigError("seed", f"must lie in 0..{SEED_LIMIT - 1} (numpy and scikit-learn "
+                          f"take 32-bit seeds), got {cfg.seed}")
     info = _validate_own_data(cfg)
     sc, n = cfg.scenario, info.num_classes
     _one_of("scenario.kind", sc.kind, SCENARIO_KINDS)
@@ -346,6 +351,7 @@ def validate(cfg: Config) -> None:
     if not 0 <= ev.k <= dim:
         raise ConfigError("eval.k", f"must lie in 0..{dim} (the feature dimension of "
                           f"{cfg.model_name}; 0 = choose k from eval.energy), got {ev.k}")
+    _check_feature_counts(cfg, dim)
     every = cfg.unlearn.telemetry_every
     if every != "auto" and (isinstance(every, str) or every < 0):
         raise ConfigError("unlearn.telemetry_every", f"must be 'auto' (at least "
@@ -356,6 +362,17 @@ def validate(cfg: Config) -> None:
     for name in ("mia_samples", "nmi_samples", "cka_samples", "feature_samples"):
         if getattr(ev, name) < 10:
             raise ConfigError(f"eval.{name}", f"must be at least 10, got {getattr(ev, name)}")
+
+
+def _check_feature_counts(cfg: Config, dim: int) -> None:
+    """Method knobs that count feature dimensions (`Knob.feature_count`, e.g. muda.k) fit the
+    model's features: the registry checks their range, only the config knows the model."""
+    registry = _method_registry()
+    for method, section in cfg.methods.items():
+        for name, value in section.items():
+            if registry[method].knobs[name].feature_count and value > dim:
+                raise ConfigError(f"{method}.{name}", f"must lie in 0..{dim} (the feature "
+                                  f"dimension of {cfg.model_name}; 0 = not set), got {value}")
 
 
 def _validate_own_data(cfg: Config) -> DatasetInfo:

@@ -23,6 +23,7 @@ import torch
 from dimalign import paths
 
 REFERENCE = "retrained"
+MIN_SAMPLES = 6  # embed_run takes a third of the samples from each split; UMAP needs 5 points
 MAX_POINTS = 10_000  # the dense distance matrix is N x N float32 (400 MB at this size)
 # umap-learn's own default for more than 10,000 points; for fewer it takes 500, which on 2
 # cores makes the layout (fit, then a third as many epochs per transform) 2.5x slower for

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dimalign import plots
 from dimalign.metric_table import TABLE, ordered
+from dimalign.paths import PathError
 from dimalign.store import Store
 
 
@@ -24,9 +25,37 @@ def csv_text(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def export_run(store: Store, run_id: str, dest: Path) -> list[Path]:
+def destination(dest: Path | str) -> Path:
+    """The folder an export writes into, created if missing; a PathError names what is wrong
+    (an empty path, a file, a place that cannot hold a folder)."""
+    if not str(dest).strip():  # Path("") would be the current folder
+        raise PathError("export needs a folder to write into, got an empty path")
+    path = Path(dest).expanduser()
+    if path.exists() and not path.is_dir():
+        raise PathError(f"{str(path)!r} is a file; export writes a folder of files: name a "
+                        "new or existing folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PathError(f"cannot create the folder {str(path)!r}: "
+                        f"{err.strerror or err}") from None
+    return path
+
+
+def export_run(store: Store, run_id: str, dest: Path | str) -> list[Path]:
+    """Write a run's files into the folder `dest`; returns what was written. A destination
+    that cannot be written raises PathError, naming the file."""
     run = store.get(run_id)
-    dest.mkdir(parents=True, exist_ok=True)
+    dest = destination(dest)
+    try:
+        return _export(store, run, dest)
+    except OSError as err:
+        where = err.filename or dest
+        raise PathError(f"export into {str(dest)!r} failed at {str(where)!r}: "
+                        f"{err.strerror or err}") from None
+
+
+def _export(store: Store, run, dest: Path) -> list[Path]:
     written = []
 
     config = dest / "config.json"

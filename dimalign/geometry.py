@@ -14,6 +14,12 @@ from dataclasses import dataclass
 import torch
 
 
+class DegenerateFeatures(ValueError):
+    """The features hold nothing to measure: all zero, constant, NaN or infinite (a collapsed
+    or diverged model). Callers tell this apart from a wrong argument: a training loop reports
+    it as divergence, metrics as undefined (NaN)."""
+
+
 @dataclass(frozen=True)
 class Basis:
     vectors: torch.Tensor  # (C, k) orthonormal columns: the top-k eigenvectors of FᵀF
@@ -46,7 +52,7 @@ def _check_shape(feats: torch.Tensor, name: str) -> None:
 def _check(feats: torch.Tensor, name: str) -> None:
     _check_shape(feats, name)
     if not torch.isfinite(feats).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise DegenerateFeatures(f"{name} contains NaN or infinite values")
 
 
 GPU_FROM = 1_000_000  # feature entries from which a Gram matrix moves to the GPU (~ms there)
@@ -75,7 +81,7 @@ def k_for_energy(eigenvalues: torch.Tensor, energy: float) -> int:
         raise ValueError(f"energy must lie in (0, 1], got {energy}")
     total = eigenvalues.clamp(min=0).sum()
     if total <= 0:
-        raise ValueError("the features are all zero: their spectrum holds no energy")
+        raise DegenerateFeatures("the features are all zero: their spectrum holds no energy")
     cumulative = eigenvalues.clamp(min=0).cumsum(0) / total
     # a hair of slack so energy=1 does not fall past the last non-zero eigenvalue by rounding
     return int((cumulative < energy - 1e-12).sum().item()) + 1
@@ -101,7 +107,7 @@ def _pick_k(eigenvalues: torch.Tensor, energy: float, k: int | None, width: int)
     if not 1 <= k <= width:
         raise ValueError(f"k must lie in 1..{width} (the feature dimension), got {k}")
     if eigenvalues[0] <= 0:
-        raise ValueError("the features are all zero: they span no subspace")
+        raise DegenerateFeatures("the features are all zero: they span no subspace")
     return k
 
 
@@ -116,7 +122,7 @@ def _top_basis_from_rows(feats: torch.Tensor, energy: float, k: int | None) -> B
     f = feats.detach().double()
     small = (f @ f.T).cpu()  # (N, N); the only device-to-host copy
     if not torch.isfinite(small).all():
-        raise ValueError("features contains NaN or infinite values")
+        raise DegenerateFeatures("features contains NaN or infinite values")
     values, v = torch.linalg.eigh(small)  # ascending
     values, v = values.flip(0), v.flip(1)
     n, c = f.shape
@@ -152,9 +158,10 @@ def dimensional_alignment(forget: torch.Tensor, retain: torch.Tensor, energy: fl
     denominator = torch.linalg.matrix_norm(gram)
     size = denominator.item()  # the one host sync of this function: it answers both checks
     if not math.isfinite(size):
-        raise ValueError("forget features contains NaN or infinite values (or overflows)")
+        raise DegenerateFeatures("forget features contains NaN or infinite values (or "
+                                 "overflows)")
     if size <= torch.finfo(dtype).tiny:
-        raise ValueError("the forget features are all zero: DA is undefined")
+        raise DegenerateFeatures("the forget features are all zero: DA is undefined")
     numerator = torch.linalg.matrix_norm(gram @ basis.vectors.to(dtype))
     return Alignment((numerator / denominator).clamp(max=1.0), basis.k)
 
@@ -186,7 +193,7 @@ def eigenspectrum(feats: torch.Tensor, center: bool = False) -> Spectrum:
     eigenvalues = _gram_eigh(feats, center, scale=True, vectors=False)[0].flip(0).clamp(min=0)
     total = eigenvalues.sum()
     if total <= 0:
-        raise ValueError("the features are constant: their spectrum holds no energy")
+        raise DegenerateFeatures("the features are constant: their spectrum holds no energy")
     values = eigenvalues / total
     return Spectrum(values, values.cumsum(0).clamp(max=1.0))
 
@@ -210,5 +217,5 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     cross = torch.linalg.matrix_norm(y.T @ x) ** 2
     norms = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
     if norms <= 0:
-        raise ValueError("CKA is undefined for constant features")
+        raise DegenerateFeatures("CKA is undefined for constant features")
     return (cross / norms).item()

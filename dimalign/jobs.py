@@ -2,7 +2,11 @@
 processes busy with bounded concurrency and fairness between owners; recovery of dead workers.
 
 One scheduler serves a $DIMALIGN_HOME (an exclusive lock file says which). `ensure_scheduler`
-starts it in the background when none is running, so `dimalign submit` and the app just submit.
+starts it in the background when none is running, so `dimalign submit` and the app just submit;
+`watch`, `cancel`, `resume` and every page of the app also start one, so a scheduler that died
+(killed, or the machine restarted) is replaced by the next command or page. A new scheduler
+marks the runs of workers that died with the old one `interrupted`; a worker that outlived its
+scheduler finishes its job and leaves, and holds its slot until then.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,6 +26,7 @@ from multiprocessing.connection import Connection
 
 from dimalign import paths
 from dimalign.config import build_config, override_config
+from dimalign.errors import ConfigError
 from dimalign.methods import get_method
 from dimalign.store import (
     ACTIVE,
@@ -36,6 +42,8 @@ from dimalign.store import (
 from dimalign.train import experiment_key
 
 HEARTBEAT_TIMEOUT = 15.0  # seconds without a heartbeat before a running worker counts as dead
+WORKER_STOPPED = ("its worker stopped (killed, crashed or the machine restarted); resume it to "
+                  "continue from its last checkpoint")
 
 
 # ---------------------------------------------------------------------------- submitting
@@ -113,19 +121,44 @@ def submit_embedding(store: Store, source_id: str, samples: int, owner: str) -> 
         experiment=source.experiment)
 
 
+def worker_gone(run: Run, heartbeat_timeout: float | None = None) -> bool:
+    """Whether a running run's worker is gone: its process is dead or, with
+    `heartbeat_timeout`, it has not beaten for that long."""
+    if not pid_alive(run.pid):
+        return True
+    return heartbeat_timeout is not None and (
+        run.heartbeat is None or time.time() - run.heartbeat > heartbeat_timeout)
+
+
+def mark_interrupted(store: Store, run: Run, error: str = WORKER_STOPPED) -> bool:
+    """A running run whose worker is gone becomes `interrupted` (resumable)."""
+    return store.transition(run.id, ("running",), status="interrupted", pid=None, error=error)
+
+
 def cancel(store: Store, run_id: str, owner: str | None = None, key: str | None = None) -> Run:
-    """Cancel a queued or running run. Given an `owner` or a `key` (the web app passes both),
-    only the holder of the run's owner's key may; given neither, the machine's own user (the
-    CLI) may cancel any run."""
+    """Cancel a queued run at once, or ask a running one's worker to stop; a running run whose
+    worker is already dead (its scheduler killed with it) is cancelled here. Given an `owner`
+    or a `key` (the web app passes both), only the holder of the run's owner's key may; given
+    neither, the machine's own user (the CLI) may cancel any run."""
     _authorize(store, owner, "" if key is None and owner is not None else key, run_id)
+    run = store.get(run_id)
+    if run.status == "running" and worker_gone(run):
+        store.transition(run_id, ("running",), status="cancelled", pid=None,
+                         finished=time.time(), error="cancelled; its worker had stopped (resume "
+                                                     "continues from its last checkpoint)")
+        return store.get(run_id)
     return store.request_cancel(run_id)
 
 
 def resume(store: Store, run_id: str, owner: str | None = None, key: str | None = None) -> Run:
     """Queue an interrupted, failed or cancelled run again; it continues from its last
-    checkpoint and keeps the metrics it already wrote. `owner`, `key`: as for `cancel`."""
+    checkpoint and keeps the metrics it already wrote. A `running` run whose worker is dead
+    (no scheduler has noticed yet) is marked interrupted first. `owner`, `key`: as for
+    `cancel`."""
     _authorize(store, owner, "" if key is None and owner is not None else key, run_id)
     run = store.get(run_id)
+    if run.status == "running" and worker_gone(run) and mark_interrupted(store, run):
+        run = store.get(run_id)
     if run.status in ACTIVE or run.status == "done":
         raise StoreError(f"run {run_id} is {run.status}; only interrupted, failed or cancelled "
                          "runs can be resumed")
@@ -154,19 +187,49 @@ class Slot:
     retry_at: float = 0.0
 
 
+def _env_number(name: str, kind: type, default, low: float | None = None):
+    """An environment setting of the scheduler as a number; ConfigError (one line, naming the
+    variable) when it is not one or lies below `low`. Checked in the foreground, by
+    `check_worker_settings`, before a background scheduler would fail on it unseen."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    word = "a whole number" if kind is int else "a number"
+    try:
+        value = kind(text.strip())
+    except ValueError:
+        value = None
+    if value is None or value != value or (low is not None and value < low):
+        bound = f" of at least {low:g}" if low is not None else ""
+        raise ConfigError(name, f"must be {word}{bound}, got {text!r}")
+    return value
+
+
+def worker_count(gpus: int = 0) -> int:
+    """Worker processes (slots): DIMALIGN_WORKERS, else one per GPU, else one."""
+    return _env_number("DIMALIGN_WORKERS", int, gpus or 1, low=1)
+
+
+def check_worker_settings() -> None:
+    """Raise ConfigError for a scheduler setting a background scheduler could not start with
+    (DIMALIGN_WORKERS below 1 or not a number, ...): said here, in the foreground."""
+    worker_count()
+    recycle_limits()
+    worker_threads(1)
+
+
 def default_slots() -> list[Slot]:
     """One job per GPU, or one on the CPU; DIMALIGN_WORKERS overrides the count."""
     import torch
 
     gpus = torch.cuda.device_count()
-    count = int(os.environ.get("DIMALIGN_WORKERS", gpus or 1))
-    return [Slot(i % gpus if gpus else None) for i in range(count)]
+    return [Slot(i % gpus if gpus else None) for i in range(worker_count(gpus))]
 
 
 def recycle_limits() -> tuple[int, float]:
     """(jobs, MiB of resident memory) after which a worker is replaced by a fresh one."""
-    return (int(os.environ.get("DIMALIGN_WORKER_JOBS", 200)),
-            float(os.environ.get("DIMALIGN_WORKER_MEMORY_MB", 8192)))
+    return (_env_number("DIMALIGN_WORKER_JOBS", int, 200),
+            _env_number("DIMALIGN_WORKER_MEMORY_MB", float, 8192.0))
 
 
 def worker_threads(workers: int) -> int:
@@ -174,7 +237,7 @@ def worker_threads(workers: int) -> int:
     with the web server and the pages; on 2 cores a second busy torch thread spins in
     barriers against them and slowed small runs several-fold. DIMALIGN_WORKER_THREADS sets it."""
     if "DIMALIGN_WORKER_THREADS" in os.environ:
-        return max(1, int(os.environ["DIMALIGN_WORKER_THREADS"]))
+        return max(1, _env_number("DIMALIGN_WORKER_THREADS", int, 1))
     return max(1, (os.cpu_count() or 2) // 2 // max(1, workers))
 
 
@@ -251,18 +314,31 @@ class Scheduler:
                 False, 0
 
     def recover(self) -> None:
-        """Running runs whose worker is gone (killed, crashed, machine restarted)."""
+        """Running runs whose worker is gone (killed, crashed, machine restarted, or died with
+        an earlier scheduler) become interrupted."""
         ours = {s.run_id for s in self.slots if s.run_id is not None}
-        now = time.time()
         for run in self.store.runs(statuses=("running",)):
-            if run.id in ours:
-                continue
-            stale = run.heartbeat is None or now - run.heartbeat > self.heartbeat_timeout
-            if not pid_alive(run.pid) or stale:
-                self.store.transition(run.id, ("running",), status="interrupted", pid=None,
-                                      error="its worker stopped (killed, crashed or the machine "
-                                            "restarted); resume it to continue from its last "
-                                            "checkpoint")
+            if run.id not in ours and worker_gone(run, self.heartbeat_timeout):
+                mark_interrupted(self.store, run)
+
+    def held_slots(self) -> set[int]:
+        """Slots (indices) held by orphans: local runs still running in a worker that is not
+        ours — an earlier scheduler's, killed without it. Such a worker finishes its job and
+        leaves; until then its slot takes no job, so no slot (no GPU) runs two at once. An
+        orphan holds the slot of its GPU (the run's device, `cuda:N`), else any slot, idle
+        ones first. Call after `recover`: the runs left running have live workers."""
+        ours = {s.run_id for s in self.slots if s.run_id is not None}
+        orphans = [r for r in self.store.runs(statuses=("running",), executor="local")
+                   if r.id not in ours]
+        held: set[int] = set()
+        for run in orphans:
+            gpu = _gpu_of(run.device)
+            order = sorted(range(len(self.slots)), key=lambda i: (
+                self.slots[i].gpu != gpu, self.slots[i].run_id is not None, i))
+            left = [i for i in order if i not in held]
+            if left:
+                held.add(left[0])
+        return held
 
     def fail_orphans(self) -> None:
         for run in self.store.runs(statuses=("queued",)):
@@ -308,7 +384,11 @@ class Scheduler:
         for slot in self.slots:
             if slot.process is None and now >= slot.retry_at:
                 self.spawn(slot)
-        free = [s for s in self.slots if s.ready and s.run_id is None]
+        free = [i for i, s in enumerate(self.slots) if s.ready and s.run_id is None]
+        if not free:
+            return
+        held = self.held_slots()
+        free = [self.slots[i] for i in free if i not in held]
         for slot, run in zip(free, self.next_runs(len(free)), strict=False):
             slot.conn.send(run.id)
             slot.run_id = run.id
@@ -359,6 +439,13 @@ class Scheduler:
             time.sleep(poll)
 
 
+def _gpu_of(device: str | None) -> int | None:
+    """The GPU index in a run's device (`cuda:N`, as a worker of a GPU slot records it)."""
+    if device and device.startswith("cuda:") and device[5:].isdigit():
+        return int(device[5:])
+    return None
+
+
 def queue_position(store: Store, run_id: str) -> int | None:
     """1-based place among queued runs (FIFO by submission), None if not queued."""
     return store.queue_position(run_id)
@@ -386,6 +473,7 @@ def scheduler_running() -> bool:
 
 def serve_forever(idle_exit: float | None = 600.0) -> int:
     """Run the scheduler here if no other holds this home's lock. Returns 0, or 1 if taken."""
+    check_worker_settings()
     paths.home().mkdir(parents=True, exist_ok=True)
     with open(_lock_path(), "a+") as fh:
         try:
@@ -418,11 +506,32 @@ def stop_scheduler() -> bool:
     return bool(pid)
 
 
-def ensure_scheduler() -> None:
-    """Start a background scheduler for this home unless one is running."""
-    if scheduler_running():
-        return
-    paths.home().mkdir(parents=True, exist_ok=True)
-    log = open(paths.home() / "scheduler.log", "a")  # noqa: SIM115 - handed to the child
-    subprocess.Popen([sys.executable, "-m", "dimalign", "scheduler"], stdout=log, stderr=log,
-                     stdin=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ))
+STARTUP_SECONDS = 60.0  # how long a scheduler just started may take to take its lock
+# home -> (the scheduler this process started there, when), until it is seen holding the lock
+_starting: dict[str, tuple[subprocess.Popen, float]] = {}
+_start_lock = threading.Lock()  # the app's sessions are threads of one process
+
+
+def ensure_scheduler() -> subprocess.Popen | None:
+    """Start a background scheduler for this home unless one is running; returns the process
+    it started, if any. Cheap enough to call often (a lock-file check): a scheduler stops after
+    ten idle minutes, or may have been killed. One this process started that is still
+    importing (it takes the lock a few seconds after its start) is not started twice.
+    A scheduler setting it could not start with raises ConfigError here."""
+    check_worker_settings()
+    home = str(paths.home())
+    with _start_lock:
+        if scheduler_running():
+            _starting.pop(home, None)  # it is up: from now on the lock alone tells
+            return None
+        if home in _starting:
+            process, since = _starting[home]
+            if process.poll() is None and time.monotonic() - since < STARTUP_SECONDS:
+                return None  # starting up: it takes the lock in a moment
+        paths.home().mkdir(parents=True, exist_ok=True)
+        with open(paths.home() / "scheduler.log", "a") as log:  # the child keeps its own copy
+            process = subprocess.Popen(
+                [sys.executable, "-m", "dimalign", "scheduler"], stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ))
+        _starting[home] = (process, time.monotonic())
+        return process

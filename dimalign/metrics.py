@@ -10,6 +10,7 @@ to the numbers they produced.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,7 @@ from dimalign.datasets import stratified_split
 from dimalign.features import forward_all
 from dimalign.geometry import (
     Basis,
+    DegenerateFeatures,
     dimensional_alignment,
     eigenspectrum,
     linear_cka,
@@ -31,6 +33,11 @@ from dimalign.metric_table import avg_gap_keys, gap_to_retrained
 from dimalign.models import Classifier
 
 GAP_KEYS = avg_gap_keys()  # avg-gap averages these (the table's in_avg_gap entries)
+NAN = float("nan")  # a metric its model leaves undefined (e.g. a collapsed model's DA); JSON null
+
+
+def _finite(*tensors: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,8 @@ def mia_efficacy(retain_logits: torch.Tensor, test_logits: torch.Tensor,
 
     rng = np.random.default_rng(seed)
     n = min(samples, len(retain_logits), len(test_logits))
+    if not _finite(retain_logits, test_logits, forget_logits):  # a diverged model
+        return NAN, n
     members = entropy(retain_logits[_sample(len(retain_logits), n, rng)]).numpy()
     others = entropy(test_logits[_sample(len(test_logits), n, rng)]).numpy()
     x = np.concatenate([members, others])[:, None]
@@ -119,6 +128,9 @@ def linear_probe(out: Outputs, exp: Experiment, seed: int) -> dict[str, float]:
     from sklearn.metrics import f1_score
 
     fit_idx, score_idx = probe_halves(exp.y_test, seed)
+    if not _finite(out.feats_train, out.feats_test):  # a diverged model: nothing to fit
+        return {"lp_forget": NAN, "lp_test": NAN,
+                **({"f1_forget": NAN} if exp.forgotten_classes else {})}
     x_fit = out.feats_test[fit_idx].double()
     mean, std = x_fit.mean(0), x_fit.std(0).clamp(min=1e-8)
 
@@ -149,12 +161,17 @@ def forget_and_test(out: Outputs, exp: Experiment) -> tuple[torch.Tensor, torch.
 def nmi(out: Outputs, exp: Experiment, samples: int, seed: int) -> tuple[float, int]:
     """k-means (k = number of classes) on forget + test features; NMI against true labels."""
     from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.metrics import normalized_mutual_info_score
 
     feats, labels = forget_and_test(out, exp)
     idx = _sample(len(labels), samples, np.random.default_rng(seed))
+    if not _finite(feats[idx]):  # a diverged model
+        return NAN, len(idx)
     km = KMeans(n_clusters=exp.info.num_classes, n_init=3, random_state=seed)
-    clusters = km.fit_predict(feats[idx].double().numpy())
+    with warnings.catch_warnings():  # a collapsed model's features form fewer clusters than k
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clusters = km.fit_predict(feats[idx].double().numpy())
     return float(normalized_mutual_info_score(labels[idx].numpy(), clusters)), len(idx)
 
 
@@ -165,13 +182,32 @@ def model_metrics(out: Outputs, exp: Experiment, ev: EvalConfig, seed: int) -> d
     res["mia"], _ = mia_efficacy(out.logits_train[r], out.logits_test, out.logits_train[f],
                                  ev.mia_samples, seed)
     retain = out.feats_train[r]
-    res["da"], basis = alignment(out.feats_train[f], retain, ev)
-    res["da_test"], _ = alignment(out.feats_test, retain, ev, basis=basis)
-    res["da_k"] = basis.k
+    res.update(alignments(out.feats_train[f], out.feats_test, retain, ev))
     res.update(linear_probe(out, exp, seed))
     res["nmi"], _ = nmi(out, exp, ev.nmi_samples, seed)
-    res["effective_rank"] = eigenspectrum(retain).effective_rank
+    res["effective_rank"] = _defined(lambda: eigenspectrum(retain).effective_rank)
     return res
+
+
+def _defined(measure) -> float:
+    """measure(), or NaN where the features leave it undefined (all zero, constant, NaN)."""
+    try:
+        return measure()
+    except DegenerateFeatures:
+        return NAN
+
+
+def alignments(forget: torch.Tensor, test: torch.Tensor, retain: torch.Tensor,
+               ev: EvalConfig) -> dict[str, float]:
+    """`da` (forget), `da_test` (test) against one retain basis, and its size `da_k`; NaN
+    where a collapsed model's features leave them undefined."""
+    try:
+        basis = retain_basis(retain, ev)
+    except DegenerateFeatures:  # no retain subspace at all
+        return {"da": NAN, "da_test": NAN, "da_k": NAN}
+    return {"da": _defined(lambda: alignment(forget, retain, ev, basis=basis)[0]),
+            "da_test": _defined(lambda: alignment(test, retain, ev, basis=basis)[0]),
+            "da_k": basis.k}
 
 
 def retain_basis(retain: torch.Tensor, ev: EvalConfig) -> Basis:
@@ -228,7 +264,8 @@ def evaluate(models: dict[str, Classifier], exp: Experiment, ev: EvalConfig, see
     for name, row in result.items():
         for ref in ("retrained", "original"):
             if ref in shared:
-                row[f"cka_{ref}"] = linear_cka(shared[name], shared[ref])
+                row[f"cka_{ref}"] = _defined(lambda a=shared[name], b=shared[ref]:
+                                             linear_cka(a, b))
         if "retrained" in result and name != "retrained":
             row["avg_gap"] = avg_gap(row, result["retrained"])
     return result, outs

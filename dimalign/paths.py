@@ -1,4 +1,9 @@
-"""Where dimalign keeps data, cached models and runs: `$DIMALIGN_HOME` (default ~/.dimalign)."""
+"""Where dimalign keeps data, cached models and runs: `$DIMALIGN_HOME` (default ~/.dimalign).
+
+Files that refer to other files (a result's folder, the run store's artifacts index) store
+their paths relative to the home and resolve them here on read, so a home copied or moved
+elsewhere keeps working and never writes into the one it came from.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,16 @@ import os
 from pathlib import Path
 
 
+class PathError(ValueError):
+    """A folder or file dimalign was told to use cannot be used; the message names it."""
+
+
 def home() -> Path:
-    return Path(os.environ.get("DIMALIGN_HOME", "~/.dimalign")).expanduser()
+    path = Path(os.environ.get("DIMALIGN_HOME", "~/.dimalign")).expanduser()
+    if path.exists() and not path.is_dir():
+        raise PathError(f"DIMALIGN_HOME={str(path)!r} is a file, not a folder: point "
+                        "DIMALIGN_HOME at a folder (it is created when missing)")
+    return path
 
 
 def data_dir() -> Path:
@@ -25,3 +38,28 @@ def offline() -> bool:
 
 def runs_dir() -> Path:
     return home() / "runs"
+
+
+def relative_to_home(path: Path | str) -> str:
+    """`path` as stored in a file: relative to the home when it lies inside it."""
+    path = Path(path)
+    try:
+        return str(path.relative_to(home()))
+    except ValueError:
+        return str(path)
+
+
+def resolve_in_home(stored: Path | str) -> Path:
+    """A path read from a file, made absolute: a relative one lies in this home; an absolute
+    one inside this home stays; an absolute one under another home's `runs/` (a copied or
+    moved home) is mapped by its run folder's name into this home's `runs/`."""
+    path, here = Path(stored), home()
+    if not path.is_absolute():
+        return here / path
+    if path.is_relative_to(here):
+        return path
+    parents = path.parts[:-1]
+    if "runs" in parents:
+        at = len(parents) - 1 - parents[::-1].index("runs")  # the last "runs" folder
+        return runs_dir().joinpath(*path.parts[at + 1:])
+    return path

@@ -51,13 +51,22 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def load_result(run_dir: Path) -> dict:
+    """A saved result.json, its `artifacts` the folder it was read from: the file stores that
+    folder relative to the home (older ones: absolute, maybe in a home this one was copied
+    from), and whatever it says, the run's files are the ones beside it."""
+    saved = json.loads((run_dir / RESULT).read_text())
+    saved["artifacts"] = str(run_dir)
+    return saved
+
+
 def reusable_result(run_dir: Path, baselines: Baselines) -> dict | None:
     """The saved result of this very run, if it was computed from the same baseline
     checkpoints (evaluation and CPU unlearning are deterministic: rerunning only costs time)."""
     path = run_dir / RESULT
     if not (path.exists() and (run_dir / GEOMETRY).exists()):
         return None
-    saved = json.loads(path.read_text())
+    saved = load_result(run_dir)
     if saved.get("checkpoints") != baselines.checkpoints:
         return None
     saved["cached"] = {**baselines.cached, "result": True}
@@ -143,7 +152,9 @@ def evaluate_and_save(cfg: Config, preset: str, method: str, baselines: Baseline
     if outcome is not None:
         torch.save({k: v.detach().cpu() for k, v in outcome.model.state_dict().items()},
                    scratch / CHECKPOINT)
-    (scratch / RESULT).write_text(json.dumps(result, indent=1))
+    # the folder relative to the home: a copied home's results point into the copy
+    (scratch / RESULT).write_text(json.dumps(
+        {**result, "artifacts": paths.relative_to_home(run_dir)}, indent=1))
     if run_dir.exists():  # keep what else lives there (a worker's checkpoint), replace ours
         for name in (GEOMETRY, TELEMETRY, CHECKPOINT, RESULT):
             if (scratch / name).exists():

@@ -466,12 +466,16 @@ class Store:
     # ------------------------------------------------------------------------ artifacts
 
     def add_artifact(self, run_id: str, name: str, path: Path) -> None:
+        """Index a run's file, by its path relative to the home (so a copied home's index
+        points into the copy)."""
         with self.write() as db:
             db.execute("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?)",
-                       (run_id, name, str(path), time.time()))
+                       (run_id, name, paths.relative_to_home(path), time.time()))
 
     def artifacts(self, run_id: str) -> dict[str, Path]:
-        return {name: Path(p) for name, p in self.db.execute(
+        """A run's indexed files, as absolute paths in this home (`paths.resolve_in_home`:
+        older, absolute entries of another home map by their run folder's name)."""
+        return {name: paths.resolve_in_home(p) for name, p in self.db.execute(
             "SELECT name, path FROM artifacts WHERE run_id = ?", (run_id,))}
 
 

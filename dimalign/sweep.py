@@ -18,14 +18,22 @@ from dimalign.store import Store
 
 
 def parse_grid(items: Iterable[str]) -> list[list[str]]:
-    """["a=1,2", "b=x"] -> [["a=1", "b=x"], ["a=2", "b=x"]] (every combination)."""
-    axes = []
+    """["a=1,2", "b=x"] -> [["a=1", "b=x"], ["a=2", "b=x"]] (every combination). A key given
+    in two --grid options is refused: its values belong in one (the later option would
+    otherwise override the earlier in every combination)."""
+    axes, seen = [], {}
     for item in items:
         key, sep, values = item.partition("=")
+        key = key.strip()
         options = [v.strip() for v in values.split(",") if v.strip()]
-        if not sep or not key.strip() or not options:
+        if not sep or not key or not options:
             raise ConfigError("--grid", f"expected key=v1,v2,..., got {item!r}")
-        axes.append([f"{key.strip()}={v}" for v in options])
+        if key in seen:
+            raise ConfigError(key, f"is in two --grid options ({seen[key]!r} and {item!r}); "
+                              f"give all its values in one: --grid {key}="
+                              + ",".join(seen[key].partition("=")[2].split(",") + [values]))
+        seen[key] = item
+        axes.append([f"{key}={v}" for v in options])
     return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
 
 
@@ -37,8 +45,9 @@ def plan(preset: str, method: str, grid: Iterable[str], fixed: Iterable[str] = (
 
 def sweep_local(store: Store, preset: str, method: str, grid: Iterable[str],
                 fixed: Iterable[str] = (), owner: str = "sweep") -> list[str]:
-    from dimalign.jobs import ensure_scheduler, submit
+    from dimalign.jobs import check_worker_settings, ensure_scheduler, submit
 
+    check_worker_settings()  # before anything is queued
     combos, _ = plan(preset, method, grid, fixed)
     ids = [submit(store, preset=preset, overrides=c, method=method, owner=owner) for c in combos]
     ensure_scheduler()

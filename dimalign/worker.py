@@ -5,7 +5,9 @@ recent experiments in memory, then takes run ids from its pipe. For each it clai
 the store (so no two workers run the same job), beats a heartbeat, watches for a cancel
 request, streams progress and telemetry into the store, checkpoints after every epoch, and
 records how the run ended. A worker killed outright leaves a stale heartbeat: the scheduler
-marks the run `interrupted`, and `resume` continues it from its last checkpoint.
+marks the run `interrupted`, and `resume` continues it from its last checkpoint. A worker whose
+scheduler died (killed outright) finishes the job it has and leaves: it never takes another,
+so the scheduler that replaces the dead one does not find two jobs in one slot.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def serve(home: str, gpu: int | None, conn, max_jobs: int, max_memory_mb: float,
     """Process entry point (spawned by the scheduler): import once, then run the jobs the
     scheduler hands over until it says stop, goes away, or this worker has done `max_jobs`
     or grown past `max_memory_mb` (the scheduler then starts a fresh one)."""
+    scheduler = os.getppid()  # the process that started this one; it changes if that dies
     os.environ["DIMALIGN_HOME"] = home
     if gpu is not None:  # before torch is imported, so the jobs see only their GPU
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -79,10 +82,12 @@ def serve(home: str, gpu: int | None, conn, max_jobs: int, max_memory_mb: float,
             run_id = conn.recv()
         except (EOFError, OSError):  # the scheduler is gone
             return
-        if run_id is None:
+        if run_id is None or os.getppid() != scheduler:  # told to stop, or orphaned
             return
         work(home, run_id, gpu)
         jobs += 1
+        if os.getppid() != scheduler:  # the scheduler died during the job: take no other
+            return
         leaving = jobs >= max_jobs or resident_mb() > max_memory_mb
         try:
             conn.send(("idle", leaving))
@@ -139,7 +144,7 @@ def work(home: str, run_id: str, gpu: int | None = None) -> None:
     beat = _Heartbeat(run_id)
     beat.start()
     try:
-        result = _execute(store, store.get(run_id), beat.cancel)
+        result = _execute(store, store.get(run_id), beat.cancel, gpu)
         store.transition(run_id, ("running",), status="done", finished=time.time(),
                          progress=1.0, result=_summary(result) if result else None)
     except BaseException as err:  # noqa: BLE001 - every ending is recorded, then re-raised
@@ -189,7 +194,7 @@ class _Throttle:
             self.store.update(self.run_id, progress=p.fraction, phase=p.phase)
 
 
-def _execute(store, run, cancel: threading.Event) -> dict | None:
+def _execute(store, run, cancel: threading.Event, gpu: int | None = None) -> dict | None:
     import torch
 
     from dimalign.config import config_from_dict
@@ -200,7 +205,10 @@ def _execute(store, run, cancel: threading.Event) -> dict | None:
         return _embed(store, run)
     cfg = config_from_dict(run.config)
     device = pick_device(cfg.device)
-    store.update(run.id, device=str(device))
+    # a GPU slot's job names its GPU: should this worker's scheduler die, the one that
+    # replaces it keeps that GPU's slot free until the job ends
+    store.update(run.id, device=f"cuda:{gpu}" if gpu is not None and device.type == "cuda"
+                 else str(device))
     progress = _Throttle(store, run.id)
     if run.kind == "baselines":  # train (or load) and evaluate: pages read its metrics
         run.folder.mkdir(parents=True, exist_ok=True)

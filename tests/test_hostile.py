@@ -1,33 +1,472 @@
-"""Hostile and unlucky use: what a shared workshop server meets, each section one part of it.
-Every test here is cheap: no training (runs are written into a throw-away store directly)."""
+"""Hostile conditions (issue #15): each ends in one clear line with the right exit code, or in a
+correct result, and loses nothing."""
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
+import torch
+
+from dimalign import paths
+from dimalign.jobs import (
+    Scheduler,
+    Slot,
+    cancel,
+    ensure_scheduler,
+    scheduler_running,
+    stop_scheduler,
+    submit,
+)
+from dimalign.store import ACTIVE, Store, pid_alive
+
+
+def said(text: str) -> list[str]:
+    """The non-empty lines of a stream."""
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def one_error_line(ran, code: int, *words: str) -> str:
+    """The command exited `code`, its stderr is one `dimalign: ...` line holding `words` (no
+    traceback), and its stdout is empty. Returns that line."""
+    assert ran.returncode == code, (ran.returncode, ran.stderr)
+    assert "Traceback" not in ran.stderr and ran.stdout == "", (ran.stdout, ran.stderr)
+    (line,) = said(ran.stderr)
+    assert line.startswith("dimalign: "), line
+    for word in words:
+        assert word in line, (word, line)
+    return line
+
+
+def until(condition, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+# ---- scheduler death
+
+
+def no_background_scheduler() -> None:
+    """Stop a background scheduler (a browser or CLI test's would take our jobs) and wait until
+    its process is gone, not only its lock."""
+    lock = paths.home() / "scheduler.lock"
+    holder = int(lock.read_text().strip() or 0) if scheduler_running() else 0
+    stop_scheduler()
+    until(lambda: not scheduler_running() and not pid_alive(holder), 60,
+          "the background scheduler to stop")
+
+
+@pytest.fixture()
+def bare_store(tiny_baselines):
+    """The session home (tiny baselines cached), no background scheduler before or after."""
+    no_background_scheduler()
+    store = Store()
+    yield store
+    for run in store.runs(statuses=ACTIVE):  # leave nothing behind for later tests
+        cancel(store, run.id)
+    no_background_scheduler()
+    store.close()
+
+
+def background_scheduler() -> subprocess.Popen:
+    """A real background scheduler, started as `dimalign submit` starts one."""
+    process = ensure_scheduler()
+    assert process is not None
+    until(scheduler_running, 60, "the scheduler to take its lock")
+    return process
+
+
+def kill_9(process: subprocess.Popen) -> None:
+    process.kill()  # SIGKILL: no cleanup, its lock freed by the kernel
+    process.wait()
+
+
+def test_after_the_scheduler_and_its_worker_are_killed_watch_and_resume_finish_the_runs(
+        bare_store, tiny, cli, cli_process, monkeypatch):
+    store = bare_store
+    monkeypatch.setenv("DIMALIGN_WORKERS", "1")
+    long = submit(store, preset="digits-class", overrides=tiny + ["muda.epochs=60"],
+                  owner="killed")
+    waiting = submit(store, preset="digits-class", overrides=tiny, owner="behind")
+    scheduler = background_scheduler()
+    folder = store.get(long).folder
+    until(lambda: (folder / "checkpoint.pt").exists() and (store.get(long).progress or 0) >= 0.2,
+          180, "the long run's first checkpoint")
+    worker = store.get(long).pid
+    kill_9(scheduler)
+    os.kill(worker, signal.SIGKILL)
+    until(lambda: not pid_alive(worker), 30, "the worker to die")
+    # what nobody changes while no scheduler runs
+    assert (store.get(long).status, store.get(waiting).status) == ("running", "queued")
+
+    watched = cli_process("watch", waiting)  # starts a scheduler: the queue moves again
+    assert watched.returncode == 0 and "Traceback" not in watched.stderr, watched.stderr
+    assert said(watched.stdout) == [f"{waiting} done"]
+    run = store.get(long)
+    assert run.status == "interrupted" and "resume" in run.error  # the new one recovered it
+    kept = store.curves(long)["acc_forget"]
+
+    resumed = cli("resume", long)
+    assert resumed.returncode == 0 and said(resumed.stdout) == [f"{long} queued"], resumed.stderr
+    watched = cli("watch", long)
+    assert watched.returncode == 0 and said(watched.stdout) == [f"{long} done"], watched.stderr
+    after = store.curves(long)["acc_forget"]
+    assert after[: len(kept)] == kept and after[-1][0] > kept[-1][0]  # continued, none lost
+
+
+def test_cancel_and_resume_act_on_a_run_whose_worker_died_with_its_scheduler(bare_store, tiny,
+                                                                              cli):
+    store = bare_store
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone, back = (submit(store, preset="digits-class", overrides=tiny, owner="orphaned")
+                  for _ in range(2))
+    for run_id in (gone, back):  # as a scheduler killed with its worker leaves them
+        store.update(run_id, status="running", pid=dead.pid, heartbeat=time.time())
+
+    cancelled = cli("cancel", gone)
+    assert cancelled.returncode == 0 and "Traceback" not in cancelled.stderr
+    assert said(cancelled.stdout) == [f"{gone} cancelled"]
+    assert "worker had stopped" in store.get(gone).error
+
+    resumed = cli("resume", back)
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr
+    assert said(resumed.stdout) == [f"{back} queued"]
+    until(lambda: store.get(back).terminal, 180, "the resumed run")  # a scheduler was started
+    assert store.get(back).status == "done" and store.get(gone).status == "cancelled"
+
+
+def test_a_worker_orphaned_by_a_killed_scheduler_keeps_its_slot_and_takes_no_second_job(
+        bare_store, tiny, drain, monkeypatch):
+    store = bare_store
+    monkeypatch.setenv("DIMALIGN_WORKERS", "1")
+    long = submit(store, preset="digits-class", overrides=tiny + ["muda.epochs=1000"],
+                  owner="orphan")
+    scheduler = background_scheduler()
+    until(lambda: store.get(long).status == "running" and store.curves(long), 180,
+          "the long run to start")
+    orphan = store.get(long).pid
+    kill_9(scheduler)  # its worker lives on, in the middle of its job
+    newcomer = submit(store, preset="digits-class", overrides=tiny, owner="newcomer")
+
+    replacement = Scheduler(store, slots=[Slot(None)])  # one slot, as the killed one had
+    try:
+        until(lambda: replacement.tick() or replacement.slots[0].ready, 120,
+              "the replacement's worker")
+        for _ in range(10):  # its worker is ready and idle, yet the orphan holds the slot
+            replacement.tick()
+            time.sleep(0.1)
+        assert replacement.held_slots() == {0}
+        assert (store.get(long).status, store.get(newcomer).status) == ("running", "queued")
+        cancel(store, long)  # the orphan still obeys its run's cancel request
+        drain(replacement, lambda: store.get(newcomer).terminal)
+        first, second = store.get(long), store.get(newcomer)
+        assert first.status == "cancelled" and "cancelled at step" in first.error
+        assert second.status == "done" and second.pid != orphan
+        assert second.started >= first.finished  # never two jobs in the one slot
+        until(lambda: not pid_alive(orphan), 30, "the orphan to leave")  # it took no other job
+    finally:
+        replacement.close()
+
+
+def test_an_orphan_holds_the_slot_of_its_own_gpu(bare_store, tiny):
+    store = bare_store
+    run_id = submit(store, preset="digits-class", overrides=tiny, owner="gpu-orphan")
+    # running in a live, beating worker that is no slot's of the new scheduler
+    store.update(run_id, status="running", pid=os.getpid(), heartbeat=time.time(),
+                 device="cuda:1")
+    try:
+        gpus = Scheduler(store, slots=[Slot(0), Slot(1)])
+        gpus.recover()
+        assert store.get(run_id).status == "running"  # alive: not interrupted
+        assert gpus.held_slots() == {1}
+        assert Scheduler(store, slots=[Slot(None), Slot(None)]).held_slots() == {0}
+    finally:
+        store.update(run_id, status="cancelled", pid=None)
+
+
+def test_a_workers_setting_below_one_or_not_a_number_is_refused_in_one_line(bare_store, cli,
+                                                                           cli_process,
+                                                                           monkeypatch):
+    store = bare_store
+    ran = cli_process("submit", "--set", "train.epochs=2", "--owner", "workers",
+                      env=dict(os.environ, DIMALIGN_WORKERS="0"))
+    one_error_line(ran, 2, "DIMALIGN_WORKERS", "at least 1", "'0'")
+    for value in ("two", "-1", "1.5"):
+        monkeypatch.setenv("DIMALIGN_WORKERS", value)
+        one_error_line(cli("submit", "--set", "train.epochs=2", "--owner", "workers"), 2,
+                       "DIMALIGN_WORKERS", repr(value))
+        one_error_line(cli("scheduler"), 2, "DIMALIGN_WORKERS")  # the foreground one too
+    assert not store.runs(owner="workers") and not scheduler_running()  # nothing queued
+
+
+# ---- late errors
+
+
+@pytest.mark.parametrize("setting, key, words", [
+    ("muda.lambda_da=nan", "muda.lambda_da", "finite"),
+    ("muda.lr=nan", "muda.lr", "finite"),
+    ("neggrad_plus.lr=inf", "neggrad_plus.lr", "finite"),
+    ("muda.lambda_sd=-inf", "muda.lambda_sd", "finite"),
+    ("train.lr=nan", "train.lr", "finite"),
+    ("train.weight_decay=inf", "train.weight_decay", "finite"),
+    ("eval.energy=nan", "eval.energy", "finite"),
+    ("seed=4294967296", "seed", "0..4294967295"),
+    ("seed=-1", "seed", "0..4294967295"),
+    ("muda.k=65", "muda.k", "0..64 (the feature dimension of cnn"),
+])
+def test_a_bad_number_is_refused_before_anything_trains(setting, key, words, cli, tmp_path):
+    home = tmp_path / "home"
+    ran = cli("run", "--method", "muda", "--set", "train.epochs=2", "--set", setting, home=home)
+    one_error_line(ran, 2, f"invalid setting {key}: ", words)
+    assert not (home / "models").exists()  # no baseline was trained
+
+
+def test_nan_is_refused_with_exit_2_by_the_command_and_by_submit(bare_store, cli, cli_process):
+    ran = cli_process("run", "--method", "muda", "--set", "muda.lambda_da=nan")
+    one_error_line(ran, 2, "muda.lambda_da: must be a finite number in [0, 1000], got nan")
+    queued = cli("submit", "--set", "muda.lambda_da=nan", "--owner", "nan", "--no-start")
+    one_error_line(queued, 2, "muda.lambda_da")
+    assert not bare_store.runs(owner="nan")
+
+
+def test_every_knob_and_setting_refuses_nan_and_infinity():
+    from dimalign.config import build_config, config_from_dict, load_preset
+    from dimalign.errors import ConfigError
+    from dimalign.methods import REGISTRY
+    from dimalign.methods.base import Knob
+
+    unbounded = Knob(float, 1.0, "no bounds at all", group="G")
+    for value in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ConfigError, match="finite"):
+            unbounded.check("plugin.x", value)
+    for name, spec in REGISTRY.items():
+        for knob_name, knob in spec.knobs.items():
+            if knob.type is float:
+                with pytest.raises(ConfigError, match=f"{name}.{knob_name}: .*finite"):
+                    build_config("digits-class", [f"{name}.{knob_name}=nan"])
+    _, settings = load_preset("digits-class")  # a settings file or stored config, not text
+    settings["train"]["momentum"] = float("nan")
+    with pytest.raises(ConfigError, match="train.momentum"):
+        config_from_dict(settings)
+
+
+@pytest.mark.parametrize("size", ["3", "5", "-1"])
+def test_a_umap_too_small_to_embed_is_refused_before_anything_trains(size, cli, tmp_path):
+    home = tmp_path / "home"
+    ran = cli("run", "--set", "train.epochs=2", "--umap", size, home=home)
+    one_error_line(ran, 2, "--umap", "at least 6", f"got {size}")
+    assert not (home / "models").exists()
+
+
+# ---- divergence
+
+
+def test_features_that_collapse_inside_a_loss_are_reported_as_divergence(tiny_cfg,
+                                                                         tiny_baselines):
+    import torch.nn.functional as F
+
+    from dimalign.geometry import top_basis
+    from dimalign.methods.base import MethodSpec, Phase, common_knobs
+    from dimalign.methods.loop import UnlearningFailed, unlearn
+
+    def loss(ctx, phase, batch):  # a retain basis, as MUDA's forget phase takes one
+        ctx.state["steps"] = ctx.state.get("steps", 0) + 1
+        feats = ctx.model.features(batch.xr)
+        if ctx.state["steps"] >= 3:  # the features collapse at the third step
+            feats = feats * 0
+        top_basis(feats.detach().float())
+        return {"ce": F.cross_entropy(ctx.model.head(feats), batch.yr)}
+
+    spec = MethodSpec("collapse", "Collapse", "collapses at step 3", "none",
+                      common_knobs(lr=0.01, epochs=1),
+                      lambda ctx, epoch: [Phase("train", "retain", 5)], loss)
+    b = tiny_baselines
+    with pytest.raises(UnlearningFailed) as info:
+        unlearn(tiny_cfg, spec, b.experiment, b.original, b.device)
+    message = str(info.value)
+    assert message.startswith("collapse: diverged at step 3 (epoch 1, train phase): the "
+                              "model's features collapsed (the features are all zero")
+    assert "loss term 'ce' was" in message and "at step 2" in message
+    assert message.endswith("lower collapse.lr or the weight of that term")
+
+
+def test_a_run_whose_features_collapse_fails_as_divergence_and_saves_nothing(tiny_baselines,
+                                                                             cli_process):
+    before = set(paths.runs_dir().iterdir()) if paths.runs_dir().exists() else set()
+    ran = cli_process("run", "--set", "train.epochs=2", "--method", "muda", "--set",
+                      "muda.lr=10", "--set", "muda.lambda_sd=1000", "--set", "muda.sd=mse",
+                      "--set", "muda.epochs=8")
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr and ran.stdout == ""
+    (line,) = [x for x in said(ran.stderr) if x.startswith("dimalign: ")]
+    assert line == said(ran.stderr)[-1]  # the run ends on it
+    assert "muda: " in line and " at step " in line and "lower muda.lr" in line, line
+    assert "diverged" in line or "became" in line, line  # collapsed features or a NaN loss
+    after = set(paths.runs_dir().iterdir()) if paths.runs_dir().exists() else set()
+    assert after == before
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, float("nan")])
+def test_a_constant_model_is_evaluated_and_saved_with_undefined_metrics_as_null(
+        value, tiny_cfg, tiny_baselines, tmp_path):
+    import copy
+
+    from dimalign.artifacts import load_bundle
+    from dimalign.runner import evaluate_and_save
+
+    b = tiny_baselines
+    collapsed = copy.deepcopy(b.original)
+    width = collapsed.feature_dim
+    collapsed.features = lambda x: torch.full((len(x), width), value, device=x.device)
+    models = {"original": b.original, "retrained": b.retrained, "unlearned": collapsed}
+    folder = tmp_path / "run"
+    result = evaluate_and_save(tiny_cfg, "digits-class", "ft", b, models,
+                               {**b.seconds, "unlearn": 0.0}, folder, None, [])
+    row = result["models"]["unlearned"]
+    assert row["cka_retrained"] is None and row["cka_original"] is None
+    assert 0 <= row["acc_retain"] <= 1 and 0 <= row["acc_test"] <= 1
+    assert row["avg_gap"] is not None
+    if value == 0.0:  # no subspace at all: DA and the spectrum are undefined
+        assert row["da"] is None and row["da_k"] is None and row["effective_rank"] is None
+    saved = json.loads((folder / "result.json").read_text())
+    assert saved["models"]["unlearned"] == row
+    geometry = load_bundle(folder / "geometry.pt")["models"]["unlearned"]
+    assert len(geometry["angles"]) >= 1  # pages index the first angle
+
+
+# ---- paths
+
+
+@pytest.fixture()
+def exportable(tiny_cfg):
+    """A finished run in the store (its files do not matter to a refused destination)."""
+    store = Store()
+    run_id = store.create_run(owner="paths", kind="unlearn", preset="digits-class",
+                              method="muda", config=tiny_cfg.to_dict(), status="done")
+    store.close()
+    return run_id
+
+
+def test_export_refuses_a_file_an_unwritable_place_or_an_empty_path_in_one_line(
+        exportable, cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an empty path must not mean "here"
+    afile = tmp_path / "report.txt"
+    afile.write_text("mine")
+    one_error_line(cli("export", exportable, str(afile)), 2, "is a file", str(afile))
+    assert afile.read_text() == "mine"
+    one_error_line(cli("export", exportable, "/proc/self/out"), 2, "/proc/self/out")
+    one_error_line(cli("export", exportable, "/proc/self"), 2, "/proc/self/config.json")
+    one_error_line(cli("export", exportable, ""), 2, "empty path")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.txt"]
+    written = cli("export", exportable, "out")  # a good destination still works
+    assert written.returncode == 0 and (tmp_path / "out" / "report.html").exists()
+
+
+def test_a_home_that_is_a_file_is_named_in_one_line(cli, cli_process, tmp_path):
+    afile = tmp_path / "home"
+    afile.write_text("not a folder")
+    one_error_line(cli_process("runs", home=afile), 2, "DIMALIGN_HOME", str(afile), "folder")
+    one_error_line(cli("run", "--set", "train.epochs=2", home=afile), 2, "DIMALIGN_HOME")
+    one_error_line(cli("submit", "--set", "train.epochs=2", "--no-start", home=afile), 2,
+                   "DIMALIGN_HOME")
+    assert afile.read_text() == "not a folder"
+
+
+def test_a_copied_home_writes_into_the_copy_never_the_original(tiny, cli, tmp_path,
+                                                               monkeypatch):
+    import dimalign.embed
+
+    def embed_saved_run(folder, samples):  # where the UMAP goes is the point, not the UMAP
+        path = dimalign.embed.embedding_path(folder, samples)
+        path.write_text("an embedding")
+        return path, {"rows": [0] * samples, "backend": "test"}
+
+    monkeypatch.setattr(dimalign.embed, "embed_saved_run", embed_saved_run)
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    ran = cli("run", *sum((["--set", s] for s in tiny), []), "--json",
+              home=original)
+    assert ran.returncode == 0, ran.stderr
+    folder = json.loads(ran.stdout)["artifacts"]
+    name = os.path.basename(folder)
+    assert folder == str(original / "runs" / name)  # callers get the absolute folder
+    stored = json.loads((original / "runs" / name / "result.json").read_text())
+    assert stored["artifacts"] == f"runs/{name}"  # the file: relative to its home
+    shutil.copytree(original, copy)
+    # a result.json written before paths were relative names the original home's folder
+    old = copy / "runs" / name / "result.json"
+    old.write_text(json.dumps({**stored, "artifacts": folder}))
+    before = sorted(p.name for p in (original / "runs" / name).iterdir())
+
+    again = cli("run", *sum((["--set", s] for s in tiny), []), "--json",
+                "--umap", "30", home=copy)
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout)
+    assert result["artifacts"] == str(copy / "runs" / name)
+    assert result["umap"]["path"].startswith(str(copy / "runs" / name))
+    assert sorted(p.name for p in (original / "runs" / name).iterdir()) == before
+
+
+def test_the_artifacts_index_of_a_copied_home_points_into_the_copy(tmp_path, monkeypatch):
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    monkeypatch.setenv("DIMALIGN_HOME", str(original))
+    store = Store()
+    run_id = store.create_run(owner="paths", kind="unlearn", preset="digits-class",
+                              method="muda", config={})
+    store.add_artifact(run_id, "result", original / "runs" / run_id / "result.json")
+    ((stored,),) = store.db.execute("SELECT path FROM artifacts").fetchall()
+    assert stored == f"runs/{run_id}/result.json"
+    with store.write() as db:  # as older versions wrote it: absolute, in the original home
+        db.execute("INSERT INTO artifacts VALUES (?,?,?,?)",
+                   (run_id, "geometry", str(original / "runs" / run_id / "geometry.pt"), 0.0))
+    assert store.artifacts(run_id)["geometry"] == original / "runs" / run_id / "geometry.pt"
+    store.close()
+    shutil.copytree(original, copy)
+    monkeypatch.setenv("DIMALIGN_HOME", str(copy))
+    copied = Store()
+    assert copied.artifacts(run_id) == {"result": copy / "runs" / run_id / "result.json",
+                                        "geometry": copy / "runs" / run_id / "geometry.pt"}
+    assert copied.get(run_id).folder == copy / "runs" / run_id
+    copied.close()
+
+
+# ---- sweeps
+
+
+def test_a_key_repeated_in_grid_is_refused_naming_it_and_nothing_is_queued(bare_store, cli):
+    ran = cli("sweep", "--set", "train.epochs=2", "--grid", "muda.lambda_da=1,2", "--grid",
+              "muda.lambda_da=3", "--owner", "twice")
+    one_error_line(ran, 2, "muda.lambda_da", "two --grid options",
+                   "--grid muda.lambda_da=1,2,3")
+    assert not bare_store.runs(owner="twice") and not scheduler_running()
+
+
+import sqlite3  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-TINY = ["train.epochs=2"]
-
 # ---- web app and owners
 # Owner keys (dimalign/store.py owners table, dimalign/ui/state.py owner()): the first use of
 # a name claims it with a key; the address carries both; a visitor without the key is a fresh
 # guest with a notice. The engine (jobs.cancel / submit(parent_id=...)) checks the key too.
-
 import base64  # noqa: E402
-import shutil  # noqa: E402
 import tomllib  # noqa: E402
 
+from conftest import TINY  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from dimalign.store import (  # noqa: E402
     RESERVED_OWNERS,
     SCHEMA_VERSION,
     OwnerRefused,
-    Store,
     StoreError,
     new_owner_key,
 )

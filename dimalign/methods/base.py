@@ -7,6 +7,7 @@ telemetry, cancellation, NaN detection — belongs to the loop in `loop.py`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,9 @@ class Knob:
     # where the knob is shown, e.g. "Loss weights", "Schedule", "Optimiser" (required): a
     # method's groups come in the order its knobs first name them, the first one shown open
     group: str = field(kw_only=True)
+    # True: the value counts feature dimensions (0 = not set), so it may not exceed the width of
+    # the model's features; the config checks that, since only it knows the model
+    feature_count: bool = field(default=False, kw_only=True)
 
     def parse(self, key: str, text: str) -> Any:
         """A value of this knob's type from text (a `--set` override); `check` still applies."""
@@ -45,6 +49,8 @@ class Knob:
         if self.choices and value not in self.choices:
             raise ConfigError(key, f"{value!r} is not allowed; choose one of "
                               f"{', '.join(self.choices)}")
+        if self.type is float and not math.isfinite(value):
+            raise ConfigError(key, f"must be a finite number in {self.range_text()}, got {value}")
         if self.type in (int, float):
             too_low = self.low is not None and (value <= self.low if self.low_open
                                                 else value < self.low)

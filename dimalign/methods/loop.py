@@ -18,6 +18,7 @@ import torch
 
 from dimalign.config import Config
 from dimalign.data import Experiment, normalise
+from dimalign.geometry import DegenerateFeatures
 from dimalign.methods.base import Batch, Context, MethodSpec, Phase
 from dimalign.methods.run_state import RunState, Stream
 from dimalign.methods.telemetry import Probe, Telemetry, TelemetryFn
@@ -33,7 +34,9 @@ class Cancelled(Exception):
 
 
 class UnlearningFailed(RuntimeError):
-    """The loss diverged (NaN or inf); the message names the step and the loss term."""
+    """The run diverged: a loss term became NaN or infinite, or the features collapsed (all
+    zero, NaN or infinite) so that a loss could not be computed; the message names the step,
+    the loss term where one is known, and the knob to lower."""
 
 
 @dataclass
@@ -115,11 +118,25 @@ class _LossLog:
         self.method, self.total, self.progress, self.telemetry = method, total, progress, \
             telemetry
         self.pending: list = []
+        self.last: tuple[int, dict[str, float]] | None = None  # (step, values) last settled
 
     def add(self, terms: dict[str, torch.Tensor], step: int, where: str) -> None:
         values = torch.stack([t.detach().float() for t in terms.values()])
         self.settle()
         self.pending.append((values, list(terms), step, where))
+
+    def collapsed(self, err: DegenerateFeatures, step: int, where: str) -> UnlearningFailed:
+        """Divergence that shows as collapsed features (a loss needs them, e.g. MUDA's retain
+        basis): named like a NaN loss, with the term that had grown largest just before."""
+        m = self.method
+        grown = ""
+        if self.last is not None and self.last[1]:
+            at, values = self.last
+            name = max(values, key=lambda k: abs(values[k]))
+            grown = f"; loss term '{name}' was {values[name]:.3g} at step {at}"
+        return UnlearningFailed(f"{m}: diverged at step {step} ({where}): the model's features "
+                                f"collapsed ({err}){grown}; lower {m}.lr or the weight of "
+                                "that term")
 
     def settle(self) -> None:
         if not self.pending:
@@ -131,6 +148,7 @@ class _LossLog:
                 raise UnlearningFailed(
                     f"{self.method}: loss term '{name}' became {value} at step {step} "
                     f"({where}); lower {self.method}.lr or the weight of that term")
+        self.last = (step, values)
         if self.telemetry is not None:
             self.telemetry.add_losses(values)
         if self.progress is not None:
@@ -196,8 +214,11 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
                 ctx.state["progress"] = state.step / total
                 try:
                     terms = _step(run, phase, cuda)
-                except Exception:
+                except Exception as err:
                     log.settle()  # a diverged previous step explains the error better
+                    if isinstance(err, DegenerateFeatures):
+                        raise log.collapsed(err, state.step + 1, f"epoch {epoch + 1}, "
+                                            f"{phase.name} phase") from err
                     raise
                 state.step += 1
                 log.add(terms, state.step, f"epoch {epoch + 1}, {phase.name} phase")

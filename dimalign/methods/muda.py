@@ -50,7 +50,7 @@ KNOBS = {  # in display order, group by group
     "energy": Knob(float, 0.9, "retain eigen-energy that sets k for U_r", 0.0, 1.0,
                    low_open=True, group=BASIS),
     "k": Knob(int, 0, "fixed k for U_r instead of energy (0 = use energy)", 0, 100000,
-              group=BASIS),
+              group=BASIS, feature_count=True),
     "center": Knob(bool, False, "subtract the retain mean before DA (paper: uncentred)",
                    group=BASIS),
     "basis": Knob(str, "batch", "retain basis source: the current retain batch, or a bank "

@@ -31,13 +31,14 @@ class Page(NamedTuple):
     who: Identity  # the owner (name and key, kept in the URL) or the instructor's view
 
 
-def page(title: str, *, scheduler: bool = False, settings: bool = False) -> Page:
+def page(title: str, *, scheduler: bool = True, settings: bool = False) -> Page:
     """A page's frame: app.py's navigation (on a deep link to a fresh server), the sidebar,
     the title, a notice when the session's owner is not the one its address asked for.
     Stops the page with a message when the session's settings do not validate, except on the
     page that edits them (`settings`): that one gets a config to draw its controls from
     (`settings_error()` says what is wrong). `scheduler`: start the background scheduler
-    now, so its workers warm up while the user sets things up."""
+    unless one runs (every page shows runs: one that was killed is replaced, and its workers
+    warm up while the user sets things up)."""
     deeplink.in_frame()
     cfg = sidebar_config()
     who = owner()

@@ -22,10 +22,15 @@ def store() -> Store:
 
 def ensure_scheduler() -> None:
     """Start the background scheduler if none runs: a lock-file check, cheap enough for every
-    call (one stops after ten idle minutes, so a session cannot check just once)."""
+    call (one stops after ten idle minutes, or may have been killed, so a session cannot check
+    just once). A setting it cannot start with (DIMALIGN_WORKERS=0) is shown, not raised."""
+    from dimalign.errors import ConfigError
     from dimalign.jobs import ensure_scheduler as start
 
-    start()
+    try:
+        start()
+    except ConfigError as err:
+        st.error(f"Runs cannot start: the background scheduler's setting {err}")
 
 
 def experiment_key(cfg: Config) -> str:
