@@ -484,7 +484,8 @@ def home(tmp_path, monkeypatch):
 
 
 def add_run(store: Store, owner: str, status: str = "running") -> str:
-    """An unlearning run of digits-class (TINY) in `status`, as a worker would have left it."""
+    """An unlearning run of digits-class (TINY) in `status`, as a worker would have left it (a
+    running one's worker is alive: this process stands in for it)."""
     from dimalign.config import build_config
     from dimalign.train import experiment_key
 
@@ -492,7 +493,8 @@ def add_run(store: Store, owner: str, status: str = "running") -> str:
     run_id = store.create_run(owner=owner, kind="unlearn", preset="digits-class",
                               method="muda", config=cfg.to_dict(),
                               experiment=experiment_key(cfg))
-    store.update(run_id, status=status)
+    alive = {"pid": os.getpid(), "heartbeat": time.time()} if status == "running" else {}
+    store.update(run_id, status=status, **alive)
     return run_id
 
 
