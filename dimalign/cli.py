@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from dimalign.checked import DiskFull, is_disk_full, load_json
 from dimalign.config import DEFAULT_PRESET, build_config, load_preset, preset_names
 from dimalign.datasets import DatasetUnavailable
 from dimalign.errors import ConfigError
@@ -239,7 +240,7 @@ def cmd_submit(args) -> int:
         print(f"{run.id} {run.status}" + (f": {run.error}" if run.error else ""),
               file=sys.stderr)
         return 1
-    result = json.loads((run.folder / "result.json").read_text())
+    result = load_json(run.folder / "result.json")  # checked: a damaged one is one line
     if args.json:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
@@ -461,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
     except Cancelled as err:
         print(f"dimalign: {err}", file=sys.stderr)
         return 130
+    except OSError as err:  # a write outside the checked files (e.g. export's folder)
+        if not is_disk_full(err):
+            raise
+        print(f"dimalign: {DiskFull(err.filename or '.')}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ndimalign: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130

@@ -8,9 +8,11 @@ import html
 import io
 import json
 import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from dimalign import plots
+from dimalign import checked, plots
 from dimalign.metric_table import TABLE, ordered
 from dimalign.store import Store
 
@@ -24,7 +26,14 @@ def csv_text(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def export_run(store: Store, run_id: str, dest: Path) -> list[Path]:
+def _say(text: str) -> None:
+    print(f"dimalign: {text}", file=sys.stderr, flush=True)
+
+
+def export_run(store: Store, run_id: str, dest: Path,
+               say: Callable[[str], None] = _say) -> list[Path]:
+    """Write the run's files into `dest`; returns their paths. A run file that fails its
+    sha256 is set aside, left out and said (`say`)."""
     run = store.get(run_id)
     dest.mkdir(parents=True, exist_ok=True)
     written = []
@@ -54,12 +63,21 @@ def export_run(store: Store, run_id: str, dest: Path) -> list[Path]:
     if geometry_path.exists():
         from dimalign.artifacts import load_bundle
 
-        spectra_fig = plots.spectra_figure(load_bundle(geometry_path))
-        spectra_fig.write_html(figures / "spectra.html", include_plotlyjs=True)
-        written.append(figures / "spectra.html")
+        try:
+            spectra_fig = plots.spectra_figure(load_bundle(geometry_path))
+        except checked.DamagedFile as err:
+            say(f"{err}; the export has no spectra figure")
+        else:
+            spectra_fig.write_html(figures / "spectra.html", include_plotlyjs=True)
+            written.append(figures / "spectra.html")
 
     for name in ("unlearned.pt", "checkpoint.pt", "result.json", "telemetry.json"):
         if (run.folder / name).exists():
+            try:
+                checked.verify(run.folder / name)
+            except checked.DamagedFile as err:
+                say(f"{err}; it is not exported")
+                continue
             shutil.copy2(run.folder / name, dest / name)
             written.append(dest / name)
 

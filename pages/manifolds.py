@@ -4,6 +4,7 @@ import streamlit as st
 
 from dimalign import plots, ui
 from dimalign.artifacts import load_bundle
+from dimalign.checked import DamagedFile
 from dimalign.data import build_experiment
 from dimalign.embed import embedding_path
 from dimalign.jobs import submit_embedding
@@ -30,9 +31,13 @@ if not path.exists():
 def _draw() -> bool:
     if not path.exists():
         return False
+    try:
+        fig = ui.memo_figure(("manifolds", str(path), path.stat().st_mtime),
+                             lambda: plots.manifold_figure(load_bundle(path)))
+    except DamagedFile as err:  # set aside: the next run of the page computes it again
+        st.error(f"{err}; reload the page to compute it again.")
+        return True
     plot, picked = st.columns([4, 1])
-    fig = ui.memo_figure(("manifolds", str(path), path.stat().st_mtime),
-                         lambda: plots.manifold_figure(load_bundle(path)))
     event = ui.chart(fig, "manifolds", plot,
                      on_select="rerun", selection_mode="points")
     plot.caption("UMAP fitted on the retrained model's features; the other models' features "

@@ -8,15 +8,21 @@ from typing import NamedTuple
 
 import streamlit as st
 
+from dimalign.checked import DamagedFile, DiskFull
 from dimalign.config import Config
-from dimalign.store import ACTIVE, Run, Store
+from dimalign.store import ACTIVE, Run, Store, StoreError
 from dimalign.ui.state import remember
 
 
 def store() -> Store:
-    """One store connection per browser session."""
+    """One store connection per browser session. A store that cannot be opened (a damaged
+    file, a full disk) stops the page with its one-line message."""
     if "_store" not in st.session_state:
-        st.session_state["_store"] = Store()
+        try:
+            st.session_state["_store"] = Store()
+        except (StoreError, DiskFull) as err:
+            st.error(f"{err}.")
+            st.stop()
     return st.session_state["_store"]
 
 
@@ -58,8 +64,16 @@ def experiment_runs(cfg: Config, who: str | None = None,
 
 
 def load_geometry(run: Run) -> dict | None:
+    """The run's saved geometry; None when it has none, or it was damaged (then set aside,
+    and the page says so)."""
     path = run.folder / "geometry.pt"
-    return _cached_bundle(str(path), path.stat().st_mtime) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return _cached_bundle(str(path), path.stat().st_mtime)
+    except DamagedFile as err:
+        st.error(f"{err}.")
+        return None
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)  # shared, read-only: no copy per run
