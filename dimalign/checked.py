@@ -157,17 +157,24 @@ def _recorded(path: Path) -> str | None:
     return text.split()[0].lower() if text.split() else ""
 
 
-def _read(path: Path) -> tuple[bytes, str | None, bool]:
-    """(bytes, recorded digest, whether they match). A writer replaces the file, then its
-    sidecar: a reader between the two sees a mismatch, so a mismatch is looked at again."""
+def _identity(path: Path) -> tuple:
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _read(path: Path) -> tuple[bytes, str | None, bool, tuple]:
+    """(bytes, recorded digest, whether they match, the file's identity when read). A writer
+    replaces the file, then its sidecar: a reader between the two sees a mismatch, so a
+    mismatch is looked at again."""
     for wait in (0.05, 0.2, 0.0):
         recorded = _recorded(path)
+        identity = _identity(path)
         data = path.read_bytes()
         if recorded is None or digest(data) == recorded:
-            return data, recorded, recorded is not None
+            return data, recorded, recorded is not None, identity
         if wait:
             time.sleep(wait)
-    return data, recorded, False
+    return data, recorded, False, identity
 
 
 def set_aside(path: Path | str) -> Path | None:
@@ -199,7 +206,7 @@ def verify(path: Path | str) -> bool:
     """True when the file matches its sidecar, False when it has none (written before
     checksums); a mismatch sets it aside and raises DamagedFile."""
     path = Path(path)
-    _, recorded, ok = _read(path)
+    _, recorded, ok, _ = _read(path)
     if recorded is None:
         return False
     if not ok:
@@ -211,7 +218,7 @@ def load(path: Path | str, parse: Callable[[bytes], T]) -> T:
     """The parsed contents of a checked file. FileNotFoundError when it is missing;
     DamagedFile (after setting it aside) when its checksum or its parser fails."""
     path = Path(path)
-    data, recorded, ok = _read(path)
+    data, recorded, ok, identity = _read(path)
     if recorded is not None and not ok:
         raise damaged(path, "its bytes do not match its sha256")
     try:
@@ -220,7 +227,8 @@ def load(path: Path | str, parse: Callable[[bytes], T]) -> T:
         raise damaged(path, f"cannot be read: {type(err).__name__}") from None
     if recorded is None:  # written before checksums: it parses, so adopt it
         with contextlib.suppress(OSError, DiskFull):  # a read must not fail for want of space
-            _write_sidecar(path, data)
+            if not sidecar(path).exists() and _identity(path) == identity:  # not replaced since
+                _write_sidecar(path, data)
     return value
 
 

@@ -404,8 +404,10 @@ def serve_forever(idle_exit: float | None = 600.0) -> int:
             return 1
         fh.seek(0)
         fh.truncate()
-        fh.write(str(os.getpid()))  # who holds it, for `dimalign scheduler --stop` and tests
-        fh.flush()
+        # who holds it, for `dimalign scheduler --stop` and tests (unbuffered: on a full disk
+        # it goes unsaid, and the lock still holds)
+        with contextlib.suppress(OSError):
+            os.write(fh.fileno(), str(os.getpid()).encode())
         store = Store()
         scheduler = Scheduler(store)
         # SIGTERM (`dimalign scheduler --stop`): workers finish their runs, then leave

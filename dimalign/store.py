@@ -11,6 +11,10 @@ Many processes use it at once — the app, the scheduler, one worker per job, CL
 every connection waits on locks (busy timeout) instead of failing, and writers take the lock
 up front (BEGIN IMMEDIATE) so two writers never deadlock upgrading a read lock. Tensors and
 checkpoints live as files in the run's folder; the store indexes them.
+
+A store file that is empty, truncated or not a database is refused with a StoreError naming it
+and saying how to start afresh; it is never overwritten. On a full disk the store can still be
+read, and a write raises `checked.DiskFull` ("disk full at PATH").
 """
 
 from __future__ import annotations
@@ -114,7 +118,7 @@ def _run_script(db: sqlite3.Connection, script: str) -> None:
 
 
 class StoreError(ValueError):
-    """Bad input to the store (an unknown run, a malformed id or owner)."""
+    """Bad input to the store (an unknown run, a malformed id or owner), or a damaged store."""
 
 
 def check_run_id(run_id: str) -> str:
@@ -174,7 +178,7 @@ def _row_to_run(row: sqlite3.Row) -> Run:
 
 
 # what SQLite says when the disk is full (at a write, or when it maps its shared memory file)
-_NO_SPACE = ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE", "SQLITE_IOERR_WRITE", "SQLITE_IOERR_TRUNCATE")
+_NO_SPACE = ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE")
 
 
 def _no_space(err: sqlite3.Error) -> bool:
@@ -311,11 +315,12 @@ class Store:
             return  # pages may live in the log: nothing to compare
         pages = db.execute("PRAGMA page_count").fetchone()[0]
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
-        if pages * page_size > self.path.stat().st_size:
-            row = db.execute("PRAGMA quick_check(1)").fetchone()
-            raise damaged_store(self.path, "truncated: the file holds "
-                                f"{self.path.stat().st_size} bytes of {pages * page_size}"
-                                + ("" if row[0] == "ok" else f"; {row[0]}"))
+        size = self.path.stat().st_size
+        if pages * page_size > size:  # or a commit came in since the look at the log:
+            row = db.execute("PRAGMA quick_check(1)").fetchone()  # a missing page raises
+            if row[0] != "ok":
+                raise damaged_store(self.path, f"truncated: {size} of {pages * page_size} "
+                                    f"bytes; {row[0]}")
 
     def _connect(self) -> tuple[sqlite3.Connection, bool]:
         """(a connection, whether it is read-only: the disk is full)."""

@@ -138,6 +138,7 @@ def work(home: str, run_id: str, gpu: int | None = None) -> dict | None:
     from dimalign.checked import DiskFull
     from dimalign.store import Store
 
+    store = None
     try:
         store = Store()
         now = time.time()
@@ -145,6 +146,8 @@ def work(home: str, run_id: str, gpu: int | None = None) -> dict | None:
                                    started=now, heartbeat=now, error=None, finished=None,
                                    cancel_requested=0)
     except DiskFull as err:  # it stays queued; the scheduler hands it out again later
+        if store is not None:
+            store.close()
         _note(f"run {run_id} not started: {err}")
         return {"status": "queued", "error": str(err)}
     if not claimed:

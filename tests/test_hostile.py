@@ -117,7 +117,8 @@ def test_a_damaged_store_is_named_left_alone_and_every_command_exits_2(kind, tmp
     commands = [("runs",), ("runs", "--json"), ("watch", ids[0]), ("cancel", ids[0]),
                 ("resume", ids[0]), ("export", ids[0], str(tmp_path / "out")),
                 ("submit", "--no-start", "--set", "train.epochs=2"),
-                ("sweep", "--grid", "muda.lambda_da=1,2", "--set", "train.epochs=2")]
+                ("sweep", "--grid", "muda.lambda_da=1,2", "--set", "train.epochs=2"),
+                ("scheduler", "--idle-exit", "1")]
     for args in commands:
         ran = cli(*args, home=home)
         assert ran.returncode == 2, (args, ran.stderr)
