@@ -1,15 +1,16 @@
 """Per-run geometry for the dashboard: spectra, principal angles, DA and a fixed, seeded
 subsample of features per model, computed once when a run is evaluated and saved with it, so
-pages never recompute them. Saved as plain tensors, loaded with `weights_only=True`."""
+pages never recompute them. Saved as plain tensors with a sha256 sidecar, loaded with
+`weights_only=True`."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import torch
 
+from dimalign import checked
 from dimalign.config import EvalConfig
 from dimalign.data import Experiment
 from dimalign.geometry import DegenerateFeatures, angles_between, eigenspectrum, top_basis
@@ -102,12 +103,11 @@ def geometry_bundle(outs: dict[str, Outputs], exp: Experiment, ev: EvalConfig,
 
 
 def save_bundle(bundle: dict, path: Path) -> None:
-    """Atomic write: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(bundle, tmp)
-    os.replace(tmp, path)
+    """Atomic write with a sha256 sidecar (`dimalign.checked`): a reader never sees half a
+    file, and later damage is found when it is read."""
+    checked.save_torch(bundle, path)
 
 
 def load_bundle(path: Path) -> dict:
-    return torch.load(path, weights_only=True)
+    """A saved bundle, checked: DamagedFile (the file set aside) when it is damaged."""
+    return checked.load_torch(path)

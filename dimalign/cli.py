@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from dimalign.checked import DiskFull, is_disk_full
 from dimalign.config import DEFAULT_PRESET, build_config, load_preset, preset_names
 from dimalign.datasets import DatasetUnavailable
 from dimalign.errors import ConfigError
@@ -248,7 +249,7 @@ def cmd_submit(args) -> int:
         return 1
     from dimalign.runner import load_result
 
-    result = load_result(run.folder)
+    result = load_result(run.folder)  # checked: a damaged one is one line
     if args.json:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
@@ -479,6 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     except Cancelled as err:
         print(f"dimalign: {err}", file=sys.stderr)
         return 130
+    except OSError as err:  # a write outside the checked files (e.g. export's folder)
+        if not is_disk_full(err):
+            raise
+        print(f"dimalign: {DiskFull(err.filename or '.')}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ndimalign: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130

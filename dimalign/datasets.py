@@ -12,8 +12,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import io
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dimalign import paths
+from dimalign import checked, paths
 
 Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x_tr, y_tr, x_te, y_te
 
@@ -223,9 +225,13 @@ def _decode(scan: FolderScan, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Every image of the scan, resized to size x size: uint8 (N, C, size, size), cached on disk
     under $DIMALIGN_HOME/data/imagefolder (keyed by the scan's fingerprint and the size)."""
     cache = paths.data_dir() / IMAGEFOLDER / f"{scan.fingerprint[:24]}-{size}.npz"
-    if cache.exists():
-        with np.load(cache) as z:
-            return z["x"], z["y"]
+    try:
+        return checked.load(cache, _arrays)
+    except FileNotFoundError:
+        pass
+    except checked.DamagedFile as err:  # set aside: decode the images again
+        print(f"dimalign: decoded-image cache {err}; decoding the images again",
+              file=sys.stderr, flush=True)
     from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
@@ -245,11 +251,19 @@ def _decode(scan: FolderScan, size: int) -> tuple[np.ndarray, np.ndarray]:
         images = list(pool.map(read, scan.files))
     x = np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))  # (N, C, H, W)
     y = np.asarray(scan.labels, dtype=np.int64)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, x=x, y=y)
-    os.replace(tmp, cache)
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x, y=y)
+    try:
+        checked.save(cache, buffer.getvalue())
+    except checked.DiskFull as err:  # only a cache: the run goes on without it
+        print(f"dimalign: the decoded images were not cached ({err})", file=sys.stderr,
+              flush=True)
     return x, y
+
+
+def _arrays(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(io.BytesIO(data)) as z:
+        return z["x"], z["y"]
 
 
 def _load_folder(scan: FolderScan, size: int, seed: int) -> Arrays:

@@ -8,9 +8,11 @@ import html
 import io
 import json
 import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from dimalign import plots
+from dimalign import checked, plots
 from dimalign.metric_table import TABLE, ordered
 from dimalign.paths import PathError
 from dimalign.store import Store
@@ -42,20 +44,26 @@ def destination(dest: Path | str) -> Path:
     return path
 
 
-def export_run(store: Store, run_id: str, dest: Path | str) -> list[Path]:
+def _say(text: str) -> None:
+    print(f"dimalign: {text}", file=sys.stderr, flush=True)
+
+
+def export_run(store: Store, run_id: str, dest: Path | str,
+               say: Callable[[str], None] = _say) -> list[Path]:
     """Write a run's files into the folder `dest`; returns what was written. A destination
-    that cannot be written raises PathError, naming the file."""
+    that cannot be written raises PathError, naming the file; a run file that fails its sha256
+    is set aside, left out and said (`say`)."""
     run = store.get(run_id)
     dest = destination(dest)
     try:
-        return _export(store, run, dest)
+        return _export(store, run, dest, say)
     except OSError as err:
         where = err.filename or dest
         raise PathError(f"export into {str(dest)!r} failed at {str(where)!r}: "
                         f"{err.strerror or err}") from None
 
 
-def _export(store: Store, run, dest: Path) -> list[Path]:
+def _export(store: Store, run, dest: Path, say: Callable[[str], None]) -> list[Path]:
     written = []
 
     config = dest / "config.json"
@@ -83,12 +91,21 @@ def _export(store: Store, run, dest: Path) -> list[Path]:
     if geometry_path.exists():
         from dimalign.artifacts import load_bundle
 
-        spectra_fig = plots.spectra_figure(load_bundle(geometry_path))
-        spectra_fig.write_html(figures / "spectra.html", include_plotlyjs=True)
-        written.append(figures / "spectra.html")
+        try:
+            spectra_fig = plots.spectra_figure(load_bundle(geometry_path))
+        except checked.DamagedFile as err:
+            say(f"{err}; the export has no spectra figure")
+        else:
+            spectra_fig.write_html(figures / "spectra.html", include_plotlyjs=True)
+            written.append(figures / "spectra.html")
 
     for name in ("unlearned.pt", "checkpoint.pt", "result.json", "telemetry.json"):
         if (run.folder / name).exists():
+            try:
+                checked.verify(run.folder / name)
+            except checked.DamagedFile as err:
+                say(f"{err}; it is not exported")
+                continue
             shutil.copy2(run.folder / name, dest / name)
             written.append(dest / name)
 

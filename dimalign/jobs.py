@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from dimalign import paths
+from dimalign.checked import DiskFull
 from dimalign.config import build_config, override_config
 from dimalign.errors import ConfigError
 from dimalign.methods import get_method
@@ -114,8 +115,12 @@ def submit_embedding(store: Store, source_id: str, samples: int, owner: str) -> 
         raise StoreError(f"run {source_id} is {source.status}; manifolds need a finished run")
     if not 30 <= int(samples) <= 20000:
         raise StoreError(f"sample size must lie in 30..20000, got {samples}")
+    from dimalign.embed import embedding_path
+
+    # a finished job is reused while its file is there (not when it was set aside as damaged)
+    done = ("done",) if embedding_path(source.folder, samples).exists() else ()
     return store.find_or_create_run(
-        share_key=f"embed:{source_id}:{int(samples)}", reuse=(*ACTIVE, "done"), owner=owner,
+        share_key=f"embed:{source_id}:{int(samples)}", reuse=(*ACTIVE, *done), owner=owner,
         kind="embed", preset=source.preset, method="umap",
         config={"source": source_id, "samples": int(samples)}, parent_id=source_id,
         experiment=source.experiment)
@@ -257,12 +262,40 @@ class Scheduler:
         self.exiting: list[multiprocessing.process.BaseProcess] = []
         self.max_jobs, self.max_memory_mb = recycle_limits()
         self.threads = worker_threads(len(self.slots))
+        # run id -> how it ended, as its worker could not record it (the disk was full)
+        self.endings: dict[str, dict] = {}
+        self.trouble: str | None = None  # the last problem logged, so it is logged once
 
     def tick(self) -> None:
-        self.reap()
-        self.recover()
-        self.fail_orphans()
-        self.start_eligible()
+        """One round. A full disk stops it where it is: it is logged once, and the next
+        round tries again (what was not recorded is still to do)."""
+        try:
+            self.record_endings()
+            self.reap()
+            self.recover()
+            self.fail_orphans()
+            self.start_eligible()
+        except DiskFull as err:
+            self.log(f"dimalign scheduler: {err}; trying again every tick")
+            return
+        if self.trouble is not None:
+            self.log(None)
+
+    def log(self, line: str | None) -> None:
+        """One line on stderr (the scheduler's log) when the trouble changes; None: it is over.
+        Writing the log may itself fail on a full disk: that is not worth dying for."""
+        if line == self.trouble:
+            return
+        self.trouble = line
+        with contextlib.suppress(OSError, ValueError):
+            print(line or "dimalign scheduler: writing to the store works again",
+                  file=sys.stderr, flush=True)
+
+    def record_endings(self) -> None:
+        """Record how runs ended that their worker could not write (the store was full)."""
+        for run_id, ending in list(self.endings.items()):
+            self.store.transition(run_id, ("running",), **ending)
+            del self.endings[run_id]
 
     def spawn(self, slot: Slot) -> None:
         from dimalign.worker import serve
@@ -285,6 +318,11 @@ class Scheduler:
                 if message[0] == "ready":
                     slot.ready, slot.failures = True, 0
                 elif message[0] == "idle":
+                    ending = message[2] if len(message) > 2 else None
+                    if ending is not None and ending["status"] == "queued":
+                        slot.retry_at = time.monotonic() + 5.0  # not started: disk full
+                    elif ending is not None:  # it ended, but the store could not record it
+                        self.endings[slot.run_id] = ending
                     slot.run_id, slot.jobs = None, slot.jobs + 1
                     slot.ready = not message[1]  # a recycled worker exits; reaped below
         except (EOFError, OSError):
@@ -315,8 +353,9 @@ class Scheduler:
 
     def recover(self) -> None:
         """Running runs whose worker is gone (killed, crashed, machine restarted, or died with
-        an earlier scheduler) become interrupted."""
-        ours = {s.run_id for s in self.slots if s.run_id is not None}
+        an earlier scheduler) become interrupted; runs whose ending this scheduler still has to
+        record are its own."""
+        ours = {s.run_id for s in self.slots if s.run_id is not None} | set(self.endings)
         for run in self.store.runs(statuses=("running",)):
             if run.id not in ours and worker_gone(run, self.heartbeat_timeout):
                 mark_interrupted(self.store, run)
@@ -327,7 +366,7 @@ class Scheduler:
         leaves; until then its slot takes no job, so no slot (no GPU) runs two at once. An
         orphan holds the slot of its GPU (the run's device, `cuda:N`), else any slot, idle
         ones first. Call after `recover`: the runs left running have live workers."""
-        ours = {s.run_id for s in self.slots if s.run_id is not None}
+        ours = {s.run_id for s in self.slots if s.run_id is not None} | set(self.endings)
         orphans = [r for r in self.store.runs(statuses=("running",), executor="local")
                    if r.id not in ours]
         held: set[int] = set()
@@ -384,7 +423,8 @@ class Scheduler:
         for slot in self.slots:
             if slot.process is None and now >= slot.retry_at:
                 self.spawn(slot)
-        free = [i for i, s in enumerate(self.slots) if s.ready and s.run_id is None]
+        free = [i for i, s in enumerate(self.slots)
+                if s.ready and s.run_id is None and now >= s.retry_at]
         if not free:
             return
         held = self.held_slots()
@@ -482,8 +522,10 @@ def serve_forever(idle_exit: float | None = 600.0) -> int:
             return 1
         fh.seek(0)
         fh.truncate()
-        fh.write(str(os.getpid()))  # who holds it, for `dimalign scheduler --stop` and tests
-        fh.flush()
+        # who holds it, for `dimalign scheduler --stop` and tests (unbuffered: on a full disk
+        # it goes unsaid, and the lock still holds)
+        with contextlib.suppress(OSError):
+            os.write(fh.fileno(), str(os.getpid()).encode())
         store = Store()
         scheduler = Scheduler(store)
         # SIGTERM (`dimalign scheduler --stop`): workers finish their runs, then leave

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from dimalign import paths
+from dimalign import checked, paths
 from dimalign.config import Config
 from dimalign.methods import get_method
 from dimalign.methods.loop import TelemetryFn, UnlearnResult, unlearn
@@ -26,6 +26,7 @@ from dimalign.train import Baselines, ProgressFn, get_baselines
 
 GEOMETRY, RESULT, TELEMETRY, CHECKPOINT = "geometry.pt", "result.json", "telemetry.json", \
     "unlearned.pt"
+FILES = (GEOMETRY, TELEMETRY, CHECKPOINT)  # a result's files beside result.json
 
 
 def result_key(cfg: Config, method: str) -> str:
@@ -52,21 +53,34 @@ def _say(text: str) -> None:
 
 
 def load_result(run_dir: Path) -> dict:
-    """A saved result.json, its `artifacts` the folder it was read from: the file stores that
-    folder relative to the home (older ones: absolute, maybe in a home this one was copied
-    from), and whatever it says, the run's files are the ones beside it."""
-    saved = json.loads((run_dir / RESULT).read_text())
+    """A saved result.json (checked against its sha256: a damaged one raises DamagedFile), its
+    `artifacts` the folder it was read from: the file stores that folder relative to the home
+    (older ones: absolute, maybe in a home this one was copied from), and whatever it says, the
+    run's files are the ones beside it."""
+    saved = checked.load_json(run_dir / RESULT)
     saved["artifacts"] = str(run_dir)
     return saved
 
 
-def reusable_result(run_dir: Path, baselines: Baselines) -> dict | None:
+def reusable_result(run_dir: Path, baselines: Baselines,
+                    say: Callable[[str], None] = _say) -> dict | None:
     """The saved result of this very run, if it was computed from the same baseline
-    checkpoints (evaluation and CPU unlearning are deterministic: rerunning only costs time)."""
+    checkpoints (evaluation and CPU unlearning are deterministic: rerunning only costs time)
+    and every file of it still matches its sha256. A damaged file is set aside (and said); a
+    result written before checksums is computed again."""
     path = run_dir / RESULT
     if not (path.exists() and (run_dir / GEOMETRY).exists()):
         return None
-    saved = load_result(run_dir)
+    try:
+        if not all(checked.verify(run_dir / name) for name in (RESULT, *FILES)
+                   if (run_dir / name).exists()):
+            return None
+        saved = load_result(run_dir)
+    except FileNotFoundError:
+        return None
+    except checked.DamagedFile as err:
+        say(f"{err}; computing the result again")
+        return None
     if saved.get("checkpoints") != baselines.checkpoints:
         return None
     saved["cached"] = {**baselines.cached, "result": True}
@@ -89,10 +103,10 @@ def run_experiment(cfg: Config, method: str = "retrain", *, preset: str = "",
     is whole.
     """
     spec = get_method(method)
-    baselines = get_baselines(cfg, progress=progress)
+    baselines = get_baselines(cfg, progress=progress, say=say)
     if run_dir is None:
         run_dir = paths.runs_dir() / result_key(cfg, method)
-        if not fresh and (saved := reusable_result(run_dir, baselines)) is not None:
+        if not fresh and (saved := reusable_result(run_dir, baselines, say)) is not None:
             return saved
     models = {"original": baselines.original, "retrained": baselines.retrained}
     seconds = dict(baselines.seconds)
@@ -119,7 +133,7 @@ def run_experiment(cfg: Config, method: str = "retrain", *, preset: str = "",
 def evaluate_and_save(cfg: Config, preset: str, method: str, baselines: Baselines,
                       models: dict, seconds: dict, run_dir: Path,
                       outcome: UnlearnResult | None, points: list[dict]) -> dict:
-    from dimalign.artifacts import geometry_bundle, save_bundle
+    from dimalign.artifacts import geometry_bundle
     from dimalign.metrics import evaluate, sample_sizes
 
     exp = baselines.experiment
@@ -143,35 +157,48 @@ def evaluate_and_save(cfg: Config, preset: str, method: str, baselines: Baseline
     if outcome is not None:
         result["telemetry_seconds"] = outcome.telemetry_seconds
         result["steps"] = outcome.steps
-    # write everything into a scratch folder, then move it into place in one rename
+    # write everything into a scratch folder, then move it into place: nothing half-written
+    # is ever in the run's folder, and the scratch folder goes whatever happens
     scratch = run_dir.with_name(f"{run_dir.name}.{os.getpid()}.tmp")
     shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    save_bundle(geometry_bundle(outputs, exp, cfg.eval, cfg.seed, ids=known), scratch / GEOMETRY)
-    (scratch / TELEMETRY).write_text(json.dumps(finite(points)))
-    if outcome is not None:
-        torch.save({k: v.detach().cpu() for k, v in outcome.model.state_dict().items()},
-                   scratch / CHECKPOINT)
-    # the folder relative to the home: a copied home's results point into the copy
-    (scratch / RESULT).write_text(json.dumps(
-        {**result, "artifacts": paths.relative_to_home(run_dir)}, indent=1))
-    if run_dir.exists():  # keep what else lives there (a worker's checkpoint), replace ours
-        for name in (GEOMETRY, TELEMETRY, CHECKPOINT, RESULT):
-            if (scratch / name).exists():
-                os.replace(scratch / name, run_dir / name)
-            elif (run_dir / name).exists():
-                (run_dir / name).unlink()
-        shutil.rmtree(scratch)
-    else:
-        os.replace(scratch, run_dir)
+    try:
+        _mkdir(scratch)
+        checked.save_torch(geometry_bundle(outputs, exp, cfg.eval, cfg.seed, ids=known),
+                           scratch / GEOMETRY)
+        checked.save_json(finite(points), scratch / TELEMETRY)
+        if outcome is not None:
+            checked.save_torch({k: v.detach().cpu() for k, v in outcome.model.state_dict().items()},
+                               scratch / CHECKPOINT)
+        # the folder relative to the home: a copied home's results point into the copy
+        checked.save_json({**result, "artifacts": paths.relative_to_home(run_dir)},
+                          scratch / RESULT, indent=1)
+        if run_dir.exists():  # keep what else lives there (a worker's checkpoint), replace ours
+            for name in (*FILES, RESULT):
+                if (scratch / name).exists():
+                    checked.move(scratch / name, run_dir / name)
+                else:
+                    checked.remove(run_dir / name)
+        else:
+            os.replace(scratch, run_dir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return result
+
+
+def _mkdir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True)
+    except OSError as err:
+        if checked.is_disk_full(err):
+            raise checked.DiskFull(folder) from None
+        raise
 
 
 def compare(cfg: Config, methods: list[str], *, preset: str = "",
             progress: ProgressFn | None = None, say: Callable[[str], None] = _say) -> dict:
     """Every method from the same cached baselines, evaluated together: per method every
     metric, its gap to retrained, and its time as a fraction of retraining."""
-    baselines = get_baselines(cfg, progress=progress)
+    baselines = get_baselines(cfg, progress=progress, say=say)
     models = {"original": baselines.original, "retrained": baselines.retrained}
     seconds = {"original": baselines.seconds["original"],
                "retrained": baselines.seconds["retrained"]}

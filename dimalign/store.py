@@ -11,6 +11,10 @@ Many processes use it at once — the app, the scheduler, one worker per job, CL
 every connection waits on locks (busy timeout) instead of failing, and writers take the lock
 up front (BEGIN IMMEDIATE) so two writers never deadlock upgrading a read lock. Tensors and
 checkpoints live as files in the run's folder; the store indexes them.
+
+A store file that is empty, truncated or not a database is refused with a StoreError naming it
+and saying how to start afresh; it is never overwritten. On a full disk the store can still be
+read, and a write raises `checked.DiskFull` ("disk full at PATH").
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from dimalign import paths
+from dimalign.checked import DiskFull, is_disk_full
 
 SCHEMA_VERSION = 3
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
@@ -137,7 +142,7 @@ def _run_script(db: sqlite3.Connection, script: str) -> None:
 
 
 class StoreError(ValueError):
-    """Bad input to the store (an unknown run, a malformed id or owner)."""
+    """Bad input to the store (an unknown run, a malformed id or owner), or a damaged store."""
 
 
 class OwnerRefused(StoreError):
@@ -221,45 +226,225 @@ def _row_to_run(row: sqlite3.Row) -> Run:
     return Run(**d)
 
 
+# what SQLite says when the disk is full (at a write, or when it maps its shared memory file)
+_NO_SPACE = ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE")
+
+
+def _no_space(err: sqlite3.Error) -> bool:
+    return getattr(err, "sqlite_errorname", "") in _NO_SPACE or "disk is full" in str(err)
+
+
+def _corrupt(err: sqlite3.Error) -> bool:
+    name = getattr(err, "sqlite_errorname", "")
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or \
+        "malformed" in str(err) or "not a database" in str(err)
+
+
+def damaged_store(path: Path, why: str) -> StoreError:
+    """The one line a damaged store file gives: what is wrong and how to start afresh."""
+    return StoreError(f"the run store {path} is damaged ({why}); it was left as it is. Move it "
+                      f"aside (mv {path} {path}.bak, with its -wal and -shm files if there) and "
+                      f"the next start makes a new, empty store; the run folders under "
+                      f"{paths.runs_dir()} are kept")
+
+
+def _close(db: sqlite3.Connection | None) -> None:
+    if db is not None:
+        with suppress(sqlite3.Error):
+            db.close()
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection, path: Path):
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; DiskFull when the disk is full."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    except sqlite3.OperationalError as err:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        if _no_space(err):
+            raise DiskFull(path) from None
+        raise
+
+
 class Store:
+    """A connection to the run store. A new store file is built under another name and linked
+    into place whole, so a store file is never empty: an empty, truncated or foreign file is
+    reported (StoreError) and never overwritten. Opening a store whose schema is current
+    writes nothing; when the disk is full it is opened read-only (writes raise DiskFull, and
+    it becomes writable again once there is space)."""
+
+    RETRY_SECONDS = 1.0  # how often a read-only store tries to become writable again
+
     def __init__(self, path: Path | None = None, timeout: float = 60.0):
         self.path = Path(path) if path else paths.home() / "runs.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None,
-                                  check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.execute("PRAGMA synchronous = NORMAL")  # WAL stays consistent after a crash
-        self.db.execute("PRAGMA foreign_keys = ON")
-        self._migrate()
+        self.timeout = timeout
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            if is_disk_full(err):
+                raise DiskFull(self.path.parent) from None
+            raise
+        if not self.path.exists():
+            self._create()
+        self._db, self.read_only = self._connect()
+        self._retry_at = time.monotonic() + self.RETRY_SECONDS
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self.read_only and time.monotonic() >= self._retry_at:
+            self._retry_at = time.monotonic() + self.RETRY_SECONDS
+            self._reopen()
+        return self._db
+
+    def _open(self, target: str, uri: bool = False) -> sqlite3.Connection:
+        db = sqlite3.connect(target, timeout=self.timeout, isolation_level=None,
+                             check_same_thread=False, uri=uri)
+        db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        db.execute("PRAGMA foreign_keys = ON")
+        return db
+
+    @staticmethod
+    def _wal(db: sqlite3.Connection) -> None:
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")  # WAL stays consistent after a crash
+
+    def _create(self) -> None:
+        """Build an empty store beside the path and link it into place (when another process
+        got there first, its store is used)."""
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{secrets.token_hex(3)}.new")
+        try:
+            db = self._open(str(tmp))
+            try:
+                self._wal(db)
+                self._migrate(db)
+            finally:
+                db.close()
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass
+            except OSError as err:  # a file system without hard links
+                if is_disk_full(err) or self.path.exists():
+                    raise
+                os.rename(tmp, self.path)
+        except sqlite3.OperationalError as err:
+            if _no_space(err):
+                raise DiskFull(self.path) from None
+            raise
+        except OSError as err:
+            if is_disk_full(err):
+                raise DiskFull(self.path) from None
+            raise
+        finally:
+            for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+                leftover.unlink(missing_ok=True)
+
+    def _check_empty(self) -> None:
+        """An empty file is not a store (SQLite would silently make it a new, empty one). The
+        file is looked at with stat only: opening and closing a file descriptor of it would
+        drop the locks SQLite holds on it in this process (and corrupt the store)."""
+        if self.path.stat().st_size == 0:
+            raise damaged_store(self.path, "the file is empty: 0 bytes")
+
+    def _check_length(self, db: sqlite3.Connection) -> None:
+        """With nothing in the write-ahead log, every page is in the file: a file shorter than
+        its page count was truncated (SQLite would say so only on reading a missing page)."""
+        wal = Path(f"{self.path}-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            return  # pages may live in the log: nothing to compare
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        size = self.path.stat().st_size
+        if pages * page_size > size:  # or a commit came in since the look at the log:
+            row = db.execute("PRAGMA quick_check(1)").fetchone()  # a missing page raises
+            if row[0] != "ok":
+                raise damaged_store(self.path, f"truncated: {size} of {pages * page_size} "
+                                    f"bytes; {row[0]}")
+
+    def _connect(self) -> tuple[sqlite3.Connection, bool]:
+        """(a connection, whether it is read-only: the disk is full)."""
+        db = None
+        try:
+            self._check_empty()
+            db = self._open(str(self.path))
+            self._wal(db)
+            self._check_length(db)
+            self._migrate(db)
+            return db, False
+        except sqlite3.DatabaseError as err:
+            _close(db)
+            if _corrupt(err):
+                why = "not a SQLite database" if "not a database" in str(err) else \
+                    f"truncated or corrupt: {err}"
+                raise damaged_store(self.path, why) from None
+            if not _no_space(err):
+                raise
+            return self._open_read_only(), True
+        except BaseException:
+            _close(db)
+            raise
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """The disk is full: SQLite cannot make its shared-memory file. Read the store file
+        as it is (nothing may be waiting in its write-ahead log) and write nothing."""
+        wal = Path(f"{self.path}-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise DiskFull(self.path)  # the log holds commits only SQLite can read back
+        db = self._open(self.path.resolve().as_uri() + "?immutable=1", uri=True)
+        if self._stored_version(db) != SCHEMA_VERSION:
+            db.close()
+            raise DiskFull(self.path)  # it needs upgrading, which writes
+        return db
+
+    def _reopen(self) -> None:
+        """Writable again if there is space now; else keep the read-only connection."""
+        try:
+            db, read_only = self._connect()
+        except (DiskFull, sqlite3.Error):
+            return
+        self._db.close()
+        self._db, self.read_only = db, read_only
 
     def close(self) -> None:
-        self.db.close()
+        self._db.close()
 
     @contextmanager
     def write(self):
-        """A write transaction that takes the lock up front."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        """A write transaction that takes the lock up front; DiskFull when the disk is full."""
+        if self.read_only:
+            self._reopen()
+            if self.read_only:
+                raise DiskFull(self.path)
+        with _transaction(self._db, self.path) as db:
+            yield db
 
-    def _stored_version(self) -> int | None:
+    @staticmethod
+    def _stored_version(db: sqlite3.Connection) -> int | None:
         try:
-            row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except sqlite3.OperationalError:  # a new file: no tables yet
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.OperationalError as err:  # a new file: no tables yet
+            if _no_space(err):
+                raise
             return None
         return int(row[0]) if row else None
 
-    def _migrate(self) -> None:
-        stored = self._stored_version()
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        stored = self._stored_version(db)
+        if stored == SCHEMA_VERSION:
+            return  # current: opening writes nothing (so a full disk can still be read)
         if stored is not None and stored < SCHEMA_VERSION:
             import dimalign.train  # noqa: F401 - what a migration imports (torch), before the lock
-        with self.write() as db:
+        with _transaction(db, self.path):
             _run_script(db, _SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             version = int(row[0]) if row else SCHEMA_VERSION

@@ -7,7 +7,9 @@ not progress phases: they appear in the run's telemetry).
 
 Data stays as uint8 tensors on the training device and is augmented there, so a GPU never waits
 on a DataLoader. On CUDA: bf16 autocast and channels_last. Models are cached under a hash of
-everything that defines them; checkpoints are state dicts, loaded with `weights_only=True`.
+everything that defines them; checkpoints are state dicts with a sha256 sidecar
+(`dimalign.checked`), loaded with `weights_only=True`. A damaged one is set aside and trained
+again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dimalign import paths
+from dimalign import checked, paths
 from dimalign.config import Config
 from dimalign.data import Experiment, augment, build_experiment, normalise, trigger_size
 from dimalign.datasets import IMAGEFOLDER, DatasetInfo
@@ -228,24 +231,27 @@ def cache_path(key: dict) -> str:
 
 
 def save_checkpoint(model: nn.Module, path: str, meta: dict) -> None:
-    """Write weights and their metadata atomically: a crash never leaves a half-written file."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, path)
-    with open(f"{tmp}.json", "w") as fh:
-        json.dump(meta, fh, indent=1)
-    os.replace(f"{tmp}.json", f"{path[:-3]}.json")
+    """Write weights and their metadata, each atomically with its sha256 (`dimalign.checked`):
+    a crash never leaves a half-written file, and later damage is found when it is read. The
+    metadata goes last: a model counts as cached once it is there."""
+    checked.save_torch({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+    checked.save_json(meta, f"{path[:-3]}.json", indent=1)
 
 
-def load_checkpoint(cfg: Config, path: str, device: torch.device) -> Classifier:
+def model_from_state(cfg: Config, state: dict, device: torch.device) -> Classifier:
     info = cfg.info
     model = build_model(cfg.model_name, info.channels, info.num_classes, info.size)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.load_state_dict(state)
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model.eval()
+
+
+def load_checkpoint(cfg: Config, path: str, device: torch.device) -> Classifier:
+    """A saved state dict, checked against its sha256: DamagedFile (the file set aside) when
+    it does not match or cannot be read."""
+    return model_from_state(cfg, checked.load_torch(path), device)
 
 
 @dataclass
@@ -259,35 +265,69 @@ class Baselines:
     checkpoints: dict[str, str]  # identity of each checkpoint: file name and creation time
 
 
-def cached_meta(cfg: Config, role: str) -> dict | None:
-    """Metadata of the cached model for `role` (seconds, device, samples), or None."""
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def cached_meta(cfg: Config, role: str,
+                say: Callable[[str], None] | None = _say) -> dict | None:
+    """Metadata of the cached model for `role` (seconds, device, samples), or None. Metadata
+    that fails its checksum or does not parse is set aside (and the model trained again)."""
     path = cache_path(cache_key(cfg, role))
     meta_path = path[:-3] + ".json"
     if not (os.path.exists(path) and os.path.exists(meta_path)):
         return None
-    with open(meta_path) as fh:
-        return json.load(fh)
+    try:
+        meta = checked.load_json(meta_path)
+        if not (isinstance(meta, dict) and "seconds" in meta and "created" in meta):
+            raise checked.damaged(meta_path, "not the metadata dimalign writes")
+    except FileNotFoundError:  # set aside by another process just now
+        return None
+    except checked.DamagedFile as err:
+        if say is not None:
+            say(f"metadata of the cached {role} model was damaged ({err.reason}; {err.where}); "
+                "training it again")
+        return None
+    return meta
 
 
 def baseline_model(cfg: Config, exp: Experiment, role: str, device: torch.device,
-                   progress: ProgressFn | None = None) -> tuple[Classifier, float, bool]:
-    """Load the cached model for `role` or train and cache it. Returns (model, seconds, cached)."""
+                   progress: ProgressFn | None = None,
+                   say: Callable[[str], None] = _say) -> tuple[Classifier, float, bool]:
+    """Load the cached model for `role` or train and cache it. Returns (model, seconds, cached).
+    A cached model that is damaged is set aside and trained again; `say` reports it."""
     key = cache_key(cfg, role)
     path = cache_path(key)
-    meta = cached_meta(cfg, role)
-    if meta is not None:
-        return load_checkpoint(cfg, path, device), float(meta["seconds"]), True
+    loaded = _load_cached(cfg, role, path, device, say)
+    if loaded is not None:
+        return loaded
     # Several processes may want the same model: one trains it, the others wait on the lock
     # and then load what it saved.
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path[:-3] + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        meta = cached_meta(cfg, role)
-        if meta is not None:
-            return load_checkpoint(cfg, path, device), float(meta["seconds"]), True
+        loaded = _load_cached(cfg, role, path, device, say)
+        if loaded is not None:
+            return loaded
         if role == "original" and cfg.original_checkpoint:
             return _import_original(cfg, device, key, path)
         return _train_and_save(cfg, exp, role, device, key, path, progress)
+
+
+def _load_cached(cfg: Config, role: str, path: str, device: torch.device,
+                 say: Callable[[str], None]) -> tuple[Classifier, float, bool] | None:
+    """The cached model and its recorded seconds; None when it is not cached, or was damaged
+    (then it is set aside, and `say` says so)."""
+    meta = cached_meta(cfg, role, say)
+    if meta is None:
+        return None
+    try:
+        return load_checkpoint(cfg, path, device), float(meta["seconds"]), True
+    except FileNotFoundError:  # set aside by another process just now
+        return None
+    except checked.DamagedFile as err:
+        say(f"cached {role} model was damaged ({err.reason}; {err.where}); training it again")
+        return None
 
 
 def _import_original(cfg: Config, device: torch.device, key: dict,
@@ -361,24 +401,27 @@ def _train_and_save(cfg: Config, exp: Experiment, role: str, device: torch.devic
 LOADED: LRU[Baselines] = LRU(4)  # recent experiments' baselines, kept in a warm worker
 
 
-def get_baselines(cfg: Config, progress: ProgressFn | None = None) -> Baselines:
+def get_baselines(cfg: Config, progress: ProgressFn | None = None,
+                  say: Callable[[str], None] = _say) -> Baselines:
     """Original and retrained models of a config, from the cache when they are there (and from
     memory when this process loaded the same checkpoints lately: callers never change them)."""
     device = pick_device(cfg.device)
-    metas = [cached_meta(cfg, role) for role in ("original", "retrained")]
+    metas = [cached_meta(cfg, role, say) for role in ("original", "retrained")]
     if all(metas):
         key = (str(device), *(f"{cache_path(cache_key(cfg, role))}@{meta['created']}"
                               for role, meta in zip(("original", "retrained"), metas,
                                                     strict=True)))
-        return LOADED.get_or_make(key, lambda: _load_or_train(cfg, device, progress))
-    return _load_or_train(cfg, device, progress)
+        return LOADED.get_or_make(key, lambda: _load_or_train(cfg, device, progress, say))
+    return _load_or_train(cfg, device, progress, say)
 
 
-def _load_or_train(cfg: Config, device: torch.device, progress: ProgressFn | None) -> Baselines:
+def _load_or_train(cfg: Config, device: torch.device, progress: ProgressFn | None,
+                   say: Callable[[str], None] = _say) -> Baselines:
     exp = build_experiment(cfg)
     models, seconds, cached, ids = {}, {}, {}, {}
     for role in ("original", "retrained"):
-        models[role], seconds[role], cached[role] = baseline_model(cfg, exp, role, device, progress)
+        models[role], seconds[role], cached[role] = baseline_model(cfg, exp, role, device,
+                                                                   progress, say)
         path = cache_path(cache_key(cfg, role))
         ids[role] = f"{os.path.basename(path)}@{cached_meta(cfg, role)['created']}"
     return Baselines(exp, models["original"], models["retrained"], device, seconds, cached, ids)

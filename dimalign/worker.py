@@ -5,14 +5,18 @@ recent experiments in memory, then takes run ids from its pipe. For each it clai
 the store (so no two workers run the same job), beats a heartbeat, watches for a cancel
 request, streams progress and telemetry into the store, checkpoints after every epoch, and
 records how the run ended. A worker killed outright leaves a stale heartbeat: the scheduler
-marks the run `interrupted`, and `resume` continues it from its last checkpoint. A worker whose
-scheduler died (killed outright) finishes the job it has and leaves: it never takes another,
-so the scheduler that replaces the dead one does not find two jobs in one slot.
+marks the run `interrupted`, and `resume` continues it from its last checkpoint (or from step
+0, saying so, when that checkpoint is damaged). A worker whose scheduler died (killed outright)
+finishes the job it has and leaves: it never takes another, so the scheduler that replaces the
+dead one does not find two jobs in one slot. When the disk is full and the store cannot record
+how a job ended, the worker hands the ending to the scheduler, which records it later.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
 import time
 import traceback
@@ -32,13 +36,15 @@ class _Heartbeat(threading.Thread):
         self.run_id, self.cancel, self.done = run_id, threading.Event(), threading.Event()
 
     def run(self) -> None:
+        from dimalign.checked import DiskFull
         from dimalign.store import Store
 
         store = Store()
         last = time.monotonic()
         while not self.done.wait(CANCEL_POLL_SECONDS):
             if time.monotonic() - last >= HEARTBEAT_SECONDS:
-                store.update(self.run_id, heartbeat=time.time())
+                with contextlib.suppress(DiskFull):  # a full disk misses beats; the job says
+                    store.update(self.run_id, heartbeat=time.time())
                 last = time.monotonic()
             if store.get(self.run_id).cancel_requested:
                 self.cancel.set()
@@ -84,13 +90,13 @@ def serve(home: str, gpu: int | None, conn, max_jobs: int, max_memory_mb: float,
             return
         if run_id is None or os.getppid() != scheduler:  # told to stop, or orphaned
             return
-        work(home, run_id, gpu)
+        unrecorded = work(home, run_id, gpu)
         jobs += 1
         if os.getppid() != scheduler:  # the scheduler died during the job: take no other
             return
         leaving = jobs >= max_jobs or resident_mb() > max_memory_mb
         try:
-            conn.send(("idle", leaving))
+            conn.send(("idle", leaving, unrecorded))
         except OSError:
             return
         if leaving:
@@ -127,40 +133,68 @@ def _warm_latest_experiment() -> None:
         return
 
 
-def work(home: str, run_id: str, gpu: int | None = None) -> None:
-    """Run one job to its end (in a worker process)."""
+def work(home: str, run_id: str, gpu: int | None = None) -> dict | None:
+    """Run one job to its end (in a worker process). Returns None when its ending is in the
+    store; else the disk was full, and it returns the ending (status, error, ...) for the
+    scheduler to record later, or status "queued" when the job could not even start."""
     os.environ["DIMALIGN_HOME"] = home
     if gpu is not None:  # before torch is imported, so the job sees only its GPU
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    from dimalign.checked import DiskFull
     from dimalign.store import Store
 
-    store = Store()
-    now = time.time()
-    claimed = store.transition(run_id, ("queued",), status="running", pid=os.getpid(),
-                               started=now, heartbeat=now, error=None, finished=None,
-                               cancel_requested=0)
+    store = None
+    try:
+        store = Store()
+        now = time.time()
+        claimed = store.transition(run_id, ("queued",), status="running", pid=os.getpid(),
+                                   started=now, heartbeat=now, error=None, finished=None,
+                                   cancel_requested=0)
+    except DiskFull as err:  # it stays queued; the scheduler hands it out again later
+        if store is not None:
+            store.close()
+        _note(f"run {run_id} not started: {err}")
+        return {"status": "queued", "error": str(err)}
     if not claimed:
-        return
+        store.close()
+        return None
     beat = _Heartbeat(run_id)
     beat.start()
+    interrupt = None
     try:
         result = _execute(store, store.get(run_id), beat.cancel, gpu)
-        store.transition(run_id, ("running",), status="done", finished=time.time(),
-                         progress=1.0, result=_summary(result) if result else None)
+        ending = dict(status="done", finished=time.time(), progress=1.0,
+                      result=_summary(result) if result else None)
     except BaseException as err:  # noqa: BLE001 - every ending is recorded, then re-raised
         from dimalign.methods.loop import Cancelled
 
         status = "cancelled" if isinstance(err, Cancelled) else "failed"
         message = str(err) if isinstance(err, Cancelled | ValueError | RuntimeError) else \
             "".join(traceback.format_exception_only(err)).strip()
-        store.transition(run_id, ("running",), status=status, finished=time.time(),
-                         error=message or type(err).__name__)
+        ending = dict(status=status, finished=time.time(), error=message or type(err).__name__)
         if not isinstance(err, Exception):
-            raise
+            interrupt = err
     finally:
         beat.done.set()
         beat.join(timeout=5)
+    try:
+        store.transition(run_id, ("running",), **ending)
+    except DiskFull as err:
+        _note(f"run {run_id} ended {ending['status']}"
+              + (f" ({ending['error']})" if ending.get("error") else "")
+              + f", but the store could not record it: {err}")
+        return ending
+    finally:
         store.close()
+        if interrupt is not None:
+            raise interrupt
+    return None
+
+
+def _note(line: str) -> None:
+    """One line on this worker's stderr (the scheduler's log), if even that can be written."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"dimalign worker: {line}", file=sys.stderr, flush=True)
 
 
 def warm_umap(home: str) -> None:
@@ -195,11 +229,10 @@ class _Throttle:
 
 
 def _execute(store, run, cancel: threading.Event, gpu: int | None = None) -> dict | None:
-    import torch
-
+    from dimalign import checked
     from dimalign.config import config_from_dict
     from dimalign.runner import run_experiment
-    from dimalign.train import load_checkpoint, pick_device
+    from dimalign.train import model_from_state, pick_device
 
     if run.kind == "embed":
         return _embed(store, run)
@@ -210,17 +243,22 @@ def _execute(store, run, cancel: threading.Event, gpu: int | None = None) -> dic
     store.update(run.id, device=f"cuda:{gpu}" if gpu is not None and device.type == "cuda"
                  else str(device))
     progress = _Throttle(store, run.id)
+
+    def say(text: str) -> None:  # what the run is doing; notes also go to the log
+        store.update(run.id, phase=text.rstrip(" ."))
+        if not text.endswith("..."):
+            _note(f"run {run.id}: {text}")
+
     if run.kind == "baselines":  # train (or load) and evaluate: pages read its metrics
-        run.folder.mkdir(parents=True, exist_ok=True)
+        _mkdir(run.folder)
         result = run_experiment(cfg, "retrain", preset=run.preset, progress=progress,
-                                run_dir=run.folder,
-                                say=lambda text: store.update(run.id, phase=text.rstrip(" .")))
+                                run_dir=run.folder, say=say)
         _index(store, run)
         return result
 
-    run.folder.mkdir(parents=True, exist_ok=True)
+    _mkdir(run.folder)
     ckpt_path = run.folder / CHECKPOINT
-    resume = torch.load(ckpt_path, weights_only=True) if ckpt_path.exists() else None
+    resume = _resume_state(ckpt_path, say)
     already = store.last_step(run.id)  # metrics written before a crash are kept, not redone
     # the points sent up to the checkpoint; the resumed run sends the later ones again
     earlier = [] if resume is None else _points_before(store, run.id, resume["step"])
@@ -231,22 +269,44 @@ def _execute(store, run, cancel: threading.Event, gpu: int | None = None) -> dic
                 k: v for k, v in point.items() if isinstance(v, int | float) and k != "step"})
 
     def checkpoint(state: dict) -> None:
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, ckpt_path)
+        checked.save_torch(state, ckpt_path)
         store.add_artifact(run.id, "checkpoint", ckpt_path)
 
     init = None
     if run.parent_id:
-        parent = store.get(run.parent_id)
-        init = load_checkpoint(cfg, str(_parent_weights(parent, run.folder)), device)
+        init = model_from_state(cfg, _parent_state(store.get(run.parent_id)), device)
     result = run_experiment(cfg, run.method, preset=run.preset, progress=progress,
                             telemetry=telemetry, cancel=cancel.is_set, run_dir=run.folder,
                             init=init, checkpoint=checkpoint, resume=resume,
-                            earlier_points=earlier,
-                            say=lambda text: store.update(run.id, phase=text.rstrip(" .")))
+                            earlier_points=earlier, say=say)
     _index(store, run)
     return result
+
+
+def _mkdir(folder) -> None:
+    from dimalign.checked import DiskFull, is_disk_full
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFull(folder) from None
+        raise
+
+
+def _resume_state(path, say) -> dict | None:
+    """The run's last checkpoint, if it has one. A damaged one is set aside and the run
+    starts again from step 0 (the metrics it wrote before are kept), and says so."""
+    from dimalign import checked
+
+    try:
+        return checked.load_torch(path)
+    except FileNotFoundError:
+        return None
+    except checked.DamagedFile as err:
+        say(f"its checkpoint was damaged ({err.reason}; {err.where}); starting again from "
+            "step 0")
+        return None
 
 
 def _points_before(store, run_id: str, last: int) -> list[dict]:
@@ -281,17 +341,22 @@ def _embed(store, run) -> dict:
     return {"models": {}, "seconds": {}, "device": "cpu"}
 
 
-def _parent_weights(parent, into):
-    """A fork starts from the parent's final weights, or its last checkpoint if unfinished."""
-    import torch
+def _parent_state(parent) -> dict:
+    """A fork starts from the parent's final weights, or its last checkpoint if unfinished.
+    Either is checked: a damaged one fails the fork with one line (and is set aside)."""
+    from dimalign import checked
 
-    final = parent.folder / "unlearned.pt"
-    if final.exists():
-        return final
-    ckpt = parent.folder / CHECKPOINT
-    if ckpt.exists():
-        weights = into / "fork-source.pt"
-        torch.save(torch.load(ckpt, weights_only=True)["model"], weights)
-        return weights
+    for name, pick in (("unlearned.pt", lambda state: state),
+                       (CHECKPOINT, lambda state: state["model"])):
+        path = parent.folder / name
+        try:
+            return pick(checked.load_torch(path))
+        except FileNotFoundError:
+            continue
+        except checked.DamagedFile as err:
+            raise RuntimeError(f"cannot fork run {parent.id}: {err}") from None
+    if parent.status == "done":
+        raise RuntimeError(f"cannot fork run {parent.id}: its weights are gone (unlearned.pt "
+                           f"is missing from {parent.folder}); fork another run")
     raise RuntimeError(f"run {parent.id} has no checkpoint to fork from yet; wait for its "
                        "first epoch to finish")

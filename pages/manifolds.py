@@ -4,6 +4,7 @@ import streamlit as st
 
 from dimalign import plots, ui
 from dimalign.artifacts import load_bundle
+from dimalign.checked import DamagedFile
 from dimalign.data import build_experiment
 from dimalign.embed import embedding_path
 from dimalign.jobs import submit_embedding
@@ -30,14 +31,18 @@ if not path.exists():
 def _draw() -> bool:
     if not path.exists():
         return False
-    plot, picked = st.columns([4, 1])
     try:
         fig = ui.memo_figure(("manifolds", str(path), path.stat().st_mtime),
                              lambda: plots.manifold_figure(load_bundle(path)))
-    except Exception as err:  # whatever a damaged file makes loading raise: one readable line
+    except DamagedFile:  # set aside: the next run of the page computes it again
+        st.error(f"The manifold of run {run.id} ({samples} points) was damaged and set aside; "
+                 "reload the page to compute it again.")
+        return True
+    except Exception as err:  # whatever else a damaged file makes loading raise: one line
         st.error(f"The manifold of run {run.id} ({samples} points) cannot be read "
                  f"({type(err).__name__}): its file is damaged. Pick another number of points.")
         return True
+    plot, picked = st.columns([4, 1])
     event = ui.chart(fig, "manifolds", plot,
                      on_select="rerun", selection_mode="points")
     plot.caption("UMAP fitted on the retrained model's features; the other models' features "

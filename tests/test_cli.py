@@ -152,11 +152,14 @@ def test_a_diverging_run_fails_naming_the_term_and_leaves_no_result(muda_run, cl
     """An injected NaN in the cached original: the run stops, nothing half-written stays."""
     import torch
 
+    from dimalign import checked
+
     home, _ = muda_run
     (original,) = (home / "models").glob("original-*.pt")
     state = torch.load(original, weights_only=True)
     state["head.bias"][0] = float("nan")
     torch.save(state, original)
+    checked.reseal(original)  # a deliberate edit, not damage: the run must use these weights
     runs_before = set((home / "runs").iterdir())
     # its own process: this one keeps the loaded original in memory (train.LOADED)
     proc = cli_process("run", "--set", "train.epochs=2", "--set", "muda.lr=0.02", "--method",

@@ -8,15 +8,21 @@ from typing import NamedTuple
 
 import streamlit as st
 
+from dimalign.checked import DamagedFile, DiskFull
 from dimalign.config import Config
-from dimalign.store import ACTIVE, Run, Store
+from dimalign.store import ACTIVE, Run, Store, StoreError
 from dimalign.ui.state import Identity, remember
 
 
 def store() -> Store:
-    """One store connection per browser session."""
+    """One store connection per browser session. A store that cannot be opened (a damaged
+    file, a full disk) stops the page with its one-line message."""
     if "_store" not in st.session_state:
-        st.session_state["_store"] = Store()
+        try:
+            st.session_state["_store"] = Store()
+        except (StoreError, DiskFull) as err:
+            st.error(f"{err}.")
+            st.stop()
     return st.session_state["_store"]
 
 
@@ -64,7 +70,8 @@ def experiment_runs(cfg: Config, who: Identity | None = None,
 
 def load_geometry(run: Run) -> dict | None:
     """A run's saved geometry; None when it has none, or when its file cannot be read
-    (damaged, cut short, failing a check): then an error line names the run and what to do."""
+    (damaged, cut short, failing its sha256: then set aside): an error line names the run and
+    what to do."""
     path = run.folder / "geometry.pt"
     if not path.exists():
         return None
@@ -74,8 +81,9 @@ def load_geometry(run: Run) -> dict | None:
         again = ("Evaluate the baselines again on the server (`dimalign submit --method "
                  "retrain` with this experiment's settings)" if run.kind == "baselines" else
                  "Run it again (the same method and knobs on the Unlearn page)")
+        aside = " and was set aside" if isinstance(err, DamagedFile) else ""
         st.error(f"Run {run.id}'s saved geometry cannot be read ({type(err).__name__}): its "
-                 f"file is damaged. {again}.")
+                 f"file is damaged{aside}. {again}.")
         return None
 
 
