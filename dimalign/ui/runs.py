@@ -71,20 +71,26 @@ def experiment_runs(cfg: Config, who: Identity | None = None,
 def load_geometry(run: Run) -> dict | None:
     """A run's saved geometry; None when it has none, or when its file cannot be read
     (damaged, cut short, failing its sha256: then set aside): an error line names the run and
-    what to do."""
+    what to do, on this page and on every later one (the file set aside is the evidence)."""
     path = run.folder / "geometry.pt"
     if not path.exists():
+        if any(path.parent.glob(f"{path.name}.damaged-*")):
+            _geometry_damaged(run, "DamagedFile", " and was set aside")
         return None
     try:
         return _cached_bundle(str(path), path.stat().st_mtime)
     except Exception as err:  # whatever a damaged file makes loading raise: one readable line
-        again = ("Evaluate the baselines again on the server (`dimalign submit --method "
-                 "retrain` with this experiment's settings)" if run.kind == "baselines" else
-                 "Run it again (the same method and knobs on the Unlearn page)")
         aside = " and was set aside" if isinstance(err, DamagedFile) else ""
-        st.error(f"Run {run.id}'s saved geometry cannot be read ({type(err).__name__}): its "
-                 f"file is damaged{aside}. {again}.")
+        _geometry_damaged(run, type(err).__name__, aside)
         return None
+
+
+def _geometry_damaged(run: Run, error: str, aside: str) -> None:
+    again = ("Evaluate the baselines again on the server (`dimalign submit --method retrain` "
+             "with this experiment's settings)" if run.kind == "baselines" else
+             "Run it again (the same method and knobs on the Unlearn page)")
+    st.error(f"Run {run.id}'s saved geometry cannot be read ({error}): its file is "
+             f"damaged{aside}. {again}.")
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)  # shared, read-only: no copy per run
