@@ -39,6 +39,16 @@ def dimalign_home(tmp_path_factory):
         os.environ["DIMALIGN_HOME"] = old
 
 
+@pytest.fixture(autouse=True)
+def keep_main_module():
+    """Streamlit's script runner (AppTest) installs each page script as `__main__`; a process
+    spawned later by multiprocessing would run that script again. Every test starts and ends
+    with pytest's own `__main__`."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
+
 TINY = ["train.epochs=2"]  # the baselines every quick test shares (trained once: tiny_baselines)
 
 

@@ -862,12 +862,12 @@ def test_a_damaged_store_is_named_left_alone_and_every_command_exits_2(kind, tmp
                 ("sweep", "--grid", "muda.lambda_da=1,2", "--set", "train.epochs=2"),
                 ("scheduler", "--idle-exit", "1")]
     for args in commands:
-        ran = cli(*args, copied_home=copied_home)
+        ran = cli(*args, home=copied_home)
         assert ran.returncode == 2, (args, ran.stderr)
         line = one_line(ran.stderr, str(path), "damaged")
         assert f"mv {path} {path}.bak" in line and "run folders" in line, line
         assert ran.stdout == ""
-    ran = cli_process("runs", copied_home=copied_home)  # the real streams of a process of its own
+    ran = cli_process("runs", home=copied_home)  # the real streams of a process of its own
     assert ran.returncode == 2 and ran.stdout == ""
     one_line(ran.stderr, str(path), "damaged")
     assert path.read_bytes() == before  # never overwritten, never "repaired"
@@ -875,7 +875,7 @@ def test_a_damaged_store_is_named_left_alone_and_every_command_exits_2(kind, tmp
 
     # what the message says to do works, and keeps the run folders
     os.replace(path, f"{path}.bak")
-    ran = cli("runs", copied_home=copied_home)
+    ran = cli("runs", home=copied_home)
     assert ran.returncode == 0 and ran.stdout.count("\n") == 1  # a new, empty store
     assert sorted(p.name for p in (copied_home / "runs").iterdir()) == sorted(ids)
     assert Path(f"{path}.bak").read_bytes() == before
@@ -1212,12 +1212,12 @@ def test_read_only_commands_work_on_a_full_disk(tmp_path, cli, cli_process, monk
             monkeypatch.setattr(dimalign.store, "_transaction",
                                 lambda db, p: real(_FullDb(), p))
             run = cli
-        listed = run("runs", copied_home=copied_home)
+        listed = run("runs", home=copied_home)
         assert listed.returncode == 0, listed.stderr
         assert all(i in listed.stdout for i in ids) and listed.stderr == ""
-        watched = run("watch", ids[0], copied_home=copied_home)
+        watched = run("watch", ids[0], home=copied_home)
         assert watched.returncode == 0 and f"{ids[0]} done" in watched.stdout
-        submitted = run("submit", "--no-start", "--set", "train.epochs=2", copied_home=copied_home)
+        submitted = run("submit", "--no-start", "--set", "train.epochs=2", home=copied_home)
         assert submitted.returncode == 1 and submitted.stdout == ""
         one_line(submitted.stderr, f"disk full at {path}")
         if disk is not None:
