@@ -4,8 +4,6 @@ find-or-create under concurrency (separate processes, separate connections)."""
 import multiprocessing
 import shutil
 import sqlite3
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -113,9 +111,6 @@ def _race(path: str, keys: int, barrier, out) -> None:
 
 
 def test_find_or_create_in_racing_processes_makes_one_run_per_key(tmp_path, monkeypatch):
-    # an AppTest earlier in the session leaves its page script as __main__, which spawned
-    # children would run again; they need only this module (pickled by reference)
-    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     path, procs, keys = tmp_path / "runs.sqlite", 4, 15
     Store(path).close()  # the schema exists before the race
     ctx = multiprocessing.get_context("spawn")

@@ -11,6 +11,7 @@ import streamlit as st
 from dimalign.checked import DamagedFile, DiskFull
 from dimalign.config import Config
 from dimalign.store import ACTIVE, Run, Store, StoreError
+from dimalign.train import experiment_key
 from dimalign.ui.state import Identity, remember
 
 
@@ -37,12 +38,6 @@ def ensure_scheduler() -> None:
         start()
     except ConfigError as err:
         st.error(f"Runs cannot start: the background scheduler's setting {err}")
-
-
-def experiment_key(cfg: Config) -> str:
-    from dimalign.train import experiment_key as key
-
-    return key(cfg)
 
 
 def baselines_run(cfg: Config) -> Run | None:
