@@ -156,7 +156,8 @@ def cmd_methods(args) -> int:
                                     "range": kn.range_text() if kn.type in (int, float) else None,
                                     "choices": list(kn.choices), "help": kn.help,
                                     "source": kn.source, "group": kn.group}
-                                for k, kn in REGISTRY[name].knobs.items()}}
+                                for k, kn in REGISTRY[name].knobs.items()},
+                      "variant_defaults": REGISTRY[name].variant_defaults}
                for name in ORDER}
         json.dump(out, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -174,6 +175,11 @@ def cmd_methods(args) -> int:
                     extra = f" in {knob.range_text()}"
                 print(f"{'':<16}{name}.{key} = {knob.default!r:<8} {knob.help};{extra}"
                       + (f" [{knob.source}]" if knob.source != "choice" else ""))
+        if "variant" in spec.knobs:
+            print(f"{'':<13} default variant: {spec.knobs['variant'].default}")
+        for variant, values in spec.variant_defaults.items():
+            print(f"{'':<13} {name}.variant={variant} also sets: "
+                  + ", ".join(f"{k}={v!r}" for k, v in values.items()))
     return 0
 
 
@@ -191,10 +197,12 @@ def cmd_compare(args) -> int:
         return 0
     rows = result["methods"]
     keys = [k for k in shown("cli") if any(r.get(k) is not None for r in rows.values())]
+    spreads = {m.spread_of: m.name for m in TABLE.values() if m.spread_of}
     cost = TIME_FRACTION
     print(f"each cell: value (gap to retrained); {cost.title} = {cost.description} "
           f"({result['retrained_seconds']:.1f} s)")
-    widths = {k: max(len(k) + 2, 9 if TABLE[k].distance else 16) for k in keys}
+    widths = {k: max(len(k) + 2, 9 if TABLE[k].distance else 16 + 6 * (k in spreads))
+              for k in keys}
     print(f"{'method':<13}" + "".join(f"{k:>{widths[k]}}" for k in keys)
           + f"{cost.title:>19}")
     for name, row in rows.items():
@@ -203,10 +211,12 @@ def cmd_compare(args) -> int:
             value, gap = row.get(k), row["gaps"].get(k)
             if value is None:
                 cell = "-"
-            elif TABLE[k].distance or gap is None:  # a distance is its own gap
-                cell = f"{value:.3f}"
             else:
-                cell = f"{value:.3f} ({gap:+.3f})"
+                cell = f"{value:.3f}"
+                if (sd := row.get(spreads.get(k, ""))) is not None:  # the value ± its sd
+                    cell += f"±{sd:.3f}"
+                if not TABLE[k].distance and gap is not None:  # a distance is its own gap
+                    cell += f" ({gap:+.3f})"
             line += f"{cell:>{widths[k]}}"
         print(line + f"{row[cost.name]:>19.2f}")
     return 0

@@ -34,6 +34,7 @@ SCENARIO_KINDS = ("class", "random", "backdoor")
 MODELS = ("auto", "cnn", "resnet18")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEFAULT_PRESET = "digits-class"
+MIA_FEATURES = ("confidence", "entropy", "correctness")  # eval.mia_feature
 SEED_LIMIT = 2**32  # seeds feed numpy and scikit-learn, whose generators take 32-bit seeds
 
 
@@ -68,6 +69,10 @@ class EvalConfig:
     k: int = 0  # a fixed k for the retain basis instead (0 = use energy)
     center: bool = False  # subtract the retain mean before DA (the paper's form is uncentred)
     mia_samples: int = 1000  # members and non-members (each) the MIA's SVC is fitted on
+    # the MIA's output feature: confidence (the literature's reported choice), entropy or
+    # correctness; and how many seeded draws of its shadow sets give its mean and sd
+    mia_feature: str = "confidence"
+    mia_repeats: int = 5
     nmi_samples: int = 5000  # forget + test samples clustered by k-means for NMI
     cka_samples: int = 2000  # forget + test samples CKA compares models on
     feature_samples: int = 500  # per split, features kept for the dashboard (spectra use all)
@@ -359,6 +364,11 @@ def validate(cfg: Config) -> None:
                           f"telemetry), got {every!r}")
     if cfg.unlearn.telemetry_samples < 2:
         raise ConfigError("unlearn.telemetry_samples", "must be at least 2")
+    if ev.mia_feature not in MIA_FEATURES:
+        raise ConfigError("eval.mia_feature", f"{ev.mia_feature!r} is not allowed; choose one "
+                          f"of {', '.join(MIA_FEATURES)}")
+    if not 1 <= ev.mia_repeats <= 100:
+        raise ConfigError("eval.mia_repeats", f"must lie in 1..100, got {ev.mia_repeats}")
     for name in ("mia_samples", "nmi_samples", "cka_samples", "feature_samples"):
         if getattr(ev, name) < 10:
             raise ConfigError(f"eval.{name}", f"must be at least 10, got {getattr(ev, name)}")

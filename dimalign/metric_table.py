@@ -45,6 +45,8 @@ class Metric:
     in_avg_gap: bool = False  # avg-gap averages |model - retrained| over these
     distance: bool = False
     scenarios: frozenset[str] = SCENARIOS  # the scenarios evaluate reports it in
+    # the value is the spread (sd) of another metric, shown beside it; it has no gap
+    spread_of: str | None = None
     shown: frozenset[str] = frozenset()  # places of PLACES that show it
 
     def __post_init__(self) -> None:
@@ -93,9 +95,13 @@ METRICS: tuple[Metric, ...] = (
     Metric("asr", "ASR", "attack success: the fraction of trigger-stamped test images sent to "
            "the target class (should fall to the retrained model's level)", "accuracy",
            scenarios=BACKDOOR, shown=_places("cli")),
-    Metric("mia", "MIA", "MIA-efficacy: an RBF SVC on output entropy (retain = members, test = "
-           "non-members) applied to D_f; the fraction predicted non-member", "privacy",
-           in_avg_gap=True, shown=_places("cli", "compare", "experiment", "unlearn")),
+    Metric("mia", "MIA", "MIA-efficacy: an RBF SVC on one output feature (eval.mia_feature, "
+           "default confidence; retain = members, test of kept classes = non-members) applied "
+           "to D_f; the fraction predicted non-member, mean over eval.mia_repeats draws",
+           "privacy", in_avg_gap=True, shown=_places("cli", "compare", "experiment", "unlearn")),
+    Metric("mia_sd", "MIA sd", "standard deviation of MIA over its eval.mia_repeats draws of "
+           "the shadow sets", "privacy", spread_of="mia",
+           shown=_places("compare", "experiment", "unlearn")),
     Metric("da", "DA", "Dimensional Alignment of D_f features with the top-k retain "
            "eigenspace", "alignment", better="higher",
            shown=_places("cli", "compare", "experiment", "unlearn", "effect", "curves")),
@@ -126,6 +132,8 @@ METRICS: tuple[Metric, ...] = (
 TABLE: dict[str, Metric] = {m.name: m for m in METRICS}
 if len(TABLE) != len(METRICS):
     raise ValueError("metric names must be unique")
+if bad := [m.name for m in METRICS if m.spread_of and m.spread_of not in TABLE]:
+    raise ValueError(f"spread_of names an unknown metric: {bad}")
 
 # the cost column next to the metrics wherever methods are compared; computed by the runner
 # from wall seconds (not by evaluate), so it is not in METRICS
@@ -166,11 +174,12 @@ def _missing(value) -> bool:
 
 def gap_to_retrained(key: str, value: float | None, retrained: float | None) -> float | None:
     """A metric's gap to the retrained model: value − retrained value (signed). None where
-    either is missing (None or NaN). A distance metric (avg-gap) already measures the gap: it
-    is returned as it is, whatever the retrained value."""
-    if _missing(value):
-        return None
+    either is missing (None or NaN), and for a spread (an sd has no gap). A distance metric
+    (avg-gap) already measures the gap: it is returned as it is, whatever the retrained
+    value."""
     metric = TABLE.get(key)
+    if _missing(value) or (metric is not None and metric.spread_of):
+        return None
     if metric is not None and metric.distance:
         return value
     if _missing(retrained):

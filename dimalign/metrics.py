@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dimalign.config import EvalConfig
+from dimalign.config import MIA_FEATURES, EvalConfig
 from dimalign.data import Experiment
 from dimalign.datasets import stratified_split
 from dimalign.features import forward_all
@@ -95,24 +95,64 @@ def _sample(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(n, size), replace=False))
 
 
-def mia_efficacy(retain_logits: torch.Tensor, test_logits: torch.Tensor,
-                 forget_logits: torch.Tensor, samples: int, seed: int) -> tuple[float, int]:
-    """MIA-efficacy (Jia et al. 2023): an RBF SVC on output entropy learns members (retain)
-    from non-members (test), balanced; returns (fraction of D_f predicted non-member, n per
-    side)."""
+def mia_score(logits: torch.Tensor, labels: torch.Tensor, feature: str) -> np.ndarray:
+    """The one output feature the MIA's SVC sees, per sample: `confidence` = softmax
+    probability of the sample's label (the literature's reported choice), `entropy` of the
+    softmax, or `correctness` (1 where the prediction equals the label)."""
+    if feature == "entropy":
+        return entropy(logits).numpy()
+    if feature == "confidence":
+        probs = torch.softmax(logits.double(), dim=1)
+        return probs.gather(1, labels.long()[:, None]).squeeze(1).numpy()
+    if feature == "correctness":
+        return (logits.argmax(1) == labels).double().numpy()
+    raise ValueError(f"unknown MIA feature {feature!r}; choose one of {', '.join(MIA_FEATURES)}")
+
+
+@dataclass(frozen=True)
+class MiaResult:
+    mean: float  # fraction of D_f predicted non-member, averaged over the resamplings
+    sd: float  # its sample standard deviation over them (0 with one resampling)
+    per_side: int  # members and non-members (each) each SVC was fitted on
+    values: tuple[float, ...]  # one value per resampling
+
+
+def mia_efficacy(members: tuple[torch.Tensor, torch.Tensor],
+                 non_members: tuple[torch.Tensor, torch.Tensor],
+                 forget: tuple[torch.Tensor, torch.Tensor], *, feature: str = "confidence",
+                 samples: int = 1000, repeats: int = 5, seed: int = 0) -> MiaResult:
+    """MIA-efficacy (Jia et al. 2023): an RBF SVC (C = 3, gamma "auto") on one output feature
+    learns members from non-members, balanced; applied to D_f, the fraction it calls
+    non-member. Each argument is (logits, labels). The shadow sets are drawn `repeats` times
+    (seeded): one draw's value is not a finding, so the mean and sd over draws are reported."""
     from sklearn.svm import SVC
 
+    n = min(samples, len(members[1]), len(non_members[1]))
+    if not _finite(members[0], non_members[0], forget[0]):  # a diverged model
+        return MiaResult(NAN, NAN, n, ())
     rng = np.random.default_rng(seed)
-    n = min(samples, len(retain_logits), len(test_logits))
-    if not _finite(retain_logits, test_logits, forget_logits):  # a diverged model
-        return NAN, n
-    members = entropy(retain_logits[_sample(len(retain_logits), n, rng)]).numpy()
-    others = entropy(test_logits[_sample(len(test_logits), n, rng)]).numpy()
-    x = np.concatenate([members, others])[:, None]
-    y = np.concatenate([np.ones(n), np.zeros(n)])
-    svc = SVC(C=3, gamma="auto", kernel="rbf").fit(x, y)
-    predicted = svc.predict(entropy(forget_logits).numpy()[:, None])
-    return float((predicted == 0).mean()), n
+    inside, outside = mia_score(*members, feature), mia_score(*non_members, feature)
+    target = mia_score(*forget, feature)[:, None]
+    values = []
+    for _ in range(repeats):
+        x = np.concatenate([inside[_sample(len(inside), n, rng)],
+                            outside[_sample(len(outside), n, rng)]])[:, None]
+        y = np.concatenate([np.ones(n), np.zeros(n)])
+        svc = SVC(C=3, gamma="auto", kernel="rbf").fit(x, y)
+        values.append(float((svc.predict(target) == 0).mean()))
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return MiaResult(float(np.mean(values)), sd, n, tuple(values))
+
+
+def mia_sets(out: Outputs, exp: Experiment) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The MIA's (logits, labels): members = D_r; non-members = the test set, only its kept
+    classes in a class scenario (a forgotten class has no members left to tell apart); the
+    target D_f with the labels the model was trained on."""
+    f, r = exp.forget, ~exp.forget
+    kept = ~exp.test_forgotten
+    return {"members": (out.logits_train[r], exp.y_train[r]),
+            "non_members": (out.logits_test[kept], exp.y_test[kept]),
+            "forget": (out.logits_train[f], exp.y_train[f])}
 
 
 def probe_halves(y_test: torch.Tensor, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -179,8 +219,9 @@ def model_metrics(out: Outputs, exp: Experiment, ev: EvalConfig, seed: int) -> d
     """Every single-model metric."""
     f, r = exp.forget, ~exp.forget
     res = split_accuracies(out, exp)
-    res["mia"], _ = mia_efficacy(out.logits_train[r], out.logits_test, out.logits_train[f],
-                                 ev.mia_samples, seed)
+    mia = mia_efficacy(**mia_sets(out, exp), feature=ev.mia_feature, samples=ev.mia_samples,
+                       repeats=ev.mia_repeats, seed=seed)
+    res["mia"], res["mia_sd"] = mia.mean, mia.sd
     retain = out.feats_train[r]
     res.update(alignments(out.feats_train[f], out.feats_test, retain, ev))
     res.update(linear_probe(out, exp, seed))
@@ -232,7 +273,8 @@ def sample_sizes(exp: Experiment, ev: EvalConfig) -> dict[str, int]:
     n_forget, n_retain = int(exp.forget.sum()), int((~exp.forget).sum())
     n_test = len(exp.y_test)
     fit_idx, score_idx = probe_halves(exp.y_test, 0)
-    return {"mia_per_side": min(ev.mia_samples, n_retain, n_test),
+    n_non_members = int((~exp.test_forgotten).sum())
+    return {"mia_per_side": min(ev.mia_samples, n_retain, n_non_members),
             "nmi": min(ev.nmi_samples, n_forget + n_test),
             "cka": min(ev.cka_samples, n_forget + n_test),
             "lp_fit": len(fit_idx), "lp_score": len(score_idx)}

@@ -17,9 +17,10 @@ method = st.selectbox("Method", methods, index=methods.index("muda"), key="metho
 spec = REGISTRY[method]
 st.caption(f"Paper: {spec.paper}")
 
-values = ui.knob_groups(method, spec, cfg.method_params(method))
+values = ui.knob_groups(method, spec, cfg.methods.get(method, {}))
+defaults = spec.defaults(values.get("variant"))
 changed = [f"{method}.{k}={str(v).lower() if isinstance(v, bool) else v}"
-           for k, v in values.items() if v != spec.knobs[k].default]
+           for k, v in values.items() if v != defaults[k]]
 overrides = st.session_state.get("overrides", []) + changed
 preset = ui.sticky("preset")
 if who.admin:  # the instructor's view: everyone's runs, nothing to start, cancel or fork

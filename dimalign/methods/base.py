@@ -8,7 +8,7 @@ telemetry, cancellation, NaN detection — belongs to the loop in `loop.py`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,9 +70,12 @@ SCHEDULE, OPTIMISER = "Schedule", "Optimiser"  # the groups of the common knobs
 
 
 def common_knobs(lr: float, epochs: int, batch_size: int = 64, optimizer: str = "sgd",
-                 retain_fraction: float = 1.0, source: str = "choice") -> dict[str, Knob]:
+                 retain_fraction: float = 1.0, source: str = "choice", momentum: float = 0.9,
+                 weight_decay: float = 5e-4, augment: bool = False) -> dict[str, Knob]:
     """Knobs every trained method has; defaults differ per method. Epochs come first (group
-    "Schedule"), then the "Optimiser" ones: a method lists its own knobs before these."""
+    "Schedule"), then the "Optimiser" ones: a method lists its own knobs before these.
+    `source` (shown on epochs and lr) says where the schedule and optimiser defaults come
+    from."""
     return {
         "epochs": Knob(int, epochs, "passes of the method's schedule", 1, 1000, source=source,
                        group=SCHEDULE),
@@ -80,12 +83,31 @@ def common_knobs(lr: float, epochs: int, batch_size: int = 64, optimizer: str = 
                    group=OPTIMISER),
         "batch_size": Knob(int, batch_size, "samples per batch (each of forget and retain)", 2,
                            65536, group=OPTIMISER),
-        "optimizer": Knob(str, optimizer, "optimiser", choices=("sgd", "adam"), group=OPTIMISER),
-        "weight_decay": Knob(float, 5e-4, "L2 weight decay", 0.0, 1.0, group=OPTIMISER),
+        "optimizer": Knob(str, optimizer, "optimiser", choices=("sgd", "adam"),
+                          group=OPTIMISER),
+        "momentum": Knob(float, momentum, "SGD momentum (Adam ignores it)", 0.0, 0.999,
+                         group=OPTIMISER),
+        "weight_decay": Knob(float, weight_decay, "L2 weight decay", 0.0, 1.0,
+                             group=OPTIMISER),
         "retain_fraction": Knob(float, retain_fraction, "fraction of D_r the method may use "
                                 "(a fixed, seeded subset)", 0.0, 1.0, low_open=True,
                                 group=OPTIMISER),
+        "augment": Knob(bool, augment, "augment the method's batches as training does (random "
+                        "shifts; flips for RGB)", group=OPTIMISER),
     }
+
+
+VARIANT = "Variant"  # the group of a baseline's `variant` knob
+
+
+def variant_knob(default: str, why: str, choices: tuple[str, ...] = ("reference", "dimalign")
+                 ) -> dict[str, Knob]:
+    """A baseline's `variant`: "reference" follows its authors' public code (loop, loss,
+    optimiser and defaults); "dimalign" is our loop where we keep one on purpose. `why` says
+    which is the default and why (shown by `dimalign methods`)."""
+    return {"variant": Knob(str, default, "reference = the authors' public code; dimalign = "
+                            "our loop" if len(choices) > 1 else "the authors' public code (our "
+                            "loop is the same)", choices=choices, source=why, group=VARIANT)}
 
 
 @dataclass(frozen=True)
@@ -115,8 +137,13 @@ class Context:
     n_retain: int  # retain samples available to the method (after retain_fraction)
     device: torch.device
     generator: torch.Generator  # CPU generator for anything random a method draws
-    state: dict[str, Any] = field(default_factory=dict)  # a method's own state (masks, banks)
+    # a method's own state (masks, banks); the loop keeps "progress" (fraction of the run's
+    # steps done) and "epoch" (0-based) in it up to date before every step
+    state: dict[str, Any] = field(default_factory=dict)
     draw: Callable[[str], Batch] | None = None  # the loop's batches: "forget", "retain", "both"
+    # one ordered pass over a split ("forget" or "retain") in batches of batch_size, without
+    # augmentation and without touching the streams (for setups such as SalUn's mask)
+    full_pass: Callable[[str], Iterator[Batch]] | None = None
     fresh_model: Callable[[], torch.nn.Module] | None = None  # same architecture, new weights
 
     def steps_for(self, n: int) -> int:
@@ -135,9 +162,20 @@ class MethodSpec:
     setup: Callable[[Context], None] | None = None  # once, before training
     grad_hook: Callable[[Context], None] | None = None  # after backward, before the step
     trains: bool = True  # False for retrain, which the baselines already provide
+    # a variant's own defaults where they differ from the knobs' (which are the default
+    # variant's): {"reference": {"epochs": 10, ...}}; `resolve` applies the chosen one's
+    variant_defaults: dict[str, dict[str, Any]] = field(default_factory=dict, kw_only=True)
 
-    def defaults(self) -> dict[str, Any]:
-        return {k: knob.default for k, knob in self.knobs.items()}
+    def defaults(self, variant: str | None = None) -> dict[str, Any]:
+        """Every knob's default; those of `variant` where it has its own."""
+        values = {k: knob.default for k, knob in self.knobs.items()}
+        if variant is not None:
+            values.update(self.variant_defaults.get(variant, {}), variant=variant)
+        return values
+
+    def variant_dependent(self) -> set[str]:
+        """The knobs whose default depends on the variant."""
+        return {k for values in self.variant_defaults.values() for k in values}
 
     def groups(self) -> list[tuple[str, list[str]]]:
         """(group, its knobs) in display order: the order the knobs first name their groups.
@@ -165,13 +203,18 @@ class MethodSpec:
                 for key, value in overrides.items()}
 
     def resolve(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        """Every knob: the defaults with the overrides applied, each checked."""
-        return {**self.defaults(), **self.check(overrides)}
+        """Every knob: the defaults (of the chosen variant) with the overrides applied, each
+        checked."""
+        checked = self.check(overrides)
+        return {**self.defaults(checked.get("variant")), **checked}
 
 
 REGISTRY: dict[str, MethodSpec] = {}
 
 
 def register(spec: MethodSpec) -> MethodSpec:
+    for variant, values in spec.variant_defaults.items():  # a typo here is a bug, found early
+        spec.knob("variant").check(f"{spec.name}.variant", variant)
+        spec.check(values)
     REGISTRY[spec.name] = spec
     return spec

@@ -67,7 +67,7 @@ def _optimizer(params: dict, model: torch.nn.Module) -> torch.optim.Optimizer:
     # weight decay is added to the gradients by the loop, so gradient masks cover it too
     if params["optimizer"] == "adam":
         return torch.optim.Adam(model.parameters(), lr=params["lr"])
-    return torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=0.9)
+    return torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"])
 
 
 def prepare(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier,
@@ -84,9 +84,10 @@ def prepare(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
     n_keep = max(1, math.ceil(params["retain_fraction"] * len(retain_rows)))
     retain_rows = retain_rows[torch.randperm(len(retain_rows), generator=gen)[:n_keep].sort()[0]]
     forget_rows = exp.forget_idx
+    rows_of = {"forget": forget_rows, "retain": retain_rows}
     streams = {name: Stream(exp.x_train[rows], exp.y_train[rows], params["batch_size"],
-                            exp.info, device, gen, cuda)
-               for name, rows in (("forget", forget_rows), ("retain", retain_rows))}
+                            exp.info, device, gen, cuda, params["augment"])
+               for name, rows in rows_of.items()}
     ctx = Context(model, teacher, params, exp.info.num_classes, len(forget_rows), n_keep, device,
                   gen)
     ctx.fresh_model = lambda: build_model(cfg.model_name, exp.info.channels,
@@ -100,7 +101,19 @@ def prepare(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
             b.xr, b.yr = streams["retain"].next()
         return b
 
-    ctx.draw = draw
+    def full_pass(source: str):
+        rows = rows_of[source]
+        for start in range(0, len(rows), params["batch_size"]):
+            part = rows[start:start + params["batch_size"]]
+            x = normalise(exp.x_train[part].to(device), exp.info)
+            b = Batch()
+            if source == "forget":
+                b.xf, b.yf = x, exp.y_train[part].to(device)
+            else:
+                b.xr, b.yr = x, exp.y_train[part].to(device)
+            yield b
+
+    ctx.draw, ctx.full_pass = draw, full_pass
     if spec.setup is not None:
         spec.setup(ctx)  # from the starting model; a resumed run then loads its saved state
     plan = [spec.phases(ctx, e) for e in range(params["epochs"])]
@@ -211,7 +224,7 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
             for left in range(phase.steps - 1, -1, -1):
                 if cancel is not None and cancel():
                     raise Cancelled(f"cancelled at step {state.step} of {total}")
-                ctx.state["progress"] = state.step / total
+                ctx.state["progress"], ctx.state["epoch"] = state.step / total, epoch
                 try:
                     terms = _step(run, phase, cuda)
                 except Exception as err:

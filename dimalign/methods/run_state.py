@@ -14,20 +14,22 @@ from typing import Any
 
 import torch
 
-from dimalign.data import normalise
+from dimalign.data import augment, normalise
 from dimalign.datasets import DatasetInfo
 
 FORMAT = 2  # version 1 (before method state was saved) cannot resume exactly: refused
 
 
 class Stream:
-    """Endless shuffled batches of one split, kept on the device as uint8."""
+    """Endless shuffled batches of one split, kept on the device as uint8 (augmented as in
+    training when `augment`)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, info: DatasetInfo,
-                 device: torch.device, generator: torch.Generator, channels_last: bool):
+                 device: torch.device, generator: torch.Generator, channels_last: bool,
+                 augment: bool = False):
         self.x, self.y = x.to(device), y.to(device)
         self.bs, self.info, self.gen = min(batch_size, len(y)), info, generator
-        self.channels_last = channels_last
+        self.channels_last, self.augment = channels_last, augment
         self.order: torch.Tensor | None = None  # this pass's permutation of the rows
         self.pos = len(y)  # rows of `order` already used: a new pass starts at the next draw
 
@@ -37,7 +39,10 @@ class Stream:
             self.pos = 0
         idx = self.order[self.pos:self.pos + self.bs]
         self.pos += self.bs
-        x = normalise(self.x[idx], self.info)
+        x = self.x[idx]
+        if self.augment:  # the same batched, seeded augmentation training uses
+            x = augment(x, self.info, self.gen)
+        x = normalise(x, self.info)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.y[idx]

@@ -84,9 +84,12 @@ def _log_grid(knob: Knob) -> list[float]:
     return sorted(values)
 
 
-def knob_widget(method: str, name: str, knob: Knob, value, disabled: bool = False):
-    """A slider (or picker) for one knob; its key is stable, so tests find it."""
-    key = f"knob_{method}_{name}"
+def knob_widget(method: str, name: str, knob: Knob, value, disabled: bool = False,
+                variant: str | None = None):
+    """A slider (or picker) for one knob; its key is stable, so tests find it. A knob whose
+    default depends on the method's variant has a widget per `variant`, so that switching
+    variants shows that variant's default."""
+    key = f"knob_{method}_{name}" + (f"_{variant}" if variant else "")
     label = f"{name}"
     help_text = knob.help + (f" — {knob.source}" if knob.source != "choice" else "")
     if knob.type is bool:
@@ -113,9 +116,13 @@ def knob_widget(method: str, name: str, knob: Knob, value, disabled: bool = Fals
 # ---------------------------------------------------------------------------- steering
 
 
-def knob_groups(method: str, spec, params: dict) -> dict:
-    """Every knob's widget, by group: the first group open, the others in expanders."""
+def knob_groups(method: str, spec, overrides: dict) -> dict:
+    """Every knob's widget, by group: the first group open, the others in expanders. Values
+    start from `overrides` (the config's for this method) over the defaults; once the variant
+    is picked, the knobs drawn after it start from that variant's defaults."""
     values = {}
+    params = spec.resolve(overrides)
+    dependent = spec.variant_dependent()
     for i, (group, names) in enumerate(spec.groups()):
         where = st.container() if i == 0 else st.expander(group)
         if i == 0:
@@ -123,7 +130,11 @@ def knob_groups(method: str, spec, params: dict) -> dict:
         cols = where.columns(4)
         for j, name in enumerate(names):
             with cols[j % 4]:
-                values[name] = knob_widget(method, name, spec.knobs[name], params[name])
+                values[name] = knob_widget(method, name, spec.knobs[name], params[name],
+                                           variant=params["variant"] if name in dependent
+                                           else None)
+            if name == "variant" and values[name] != params["variant"]:
+                params = spec.resolve({**overrides, "variant": values[name]})
     return values
 
 
