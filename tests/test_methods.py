@@ -42,7 +42,8 @@ def test_muda_shows_its_loss_weights_first_then_schedule_retain_basis_and_optimi
         ("Loss weights", ["lambda_da", "lambda_sd", "temperature", "sd"]),
         ("Schedule", ["epochs", "ratio_forget", "ratio_recover", "alternate", "alternate_steps"]),
         ("Retain basis", ["energy", "k", "center", "basis", "bank_size", "bank_refresh"]),
-        ("Optimiser", ["lr", "batch_size", "optimizer", "weight_decay", "retain_fraction"]),
+        ("Optimiser", ["lr", "batch_size", "optimizer", "momentum", "weight_decay",
+                       "retain_fraction", "augment"]),
     ]
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dimalign.artifacts import SPLITS, geometry_bundle, load_bundle, save_bundle
-from dimalign.config import EvalConfig
+from dimalign.config import MIA_FEATURES, EvalConfig
 from dimalign.data import Experiment
 from dimalign.datasets import DATASETS
 from dimalign.geometry import dimensional_alignment
@@ -19,6 +19,8 @@ from dimalign.metrics import (
     evaluate,
     linear_probe,
     mia_efficacy,
+    mia_score,
+    mia_sets,
     model_metrics,
     nmi,
 )
@@ -62,15 +64,65 @@ def _logits_with_entropy(n, confident: bool):
         0.1 * torch.randn(n, 10, generator=GEN)
 
 
-def test_mia_efficacy_reads_unseen_like_forget_sets_as_non_members():
-    retain = _logits_with_entropy(300, confident=True)  # members: confident
-    test = _logits_with_entropy(300, confident=False)  # non-members: uncertain
-    like_test = _logits_with_entropy(100, confident=False)
-    like_retain = _logits_with_entropy(100, confident=True)
-    high, n = mia_efficacy(retain, test, like_test, samples=200, seed=0)
-    low, _ = mia_efficacy(retain, test, like_retain, samples=200, seed=0)
-    assert n == 200
-    assert high > 0.9 and low < 0.1
+def _labelled(logits):
+    return logits, torch.arange(len(logits)) % 10
+
+
+@pytest.mark.parametrize("feature", MIA_FEATURES)
+def test_mia_efficacy_reads_unseen_like_forget_sets_as_non_members(feature):
+    retain = _labelled(_logits_with_entropy(300, confident=True))  # members: confident, right
+    test = _labelled(_logits_with_entropy(300, confident=False))  # non-members: unsure
+    like_test = _labelled(_logits_with_entropy(100, confident=False))
+    like_retain = _labelled(_logits_with_entropy(100, confident=True))
+    high = mia_efficacy(retain, test, like_test, feature=feature, samples=200, seed=0)
+    low = mia_efficacy(retain, test, like_retain, feature=feature, samples=200, seed=0)
+    assert high.per_side == 200 and len(high.values) == 5
+    assert high.mean > 0.85 and low.mean < 0.1
+
+
+def _with_confidence(confidence: list[float]):
+    """Two-class logits whose softmax gives label 0 exactly `confidence`."""
+    p = torch.tensor(confidence, dtype=torch.float64)
+    logits = torch.stack([torch.log(p), torch.log1p(-p)], dim=1)
+    return logits, torch.zeros(len(p), dtype=torch.long)
+
+
+def test_mia_confidence_is_the_softmax_probability_of_the_label_and_scores_a_known_split():
+    """By hand: members are sure (0.99), non-members unsure (0.5 or 0.6); a forget set half
+    of each is called non-member for exactly its unsure half, in every draw."""
+    logits, labels = _with_confidence([0.75, 0.2])
+    assert mia_score(logits, labels, "confidence") == pytest.approx([0.75, 0.2])
+    assert mia_score(logits, torch.tensor([1, 1]), "confidence") == pytest.approx([0.25, 0.8])
+    assert mia_score(logits, labels, "correctness").tolist() == [1.0, 0.0]
+    members = _with_confidence([0.99] * 50)
+    non_members = _with_confidence([0.5, 0.6] * 25)
+    forget = _with_confidence([0.99] * 10 + [0.5] * 10 + [0.6] * 20)
+    result = mia_efficacy(members, non_members, forget, samples=40, repeats=4, seed=3)
+    assert result.values == (0.75,) * 4 and result.mean == 0.75 and result.sd == 0.0
+    one = mia_efficacy(members, non_members, forget, samples=40, repeats=1, seed=3)
+    assert one.sd == 0.0 and len(one.values) == 1
+
+
+def test_mia_sd_comes_from_redrawing_the_shadow_sets():
+    """Overlapping member and non-member confidences: each draw of the shadow sets fits a
+    different SVC, so the value varies (sd > 0) and is the mean of the draws; the same seed
+    gives the same draws."""
+    gen = torch.Generator().manual_seed(1)
+    members = _with_confidence((0.55 + 0.44 * torch.rand(400, generator=gen)).tolist())
+    non_members = _with_confidence((0.5 + 0.4 * torch.rand(400, generator=gen)).tolist())
+    forget = _with_confidence((0.5 + 0.49 * torch.rand(200, generator=gen)).tolist())
+    result = mia_efficacy(members, non_members, forget, samples=60, repeats=6, seed=0)
+    assert result.sd > 0 and result.mean == pytest.approx(sum(result.values) / 6)
+    assert mia_efficacy(members, non_members, forget, samples=60, repeats=6, seed=0) == result
+
+
+def test_mia_non_members_are_the_test_samples_of_kept_classes():
+    out, exp = synthetic(separable=True)
+    sets = mia_sets(out, exp)
+    assert 3 not in sets["non_members"][1].tolist()
+    assert len(sets["non_members"][1]) == int((~exp.test_forgotten).sum())
+    assert len(sets["members"][1]) == int((~exp.forget).sum())
+    assert torch.equal(sets["forget"][1], exp.y_train[exp.forget])
 
 
 def test_avg_gap_is_the_mean_absolute_difference_over_its_table_keys():
@@ -119,7 +171,9 @@ def test_retrained_model_aligns_forget_features_with_the_retain_space_more_than_
     assert metrics["original"]["cka_retrained"] < 1.0
     assert metrics["original"]["avg_gap"] > 0.2  # doing nothing is far from retraining
     assert metrics["retrained"]["acc_test_forgotten"] < 0.05
-    assert metrics["original"]["mia"] < metrics["retrained"]["mia"]
+    # the MIA on the literature's feature (confidence) tells the two apart: issue 17's bar
+    assert metrics["original"]["mia"] <= 0.1 and metrics["retrained"]["mia"] >= 0.8
+    assert metrics["original"]["mia_sd"] >= 0.0 and metrics["retrained"]["mia_sd"] >= 0.0
 
 
 def test_geometry_bundle_round_trips_and_shares_rows_across_models(default_evaluation,

@@ -266,12 +266,12 @@ register(MethodSpec(
                    source="paper: alpha = 0.001", group=LOSS),
      "gamma": Knob(float, 0.99, "weight of the retain cross-entropy", 0.0, 100.0,
                    source="paper: gamma = 0.99", group=LOSS),
+     **variant_knob("reference", "paper: SCRUB code (the same loop and result at the same lr "
+                    "and batch size)", ("reference",)),
      **common_knobs(lr=5e-3, epochs=3, source="paper: code defaults lr 5e-4 for CIFAR "
                     "ResNets; choice: 5e-3 for the few steps of the small models"),
      "max_epochs": Knob(int, 2, "epochs that begin with a max step on D_f", 0, 1000,
-                        source="paper: msteps", group=SCHEDULE),
-     **variant_knob("reference", "paper: SCRUB code (the same loop and result at the same lr "
-                    "and batch size)", ("reference",))},
+                        source="paper: msteps", group=SCHEDULE)},
     _scrub_phases, _scrub_loss))
 
 
