@@ -18,9 +18,8 @@ spec = REGISTRY[method]
 st.caption(f"Paper: {spec.paper}")
 
 values = ui.knob_groups(method, spec, cfg.methods.get(method, {}))
-defaults = spec.defaults(values.get("variant"))
 changed = [f"{method}.{k}={str(v).lower() if isinstance(v, bool) else v}"
-           for k, v in values.items() if v != defaults[k]]
+           for k, v in spec.differences(values).items()]
 overrides = st.session_state.get("overrides", []) + changed
 preset = ui.sticky("preset")
 if who.admin:  # the instructor's view: everyone's runs, nothing to start, cancel or fork

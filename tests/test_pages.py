@@ -135,6 +135,28 @@ def test_unlearn_page_refuses_nothing_silently_for_a_bad_knob_combination(finish
     assert at.select_slider(key="knob_bad_teacher_lr").value == 1e-4
 
 
+def test_unlearn_page_switches_a_baseline_to_its_reference_variant_and_its_defaults(finished):
+    """Picking SalUn's reference variant redraws the knobs it owns with the authors' defaults,
+    and a run started from there carries only the variant (the defaults come with it)."""
+    store = finished["store"]
+    at = page("pages/unlearn.py", finished["run"])
+    at.selectbox(key="method").set_value("salun").run()
+    assert at.selectbox(key="knob_salun_variant").value == "dimalign"
+    assert at.slider(key="knob_salun_epochs_dimalign").value == 3
+    at.selectbox(key="knob_salun_variant").set_value("reference").run()
+    assert not at.exception
+    assert at.slider(key="knob_salun_epochs_reference").value == 10
+    assert at.slider(key="knob_salun_batch_size_reference").value == 256
+    assert at.checkbox(key="knob_salun_augment_reference").value is True
+    before = {r.id for r in store.runs(owner=OWNER)}
+    at.toggle(key="auto_run").set_value(True).run()
+    at.slider(key="knob_salun_mask_ratio").set_value(0.4).run()
+    (started,) = [r for r in store.runs(owner=OWNER) if r.id not in before]
+    assert started.config["salun"] == {"variant": "reference", "mask_ratio": 0.4}
+    cancel(store, started.id)
+    wait_terminal(store, started.id)
+
+
 def test_experiment_page_switches_to_an_image_folder_and_refuses_a_bad_one(tmp_path):
     from PIL import Image
     from sklearn.datasets import load_digits

@@ -173,6 +173,15 @@ class MethodSpec:
             values.update(self.variant_defaults.get(variant, {}), variant=variant)
         return values
 
+    def differences(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The entries of `values` (every knob's value, e.g. from the sliders) a config has to
+        keep: those that differ from the defaults of the chosen variant, and that variant
+        itself unless it is the default one."""
+        default_variant = self.knobs["variant"].default if "variant" in self.knobs else None
+        defaults = self.defaults(values.get("variant"))
+        return {k: v for k, v in values.items()
+                if v != defaults[k] or (k == "variant" and v != default_variant)}
+
     def variant_dependent(self) -> set[str]:
         """The knobs whose default depends on the variant."""
         return {k for values in self.variant_defaults.values() for k in values}
