@@ -33,6 +33,7 @@ from dimalign.metrics import (  # noqa: E402
     alignment,
     linear_probe,
     mia_efficacy,
+    mia_sets,
     model_outputs,
     nmi,
     split_accuracies,
@@ -53,8 +54,9 @@ def one_model(model, exp, ev, seed) -> dict[str, float]:
     out = clock("forward (train+test)", lambda: model_outputs(model, exp))
     f, r = exp.forget, ~exp.forget
     clock("accuracies", lambda: split_accuracies(out, exp))
-    clock("mia", lambda: mia_efficacy(out.logits_train[r], out.logits_test, out.logits_train[f],
-                                      ev.mia_samples, seed))
+    clock(f"mia ({ev.mia_repeats} draws)", lambda: mia_efficacy(
+        **mia_sets(out, exp), feature=ev.mia_feature, samples=ev.mia_samples,
+        repeats=ev.mia_repeats, seed=seed))
 
     def da():
         _, basis = alignment(out.feats_train[f], out.feats_train[r], ev)

@@ -251,7 +251,8 @@ def comparison_rows(results: list[tuple[str, str, dict]], keys: list[str]) -> li
 def gaps_to_retrained(rows: list[dict], keys: list[str]) -> list[dict]:
     """The same rows with each metric in `keys` replaced by its gap to the retrained row
     (`metric_table.gap_to_retrained`: avg-gap, already a distance, stays as it is; a gap with
-    a missing side is None)."""
+    a missing side is None); a spread (MIA's sd) is the spread of the gap too, and stays."""
     retrained = next(r for r in rows if r["run"] == "retrained")
-    return [{**row, **{k: gap_to_retrained(k, row[k], retrained.get(k)) for k in keys}}
+    gapped = [k for k in keys if not (k in TABLE and TABLE[k].spread_of)]  # an sd stays an sd
+    return [{**row, **{k: gap_to_retrained(k, row[k], retrained.get(k)) for k in gapped}}
             for row in rows]

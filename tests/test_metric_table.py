@@ -96,6 +96,17 @@ def test_gap_to_retrained_is_signed_and_none_where_a_side_is_missing():
     for value, ref in ((None, 0.5), (0.5, None), (NAN, 0.5), (0.5, NAN), (None, None)):
         assert gap_to_retrained("mia", value, ref) is None
     assert gap_to_retrained("loss_total", 2.0, 0.5) == 1.5  # a key the table does not know
+    assert gap_to_retrained("mia_sd", 0.02, 0.01) is None  # a spread has no gap
+
+
+def test_a_spread_is_shown_beside_its_metric_wherever_that_is_shown_on_the_dashboard():
+    spread = TABLE["mia_sd"]
+    assert spread.spread_of == "mia" and not spread.in_avg_gap
+    dashboard = {"compare", "experiment", "unlearn"}
+    assert dashboard & TABLE["mia"].shown == dashboard & spread.shown
+    for place in dashboard:
+        keys = shown(place)
+        assert keys.index("mia_sd") == keys.index("mia") + 1
 
 
 def test_a_distance_passes_through_as_its_own_gap():
@@ -108,19 +119,20 @@ def test_a_distance_passes_through_as_its_own_gap():
 def test_gaps_of_saved_rows_use_the_one_gap_function():
     from dimalign.runner import gaps_to_retrained
 
-    keys = ["acc_forget", "da", "avg_gap"]
+    keys = ["acc_forget", "da", "avg_gap", "mia_sd"]
     rows = [{"run": "original", "method": "original", "acc_forget": 1.0, "da": None,
-             "avg_gap": 0.4, "time_fraction": 1.5},
+             "avg_gap": 0.4, "time_fraction": 1.5, "mia_sd": 0.01},
             {"run": "retrained", "method": "retrained", "acc_forget": 0.0, "da": 0.9,
-             "avg_gap": None, "time_fraction": 1.0},
+             "avg_gap": None, "time_fraction": 1.0, "mia_sd": 0.0},
             {"run": "r1", "method": "muda", "acc_forget": 0.25, "da": 0.95, "avg_gap": 0.05,
-             "time_fraction": 0.1}]
+             "time_fraction": 0.1, "mia_sd": 0.03}]
     gaps = gaps_to_retrained(rows, keys)
     assert [g["acc_forget"] for g in gaps] == [1.0, 0.0, 0.25]
     assert gaps[0]["da"] is None and gaps[1]["da"] == 0.0
     assert gaps[2]["da"] == pytest.approx(0.05)
     assert [g["avg_gap"] for g in gaps] == [0.4, None, 0.05]
     assert [g["time_fraction"] for g in gaps] == [1.5, 1.0, 0.1]  # not a metric: unchanged
+    assert [g["mia_sd"] for g in gaps] == [0.01, 0.0, 0.03]  # the gap's spread too
 
 
 def test_avg_gap_averages_exactly_the_table_entries_marked_for_it():
