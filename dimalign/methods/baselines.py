@@ -157,7 +157,8 @@ def _rl_loss(ctx: Context, phase: Phase, b: Batch) -> dict[str, torch.Tensor]:
 
 
 register(MethodSpec(
-    "rl", "RL", "Random labels: train on D_f with random labels, and on D_r",
+    "rl", "RL", "Random labels: train on D_f with random labels, and on D_r (default: our "
+    "paired batches; variant=reference: the authors' pass over each)",
     "Golatkar et al. 2020; setting of Jia et al. 2023 and Fan et al. 2024",
     {**variant_knob("dimalign", RELABEL_WHY),
      **common_knobs(lr=0.01, epochs=3, source="paper: Fan et al. 2024 lr 0.01 (reference: 10 "
@@ -226,7 +227,8 @@ def _salun_grad_hook(ctx: Context) -> None:
 
 register(MethodSpec(
     "salun", "SalUn", "Saliency unlearning: random labels, updating only the weights most "
-    "salient to the forget loss", "Fan et al. 2024, SalUn (ICLR)",
+    "salient to the forget loss (default: RL's paired batches; variant=reference: the "
+    "authors' loop)", "Fan et al. 2024, SalUn (ICLR)",
     {"mask_ratio": Knob(float, 0.5, "fraction of weights left free to change", 0.0, 1.0,
                         low_open=True, source="paper: Fan et al. 2024 (50 %)",
                         group="Saliency mask"),
