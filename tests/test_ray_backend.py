@@ -15,7 +15,16 @@ from dataclasses import dataclass
 import pytest
 
 from dimalign import checked, paths
-from dimalign.jobs import Scheduler, Slot, resume, scheduler_running, stop_scheduler, submit
+from dimalign.jobs import (
+    Scheduler,
+    Slot,
+    cancel,
+    resume,
+    scheduler_running,
+    stop_scheduler,
+    submit,
+    submit_embedding,
+)
 from dimalign.store import Store
 
 MIB = 2**20
@@ -175,9 +184,21 @@ def test_a_lost_node_interrupts_its_run_and_resume_finishes_it(cluster, tiny, dr
 
         cluster.add("node_b")
         resume(store, lost)
-        drain(scheduler, lambda: store.get(lost).terminal, timeout=120)
+        # meanwhile: a fork of the finished run (its weights travel to the node), cancelled
+        # while it runs, and the aligned UMAP of that run's features
+        fork = submit(store, preset="digits-class", overrides=["muda.epochs=400"],
+                      owner="fay", parent_id=kept)
+        drain(scheduler, lambda: store.get(fork).status == "running" and store.curves(fork),
+              timeout=120)
+        cancel(store, fork)
+        umap = submit_embedding(store, kept, 30, "gus")
+        drain(scheduler, lambda: all(store.get(i).terminal for i in (lost, fork, umap)),
+              timeout=180)
     finally:
         scheduler.close()
+    assert store.get(fork).status == "cancelled", store.get(fork).error
+    assert store.get(umap).status == "done", store.get(umap).error
+    assert checked.verify(store.artifacts(kept)["embedding-30"])
     assert store.get(lost).status == "done", store.get(lost).error
     # the resumed run ends where the one left alone did, its curves whole and unrepeated
     _same_numbers(_unlearned(store, lost), _unlearned(store, kept))
