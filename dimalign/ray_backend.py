@@ -32,13 +32,14 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dimalign import checked, paths
 from dimalign.errors import ConfigError
 from dimalign.jobs import Scheduler, _env_number, worker_count
+from dimalign.memo import LRU
 from dimalign.store import Run, Store
 from dimalign.worker import (
     CANCEL_POLL_SECONDS,
@@ -61,6 +62,10 @@ def job_resources() -> tuple[float, float | None]:
     """(CPUs, GPUs) each job asks Ray for: DIMALIGN_RAY_CPUS (1) and DIMALIGN_RAY_GPUS (None:
     1 when the cluster has GPUs, else 0; a fraction below 1 shares a GPU, above 1 it must be
     whole)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError("DIMALIGN_BACKEND", "ray needs Ray installed: pip install -e '.[ray]'")
     cpus = _env_number("DIMALIGN_RAY_CPUS", float, 1.0, low=0)
     gpus = _env_number("DIMALIGN_RAY_GPUS", float, None, low=0)
     if gpus is not None and gpus > 1 and gpus != int(gpus):
@@ -106,14 +111,6 @@ class Flight:
     forced: bool = False
 
 
-@dataclass
-class Shipped:
-    """A cached model file put in the object store once, while its bytes stay the same."""
-
-    digest: str
-    ref: Any = field(repr=False)
-
-
 class RayScheduler(Scheduler):
     """The scheduler of the Ray backend: the local one's queue, fairness, recovery and store
     writes, with Ray tasks instead of worker processes. Runs as the Ray driver on the head:
@@ -129,8 +126,12 @@ class RayScheduler(Scheduler):
         address = address or os.environ.get("DIMALIGN_RAY_ADDRESS") or None
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+            except (ConnectionError, ValueError, RuntimeError) as err:
+                where = f"the Ray cluster at {address}" if address else "a local Ray"
+                raise RuntimeError(f"cannot start or reach {where}: {err}") from None
         here = ray.get_runtime_context().get_node_id()
         self.mailbox = ray.remote(Mailbox).options(
             num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
@@ -138,7 +139,9 @@ class RayScheduler(Scheduler):
         self.task = ray.remote(remote_job)
         self.flight: dict[str, Flight] = {}
         self.mail: list[tuple] = []  # taken from the mailbox, not written yet (disk full)
-        self.shipped: dict[str, Shipped] = {}
+        # cached model files in the object store, put once while the file stays the same
+        self.shipped: LRU[Any] = LRU(8)
+        self.cancel_grace = CANCEL_GRACE
         self.fits, self.fits_at = 1, -math.inf
         self.beat_at = 0.0
 
@@ -246,12 +249,9 @@ class RayScheduler(Scheduler):
     def ship_model(self, path: Path):
         import ray
 
-        data = checked.load(path, bytes)
-        digest = checked.digest(data)
-        known = self.shipped.get(str(path))
-        if known is None or known.digest != digest:
-            known = self.shipped[str(path)] = Shipped(digest, ray.put(data))
-        return known.ref
+        st = path.stat()
+        return self.shipped.get_or_make((str(path), st.st_ino, st.st_size, st.st_mtime_ns),
+                                        lambda: ray.put(checked.load(path, bytes)))
 
     # -- what comes back
 
@@ -345,8 +345,9 @@ class RayScheduler(Scheduler):
             if flight.cancel_sent is None:
                 flight.cancel_sent = time.monotonic()
                 self.mailbox.cancel.remote(run_id)
-            elif not flight.forced and time.monotonic() - flight.cancel_sent > CANCEL_GRACE:
-                flight.forced = time.monotonic() - flight.cancel_sent > 3 * CANCEL_GRACE
+            elif not flight.forced and time.monotonic() - flight.cancel_sent > \
+                    self.cancel_grace:
+                flight.forced = time.monotonic() - flight.cancel_sent > 3 * self.cancel_grace
                 ray.cancel(flight.ref, force=flight.forced)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -398,30 +399,37 @@ def node_home(node_id: str) -> Path:
 def remote_job(spec: dict, inputs: dict, mailbox) -> dict:
     """A Ray task: one job on whichever node Ray chose. Writes its inputs into the node's own
     home, runs `run_job` there with hooks that post to `mailbox`, and returns how it ended
-    (after everything it posted has arrived). Never opens the store."""
+    (after everything it posted has arrived). Never opens the store.
+
+    The node's home keeps the cached models (and downloaded data) for every job on it; the
+    job's own folder is `runs/<run id>` there (one job per run at a time), and the files of
+    its parent (a fork's weights, an embedding's features) go into a folder of this job's
+    alone, `parents/<run id>/`, so jobs that share a parent never share its folder."""
     import ray
     import torch
 
-    context = ray.get_runtime_context()
-    node = context.get_node_id()
+    node = ray.get_runtime_context().get_node_id()
     home = node_home(node)
     os.environ["DIMALIGN_HOME"] = str(home)  # the node's home, never the head's
     torch.set_num_threads(max(1, round(spec["cpus"])))
     run_id = spec["id"]
     if ray.get(mailbox.cancelled.remote(run_id)):  # cancelled while it waited for a node
         return dict(status="cancelled", finished=time.time(), error="cancelled")
-    folder = home / spec["folder"]
-    parent = None if spec["parent"] is None else RunRef(spec["parent"][0],
-                                                        home / spec["parent"][1],
-                                                        spec["parent"][2])
-    scratch = [folder] + ([parent.folder] if parent is not None else [])
-    for path in scratch:  # what an earlier attempt on this node left is not this job's
-        shutil.rmtree(path, ignore_errors=True)
-    received = _receive(home, inputs)
-    job = Job(run_id, spec["kind"], spec["method"], spec["preset"], spec["config"], folder,
-              parent, spec["already"], spec["points"])
-    ip = ray.util.get_node_ip_address()
-    hooks = _mail_hooks(run_id, mailbox, home, f" on Ray node {node[:8]} ({ip})")
+    # folders here -> their paths in the head's home
+    places = {home / spec["folder"]: spec["folder"]}
+    parent = None
+    if spec["parent"] is not None:
+        parent_id, parent_rel, status = spec["parent"]
+        parent = RunRef(parent_id, home / "parents" / run_id, status)
+        places[parent.folder] = parent_rel
+    for folder in places:  # what an earlier attempt on this node left is not this job's
+        shutil.rmtree(folder, ignore_errors=True)
+    to_node = {rel: folder for folder, rel in places.items()}
+    received = _receive(home, inputs, to_node)
+    job = Job(run_id, spec["kind"], spec["method"], spec["preset"], spec["config"],
+              home / spec["folder"], parent, spec["already"], spec["points"])
+    hooks = _mail_hooks(run_id, mailbox, home, places,
+                        f" on Ray node {node[:8]} ({ray.util.get_node_ip_address()})")
     try:
         ending, interrupt = ending_of(lambda: run_job(job, hooks))
         if interrupt is not None:  # ray.cancel's KeyboardInterrupt: Ray records the cancel
@@ -429,19 +437,28 @@ def remote_job(spec: dict, inputs: dict, mailbox) -> dict:
         if ending["status"] == "done" and spec["kind"] == "baselines":
             _send_models(job, home, received, mailbox)
     finally:
-        for path in scratch:
-            shutil.rmtree(path, ignore_errors=True)
+        for folder in places:
+            shutil.rmtree(folder, ignore_errors=True)
     return ending
 
 
-def _receive(home: Path, inputs: dict) -> set[str]:
+def _head_path(path: Path, home: Path, places: dict[Path, str]) -> str:
+    """The head's home-relative path of a file a job wrote here."""
+    for folder, rel in places.items():
+        if path.is_relative_to(folder):
+            return (PurePosixPath(rel) / PurePosixPath(path.relative_to(folder))).as_posix()
+    return PurePosixPath(path.relative_to(home)).as_posix()
+
+
+def _receive(home: Path, inputs: dict, to_node: dict[str, Path]) -> set[str]:
     """Write the shipped files into the node's home (a cached model only when its bytes
-    differ from the node's copy); returns their home-relative paths."""
+    differ from the node's copy); returns their head-relative paths."""
     import ray
 
     for rel, ref in inputs.items():
         data = ray.get(ref)
-        path = home / rel
+        folder, name = rel.rpartition("/")[::2]
+        path = to_node[folder] / name if folder in to_node else home / rel
         try:
             same = checked.load(path, bytes) == data
         except (FileNotFoundError, checked.DamagedFile):
@@ -469,7 +486,7 @@ def _send_models(job: Job, home: Path, received: set[str], mailbox) -> None:
                                             None))
 
 
-def _mail_hooks(run_id: str, mailbox, home: Path, where: str) -> Hooks:
+def _mail_hooks(run_id: str, mailbox, home: Path, places: dict[Path, str], where: str) -> Hooks:
     """Hooks that post to the head's mailbox. Numbers go without waiting (they arrive in
     order); a file waits until it is there, so a checkpoint outlives this node."""
     import ray
@@ -478,9 +495,8 @@ def _mail_hooks(run_id: str, mailbox, home: Path, where: str) -> Hooks:
         mailbox.post.remote(run_id, kind, *payload)
 
     def artifact(owner: str, name: str, path: Path) -> None:
-        rel = PurePosixPath(Path(path).relative_to(home)).as_posix()
-        ray.get(mailbox.post.remote(run_id, "file", rel, checked.load(path, bytes),
-                                    (owner, name)))
+        ray.get(mailbox.post.remote(run_id, "file", _head_path(Path(path), home, places),
+                                    checked.load(path, bytes), (owner, name)))
 
     poll = {"at": 0.0, "stop": False}
     lock = threading.Lock()

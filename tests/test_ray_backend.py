@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import pytest
 
 from dimalign import checked, paths
+from dimalign.config import build_config
 from dimalign.jobs import (
     Scheduler,
     Slot,
+    baselines_cached,
     cancel,
     resume,
     scheduler_running,
@@ -26,6 +28,7 @@ from dimalign.jobs import (
     submit_embedding,
 )
 from dimalign.store import Store
+from dimalign.train import cache_key, cache_path
 
 MIB = 2**20
 NODES = ("node_a", "node_b")
@@ -118,7 +121,9 @@ def test_jobs_land_on_both_nodes_and_store_what_the_local_backend_stores(cluster
     # the background scheduler every command starts, on the cluster: the path `make app` takes
     monkeypatch.setenv("DIMALIGN_BACKEND", "ray")
     monkeypatch.setenv("DIMALIGN_RAY_ADDRESS", cluster.cluster.address)
-    ids = [cli("submit", *[a for s in tiny for a in ("--set", s)], "--owner", owner,
+    # baselines not cached yet: a node trains them, and they come back to the head's cache
+    fresh = [*tiny, "seed=3"]
+    ids = [cli("submit", *[a for s in fresh for a in ("--set", s)], "--owner", owner,
                "--no-start").stdout.strip() for owner in ("ana", "ben")]
     try:
         for run_id in ids:
@@ -129,6 +134,12 @@ def test_jobs_land_on_both_nodes_and_store_what_the_local_backend_stores(cluster
     store = Store()
     runs = [store.get(i) for i in ids]
     assert [r.status for r in runs] == ["done", "done"], [r.error for r in runs]
+    baselines = store.get(runs[0].depends_on)
+    assert baselines.status == "done" and " on Ray node " in baselines.device
+    cfg = build_config("digits-class", fresh)
+    assert baselines_cached(cfg)
+    assert all(checked.verify(cache_path(cache_key(cfg, role))) for role in ("original",
+                                                                            "retrained"))
     assert {cluster.node_of(r.device) for r in runs} == set(NODES)
     for run in runs:  # every file came back into the head's home, checksummed
         files = store.artifacts(run.id)
@@ -138,10 +149,11 @@ def test_jobs_land_on_both_nodes_and_store_what_the_local_backend_stores(cluster
     # the nodes never saw the store, and kept no run folder
     left = [p.relative_to(cluster.scratch) for p in cluster.scratch.rglob("*")]
     assert not [p for p in left if p.name.startswith("runs.sqlite")], left
-    assert not [p for p in left if "runs" in p.parts and (cluster.scratch / p).is_file()], left
+    assert not [p for p in left if {"runs", "parents"} & set(p.parts)
+                and (cluster.scratch / p).is_file()], left
 
     monkeypatch.setenv("DIMALIGN_BACKEND", "local")
-    local = submit(store, preset="digits-class", overrides=tiny, owner="cy")
+    local = submit(store, preset="digits-class", overrides=fresh, owner="cy")
     scheduler = Scheduler(store, slots=[Slot(None)])
     try:
         drain(scheduler, lambda: store.get(local).terminal, timeout=120)
@@ -184,19 +196,26 @@ def test_a_lost_node_interrupts_its_run_and_resume_finishes_it(cluster, tiny, dr
 
         cluster.add("node_b")
         resume(store, lost)
-        # meanwhile: a fork of the finished run (its weights travel to the node), cancelled
-        # while it runs, and the aligned UMAP of that run's features
+        # meanwhile: a fork of the finished run (its weights travel to the node) and a long
+        # training of baselines, both cancelled while they run (the fork stops by itself at
+        # its next step; training does not look, and Ray cancels it), and the aligned UMAP of
+        # the finished run's features
+        scheduler.cancel_grace = 0.5
         fork = submit(store, preset="digits-class", overrides=["muda.epochs=400"],
                       owner="fay", parent_id=kept)
-        drain(scheduler, lambda: store.get(fork).status == "running" and store.curves(fork),
-              timeout=120)
+        slow = submit(store, preset="digits-class", overrides=["train.epochs=300", "seed=11"],
+                      method="retrain", owner="hal")
+        drain(scheduler, lambda: store.get(fork).status == "running" and store.curves(fork)
+              and store.get(slow).status == "running", timeout=120)
         cancel(store, fork)
+        cancel(store, slow)
         umap = submit_embedding(store, kept, 30, "gus")
-        drain(scheduler, lambda: all(store.get(i).terminal for i in (lost, fork, umap)),
+        drain(scheduler, lambda: all(store.get(i).terminal for i in (lost, fork, slow, umap)),
               timeout=180)
     finally:
         scheduler.close()
     assert store.get(fork).status == "cancelled", store.get(fork).error
+    assert store.get(slow).status == "cancelled", store.get(slow).error
     assert store.get(umap).status == "done", store.get(umap).error
     assert checked.verify(store.artifacts(kept)["embedding-30"])
     assert store.get(lost).status == "done", store.get(lost).error
