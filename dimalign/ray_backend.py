@@ -126,6 +126,7 @@ class RayScheduler(Scheduler):
         address = address or os.environ.get("DIMALIGN_RAY_ADDRESS") or None
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
+            _check_reachable(address)
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False,
                          configure_logging=False)
@@ -369,6 +370,22 @@ class RayScheduler(Scheduler):
         self.flight.clear()
         if self.started_ray:
             ray.shutdown()
+
+
+def _check_reachable(address: str | None) -> None:
+    """A HOST:PORT that nothing answers at is said in one line at once (Ray itself would keep
+    trying for minutes). "auto", ray:// addresses and none are left to Ray."""
+    import socket
+
+    host, sep, port = (address or "").rpartition(":")
+    if not sep or "/" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        raise RuntimeError(f"cannot reach the Ray cluster at {address} ({err.strerror or err}); "
+                           "start it with `ray start --head` there, or check the address")\
+            from None
 
 
 def _rel(path: Path) -> str:
