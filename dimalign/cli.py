@@ -365,8 +365,13 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_scheduler(args) -> int:
-    from dimalign.jobs import serve_forever
+    from dimalign.jobs import serve_forever, stop_scheduler
 
+    if args.stop:
+        stopped = stop_scheduler()
+        print("the scheduler stops once its running jobs have ended" if stopped
+              else "no scheduler runs for this DIMALIGN_HOME", file=sys.stderr)
+        return 0
     if serve_forever(idle_exit=args.idle_exit or None, backend_name=args.backend,
                      address=args.address):
         print("dimalign: a scheduler is already running for this DIMALIGN_HOME", file=sys.stderr)
@@ -454,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("scheduler", help="run the job scheduler in the foreground")
     sc.add_argument("--idle-exit", type=float, default=600.0,
                     help="stop after this many idle seconds (0: never)")
+    sc.add_argument("--stop", action="store_true",
+                    help="stop this home's background scheduler (after its running jobs)")
     sc.add_argument("--backend", choices=("local", "ray"), default=None,
                     help="where jobs run: this machine's worker processes (local) or tasks on "
                          "a Ray cluster (ray); default: DIMALIGN_BACKEND, else local")

@@ -14,9 +14,10 @@ remote node never opens the store and needs no shared file system.
 What a job needs travels with it through Ray's object store: the cached baselines (put once
 per file), the run's last checkpoint (a resumed run), a fork's parent weights, an embedding's
 features. The data are rebuilt on the node, deterministically: digits ship inside
-scikit-learn; torchvision datasets download into (or are copied to) the node's own home;
-an ImageFolder tree and an `original_checkpoint` file must lie at the same path on the nodes.
-A node's home is DIMALIGN_RAY_SCRATCH/<node id> (default: the system's temporary folder).
+scikit-learn; torchvision datasets download into the node's home, or come from the node's
+DIMALIGN_RAY_DATA; an ImageFolder tree and an `original_checkpoint` file must lie at the same
+path on the nodes. A node's home is DIMALIGN_RAY_SCRATCH/<node id> (default: the system's
+temporary folder).
 
 Cancel sets a flag the job polls between steps, and `ray.cancel`s a task that has not ended
 a few seconds later. A task whose node or worker died leaves its run `interrupted`: `resume`
@@ -428,6 +429,7 @@ def remote_job(spec: dict, inputs: dict, mailbox) -> dict:
     node = ray.get_runtime_context().get_node_id()
     home = node_home(node)
     os.environ["DIMALIGN_HOME"] = str(home)  # the node's home, never the head's
+    _link_data(home)
     torch.set_num_threads(max(1, round(spec["cpus"])))
     run_id = spec["id"]
     if ray.get(mailbox.cancelled.remote(run_id)):  # cancelled while it waited for a node
@@ -457,6 +459,18 @@ def remote_job(spec: dict, inputs: dict, mailbox) -> dict:
         for folder in places:
             shutil.rmtree(folder, ignore_errors=True)
     return ending
+
+
+def _link_data(home: Path) -> None:
+    """The node's datasets: DIMALIGN_RAY_DATA (set where `ray start` runs: a folder laid out as
+    `$DIMALIGN_HOME/data`, e.g. with torchvision's files for an offline node) becomes the
+    node home's `data/`; without it, datasets download into the node's home."""
+    data = os.environ.get("DIMALIGN_RAY_DATA")
+    if not data or (home / "data").exists():
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # another job on this node linked it first
+        (home / "data").symlink_to(Path(data).expanduser().resolve(), target_is_directory=True)
 
 
 def _head_path(path: Path, home: Path, places: dict[Path, str]) -> str:

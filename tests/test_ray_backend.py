@@ -39,6 +39,7 @@ class Cluster:
     cluster: object
     nodes: dict  # resource name -> the node that has it
     scratch: object  # the nodes' homes live under it
+    data: object  # DIMALIGN_RAY_DATA: every node home's data/
 
     def add(self, name: str):
         self.nodes[name] = self.cluster.add_node(num_cpus=1, resources={name: 1},
@@ -71,12 +72,14 @@ def cluster(tmp_path_factory, tiny_baselines):
 
     _stop_background_scheduler()  # a local one would take our jobs
     scratch = tmp_path_factory.mktemp("ray-nodes")
-    env = {"RAY_USAGE_STATS_ENABLED": "0", "DIMALIGN_RAY_SCRATCH": str(scratch)}
+    data = tmp_path_factory.mktemp("ray-data")  # the nodes' datasets (digits needs none)
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "DIMALIGN_RAY_SCRATCH": str(scratch),
+           "DIMALIGN_RAY_DATA": str(data)}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the nodes' processes inherit it
     made = RayCluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "object_store_memory": 80 * MIB, "include_dashboard": False})
-    c = Cluster(made, {}, scratch)
+    c = Cluster(made, {}, scratch, data)
     for name in NODES:
         c.add(name)
     ray.init(address=made.address, include_dashboard=False, log_to_driver=False)
@@ -130,7 +133,9 @@ def test_jobs_land_on_both_nodes_and_store_what_the_local_backend_stores(cluster
             watched = cli("watch", run_id)  # starts the scheduler, follows the run to its end
             assert watched.returncode == 0, watched.stderr
     finally:
+        stopped = cli("scheduler", "--stop")
         _stop_background_scheduler()
+    assert stopped.returncode == 0 and "stops once its running jobs" in stopped.stderr
     store = Store()
     runs = [store.get(i) for i in ids]
     assert [r.status for r in runs] == ["done", "done"], [r.error for r in runs]
@@ -146,7 +151,10 @@ def test_jobs_land_on_both_nodes_and_store_what_the_local_backend_stores(cluster
         assert {"checkpoint", "result", "geometry", "telemetry", "unlearned"} <= set(files)
         assert all(p.is_relative_to(paths.home()) and checked.verify(p) for p in files.values())
         assert store.curves(run.id)["da"]
-    # the nodes never saw the store, and kept no run folder
+    # each node has a home of its own, its data/ the nodes' DIMALIGN_RAY_DATA; the nodes
+    # never saw the store, and kept no run folder
+    homes = sorted(cluster.scratch.iterdir())
+    assert len(homes) == 2 and all((h / "data").resolve() == cluster.data for h in homes)
     left = [p.relative_to(cluster.scratch) for p in cluster.scratch.rglob("*")]
     assert not [p for p in left if p.name.startswith("runs.sqlite")], left
     assert not [p for p in left if {"runs", "parents"} & set(p.parts)
