@@ -7,6 +7,10 @@ starts it in the background when none is running, so `dimalign submit` and the a
 (killed, or the machine restarted) is replaced by the next command or page. A new scheduler
 marks the runs of workers that died with the old one `interrupted`; a worker that outlived its
 scheduler finishes its job and leaves, and holds its slot until then.
+
+Jobs run in this machine's worker processes (the local backend, the default) or, with
+`--backend ray` / DIMALIGN_BACKEND=ray, as tasks on a Ray cluster (`dimalign.ray_backend`,
+whose scheduler is this one with Ray tasks for slots).
 """
 
 from __future__ import annotations

@@ -119,7 +119,8 @@ class RayScheduler(Scheduler):
 
     def __init__(self, store: Store, address: str | None = None, per_owner: int = 1):
         super().__init__(store, slots=[], per_owner=per_owner)
-        self.cpus, self.gpus = job_resources()
+        self.cpus, self.gpus_set = job_resources()
+        self.gpus = self.gpus_set or 0.0
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -155,25 +156,17 @@ class RayScheduler(Scheduler):
     def capacity(self) -> int:
         """Jobs at once: DIMALIGN_WORKERS, else as many as the cluster's CPUs and GPUs fit
         (looked at every few seconds: nodes come and go)."""
-        if "DIMALIGN_WORKERS" in os.environ:
-            return worker_count()
         if time.monotonic() - self.fits_at > RESOURCES_EVERY:
             import ray
 
             total = ray.cluster_resources()
-            gpus = self.job_gpus()
+            if self.gpus_set is None:  # a GPU per job once the cluster has GPUs
+                self.gpus = 1.0 if total.get("GPU", 0) >= 1 else 0.0
             fits = [math.floor(total.get("CPU", 0) / self.cpus + 1e-9)] if self.cpus else []
-            if gpus:
-                fits.append(math.floor(total.get("GPU", 0) / gpus + 1e-9))
+            if self.gpus:
+                fits.append(math.floor(total.get("GPU", 0) / self.gpus + 1e-9))
             self.fits, self.fits_at = max(1, min(fits)), time.monotonic()
-        return self.fits
-
-    def job_gpus(self) -> float:
-        if self.gpus is None:
-            import ray
-
-            self.gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-        return self.gpus
+        return worker_count() if "DIMALIGN_WORKERS" in os.environ else self.fits
 
     def warm_umap(self) -> None:
         return None  # embeddings run on the nodes, which compile UMAP there
@@ -203,7 +196,7 @@ class RayScheduler(Scheduler):
                 "points": job.points, "cpus": self.cpus,
                 "parent": None if job.parent is None else
                 (job.parent.id, _rel(job.parent.folder), job.parent.status)}
-        ref = self.task.options(num_cpus=self.cpus, num_gpus=self.job_gpus(), max_retries=0,
+        ref = self.task.options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0,
                                 name=f"dimalign-{run.id}").remote(spec, inputs, self.mailbox)
         self.flight[run.id] = Flight(ref, inputs)
 

@@ -10,6 +10,10 @@ marks the run `interrupted`, and `resume` continues it from its last checkpoint 
 finishes the job it has and leaves: it never takes another, so the scheduler that replaces the
 dead one does not find two jobs in one slot. When the disk is full and the store cannot record
 how a job ended, the worker hands the ending to the scheduler, which records it later.
+
+`run_job` is a job itself, whoever runs it: given a `Job` (what the store says about the run)
+and `Hooks` (where progress, telemetry, notes and files go), it runs the job in a folder. A
+local worker's hooks write the store; the Ray backend's post to its scheduler on the head.
 """
 
 from __future__ import annotations
