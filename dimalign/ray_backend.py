@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -81,7 +82,8 @@ def job_resources() -> tuple[float, float | None]:
 
 class Mailbox:
     """A Ray actor on the head node: what the running jobs post, until the scheduler takes it,
-    and the runs it asked to stop. Calls from one job arrive in the order it made them."""
+    and the jobs it asked to stop (by the token of one launch: a resumed run is a new job).
+    Calls from one job arrive in the order it made them."""
 
     def __init__(self):
         self.mail: list[tuple] = []
@@ -94,11 +96,14 @@ class Mailbox:
         mail, self.mail = self.mail, []
         return mail
 
-    def cancel(self, run_id: str) -> None:
-        self.stop.add(run_id)
+    def cancel(self, token: str) -> None:
+        self.stop.add(token)
 
-    def cancelled(self, run_id: str) -> bool:
-        return run_id in self.stop
+    def cancelled(self, token: str) -> bool:
+        return token in self.stop
+
+    def forget(self, token: str) -> None:
+        self.stop.discard(token)
 
 
 @dataclass
@@ -108,6 +113,7 @@ class Flight:
 
     ref: Any
     inputs: dict[str, Any]
+    token: str  # this launch's, for its cancel flag
     cancel_sent: float | None = None
     forced: bool = False
 
@@ -191,14 +197,15 @@ class RayScheduler(Scheduler):
             return
         job = store_job(self.store, self.store.get(run.id))
         inputs = self.inputs(run, job)
-        spec = {"id": job.id, "kind": job.kind, "method": job.method, "preset": job.preset,
-                "config": job.config, "folder": _rel(job.folder), "already": job.already,
-                "points": job.points, "cpus": self.cpus,
+        token = secrets.token_hex(8)
+        spec = {"id": job.id, "token": token, "kind": job.kind, "method": job.method,
+                "preset": job.preset, "config": job.config, "folder": _rel(job.folder),
+                "already": job.already, "points": job.points, "cpus": self.cpus,
                 "parent": None if job.parent is None else
                 (job.parent.id, _rel(job.parent.folder), job.parent.status)}
         ref = self.task.options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0,
                                 name=f"dimalign-{run.id}").remote(spec, inputs, self.mailbox)
-        self.flight[run.id] = Flight(ref, inputs)
+        self.flight[run.id] = Flight(ref, inputs, token)
 
     def inputs(self, run: Run, job: Job) -> dict[str, Any]:
         """The files the job reads, by their path in the home, as object refs: the cached
@@ -274,7 +281,7 @@ class RayScheduler(Scheduler):
         for ref in ended:
             run_id = by_ref[ref]
             self.endings[run_id] = self.outcome(ref)
-            del self.flight[run_id]
+            self.mailbox.forget.remote(self.flight.pop(run_id).token)
         self.record_endings()
         self.beat()
         self.stop_cancelled()
@@ -339,7 +346,7 @@ class RayScheduler(Scheduler):
                 continue
             if flight.cancel_sent is None:
                 flight.cancel_sent = time.monotonic()
-                self.mailbox.cancel.remote(run_id)
+                self.mailbox.cancel.remote(flight.token)
             elif not flight.forced and time.monotonic() - flight.cancel_sent > \
                     self.cancel_grace:
                 flight.forced = time.monotonic() - flight.cancel_sent > 3 * self.cancel_grace
@@ -425,7 +432,7 @@ def remote_job(spec: dict, inputs: dict, mailbox) -> dict:
     _link_data(home)
     torch.set_num_threads(max(1, round(spec["cpus"])))
     run_id = spec["id"]
-    if ray.get(mailbox.cancelled.remote(run_id)):  # cancelled while it waited for a node
+    if ray.get(mailbox.cancelled.remote(spec["token"])):  # cancelled while waiting for a node
         return dict(status="cancelled", finished=time.time(), error="cancelled")
     # folders here -> their paths in the head's home
     places = {home / spec["folder"]: spec["folder"]}
@@ -440,7 +447,7 @@ def remote_job(spec: dict, inputs: dict, mailbox) -> dict:
     received = _receive(home, inputs, to_node)
     job = Job(run_id, spec["kind"], spec["method"], spec["preset"], spec["config"],
               home / spec["folder"], parent, spec["already"], spec["points"])
-    hooks = _mail_hooks(run_id, mailbox, home, places,
+    hooks = _mail_hooks(run_id, spec["token"], mailbox, home, places,
                         f" on Ray node {node[:8]} ({ray.util.get_node_ip_address()})")
     try:
         ending, interrupt = ending_of(lambda: run_job(job, hooks))
@@ -510,7 +517,8 @@ def _send_models(job: Job, home: Path, received: set[str], mailbox) -> None:
                                             None))
 
 
-def _mail_hooks(run_id: str, mailbox, home: Path, places: dict[Path, str], where: str) -> Hooks:
+def _mail_hooks(run_id: str, token: str, mailbox, home: Path, places: dict[Path, str],
+                where: str) -> Hooks:
     """Hooks that post to the head's mailbox. Numbers go without waiting (they arrive in
     order); a file waits until it is there, so a checkpoint outlives this node."""
     import ray
@@ -529,7 +537,7 @@ def _mail_hooks(run_id: str, mailbox, home: Path, places: dict[Path, str], where
         with lock:
             if time.monotonic() - poll["at"] >= CANCEL_POLL_SECONDS:
                 poll["at"] = time.monotonic()
-                poll["stop"] = ray.get(mailbox.cancelled.remote(run_id))
+                poll["stop"] = ray.get(mailbox.cancelled.remote(token))
             return poll["stop"]
 
     return Hooks(device=lambda name: post("device", name + where),

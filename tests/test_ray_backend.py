@@ -217,6 +217,12 @@ def test_a_lost_node_interrupts_its_run_and_resume_finishes_it(cluster, tiny, dr
               and store.get(slow).status == "running", timeout=120)
         cancel(store, fork)
         cancel(store, slow)
+        drain(scheduler, lambda: store.get(fork).terminal, timeout=60)
+        # resumed, the fork runs on (a new job: the old cancel is not its), and stops again
+        stopped_at = store.last_step(fork)
+        resume(store, fork)
+        drain(scheduler, lambda: store.last_step(fork) > stopped_at, timeout=60)
+        cancel(store, fork)
         umap = submit_embedding(store, kept, 30, "gus")
         drain(scheduler, lambda: all(store.get(i).terminal for i in (lost, fork, slow, umap)),
               timeout=180)
