@@ -267,3 +267,14 @@ def test_a_cluster_that_does_not_answer_is_one_line(cli_process, tmp_path):
     assert ran.stderr.strip().splitlines() == [
         "dimalign: cannot reach the Ray cluster at 127.0.0.1:1 (Connection refused); start it "
         "with `ray start --head` there, or check the address"]
+
+
+@pytest.mark.parametrize("sent", ["../runs/x.pt", "/etc/passwd", "runs", "data/x.npz",
+                                  "runs/../../x", "scheduler.lock"])
+def test_a_file_a_node_sends_lands_only_under_runs_or_models(sent):
+    from dimalign.ray_backend import _in_home
+
+    with pytest.raises(ValueError, match="outside runs/ and models/"):
+        _in_home(sent)
+    assert _in_home("runs/0123456789ab/result.json") == paths.runs_dir() / "0123456789ab" / \
+        "result.json"
