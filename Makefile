@@ -1,6 +1,7 @@
 # The two commands: `make app` runs the dashboard on the embedded default (PORT=, ADDRESS= to serve
 # elsewhere), `make test` runs the whole suite. Each creates .venv and installs the project when it
-# is missing. `make dev` is `make app` that reruns on edits.
+# is missing. `make dev` is `make app` that reruns on edits. DIMALIGN_BACKEND=ray
+# DIMALIGN_RAY_ADDRESS=auto make app runs every job on a Ray cluster (README: Beyond one machine).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

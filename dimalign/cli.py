@@ -375,9 +375,15 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_scheduler(args) -> int:
-    from dimalign.jobs import serve_forever
+    from dimalign.jobs import serve_forever, stop_scheduler
 
-    if serve_forever(idle_exit=args.idle_exit or None):
+    if args.stop:
+        stopped = stop_scheduler()
+        print("the scheduler stops once its running jobs have ended" if stopped
+              else "no scheduler runs for this DIMALIGN_HOME", file=sys.stderr)
+        return 0
+    if serve_forever(idle_exit=args.idle_exit or None, backend_name=args.backend,
+                     address=args.address):
         print("dimalign: a scheduler is already running for this DIMALIGN_HOME", file=sys.stderr)
         return 1
     return 0
@@ -463,6 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("scheduler", help="run the job scheduler in the foreground")
     sc.add_argument("--idle-exit", type=float, default=600.0,
                     help="stop after this many idle seconds (0: never)")
+    sc.add_argument("--stop", action="store_true",
+                    help="stop this home's background scheduler (after its running jobs)")
+    sc.add_argument("--backend", choices=("local", "ray"), default=None,
+                    help="where jobs run: this machine's worker processes (local) or tasks on "
+                         "a Ray cluster (ray); default: DIMALIGN_BACKEND, else local")
+    sc.add_argument("--address", help="with --backend ray: the cluster's address (default: "
+                    "DIMALIGN_RAY_ADDRESS, else RAY_ADDRESS, else a Ray started here)")
     sc.set_defaults(func=cmd_scheduler)
     return parser
 

@@ -7,6 +7,10 @@ starts it in the background when none is running, so `dimalign submit` and the a
 (killed, or the machine restarted) is replaced by the next command or page. A new scheduler
 marks the runs of workers that died with the old one `interrupted`; a worker that outlived its
 scheduler finishes its job and leaves, and holds its slot until then.
+
+Jobs run in this machine's worker processes (the local backend, the default) or, with
+`--backend ray` / DIMALIGN_BACKEND=ray, as tasks on a Ray cluster (`dimalign.ray_backend`,
+whose scheduler is this one with Ray tasks for slots).
 """
 
 from __future__ import annotations
@@ -215,12 +219,29 @@ def worker_count(gpus: int = 0) -> int:
     return _env_number("DIMALIGN_WORKERS", int, gpus or 1, low=1)
 
 
+BACKENDS = ("local", "ray")
+
+
+def backend(name: str | None = None) -> str:
+    """Where jobs run: `name` (the scheduler's --backend), else DIMALIGN_BACKEND, else local
+    (this machine's worker processes); `ray`: tasks on a Ray cluster (`dimalign.ray_backend`)."""
+    source = "--backend" if name is not None else "DIMALIGN_BACKEND"
+    value = (name if name is not None else os.environ.get("DIMALIGN_BACKEND") or "local")
+    if value.strip().lower() not in BACKENDS:
+        raise ConfigError(source, f"must be one of {', '.join(BACKENDS)}, got {value!r}")
+    return value.strip().lower()
+
+
 def check_worker_settings() -> None:
     """Raise ConfigError for a scheduler setting a background scheduler could not start with
     (DIMALIGN_WORKERS below 1 or not a number, ...): said here, in the foreground."""
     worker_count()
     recycle_limits()
     worker_threads(1)
+    if backend() == "ray":
+        from dimalign.ray_backend import job_resources
+
+        job_resources()
 
 
 def default_slots() -> list[Slot]:
@@ -291,6 +312,14 @@ class Scheduler:
             print(line or "dimalign scheduler: writing to the store works again",
                   file=sys.stderr, flush=True)
 
+    def handed(self) -> set[str]:
+        """The runs handed to this scheduler's workers that have not ended yet."""
+        return {s.run_id for s in self.slots if s.run_id is not None}
+
+    def capacity(self) -> int:
+        """How many jobs may run at once."""
+        return len(self.slots)
+
     def record_endings(self) -> None:
         """Record how runs ended that their worker could not write (the store was full)."""
         for run_id, ending in list(self.endings.items()):
@@ -355,7 +384,7 @@ class Scheduler:
         """Running runs whose worker is gone (killed, crashed, machine restarted, or died with
         an earlier scheduler) become interrupted; runs whose ending this scheduler still has to
         record are its own."""
-        ours = {s.run_id for s in self.slots if s.run_id is not None} | set(self.endings)
+        ours = self.handed() | set(self.endings)
         for run in self.store.runs(statuses=("running",)):
             if run.id not in ours and worker_gone(run, self.heartbeat_timeout):
                 mark_interrupted(self.store, run)
@@ -366,7 +395,7 @@ class Scheduler:
         leaves; until then its slot takes no job, so no slot (no GPU) runs two at once. An
         orphan holds the slot of its GPU (the run's device, `cuda:N`), else any slot, idle
         ones first. Call after `recover`: the runs left running have live workers."""
-        ours = {s.run_id for s in self.slots if s.run_id is not None} | set(self.endings)
+        ours = self.handed() | set(self.endings)
         orphans = [r for r in self.store.runs(statuses=("running",), executor="local")
                    if r.id not in ours]
         held: set[int] = set()
@@ -392,7 +421,7 @@ class Scheduler:
     def next_runs(self, free: int) -> list[Run]:
         """Fair order: owners with fewer running jobs first, FIFO within an owner. A run handed
         to a worker that has not claimed it yet counts as running."""
-        handed = {s.run_id for s in self.slots if s.run_id is not None}
+        handed = self.handed()
         busy: dict[str, int] = {}
         owners = {r.id: r.owner for r in self.store.runs(statuses=("running",))}
         owners.update({i: self.store.get(i).owner for i in handed if i not in owners})
@@ -416,7 +445,7 @@ class Scheduler:
         return picked
 
     def cap(self, owner: str) -> int:
-        return len(self.slots) if owner == SHARED_OWNER else self.per_owner
+        return self.capacity() if owner == SHARED_OWNER else self.per_owner
 
     def start_eligible(self) -> None:
         now = time.monotonic()
@@ -511,9 +540,12 @@ def scheduler_running() -> bool:
         return False
 
 
-def serve_forever(idle_exit: float | None = 600.0) -> int:
-    """Run the scheduler here if no other holds this home's lock. Returns 0, or 1 if taken."""
+def serve_forever(idle_exit: float | None = 600.0, backend_name: str | None = None,
+                  address: str | None = None) -> int:
+    """Run the scheduler here if no other holds this home's lock. Returns 0, or 1 if taken.
+    `backend_name`, `address`: see `backend` and `ray_backend.RayScheduler`."""
     check_worker_settings()
+    use = backend(backend_name)
     paths.home().mkdir(parents=True, exist_ok=True)
     with open(_lock_path(), "a+") as fh:
         try:
@@ -527,7 +559,12 @@ def serve_forever(idle_exit: float | None = 600.0) -> int:
         with contextlib.suppress(OSError):
             os.write(fh.fileno(), str(os.getpid()).encode())
         store = Store()
-        scheduler = Scheduler(store)
+        if use == "ray":
+            from dimalign.ray_backend import RayScheduler
+
+            scheduler = RayScheduler(store, address=address)
+        else:
+            scheduler = Scheduler(store)
         # SIGTERM (`dimalign scheduler --stop`): workers finish their runs, then leave
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:

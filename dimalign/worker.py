@@ -10,6 +10,10 @@ marks the run `interrupted`, and `resume` continues it from its last checkpoint 
 finishes the job it has and leaves: it never takes another, so the scheduler that replaces the
 dead one does not find two jobs in one slot. When the disk is full and the store cannot record
 how a job ended, the worker hands the ending to the scheduler, which records it later.
+
+`run_job` is a job itself, whoever runs it: given a `Job` (what the store says about the run)
+and `Hooks` (where progress, telemetry, notes and files go), it runs the job in a folder. A
+local worker's hooks write the store; the Ray backend's post to its scheduler on the head.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 HEARTBEAT_SECONDS = 1.0
 CHECKPOINT = "checkpoint.pt"
@@ -160,20 +167,9 @@ def work(home: str, run_id: str, gpu: int | None = None) -> dict | None:
         return None
     beat = _Heartbeat(run_id)
     beat.start()
-    interrupt = None
     try:
-        result = _execute(store, store.get(run_id), beat.cancel, gpu)
-        ending = dict(status="done", finished=time.time(), progress=1.0,
-                      result=_summary(result) if result else None)
-    except BaseException as err:  # noqa: BLE001 - every ending is recorded, then re-raised
-        from dimalign.methods.loop import Cancelled
-
-        status = "cancelled" if isinstance(err, Cancelled) else "failed"
-        message = str(err) if isinstance(err, Cancelled | ValueError | RuntimeError) else \
-            "".join(traceback.format_exception_only(err)).strip()
-        ending = dict(status=status, finished=time.time(), error=message or type(err).__name__)
-        if not isinstance(err, Exception):
-            interrupt = err
+        ending, interrupt = ending_of(lambda: _execute(store, store.get(run_id), beat.cancel,
+                                                       gpu))
     finally:
         beat.done.set()
         beat.join(timeout=5)
@@ -215,71 +211,155 @@ def _summary(result: dict) -> dict:
                                                           "samples") if k in result}))
 
 
-class _Throttle:
-    """Writes progress to the store at most 4 times a second (and always at the end)."""
+def ending_of(job: Callable[[], dict | None]) -> tuple[dict, BaseException | None]:
+    """Run `job` and say how it ended: the fields of its final store update, and the
+    KeyboardInterrupt or SystemExit to raise again once that is recorded (else None)."""
+    try:
+        result = job()
+        return dict(status="done", finished=time.time(), progress=1.0,
+                    result=_summary(result) if result else None), None
+    except BaseException as err:  # noqa: BLE001 - every ending is recorded, then re-raised
+        from dimalign.methods.loop import Cancelled
 
-    def __init__(self, store, run_id: str):
-        self.store, self.run_id, self.last = store, run_id, 0.0
+        status = "cancelled" if isinstance(err, Cancelled) else "failed"
+        message = str(err) if isinstance(err, Cancelled | ValueError | RuntimeError) else \
+            "".join(traceback.format_exception_only(err)).strip()
+        ending = dict(status=status, finished=time.time(), error=message or type(err).__name__)
+        return ending, None if isinstance(err, Exception) else err
+
+
+class Throttle:
+    """Passes progress on at most 4 times a second (and always at the end)."""
+
+    def __init__(self, write: Callable[[float, str], None]):
+        self.write, self.last = write, 0.0
 
     def __call__(self, p) -> None:
         now = time.monotonic()
         if now - self.last >= 0.25 or p.fraction >= 1.0:
             self.last = now
-            self.store.update(self.run_id, progress=p.fraction, phase=p.phase)
+            self.write(p.fraction, p.phase)
+
+
+@dataclass
+class RunRef:
+    """Another run a job reads from: a fork's parent, or the run an embedding is made of."""
+
+    id: str
+    folder: Path
+    status: str
+
+
+@dataclass
+class Job:
+    """What running one job needs to know, whoever runs it: a local worker reads it from the
+    store, the Ray backend ships it with the task (folders then lie in the node's own home)."""
+
+    id: str
+    kind: str  # 'baselines', 'unlearn' or 'embed'
+    method: str
+    preset: str
+    config: dict
+    folder: Path
+    parent: RunRef | None = None  # a fork starts from its weights; an embedding reads it
+    already: int = -1  # the last step whose metrics the store has (they are not sent again)
+    points: list[dict] = field(default_factory=list)  # the telemetry points the store has
+
+
+@dataclass
+class Hooks:
+    """Where a running job reports: straight into the store (a local worker), or to the
+    scheduler on the Ray head, which writes the store (`dimalign.ray_backend`)."""
+
+    device: Callable[[str], None]  # the device it runs on
+    progress: Callable[[float, str], None]  # fraction and phase, a few times a second
+    say: Callable[[str], None]  # what it is doing now
+    telemetry: Callable[[int, dict], None]  # a step's numbers (steps after `already` only)
+    artifact: Callable[[str, str, Path], None]  # (run id, name, path): a file it has written
+    cancelled: Callable[[], bool]  # polled between steps
+
+
+def store_job(store, run) -> Job:
+    """A stored run as a job for this machine."""
+    parent = None
+    if run.parent_id:
+        p = store.get(run.parent_id)
+        parent = RunRef(p.id, p.folder, p.status)
+    already = store.last_step(run.id) if run.kind == "unlearn" else -1
+    points = _points_before(store, run.id, already) if already >= 0 else []
+    return Job(run.id, run.kind, run.method, run.preset, run.config, run.folder, parent,
+               already, points)
 
 
 def _execute(store, run, cancel: threading.Event, gpu: int | None = None) -> dict | None:
-    from dimalign import checked
-    from dimalign.config import config_from_dict
-    from dimalign.runner import run_experiment
-    from dimalign.train import model_from_state, pick_device
+    """One stored run in this process, reporting straight into the store."""
 
-    if run.kind == "embed":
-        return _embed(store, run)
-    cfg = config_from_dict(run.config)
-    device = pick_device(cfg.device)
-    # a GPU slot's job names its GPU: should this worker's scheduler die, the one that
-    # replaces it keeps that GPU's slot free until the job ends
-    store.update(run.id, device=f"cuda:{gpu}" if gpu is not None and device.type == "cuda"
-                 else str(device))
-    progress = _Throttle(store, run.id)
+    def device(name: str) -> None:
+        # a GPU slot's job names its GPU: should this worker's scheduler die, the one that
+        # replaces it keeps that GPU's slot free until the job ends
+        store.update(run.id, device=f"cuda:{gpu}" if gpu is not None and name.startswith(
+            "cuda") else name)
 
     def say(text: str) -> None:  # what the run is doing; notes also go to the log
         store.update(run.id, phase=text.rstrip(" ."))
         if not text.endswith("..."):
             _note(f"run {run.id}: {text}")
 
-    if run.kind == "baselines":  # train (or load) and evaluate: pages read its metrics
-        _mkdir(run.folder)
-        result = run_experiment(cfg, "retrain", preset=run.preset, progress=progress,
-                                run_dir=run.folder, say=say)
-        _index(store, run)
+    hooks = Hooks(
+        device=device,
+        progress=lambda fraction, phase: store.update(run.id, progress=fraction, phase=phase),
+        say=say,
+        telemetry=lambda step, values: store.log_metrics(run.id, step, values),
+        artifact=store.add_artifact,
+        cancelled=cancel.is_set)
+    return run_job(store_job(store, run), hooks)
+
+
+def run_job(job: Job, hooks: Hooks) -> dict | None:
+    """Run one job (baselines, unlearning or an embedding) to its end: the one code path of
+    both backends. Files go into the job's folder; each is handed to `hooks.artifact`."""
+    from dimalign import checked
+    from dimalign.config import config_from_dict
+    from dimalign.runner import run_experiment
+    from dimalign.train import model_from_state, pick_device
+
+    if job.kind == "embed":
+        return _embed(job, hooks)
+    cfg = config_from_dict(job.config)
+    device = pick_device(cfg.device)
+    hooks.device(str(device))
+    progress = Throttle(hooks.progress)
+
+    if job.kind == "baselines":  # train (or load) and evaluate: pages read its metrics
+        _mkdir(job.folder)
+        result = run_experiment(cfg, "retrain", preset=job.preset, progress=progress,
+                                run_dir=job.folder, say=hooks.say)
+        _index(job, hooks)
         return result
 
-    _mkdir(run.folder)
-    ckpt_path = run.folder / CHECKPOINT
-    resume = _resume_state(ckpt_path, say)
-    already = store.last_step(run.id)  # metrics written before a crash are kept, not redone
+    _mkdir(job.folder)
+    ckpt_path = job.folder / CHECKPOINT
+    resume = _resume_state(ckpt_path, hooks.say)
     # the points sent up to the checkpoint; the resumed run sends the later ones again
-    earlier = [] if resume is None else _points_before(store, run.id, resume["step"])
+    earlier = [] if resume is None else [p for p in job.points if p["step"] <= resume["step"]]
 
     def telemetry(point: dict) -> None:
-        if point["step"] > already:
-            store.log_metrics(run.id, point["step"], {
-                k: v for k, v in point.items() if isinstance(v, int | float) and k != "step"})
+        if point["step"] > job.already:  # metrics written before a crash are kept, not redone
+            hooks.telemetry(point["step"], {k: v for k, v in point.items()
+                                            if isinstance(v, int | float) and k != "step"})
 
     def checkpoint(state: dict) -> None:
         checked.save_torch(state, ckpt_path)
-        store.add_artifact(run.id, "checkpoint", ckpt_path)
+        hooks.artifact(job.id, "checkpoint", ckpt_path)
 
     init = None
-    if run.parent_id:
-        init = model_from_state(cfg, _parent_state(store.get(run.parent_id)), device)
-    result = run_experiment(cfg, run.method, preset=run.preset, progress=progress,
-                            telemetry=telemetry, cancel=cancel.is_set, run_dir=run.folder,
+    if job.parent is not None:
+        init = model_from_state(cfg, _parent_state(job.parent), device)
+    result = run_experiment(cfg, job.method, preset=job.preset, progress=progress,
+                            telemetry=telemetry, cancel=hooks.cancelled, run_dir=job.folder,
                             init=init, checkpoint=checkpoint, resume=resume,
-                            earlier_points=earlier, say=say)
-    _index(store, run)
+                            earlier_points=earlier, say=hooks.say)
+    _index(job, hooks)
     return result
 
 
@@ -323,25 +403,27 @@ def _points_before(store, run_id: str, last: int) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def _index(store, run) -> None:
-    for name in ("result.json", "geometry.pt", "telemetry.json", "unlearned.pt"):
-        if (run.folder / name).exists():
-            store.add_artifact(run.id, name.split(".")[0], run.folder / name)
+RESULT_FILES = ("result.json", "geometry.pt", "telemetry.json", "unlearned.pt")
 
 
-def _embed(store, run) -> dict:
+def _index(job: Job, hooks: Hooks) -> None:
+    for name in RESULT_FILES:
+        if (job.folder / name).exists():
+            hooks.artifact(job.id, name.split(".")[0], job.folder / name)
+
+
+def _embed(job: Job, hooks: Hooks) -> dict:
     """UMAP of a finished run's saved features, in one aligned frame, saved beside them."""
     from dimalign.embed import embed_saved_run
 
-    source = store.get(run.config["source"])
-    samples = int(run.config["samples"])
-    store.update(run.id, phase="umap", progress=0.0)
-    path, _ = embed_saved_run(source.folder, samples)
-    store.add_artifact(source.id, f"embedding-{samples}", path)
+    samples = int(job.config["samples"])
+    hooks.progress(0.0, "umap")
+    path, _ = embed_saved_run(job.parent.folder, samples)
+    hooks.artifact(job.parent.id, f"embedding-{samples}", path)
     return {"models": {}, "seconds": {}, "device": "cpu"}
 
 
-def _parent_state(parent) -> dict:
+def _parent_state(parent: RunRef) -> dict:
     """A fork starts from the parent's final weights, or its last checkpoint if unfinished.
     Either is checked: a damaged one fails the fork with one line (and is set aside)."""
     from dimalign import checked

@@ -94,7 +94,7 @@ LAYERS = [
     ("metrics", "artifacts", "embed", "plots", "methods.run_state", "methods.telemetry",
      "methods.loop"),
     ("runner", "store"),
-    ("export", "jobs", "worker", "sweep"),
+    ("export", "jobs", "worker", "sweep", "ray_backend"),
     ("steer", "ui"),
     ("cli", "__main__", "app", "pages"),
 ]

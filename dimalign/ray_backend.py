@@ -1,0 +1,548 @@
+"""The Ray job backend: every job a Ray task on any node of a cluster; the store stays here.
+
+`dimalign scheduler --backend ray` (or DIMALIGN_BACKEND=ray, which `make app` and every
+command that starts a scheduler pass on) runs this scheduler on the head node. It queues,
+orders and records runs as the local one does, but hands each job to Ray as a task asking for
+DIMALIGN_RAY_CPUS CPUs and DIMALIGN_RAY_GPUS GPUs (a fraction shares one). The task runs
+`worker.run_job`, the local worker's own code path, with hooks that post to a `Mailbox` actor
+pinned to the head node: progress, telemetry, notes, and every file the job writes (its
+checkpoint after each epoch, then result.json, geometry, telemetry, weights; models a
+baselines job trains) as bytes. The scheduler takes the mail every tick and writes it: the
+store through its one connection, the files into the run's folder here through `checked`. A
+remote node never opens the store and needs no shared file system.
+
+What a job needs travels with it through Ray's object store: the cached baselines (put once
+per file), the run's last checkpoint (a resumed run), a fork's parent weights, an embedding's
+features. The data are rebuilt on the node, deterministically: digits ship inside
+scikit-learn; torchvision datasets download into the node's home, or come from the node's
+DIMALIGN_RAY_DATA; an ImageFolder tree and an `original_checkpoint` file must lie at the same
+path on the nodes. A node's home is DIMALIGN_RAY_SCRATCH/<node id> (default: the system's
+temporary folder).
+
+Cancel sets a flag the job polls between steps, and `ray.cancel`s a task that has not ended
+a few seconds later. A task whose node or worker died leaves its run `interrupted`: `resume`
+continues from the last checkpoint that came back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from dimalign import checked, paths
+from dimalign.errors import ConfigError
+from dimalign.jobs import Scheduler, _env_number, worker_count
+from dimalign.memo import LRU
+from dimalign.store import Run, Store
+from dimalign.worker import (
+    CANCEL_POLL_SECONDS,
+    CHECKPOINT,
+    Hooks,
+    Job,
+    RunRef,
+    ending_of,
+    run_job,
+    store_job,
+)
+
+CANCEL_GRACE = 5.0  # seconds a cancelled job has to stop by itself before ray.cancel
+RESOURCES_EVERY = 5.0  # seconds between looks at the cluster's size
+LOST = ("its Ray node or worker was lost ({}); resume it to continue from its last "
+        "checkpoint that came back")
+
+
+def job_resources() -> tuple[float, float | None]:
+    """(CPUs, GPUs) each job asks Ray for: DIMALIGN_RAY_CPUS (1) and DIMALIGN_RAY_GPUS (None:
+    1 when the cluster has GPUs, else 0; a fraction below 1 shares a GPU, above 1 it must be
+    whole)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError("DIMALIGN_BACKEND", "ray needs Ray installed: pip install -e '.[ray]'")
+    cpus = _env_number("DIMALIGN_RAY_CPUS", float, 1.0, low=0)
+    gpus = _env_number("DIMALIGN_RAY_GPUS", float, None, low=0)
+    if gpus is not None and gpus > 1 and gpus != int(gpus):
+        raise ConfigError("DIMALIGN_RAY_GPUS", f"must be at most 1 or a whole number, got {gpus:g}")
+    if cpus == 0 and not gpus:
+        raise ConfigError("DIMALIGN_RAY_CPUS", "may be 0 only when DIMALIGN_RAY_GPUS is above 0")
+    return cpus, gpus
+
+
+# ---------------------------------------------------------------------------- the head's side
+
+
+class Mailbox:
+    """A Ray actor on the head node: what the running jobs post, until the scheduler takes it,
+    and the jobs it asked to stop (by the token of one launch: a resumed run is a new job).
+    Calls from one job arrive in the order it made them."""
+
+    def __init__(self):
+        self.mail: list[tuple] = []
+        self.stop: set[str] = set()
+
+    def post(self, run_id: str, kind: str, *payload) -> None:
+        self.mail.append((run_id, kind, *payload))
+
+    def take(self) -> list[tuple]:
+        mail, self.mail = self.mail, []
+        return mail
+
+    def cancel(self, token: str) -> None:
+        self.stop.add(token)
+
+    def cancelled(self, token: str) -> bool:
+        return token in self.stop
+
+    def forget(self, token: str) -> None:
+        self.stop.discard(token)
+
+
+@dataclass
+class Flight:
+    """A job handed to Ray: its task, the inputs it holds in the object store, and when it
+    was asked to stop."""
+
+    ref: Any
+    inputs: dict[str, Any]
+    token: str  # this launch's, for its cancel flag
+    cancel_sent: float | None = None
+    forced: bool = False
+
+
+class RayScheduler(Scheduler):
+    """The scheduler of the Ray backend: the local one's queue, fairness, recovery and store
+    writes, with Ray tasks instead of worker processes. Runs as the Ray driver on the head:
+    when it dies, Ray ends its tasks, and the next scheduler marks their runs interrupted."""
+
+    def __init__(self, store: Store, address: str | None = None, per_owner: int = 1):
+        super().__init__(store, slots=[], per_owner=per_owner)
+        self.cpus, self.gpus_set = job_resources()
+        self.gpus = self.gpus_set or 0.0
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        address = address or os.environ.get("DIMALIGN_RAY_ADDRESS") or None
+        self.started_ray = not ray.is_initialized()
+        if self.started_ray:
+            _check_reachable(address)
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False)
+            except (ConnectionError, ValueError, RuntimeError) as err:
+                where = f"the Ray cluster at {address}" if address else "a local Ray"
+                raise RuntimeError(f"cannot start or reach {where}: {err}") from None
+        here = ray.get_runtime_context().get_node_id()
+        self.mailbox = ray.remote(Mailbox).options(
+            num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
+        ).remote()
+        self.task = ray.remote(remote_job)
+        self.flight: dict[str, Flight] = {}
+        self.mail: list[tuple] = []  # taken from the mailbox, not written yet (disk full)
+        # cached model files in the object store, put once while the file stays the same
+        self.shipped: LRU[Any] = LRU(8)
+        self.cancel_grace = CANCEL_GRACE
+        self.fits, self.fits_at = 1, -math.inf
+        self.beat_at = 0.0
+
+    # -- what the base scheduler asks
+
+    def handed(self) -> set[str]:
+        return set(self.flight)
+
+    def capacity(self) -> int:
+        """Jobs at once: DIMALIGN_WORKERS, else as many as the cluster's CPUs and GPUs fit
+        (looked at every few seconds: nodes come and go)."""
+        if time.monotonic() - self.fits_at > RESOURCES_EVERY:
+            import ray
+
+            total = ray.cluster_resources()
+            if self.gpus_set is None:  # a GPU per job once the cluster has GPUs
+                self.gpus = 1.0 if total.get("GPU", 0) >= 1 else 0.0
+            fits = [math.floor(total.get("CPU", 0) / self.cpus + 1e-9)] if self.cpus else []
+            if self.gpus:
+                fits.append(math.floor(total.get("GPU", 0) / self.gpus + 1e-9))
+            self.fits, self.fits_at = max(1, min(fits)), time.monotonic()
+        return worker_count() if "DIMALIGN_WORKERS" in os.environ else self.fits
+
+    def warm_umap(self) -> None:
+        return None  # embeddings run on the nodes, which compile UMAP there
+
+    def busy(self) -> bool:
+        return bool(self.flight) or bool(self.mail) or bool(
+            self.store.runs(statuses=("queued",), executor="local", limit=1))
+
+    # -- handing out jobs
+
+    def start_eligible(self) -> None:
+        free = self.capacity() - len(self.flight)
+        if free > 0:
+            for run in self.next_runs(free):
+                self.launch(run)
+
+    def launch(self, run: Run) -> None:
+        now = time.time()
+        if not self.store.transition(run.id, ("queued",), status="running", pid=os.getpid(),
+                                     started=now, heartbeat=now, error=None, finished=None,
+                                     cancel_requested=0, phase="waiting for a Ray node"):
+            return
+        job = store_job(self.store, self.store.get(run.id))
+        inputs = self.inputs(run, job)
+        token = secrets.token_hex(8)
+        spec = {"id": job.id, "token": token, "kind": job.kind, "method": job.method,
+                "preset": job.preset, "config": job.config, "folder": _rel(job.folder),
+                "already": job.already, "points": job.points, "cpus": self.cpus,
+                "parent": None if job.parent is None else
+                (job.parent.id, _rel(job.parent.folder), job.parent.status)}
+        ref = self.task.options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0,
+                                name=f"dimalign-{run.id}").remote(spec, inputs, self.mailbox)
+        self.flight[run.id] = Flight(ref, inputs, token)
+
+    def inputs(self, run: Run, job: Job) -> dict[str, Any]:
+        """The files the job reads, by their path in the home, as object refs: the cached
+        baselines of its config, its last checkpoint, its parent's weights or features."""
+        import ray
+
+        wanted: list[Path] = []
+        if job.kind != "embed":
+            wanted += self.model_files(job.config)
+            wanted.append(job.folder / CHECKPOINT)
+        if job.parent is not None:
+            names = ("geometry.pt",) if job.kind == "embed" else ("unlearned.pt", CHECKPOINT)
+            wanted += [job.parent.folder / name for name in names]
+        refs = {}
+        for path in wanted:
+            if not path.exists():
+                continue
+            rel = _rel(path)
+            try:
+                if path.parent == paths.models_dir():  # the same bytes for every job
+                    refs[rel] = self.ship_model(path)
+                else:
+                    refs[rel] = ray.put(checked.load(path, bytes))
+            except FileNotFoundError:
+                continue
+            except checked.DamagedFile as err:  # set aside: the job starts without it
+                self.store.update(run.id, phase=f"{err}; the job goes on without it")
+        return refs
+
+    def model_files(self, config: dict) -> list[Path]:
+        """The cached baselines of a config, weights and metadata (nothing when the config no
+        longer builds: the job then fails with the reason)."""
+        from dimalign.config import config_from_dict
+        from dimalign.train import cache_key, cache_path
+
+        try:
+            cfg = config_from_dict(config)
+            files = [Path(cache_path(cache_key(cfg, role))) for role in ("original", "retrained")]
+        except Exception:  # noqa: BLE001 - the job reports the config's error itself
+            return []
+        return [f for path in files for f in (path, path.with_suffix(".json"))]
+
+    def ship_model(self, path: Path):
+        import ray
+
+        st = path.stat()
+        return self.shipped.get_or_make((str(path), st.st_ino, st.st_size, st.st_mtime_ns),
+                                        lambda: ray.put(checked.load(path, bytes)))
+
+    # -- what comes back
+
+    def reap(self) -> None:
+        """Take the mail, write it, and record how the jobs that ended did. Tasks are looked
+        at before the mail is taken: a job posts everything before it returns, so an ended
+        job's mail is all here before its ending is written."""
+        if not self.flight and not self.mail:
+            return
+        import ray
+
+        by_ref = {f.ref: run_id for run_id, f in self.flight.items()}
+        ended, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=0) if by_ref else \
+            ([], [])
+        if self.flight:
+            self.mail += ray.get(self.mailbox.take.remote(), timeout=60)
+        while self.mail:
+            try:
+                self.deliver(self.mail[0])
+            except checked.DiskFull:
+                raise  # kept, and written on a later tick
+            except Exception as err:  # noqa: BLE001 - one bad letter must not stop the rest
+                self.note(f"dropped what run {self.mail[0][0]} sent ({self.mail[0][1]}): {err}")
+            self.mail.pop(0)
+        for ref in ended:
+            run_id = by_ref[ref]
+            self.endings[run_id] = self.outcome(ref)
+            self.mailbox.forget.remote(self.flight.pop(run_id).token)
+        self.record_endings()
+        self.beat()
+        self.stop_cancelled()
+
+    def deliver(self, message: tuple) -> None:
+        """Write one piece of mail: into the store, or a file into this home."""
+        run_id, kind, *payload = message
+        if kind == "device":
+            self.store.update(run_id, device=payload[0])
+        elif kind == "progress":
+            self.store.update(run_id, progress=payload[0], phase=payload[1])
+        elif kind == "say":
+            self.store.update(run_id, phase=payload[0].rstrip(" ."))
+            if not payload[0].endswith("..."):
+                self.note(f"run {run_id}: {payload[0]}")
+        elif kind == "metrics":
+            self.store.log_metrics(run_id, payload[0], payload[1])
+        elif kind == "file":  # (path in the home, bytes, (run id, name) to index or None)
+            rel, data, index = payload
+            path = _in_home(rel)
+            checked.save(path, data)
+            if index is not None:
+                self.store.add_artifact(index[0], index[1], path)
+
+    def note(self, line: str) -> None:
+        import sys
+
+        with contextlib.suppress(OSError, ValueError):
+            print(f"dimalign ray: {line}", file=sys.stderr, flush=True)
+
+    def outcome(self, ref) -> dict:
+        """How a task ended, as the fields of its run's final update."""
+        import ray
+        from ray import exceptions as rx
+
+        try:
+            return ray.get(ref, timeout=60)
+        except rx.TaskCancelledError:
+            return dict(status="cancelled", finished=time.time(), error="cancelled")
+        except rx.RayTaskError as err:  # raised in the task, outside what it catches itself
+            return dict(status="failed", finished=time.time(),
+                        error=str(err).strip().splitlines()[-1])
+        except rx.RayError as err:  # the node died, the worker crashed, an object was lost
+            return dict(status="interrupted", pid=None,
+                        error=LOST.format(type(err).__name__))
+
+    def beat(self) -> None:
+        """The scheduler beats for its jobs: Ray tells it when one is lost."""
+        if self.flight and time.monotonic() - self.beat_at >= 1.0:
+            self.beat_at = time.monotonic()
+            for run_id in self.flight:
+                self.store.update(run_id, heartbeat=time.time())
+
+    def stop_cancelled(self) -> None:
+        """A cancel request raises the job's flag; a job still there a few seconds later is
+        cancelled by Ray (forced ten seconds after that)."""
+        import ray
+
+        asked = {r.id for r in self.store.runs(statuses=("running",)) if r.cancel_requested}
+        for run_id, flight in self.flight.items():
+            if run_id not in asked:
+                continue
+            if flight.cancel_sent is None:
+                flight.cancel_sent = time.monotonic()
+                self.mailbox.cancel.remote(flight.token)
+            elif not flight.forced and time.monotonic() - flight.cancel_sent > \
+                    self.cancel_grace:
+                flight.forced = time.monotonic() - flight.cancel_sent > 3 * self.cancel_grace
+                ray.cancel(flight.ref, force=flight.forced)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Let the jobs in flight finish (their mail written) for up to `timeout` seconds; the
+        rest are cancelled and left `interrupted` (resumable)."""
+        import ray
+
+        end = time.monotonic() + timeout
+        while self.flight and time.monotonic() < end:
+            with contextlib.suppress(checked.DiskFull):
+                self.reap()
+            time.sleep(0.2)
+        for run_id, flight in list(self.flight.items()):
+            ray.cancel(flight.ref, force=True)
+            with contextlib.suppress(checked.DiskFull):
+                self.store.transition(run_id, ("running",), status="interrupted", pid=None,
+                                      error="its scheduler stopped; resume it to continue from "
+                                            "its last checkpoint that came back")
+        self.flight.clear()
+        if self.started_ray:
+            ray.shutdown()
+
+
+def _check_reachable(address: str | None) -> None:
+    """A HOST:PORT that nothing answers at is said in one line at once (Ray itself would keep
+    trying for minutes). "auto", ray:// addresses and none are left to Ray."""
+    import socket
+
+    host, sep, port = (address or "").rpartition(":")
+    if not sep or "/" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        raise RuntimeError(f"cannot reach the Ray cluster at {address} ({err.strerror or err}); "
+                           "start it with `ray start --head` there, or check the address")\
+            from None
+
+
+def _rel(path: Path) -> str:
+    """A path in the home, as the home-relative text a job's spec and its mail carry."""
+    return PurePosixPath(Path(path).relative_to(paths.home())).as_posix()
+
+
+def _in_home(rel: str) -> Path:
+    """A home-relative path from a job, refused unless it names a file under runs/ or
+    models/ (nothing a node sends is written elsewhere)."""
+    parts = PurePosixPath(rel).parts
+    if not parts or parts[0] not in ("runs", "models") or ".." in parts or \
+            PurePosixPath(rel).is_absolute() or len(parts) < 2:
+        raise ValueError(f"a Ray job sent a file outside runs/ and models/: {rel!r}")
+    return paths.home().joinpath(*parts)
+
+
+# ---------------------------------------------------------------------------- the node's side
+
+
+def node_home(node_id: str) -> Path:
+    """This node's own home: DIMALIGN_RAY_SCRATCH (default: the temporary folder)/<node>."""
+    base = os.environ.get("DIMALIGN_RAY_SCRATCH") or os.path.join(tempfile.gettempdir(),
+                                                                   "dimalign-ray")
+    return Path(base) / node_id[:16]
+
+
+def remote_job(spec: dict, inputs: dict, mailbox) -> dict:
+    """A Ray task: one job on whichever node Ray chose. Writes its inputs into the node's own
+    home, runs `run_job` there with hooks that post to `mailbox`, and returns how it ended
+    (after everything it posted has arrived). Never opens the store.
+
+    The node's home keeps the cached models (and downloaded data) for every job on it; the
+    job's own folder is `runs/<run id>` there (one job per run at a time), and the files of
+    its parent (a fork's weights, an embedding's features) go into a folder of this job's
+    alone, `parents/<run id>/`, so jobs that share a parent never share its folder."""
+    import ray
+    import torch
+
+    node = ray.get_runtime_context().get_node_id()
+    home = node_home(node)
+    os.environ["DIMALIGN_HOME"] = str(home)  # the node's home, never the head's
+    _link_data(home)
+    torch.set_num_threads(max(1, round(spec["cpus"])))
+    run_id = spec["id"]
+    if ray.get(mailbox.cancelled.remote(spec["token"])):  # cancelled while waiting for a node
+        return dict(status="cancelled", finished=time.time(), error="cancelled")
+    # folders here -> their paths in the head's home
+    places = {home / spec["folder"]: spec["folder"]}
+    parent = None
+    if spec["parent"] is not None:
+        parent_id, parent_rel, status = spec["parent"]
+        parent = RunRef(parent_id, home / "parents" / run_id, status)
+        places[parent.folder] = parent_rel
+    for folder in places:  # what an earlier attempt on this node left is not this job's
+        shutil.rmtree(folder, ignore_errors=True)
+    to_node = {rel: folder for folder, rel in places.items()}
+    received = _receive(home, inputs, to_node)
+    job = Job(run_id, spec["kind"], spec["method"], spec["preset"], spec["config"],
+              home / spec["folder"], parent, spec["already"], spec["points"])
+    hooks = _mail_hooks(run_id, spec["token"], mailbox, home, places,
+                        f" on Ray node {node[:8]} ({ray.util.get_node_ip_address()})")
+    try:
+        ending, interrupt = ending_of(lambda: run_job(job, hooks))
+        if interrupt is not None:  # ray.cancel's KeyboardInterrupt: Ray records the cancel
+            raise interrupt
+        if ending["status"] == "done" and spec["kind"] == "baselines":
+            _send_models(job, home, received, mailbox)
+    finally:
+        for folder in places:
+            shutil.rmtree(folder, ignore_errors=True)
+    return ending
+
+
+def _link_data(home: Path) -> None:
+    """The node's datasets: DIMALIGN_RAY_DATA (set where `ray start` runs: a folder laid out as
+    `$DIMALIGN_HOME/data`, e.g. with torchvision's files for an offline node) becomes the
+    node home's `data/`; without it, datasets download into the node's home."""
+    data = os.environ.get("DIMALIGN_RAY_DATA")
+    if not data or (home / "data").exists():
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # another job on this node linked it first
+        (home / "data").symlink_to(Path(data).expanduser().resolve(), target_is_directory=True)
+
+
+def _head_path(path: Path, home: Path, places: dict[Path, str]) -> str:
+    """The head's home-relative path of a file a job wrote here."""
+    for folder, rel in places.items():
+        if path.is_relative_to(folder):
+            return (PurePosixPath(rel) / PurePosixPath(path.relative_to(folder))).as_posix()
+    return PurePosixPath(path.relative_to(home)).as_posix()
+
+
+def _receive(home: Path, inputs: dict, to_node: dict[str, Path]) -> set[str]:
+    """Write the shipped files into the node's home (a cached model only when its bytes
+    differ from the node's copy); returns their head-relative paths."""
+    import ray
+
+    for rel, ref in inputs.items():
+        data = ray.get(ref)
+        folder, name = rel.rpartition("/")[::2]
+        path = to_node[folder] / name if folder in to_node else home / rel
+        try:
+            same = checked.load(path, bytes) == data
+        except (FileNotFoundError, checked.DamagedFile):
+            same = False
+        if not same:
+            checked.save(path, data)
+    return set(inputs)
+
+
+def _send_models(job: Job, home: Path, received: set[str], mailbox) -> None:
+    """The baselines a job trained on this node, weights before metadata (a model counts as
+    cached once its metadata is there), back to the head's cache."""
+    import ray
+
+    from dimalign.config import config_from_dict
+    from dimalign.train import cache_key, cache_path
+
+    cfg = config_from_dict(job.config)
+    for role in ("original", "retrained"):
+        weights = Path(cache_path(cache_key(cfg, role)))
+        for path in (weights, weights.with_suffix(".json")):
+            rel = PurePosixPath(path.relative_to(home)).as_posix()
+            if rel not in received and path.exists():
+                ray.get(mailbox.post.remote(job.id, "file", rel, checked.load(path, bytes),
+                                            None))
+
+
+def _mail_hooks(run_id: str, token: str, mailbox, home: Path, places: dict[Path, str],
+                where: str) -> Hooks:
+    """Hooks that post to the head's mailbox. Numbers go without waiting (they arrive in
+    order); a file waits until it is there, so a checkpoint outlives this node."""
+    import ray
+
+    def post(kind: str, *payload) -> None:
+        mailbox.post.remote(run_id, kind, *payload)
+
+    def artifact(owner: str, name: str, path: Path) -> None:
+        ray.get(mailbox.post.remote(run_id, "file", _head_path(Path(path), home, places),
+                                    checked.load(path, bytes), (owner, name)))
+
+    poll = {"at": 0.0, "stop": False}
+    lock = threading.Lock()
+
+    def cancelled() -> bool:
+        with lock:
+            if time.monotonic() - poll["at"] >= CANCEL_POLL_SECONDS:
+                poll["at"] = time.monotonic()
+                poll["stop"] = ray.get(mailbox.cancelled.remote(token))
+            return poll["stop"]
+
+    return Hooks(device=lambda name: post("device", name + where),
+                 progress=lambda fraction, phase: post("progress", fraction, phase),
+                 say=lambda text: post("say", text),
+                 telemetry=lambda step, values: post("metrics", step, values),
+                 artifact=artifact, cancelled=cancelled)
+
