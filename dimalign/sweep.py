@@ -73,7 +73,9 @@ def sweep_ray(store: Store, preset: str, method: str, grid: Iterable[str],
                             config=cfg.to_dict(), executor="ray",
                             experiment=experiment_key(cfg)) for cfg in configs]
     home = str(paths.home())
-    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
+    # "local": a new instance of our own, never whatever cluster this machine last started
+    # (address None would join that one, whose trials could not reach this store)
+    ray.init(address=address or "local", ignore_reinit_error=True, include_dashboard=False,
              log_to_driver=False, runtime_env={"env_vars": {"DIMALIGN_HOME": home}})
     resources = {"cpu": 1, "gpu": gpus_per_trial if torch.cuda.is_available() else 0}
     trainable = tune.with_resources(_trial, resources)
