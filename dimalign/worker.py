@@ -118,7 +118,7 @@ def _warm_latest_experiment() -> None:
         store = Store()
         latest = store.runs(limit=1)
         store.close()
-        if not latest or latest[0].kind == "embed":
+        if not latest or latest[0].kind in ("embed", "audit"):
             return
         cfg = config_from_dict(latest[0].config)
         if not baselines_cached(cfg):
@@ -222,10 +222,13 @@ class _Throttle:
         self.store, self.run_id, self.last = store, run_id, 0.0
 
     def __call__(self, p) -> None:
+        self.at(p.fraction, p.phase)
+
+    def at(self, fraction: float, phase: str) -> None:
         now = time.monotonic()
-        if now - self.last >= 0.25 or p.fraction >= 1.0:
+        if now - self.last >= 0.25 or fraction >= 1.0:
             self.last = now
-            self.store.update(self.run_id, progress=p.fraction, phase=p.phase)
+            self.store.update(self.run_id, progress=fraction, phase=phase)
 
 
 def _execute(store, run, cancel: threading.Event, gpu: int | None = None) -> dict | None:
@@ -236,6 +239,8 @@ def _execute(store, run, cancel: threading.Event, gpu: int | None = None) -> dic
 
     if run.kind == "embed":
         return _embed(store, run)
+    if run.kind == "audit":
+        return _audit(store, run)
     cfg = config_from_dict(run.config)
     device = pick_device(cfg.device)
     # a GPU slot's job names its GPU: should this worker's scheduler die, the one that
@@ -339,6 +344,20 @@ def _embed(store, run) -> dict:
     path, _ = embed_saved_run(source.folder, samples)
     store.add_artifact(source.id, f"embedding-{samples}", path)
     return {"models": {}, "seconds": {}, "device": "cpu"}
+
+
+def _audit(store, run) -> dict:
+    """The audit of a finished run (layers, membership, relearn attack, classes), saved
+    beside it."""
+    from dimalign.audit import AuditSettings, audit_saved_run
+
+    source = store.get(run.config["source"])
+    settings = AuditSettings(**run.config["settings"])
+    progress = _Throttle(store, run.id)
+    path, bundle = audit_saved_run(source.folder, settings,
+                                   lambda fraction, phase: progress.at(fraction, phase))
+    store.add_artifact(source.id, path.stem, path)
+    return {"models": {}, "seconds": {"audit": bundle["seconds"]}, "device": bundle["device"]}
 
 
 def _parent_state(parent) -> dict:
