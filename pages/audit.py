@@ -27,33 +27,33 @@ def _job():
     return found[0] if found else None
 
 
+def _start(run_id: str, owner: str, wanted: AuditSettings) -> None:
+    """Button callback (it runs before the page, so a rerun cannot lose the click)."""
+    try:
+        submit_audit(ui.store(), run_id, owner, wanted)
+    except (ConfigError, StoreError) as err:
+        st.session_state["_audit_error"] = f"{err}."
+
+
 if not path.exists():
     job = _job()
     if job is None or job.status not in ACTIVE:
-        if job is not None:
+        if st.session_state.get("_audit_error"):
+            st.error(st.session_state.pop("_audit_error"))
+        elif job is not None:
             ui.show_run_error(job)
         st.info(f"Run {run.id} has no audit with these settings yet. It takes each model's "
                 "features at every block, its outputs on every sample, a relearn attack of "
                 f"{settings.relearn_steps} fine-tuning steps, and its per-class predictions.")
-        if not st.button("Compute the audit", key="audit_start", type="primary"):
-            st.stop()
-        try:
-            submit_audit(ui.store(), run.id, who.name, settings)
-        except (ConfigError, StoreError) as err:
-            st.error(f"{err}.")
-            st.stop()
-        ui.ensure_scheduler()
-        st.rerun()
+        st.button("Compute the audit", key="audit_start", type="primary", on_click=_start,
+                  args=(run.id, who.name, settings))
+        st.stop()
 
     @st.fragment(run_every=1.0)
     def waiting() -> None:
-        if path.exists():
-            st.rerun()  # the whole page, now with the audit
         j = _job()
-        if j is None or j.terminal:
-            if j is not None:
-                ui.show_run_error(j)
-            return
+        if path.exists() or j is None or j.status not in ACTIVE:
+            st.rerun()  # the whole page: the audit, or why it did not come and the button
         st.progress(j.progress or 0.0, text=f"Audit of run {run.id}: {j.status}"
                     + (f" ({j.phase})" if j.phase and j.status == "running" else ""))
 
