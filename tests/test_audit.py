@@ -211,3 +211,13 @@ def test_audit_page_offers_a_button_that_queues_the_job_and_then_shows_the_audit
     assert not at.exception and len(at.get("plotly_chart")) == 5
     steps = load_audit(audit_path(audited["folder"], AuditSettings(relearn_steps=3)))
     assert len(steps["relearn"]["original"]["curve"]) == 4
+
+
+def test_learn_page_links_to_the_audit_and_its_reading_guide(audited):
+    at = page(audited["run"])
+    at.switch_page("pages/learn.py").run()
+    assert not at.exception
+    links = at.get("page_link")
+    assert [json.loads(json.dumps(link.proto.page)) for link in links] == ["pages/audit.py"] \
+        or any("audit" in str(link.proto) for link in links)
+    assert any("README.md#audit" in m.value for m in at.markdown)
