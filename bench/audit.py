@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,19 +49,37 @@ def main() -> None:
         "relearn samples": settings.samples(result["data"]["forget"]),
         "train/test": f"{result['data']['train']}/{result['data']['test']}"})
     audit_saved_run(folder, settings)  # once untimed: first-use imports (scikit-learn's AUC)
-    unlearning, audits, phases = [], [], None
+    unlearning, audits, parts = [], [], []
     for _ in range(args.runs):  # alternated, so drift hits both alike
         unlearning.append(unlearn(cfg, spec, b.experiment, b.original, b.device).seconds)
         marks: list[tuple[str, float]] = []
-        audits.append(timed(lambda: audit_saved_run(
-            folder, settings, lambda fraction, phase: marks.append((phase, fraction)))))
-        phases = [phase for phase, _ in marks]
+        audits.append(timed(lambda m=marks: audit_saved_run(folder, settings, note(m))))
+        parts.append(phase_seconds(marks))
     u, a = median(unlearning), median(audits)
     print(f"the run's own unlearning ({spec.title}, loop clock): median {u:.3f} s  "
           f"runs {', '.join(f'{v:.3f}' for v in unlearning)}")
     print(f"audit job (audit_saved_run, wall): median {a:.3f} s  "
           f"runs {', '.join(f'{v:.3f}' for v in audits)}")
-    print(f"audit / unlearning: {a / u:.1f}x   (phases: {', '.join(phases or [])})")
+    print(f"audit / unlearning: {a / u:.1f}x")
+    print("audit parts, median s: " + ", ".join(
+        f"{part} {median([p[part] for p in parts]):.3f}" for part in parts[0]))
+
+
+def note(marks: list):
+    """A progress callback that records when each phase of the audit began."""
+    return lambda fraction, phase: marks.append((phase.split(":")[0], time.perf_counter()))
+
+
+def phase_seconds(marks: list[tuple[str, float]]) -> dict[str, float]:
+    """Seconds from each phase's first mark to the next phase's (the last to now: it ends
+    with the audit, which `timed` has just measured)."""
+    end = time.perf_counter()
+    firsts: dict[str, float] = {}
+    for phase, at in marks:
+        firsts.setdefault(phase, at)
+    names = list(firsts)
+    return {name: (firsts[names[i + 1]] if i + 1 < len(names) else end) - firsts[name]
+            for i, name in enumerate(names)}
 
 
 if __name__ == "__main__":

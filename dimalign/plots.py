@@ -462,7 +462,8 @@ def confusion_figure(audit: dict) -> go.Figure:
         for c in cw["forgotten"]:
             fig.add_shape(type="rect", x0=-0.5, x1=len(cw["classes"]) - 0.5, y0=c - 0.5,
                           y1=c + 0.5, line=dict(color="#E45756", width=2), row=1, col=col)
-    fig.update_yaxes(autorange="reversed", title_text="true class", col=1)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_yaxes(title_text="true class", col=1)
     fig.update_xaxes(title_text="predicted")
     fig.update_layout(height=360, margin=dict(l=50, r=20, t=40, b=40))
     return fig
