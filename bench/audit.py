@@ -1,6 +1,7 @@
 """Wall time of a run's audit (layer-wise geometry, membership evidence, the relearn attack,
 the class view: what the worker's audit job computes) against the run's own unlearning time,
-medians of several repeats measured alternately in one process.
+medians of several repeats measured alternately in one process, with the torch threads of the
+worker that runs the job (half the cores).
 
     .venv/bin/python bench/audit.py [--preset digits-class] [--method muda] [--runs 5]
 
@@ -29,6 +30,11 @@ def main() -> None:
     parser.add_argument("--home", help="DIMALIGN_HOME to use (default: a throw-away one)")
     args = parser.parse_args()
     os.environ["DIMALIGN_HOME"] = args.home or tempfile.mkdtemp(prefix="dimalign-bench-")
+    import torch
+
+    from dimalign.jobs import worker_threads
+
+    torch.set_num_threads(worker_threads(1))  # as the worker that runs the audit job has
 
     from dimalign.audit import AuditSettings, audit_saved_run
     from dimalign.config import build_config

@@ -221,3 +221,27 @@ def test_learn_page_links_to_the_audit_and_its_reading_guide(audited):
     assert [(link.proto.page, link.proto.label) for link in links] == [
         ("audit", "Open the Audit page")]
     assert any("README.md#audit" in m.value for m in at.markdown)
+
+
+def test_backdoor_and_random_scenarios_pick_their_own_non_members_and_relearn_sets():
+    from dimalign.audit import classwise, nonmember_rows, relearn_sets
+    from dimalign.config import build_config
+
+    exp = build_experiment(build_config("digits-backdoor", TINY))
+    what, source, rows = nonmember_rows(exp)
+    assert source == "trigger" and len(rows) == len(exp.x_trigger) and "stamped" in what
+    fit, sets, second = relearn_sets(exp, AuditSettings(relearn_samples=7), 0)
+    assert second == "test" and len(fit) == 7 and bool(exp.forget[fit].all())
+    assert len(sets["forget"]) == int(exp.forget.sum()) - 7 and not set(fit.tolist()) & set(
+        sets["forget"].tolist())
+    target = exp.y_train[exp.forget][0].item()
+    trigger = torch.zeros(len(exp.x_trigger), 10)
+    trigger[: len(trigger) // 4, target] = 1.0  # a quarter of stamped samples go to the target
+    logits = {"train": torch.zeros(len(exp.y_train), 10), "test": torch.zeros(len(exp.y_test), 10),
+              "trigger": trigger}
+    out = classwise({"unlearned": logits}, exp, target)
+    assert out["target"] == target and out["forgotten"] == []
+    assert out["models"]["unlearned"]["asr"] == pytest.approx((len(trigger) // 4) / len(trigger))
+    random = build_experiment(build_config("digits-random", TINY))
+    assert nonmember_rows(random)[1] == "test" and relearn_sets(random, AuditSettings(), 0)[2] \
+        == "test"
