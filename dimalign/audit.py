@@ -112,9 +112,8 @@ class LayerOutputs:
 
 def layer_outputs(model: Classifier, x: torch.Tensor, info: DatasetInfo) -> LayerOutputs:
     """Logits and every block's global-average-pooled output (blocks whose output is not a
-    4-D feature map are left out), then the penultimate features exactly as
-    `features.forward_all` computes them. A last block whose pooled output is the penultimate
-    layer is not listed twice: the penultimate entry is named after it."""
+    4-D feature map are left out), then "penultimate": the features exactly as
+    `features.forward_all` computes them, from the same pass."""
     taps = blocks(model)
     pooled: dict[str, list[torch.Tensor]] = {name: [] for name, _ in taps}
 
@@ -131,15 +130,31 @@ def layer_outputs(model: Classifier, x: torch.Tensor, info: DatasetInfo) -> Laye
         for handle in handles:
             handle.remove()
     layers = {name: torch.cat(parts) for name, parts in pooled.items() if parts}
-    name = "penultimate"
-    if layers:
-        last, feats = list(layers.items())[-1]
-        if feats.shape == penultimate.shape and torch.allclose(feats, penultimate, rtol=1e-2,
-                                                               atol=1e-3):
-            del layers[last]
-            name = f"penultimate ({last})"
-    layers[name] = penultimate
-    return LayerOutputs(logits, layers)
+    return LayerOutputs(logits, {**layers, PENULTIMATE: penultimate})
+
+
+PENULTIMATE = "penultimate"
+
+
+def fold_last_block(outputs: list[LayerOutputs]) -> list[LayerOutputs]:
+    """The last block, pooled, is the penultimate layer when only the global pool follows it
+    (the small CNN, ResNet-18, torchvision ResNets): then it is listed once, as "penultimate
+    (NAME)". Decided over all `outputs` together, so every model gets the same layers."""
+    names = list(outputs[0].layers)
+    if len(names) < 2:
+        return outputs
+    last = names[-2]
+
+    def same(o: LayerOutputs) -> bool:
+        a, b = o.layers[last], o.layers[PENULTIMATE]
+        return a.shape == b.shape and torch.allclose(a, b, rtol=1e-2, atol=1e-3)
+
+    if not all(same(o) for o in outputs):
+        return outputs
+    return [LayerOutputs(o.logits, {**{k: v for k, v in o.layers.items()
+                                       if k not in (last, PENULTIMATE)},
+                                    f"{PENULTIMATE} ({last})": o.layers[PENULTIMATE]})
+            for o in outputs]
 
 
 def layer_geometry(train: dict[str, LayerOutputs], test: dict[str, LayerOutputs],
@@ -388,6 +403,9 @@ def audit(models: dict[str, Classifier], exp: Experiment, cfg: Config,
         logits[m] = {"train": train[m].logits, "test": test[m].logits}
         if exp.x_trigger is not None:
             logits[m]["trigger"] = forward_all(model, exp.x_trigger, exp.info)[0]
+    folded = fold_last_block([*train.values(), *test.values()])
+    train, test = dict(zip(train, folded[:len(train)], strict=True)), \
+        dict(zip(test, folded[len(train):], strict=True))
     layers = layer_geometry(train, test, exp, cfg.eval, cfg.seed)
     say(0.45, "membership")
     description, _, _ = nonmember_rows(exp)

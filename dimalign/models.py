@@ -87,8 +87,9 @@ MODEL_CLASSES = {"cnn": SmallCNN, "resnet18": ResNet18}
 def blocks(model: Classifier) -> list[tuple[str, nn.Module]]:
     """The model's blocks, input to output, as (name, module) whose outputs are feature maps:
     the conv blocks of the small CNN (each ends in a ReLU), the four stages of ResNet-18, a
-    torchvision model's `layer1..4` or `features` children, else its top-level children
-    (callers keep those whose outputs are 4-D). The layer-wise audit pools each one."""
+    torchvision model's `layer1..4`, else the children of its `features` (or, without one,
+    its top-level children) that have weights; callers keep those whose outputs are 4-D.
+    The layer-wise audit pools each one."""
     if isinstance(model, SmallCNN):
         relus = [m for m in model.body if isinstance(m, nn.ReLU)]
         return [(f"block{i + 1}", m) for i, m in enumerate(relus)]
@@ -99,9 +100,11 @@ def blocks(model: Classifier) -> list[tuple[str, nn.Module]]:
     if all(hasattr(net, f"layer{i}") for i in range(1, 5)):  # the ResNet family
         return [(f"layer{i}", getattr(net, f"layer{i}")) for i in range(1, 5)]
     features = getattr(net, "features", None)
-    if isinstance(features, nn.Sequential):  # VGG, MobileNet, EfficientNet, DenseNet, ...
-        return [(f"features.{name}", m) for name, m in features.named_children()]
-    return list(net.named_children())
+    # VGG, MobileNet, EfficientNet, DenseNet, ...: the children with weights (VGG's
+    # activations and pools are children of their own; they add no depth worth a point)
+    children = (((f"features.{name}", m) for name, m in features.named_children())
+                if isinstance(features, nn.Sequential) else net.named_children())
+    return [(name, m) for name, m in children if next(m.parameters(), None) is not None]
 
 
 def cnn_width(size: int) -> int:

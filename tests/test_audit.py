@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 from dimalign.audit import (
     AuditSettings,
     audit_path,
+    fold_last_block,
     layer_outputs,
     load_audit,
     membership_auc,
@@ -128,14 +129,19 @@ def test_blocks_of_a_torchvision_model_and_the_penultimate_entry_is_forward_all(
     info = dataset_info("cifar10")
     net = build_model("torchvision:resnet18", 3, 10).eval()
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    out = layer_outputs(net, x, info)
+    assert list(layer_outputs(net, x, info).layers) == ["layer1", "layer2", "layer3", "layer4",
+                                                         "penultimate"]
+    (out,) = fold_last_block([layer_outputs(net, x, info)])  # layer4 -> pool -> head
     assert list(out.layers) == ["layer1", "layer2", "layer3", "penultimate (layer4)"]
     logits, feats = forward_all(net, x, info)
     assert torch.equal(out.layers["penultimate (layer4)"], feats)
     assert torch.equal(out.logits, logits)
     exp = tiny_baselines.experiment
     small = layer_outputs(tiny_baselines.original, exp.x_test[:8], exp.info)
-    assert [f.shape[1] for f in small.layers.values()] == [16, 32, 64]
+    assert [f.shape[1] for f in small.layers.values()] == [16, 32, 64, 64]
+    vgg = build_model("torchvision:vgg11", 3, 10).eval()  # an MLP follows its features
+    (out,) = fold_last_block([layer_outputs(vgg, x, info)])
+    assert list(out.layers)[-1] == "penultimate" and len(out.layers) == 9
 
 
 def test_cli_prints_the_audit_as_json_and_refuses_bad_input_in_one_line(audited, cli):
@@ -236,6 +242,7 @@ def test_backdoor_and_random_scenarios_pick_their_own_non_members_and_relearn_se
         sets["forget"].tolist())
     target = exp.y_train[exp.forget][0].item()
     trigger = torch.zeros(len(exp.x_trigger), 10)
+    trigger[:, (target + 1) % 10] = 0.5
     trigger[: len(trigger) // 4, target] = 1.0  # a quarter of stamped samples go to the target
     logits = {"train": torch.zeros(len(exp.y_train), 10), "test": torch.zeros(len(exp.y_test), 10),
               "trigger": trigger}
