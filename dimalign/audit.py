@@ -448,9 +448,16 @@ def audit(models: dict[str, Classifier], exp: Experiment, cfg: Config,
     }
 
 
+SECTIONS = ("layers", "relearn", "mia", "classwise", "settings")
+
+
 def load_audit(path: Path) -> dict:
-    """A saved audit, checked: DamagedFile (the file set aside) when it is damaged."""
-    return checked.load_json(path)
+    """A saved audit, checked: DamagedFile (the file set aside) when it is damaged or is not
+    an audit."""
+    audit = checked.load_json(path)
+    if not (isinstance(audit, dict) and set(SECTIONS) <= set(audit)):
+        raise checked.damaged(path, "not an audit dimalign writes")
+    return audit
 
 
 def run_models(run_folder: Path, result: dict

@@ -66,6 +66,8 @@ except DamagedFile:  # set aside: the button computes it again
     st.error(f"The audit of run {run.id} was damaged and set aside; reload the page to "
              "compute it again.")
     st.stop()
+except FileNotFoundError:  # set aside by another session just now
+    st.rerun()
 stamp = (str(path), path.stat().st_mtime)
 settings_used = audit["settings"]
 

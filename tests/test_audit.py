@@ -252,3 +252,24 @@ def test_backdoor_and_random_scenarios_pick_their_own_non_members_and_relearn_se
     random = build_experiment(build_config("digits-random", TINY))
     assert nonmember_rows(random)[1] == "test" and relearn_sets(random, AuditSettings(), 0)[2] \
         == "test"
+
+
+def test_a_damaged_audit_is_one_line_on_the_page_and_in_the_cli_then_computed_again(audited,
+                                                                                     cli):
+    settings = AuditSettings(relearn_steps=2)
+    path = audit_path(audited["folder"], settings)
+    path.write_text('{"layers": []}')  # parses, but is no audit
+    at = page(audited["run"])
+    at.number_input(key="audit_s").set_value(2).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        f"The audit of run {audited['run']} was damaged and set aside; reload the page to "
+        "compute it again."]
+    assert not path.exists() and list(path.parent.glob(f"{path.name}.damaged-*"))
+    at.run()
+    assert at.button(key="audit_start") is not None  # offered again
+    path.write_bytes(b"\x00garbage")
+    ran = cli("audit", audited["run"], "--relearn-steps", "2", "--json")
+    assert ran.returncode == 0 and "computing the audit again" in ran.stderr
+    assert len(json.loads(ran.stdout)["relearn"]["retrained"]["curve"]) == 3
+    assert load_audit(path)["settings"]["relearn_steps"] == 2  # cached
