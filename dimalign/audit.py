@@ -241,6 +241,21 @@ def threshold_attack(members: list[float], nonmembers: list[float], threshold: f
     return rate(members), rate(nonmembers)
 
 
+def attack_table(audit: dict, score: str, threshold: float) -> list[dict]:
+    """Per model of a saved audit: the threshold attack's TPR and FPR on its sampled scores
+    (forget vs non-members), their difference, the ROC AUC and the run's headline `mia`."""
+    rows = []
+    for model, entry in audit["mia"].items():
+        tpr, fpr = threshold_attack(entry["scores"]["forget"][score],
+                                    entry["scores"]["nonmembers"][score], threshold,
+                                    higher_is_member=score == "confidence")
+        rows.append({"model": model, "TPR (forget called member)": tpr,
+                     "FPR (non-members called member)": fpr,
+                     "TPR − FPR": None if tpr is None or fpr is None else tpr - fpr,
+                     "ROC AUC": entry["auc"], "mia (SVC, headline)": entry["mia"]})
+    return rows
+
+
 def nonmember_rows(exp: Experiment) -> tuple[str, str, torch.Tensor]:
     """The non-members a forget sample is told apart from, as (description, output, rows):
     test samples of the forgotten classes (class scenario: the same distribution as D_f),

@@ -4,7 +4,7 @@ the forgotten comes back, and what each class gets (computed by a worker, cached
 import streamlit as st
 
 from dimalign import plots, ui
-from dimalign.audit import AuditSettings, audit_path, load_audit, score_range, threshold_attack
+from dimalign.audit import AuditSettings, attack_table, audit_path, load_audit, score_range
 from dimalign.checked import DamagedFile
 from dimalign.errors import ConfigError
 from dimalign.jobs import audit_key, submit_audit
@@ -94,16 +94,7 @@ threshold = c1.slider("Threshold", float(low), float(high),
 ui.chart(ui.memo_figure(("audit_mia", *stamp, score, threshold),
                         lambda: plots.membership_figure(audit, score, threshold)),
          "audit_mia", c2)
-rows = []
-for model, entry in audit["mia"].items():
-    tpr, fpr = threshold_attack(entry["scores"]["forget"][score],
-                                entry["scores"]["nonmembers"][score], threshold,
-                                higher_is_member=score == "confidence")
-    rows.append({"model": model, "TPR (forget called member)": tpr,
-                 "FPR (non-members called member)": fpr,
-                 "TPR − FPR": None if tpr is None or fpr is None else tpr - fpr,
-                 "ROC AUC": entry["auc"], "mia (SVC, headline)": entry["mia"]})
-c1.dataframe(rows, hide_index=True, key="audit_attack")
+st.dataframe(attack_table(audit, score, threshold), hide_index=True, key="audit_attack")
 st.caption(f"Non-members: {settings_used['nonmembers']}. A good unlearner's TPR and FPR, and "
            "its AUC, sit next to the retrained model's. TPR/FPR use up to "
            f"{settings_used['score_samples']} sampled scores per split; AUC and histograms use "
