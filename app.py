@@ -10,6 +10,7 @@ pages = [
     st.Page("pages/spectra.py", title="Eigenspectra", icon=":material/stacked_line_chart:"),
     st.Page("pages/angles.py", title="Principal angles", icon=":material/architecture:"),
     st.Page("pages/manifolds.py", title="Manifolds", icon=":material/scatter_plot:"),
+    st.Page("pages/audit.py", title="Audit", icon=":material/fact_check:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
 ]

@@ -374,6 +374,91 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def _audited_folder(run: str) -> Path:
+    """The folder of the run to audit: a run id of the store (a finished run), or the folder
+    `dimalign run` printed as its artifacts."""
+    from dimalign.store import check_run_id
+
+    try:
+        check_run_id(run)
+    except StoreError:
+        found = None
+    else:
+        found = _store().get(run)
+    if found is not None:
+        if found.status != "done":
+            raise StoreError(f"run {run} is {found.status}; the audit needs a finished run")
+        return found.folder
+    folder = Path(run).expanduser()
+    if not (folder / "result.json").is_file():
+        raise StoreError(f"not a run: {run!r} (a run id from `dimalign runs`, or the artifacts "
+                         "folder `dimalign run` printed)")
+    return folder
+
+
+def cmd_audit(args) -> int:
+    from dimalign.audit import AuditSettings, audit_path, audit_saved_run, load_audit
+    from dimalign.checked import DamagedFile
+
+    folder = _audited_folder(args.run)
+    settings = AuditSettings(relearn_samples=args.relearn_samples,
+                             relearn_steps=args.relearn_steps)
+    path, audit = audit_path(folder, settings), None
+    if path.exists():
+        try:
+            audit = load_audit(path)
+        except DamagedFile as err:
+            print(f"dimalign: {err}; computing the audit again", file=sys.stderr)
+    if audit is None:
+        def progress(fraction: float, phase: str) -> None:
+            print(f"audit {fraction:4.0%} {phase}", file=sys.stderr, flush=True)
+
+        path, audit = audit_saved_run(folder, settings, progress)
+        print(f"audit 100% done in {audit['seconds']:.1f} s", file=sys.stderr)
+    if args.json:
+        json.dump(audit, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print_audit(audit)
+        print(f"audit: {path}")
+    return 0
+
+
+def print_audit(audit: dict, stream=None) -> None:
+    """The audit's numbers as short tables (the Audit page draws them)."""
+    stream = stream or sys.stdout
+    models = list(audit["mia"])
+    head = "".join(f"{m:>11}" for m in models)
+    for key, title in (("da", "DA(forget | retain)"), ("cka_retrained", "CKA to retrained"),
+                       ("effective_rank", "effective rank (retain)")):
+        stream.write(f"{title:<26}{head}\n")
+        for layer in audit["layers"]:
+            cells = "".join(f"{_fmt(layer['models'][m][key]):>11}" for m in models)
+            stream.write(f"  {layer['name'][:24]:<24}{cells}\n")
+    s = audit["settings"]
+    stream.write(f"relearn attack: m = {s['m']}, s = {s['relearn_steps']} steps, lr {s['lr']}; "
+                 f"relearnt at forget accuracy >= {_fmt(s['relearn_threshold'])}\n")
+    steps = audit["relearn"]
+    stream.write(f"{'  steps to relearn':<26}" + "".join(
+        f"{'never' if steps[m]['steps_to_relearn'] is None else steps[m]['steps_to_relearn']:>11}"
+        for m in models) + "\n")
+    stream.write(f"membership (forget vs {s['nonmembers']}):\n")
+    stream.write(f"{'  ROC AUC (confidence)':<26}" + "".join(
+        f"{_fmt(audit['mia'][m]['auc']):>11}" for m in models) + "\n")
+    stream.write(f"{'  mia (SVC, headline)':<26}" + "".join(
+        f"{_fmt(audit['mia'][m]['mia']):>11}" for m in models) + "\n")
+    cw = audit["classwise"]
+    forgotten = set(cw["forgotten"])
+    stream.write("test accuracy per class (* forgotten):\n")
+    for c in cw["classes"]:
+        name = f"  class {c}{' *' if c in forgotten else ''}"
+        stream.write(f"{name:<26}" + "".join(
+            f"{_fmt(cw['models'][m]['accuracy'][c]):>11}" for m in models) + "\n")
+    if "target" in cw:
+        stream.write(f"{'  attack success rate':<26}" + "".join(
+            f"{_fmt(cw['models'][m].get('asr')):>11}" for m in models) + "\n")
+
+
 def cmd_scheduler(args) -> int:
     from dimalign.jobs import serve_forever, stop_scheduler
 
@@ -466,6 +551,16 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--gpus-per-trial", type=float, default=0.25)
     sw.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     sw.set_defaults(func=cmd_sweep)
+    au = sub.add_parser("audit", help="a finished run's layer-wise geometry, membership "
+                        "evidence, relearn attack and per-class view (cached beside it)")
+    au.add_argument("run", help="a run id (`dimalign runs`) or a `dimalign run` artifacts folder")
+    au.add_argument("--json", action="store_true", help="print the audit as one JSON object")
+    au.add_argument("--relearn-samples", type=int, default=0, metavar="M",
+                    help="forget samples the relearn attack fine-tunes on (0: 10%% of the "
+                         "forget set, at least 5)")
+    au.add_argument("--relearn-steps", type=int, default=50, metavar="S",
+                    help="fine-tuning steps of the relearn attack (default: 50)")
+    au.set_defaults(func=cmd_audit)
     sc = sub.add_parser("scheduler", help="run the job scheduler in the foreground")
     sc.add_argument("--idle-exit", type=float, default=600.0,
                     help="stop after this many idle seconds (0: never)")

@@ -16,6 +16,7 @@ whose scheduler is this one with Ray tasks for slots).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import multiprocessing
 import os
@@ -128,6 +129,42 @@ def submit_embedding(store: Store, source_id: str, samples: int, owner: str) -> 
         kind="embed", preset=source.preset, method="umap",
         config={"source": source_id, "samples": int(samples)}, parent_id=source_id,
         experiment=source.experiment)
+
+
+def audit_key(source_id: str, settings) -> str:
+    """The share key of a run's audit job with these settings (one job per run and settings)."""
+    return f"audit:{source_id}:{settings.relearn_samples}:{settings.relearn_steps}"
+
+
+def submit_audit(store: Store, source_id: str, owner: str, settings=None) -> str:
+    """Queue the audit of a finished run (`dimalign.audit`), or return the one already queued,
+    running, or done whose file is still there. Settings its forget set cannot take raise
+    ConfigError and queue nothing."""
+    from dimalign.audit import AuditSettings, audit_path
+
+    settings = settings or AuditSettings()
+    source = store.get(source_id)
+    if source.status != "done":
+        raise StoreError(f"run {source_id} is {source.status}; the audit needs a finished run")
+    settings.check(_forget_size(source))
+    done = ("done",) if audit_path(source.folder, settings).exists() else ()
+    return store.find_or_create_run(
+        share_key=audit_key(source_id, settings), reuse=(*ACTIVE, *done), owner=owner,
+        kind="audit", preset=source.preset, method="audit",
+        config={"source": source_id, "settings": dataclasses.asdict(settings)},
+        parent_id=source_id, experiment=source.experiment)
+
+
+def _forget_size(source: Run) -> int:
+    """The forget set's size, from the run's saved result (checked: a damaged one is one
+    line, and is set aside)."""
+    from dimalign.checked import DamagedFile
+    from dimalign.runner import load_result
+
+    try:
+        return int(load_result(source.folder)["data"]["forget"])
+    except (FileNotFoundError, DamagedFile) as err:
+        raise StoreError(f"run {source.id} has no readable result to audit ({err})") from None
 
 
 def worker_gone(run: Run, heartbeat_timeout: float | None = None) -> bool:

@@ -84,6 +84,29 @@ class ResNet18(Classifier):
 MODEL_CLASSES = {"cnn": SmallCNN, "resnet18": ResNet18}
 
 
+def blocks(model: Classifier) -> list[tuple[str, nn.Module]]:
+    """The model's blocks, input to output, as (name, module) whose outputs are feature maps:
+    the conv blocks of the small CNN (each ends in a ReLU), the four stages of ResNet-18, a
+    torchvision model's `layer1..4`, else the children of its `features` (or, without one,
+    its top-level children) that have weights; callers keep those whose outputs are 4-D.
+    The layer-wise audit pools each one."""
+    if isinstance(model, SmallCNN):
+        relus = [m for m in model.body if isinstance(m, nn.ReLU)]
+        return [(f"block{i + 1}", m) for i, m in enumerate(relus)]
+    if isinstance(model, ResNet18):
+        pairs = [m for m in model.body if isinstance(m, BasicBlock)][1::2]  # a stage's last
+        return [(f"stage{i + 1}", m) for i, m in enumerate(pairs)]
+    net = model.body
+    if all(hasattr(net, f"layer{i}") for i in range(1, 5)):  # the ResNet family
+        return [(f"layer{i}", getattr(net, f"layer{i}")) for i in range(1, 5)]
+    features = getattr(net, "features", None)
+    # VGG, MobileNet, EfficientNet, DenseNet, ...: the children with weights (VGG's
+    # activations and pools are children of their own; they add no depth worth a point)
+    children = (((f"features.{name}", m) for name, m in features.named_children())
+                if isinstance(features, nn.Sequential) else net.named_children())
+    return [(name, m) for name, m in children if next(m.parameters(), None) is not None]
+
+
 def cnn_width(size: int) -> int:
     return 16 if size <= 16 else 32  # 8x8 digits need a quarter of the compute of 28x28 ones
 

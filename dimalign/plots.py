@@ -332,3 +332,138 @@ def tradeoff_figure(rows: list[dict], keys: list[str], retrained: dict) -> go.Fi
     fig.update_yaxes(title_text=f"{avg.title} ({avg.better} is better)", row=1, col=2)
     fig.update_layout(height=440, margin=dict(l=60, r=20, t=50, b=40))
     return fig
+
+
+# ---------------------------------------------------------------------------- the audit
+
+SPLIT_COLOURS = {"retain": "#4C78A8", "forget": "#E45756", "test": "#9D9D9D"}
+LAYER_QUANTITIES = (("da", "DA(forget | retain)"), ("cka_retrained", "linear CKA to retrained"),
+                    ("effective_rank", "effective rank (retain)"))
+
+
+def layer_profile_figure(audit: dict) -> go.Figure:
+    """Depth profiles: DA, CKA to the retrained model and effective rank at each layer (input
+    to output), one line per model."""
+    from plotly.subplots import make_subplots
+
+    names = [layer["name"] for layer in audit["layers"]]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t in LAYER_QUANTITIES])
+    for col, (key, _) in enumerate(LAYER_QUANTITIES, start=1):
+        for model in audit["mia"]:
+            fig.add_trace(go.Scatter(
+                x=names, y=[layer["models"][model][key] for layer in audit["layers"]],
+                mode="lines+markers", name=model, legendgroup=model, showlegend=col == 1,
+                line_color=MODEL_COLOURS.get(model)), row=1, col=col)
+    fig.update_xaxes(title_text="layer (input → output)")
+    fig.update_layout(height=380, margin=dict(l=50, r=20, t=40, b=40))
+    return fig
+
+
+def membership_figure(audit: dict, score: str, threshold: float | None = None) -> go.Figure:
+    """Per model, overlaid histograms (share of each split) of one output score for forget,
+    retain and test samples; the threshold attack's threshold as a dashed line."""
+    from plotly.subplots import make_subplots
+
+    models = list(audit["mia"])
+    fig = make_subplots(rows=1, cols=len(models), shared_yaxes=True,
+                        subplot_titles=[f"{m} (AUC {_num(audit['mia'][m]['auc'])})"
+                                        for m in models])
+    for col, model in enumerate(models, start=1):
+        hist = audit["mia"][model]["histograms"][score]
+        edges = hist["edges"]
+        centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        for split in ("retain", "test", "forget"):
+            counts = hist[split]
+            total = sum(counts) or 1
+            fig.add_trace(go.Bar(x=centres, y=[c / total for c in counts], name=split,
+                                 legendgroup=split, showlegend=col == 1, opacity=0.55,
+                                 marker_color=SPLIT_COLOURS[split],
+                                 width=edges[1] - edges[0]), row=1, col=col)
+        if threshold is not None:
+            fig.add_vline(x=threshold, line_dash="dash", line_color="black", row=1, col=col)
+    title = "output entropy" if score == "entropy" else "max confidence"
+    fig.update_xaxes(title_text=title)
+    fig.update_yaxes(title_text="share of the split", col=1)
+    fig.update_layout(barmode="overlay", height=360, margin=dict(l=50, r=20, t=40, b=40))
+    return fig
+
+
+def _num(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def relearn_figure(audit: dict) -> go.Figure:
+    """Relearn attack: accuracy on the remaining forget samples and on the second set (test
+    samples of the forgotten classes, or the test set) after each fine-tuning step, one line
+    per model; the relearnt threshold dashed."""
+    from plotly.subplots import make_subplots
+
+    s = audit["settings"]
+    second = s["relearn_second"]
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, subplot_titles=[
+        "remaining forget samples", s["relearn_second_title"]])
+    for col, key in enumerate(("acc_forget", f"acc_{second}"), start=1):
+        for model, entry in audit["relearn"].items():
+            curve = entry["curve"]
+            steps = entry["steps_to_relearn"]
+            label = f"{model} ({'never' if steps is None else f'{steps} steps'})"
+            fig.add_trace(go.Scatter(x=[p["step"] for p in curve], y=[p[key] for p in curve],
+                                     mode="lines", name=label, legendgroup=model,
+                                     showlegend=col == 1, line_color=MODEL_COLOURS.get(model)),
+                          row=1, col=col)
+    if s["relearn_threshold"] is not None:
+        fig.add_hline(y=s["relearn_threshold"], line_dash="dash", line_color="black", row=1,
+                      col=1, annotation_text="relearnt", annotation_position="bottom right")
+    fig.update_xaxes(title_text="fine-tuning step")
+    fig.update_yaxes(title_text="accuracy", range=[0, 1.02], col=1)
+    fig.update_layout(height=360, margin=dict(l=50, r=20, t=40, b=40))
+    return fig
+
+
+def _forgotten_bands(fig: go.Figure, forgotten: list[int], **where) -> None:
+    for c in forgotten:
+        fig.add_vrect(x0=c - 0.5, x1=c + 0.5, fillcolor="rgba(228, 87, 86, 0.15)",
+                      line_width=0, layer="below", **where)
+
+
+def class_accuracy_figure(audit: dict) -> go.Figure:
+    """Per-class test accuracy of each model, the forgotten classes shaded."""
+    cw = audit["classwise"]
+    fig = go.Figure()
+    for model, entry in cw["models"].items():
+        fig.add_trace(go.Bar(x=cw["classes"], y=entry["accuracy"], name=model,
+                             marker_color=MODEL_COLOURS.get(model)))
+    _forgotten_bands(fig, cw["forgotten"])
+    fig.update_layout(barmode="group", height=340, margin=dict(l=50, r=20, t=40, b=40),
+                      title="Test accuracy per class" + (" (forgotten classes shaded)"
+                                                         if cw["forgotten"] else ""),
+                      xaxis=dict(title="class", tickmode="array", tickvals=cw["classes"]),
+                      yaxis=dict(title="accuracy", range=[0, 1.02]))
+    return fig
+
+
+def confusion_figure(audit: dict) -> go.Figure:
+    """Each model's test confusion matrix (rows: true class, columns: predicted), as shares
+    of each row; the forgotten classes' rows outlined."""
+    from plotly.subplots import make_subplots
+
+    cw = audit["classwise"]
+    models = list(cw["models"])
+    fig = make_subplots(rows=1, cols=len(models), subplot_titles=models,
+                        horizontal_spacing=0.05)
+    for col, model in enumerate(models, start=1):
+        matrix = np.asarray(cw["models"][model]["confusion"], dtype=float)
+        shares = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+        fig.add_trace(go.Heatmap(z=shares, x=cw["classes"], y=cw["classes"], zmin=0, zmax=1,
+                                 colorscale="Blues", showscale=col == len(models),
+                                 customdata=matrix.astype(int),
+                                 hovertemplate="true %{y}, predicted %{x}: %{customdata} "
+                                               "(%{z:.2f})<extra></extra>"), row=1, col=col)
+        for c in cw["forgotten"]:
+            fig.add_shape(type="rect", x0=-0.5, x1=len(cw["classes"]) - 0.5, y0=c - 0.5,
+                          y1=c + 0.5, line=dict(color="#E45756", width=2), row=1, col=col)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_yaxes(title_text="true class", col=1)
+    fig.update_xaxes(title_text="predicted")
+    fig.update_layout(height=360, margin=dict(l=50, r=20, t=40, b=40))
+    return fig

@@ -54,6 +54,9 @@ from dimalign.worker import (
     store_job,
 )
 
+# what a job reads of its parent run: an embedding its features, an audit the run's result and
+# weights; a fork (the default) the parent's final weights or last checkpoint
+PARENT_FILES = {"embed": ("geometry.pt",), "audit": ("result.json", "unlearned.pt")}
 CANCEL_GRACE = 5.0  # seconds a cancelled job has to stop by itself before ray.cancel
 RESOURCES_EVERY = 5.0  # seconds between looks at the cluster's size
 LOST = ("its Ray node or worker was lost ({}); resume it to continue from its last "
@@ -213,11 +216,13 @@ class RayScheduler(Scheduler):
         import ray
 
         wanted: list[Path] = []
-        if job.kind != "embed":
+        if job.kind == "audit":  # the audited run's baselines
+            wanted += self.model_files(self.source_config(job.parent))
+        elif job.kind != "embed":
             wanted += self.model_files(job.config)
             wanted.append(job.folder / CHECKPOINT)
         if job.parent is not None:
-            names = ("geometry.pt",) if job.kind == "embed" else ("unlearned.pt", CHECKPOINT)
+            names = PARENT_FILES.get(job.kind, ("unlearned.pt", CHECKPOINT))
             wanted += [job.parent.folder / name for name in names]
         refs = {}
         for path in wanted:
@@ -234,6 +239,17 @@ class RayScheduler(Scheduler):
             except checked.DamagedFile as err:  # set aside: the job starts without it
                 self.store.update(run.id, phase=f"{err}; the job goes on without it")
         return refs
+
+    @staticmethod
+    def source_config(parent: RunRef) -> dict:
+        """The config a finished run was evaluated with (empty when its result is unreadable:
+        the job then fails with the reason)."""
+        from dimalign.runner import load_result
+
+        try:
+            return load_result(parent.folder)["config"]
+        except (FileNotFoundError, checked.DamagedFile):
+            return {}
 
     def model_files(self, config: dict) -> list[Path]:
         """The cached baselines of a config, weights and metadata (nothing when the config no

@@ -178,6 +178,8 @@ def evaluate_and_save(cfg: Config, preset: str, method: str, baselines: Baseline
                     checked.move(scratch / name, run_dir / name)
                 else:
                     checked.remove(run_dir / name)
+            for stale in run_dir.glob("audit-*.json"):  # audits of the result replaced
+                checked.remove(stale)
         else:
             os.replace(scratch, run_dir)
     finally:

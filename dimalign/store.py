@@ -3,9 +3,10 @@ It is the only module that speaks SQL: the rest of dimalign calls its methods.
 
 A run has a kind: "unlearn" (a method on a config's baselines), "baselines" (train or load
 and evaluate the original and retrained models, one job per share key that every owner waits
-on) or "embed" (the aligned UMAP of a finished run's features). Each records the experiment it
-belongs to (same data, split, model and baselines), written at submit, so pages list an
-experiment's runs with one indexed query.
+on), "embed" (the aligned UMAP of a finished run's features) or "audit" (a finished run's
+layer-wise geometry, membership evidence, relearn attack and class view). Each records the
+experiment it belongs to (same data, split, model and baselines), written at submit, so pages
+list an experiment's runs with one indexed query.
 
 Many processes use it at once — the app, the scheduler, one worker per job, CLI commands — so
 every connection waits on locks (busy timeout) instead of failing, and writers take the lock
@@ -57,7 +58,7 @@ CREATE TABLE IF NOT EXISTS runs (
     parent_id TEXT REFERENCES runs(id),
     depends_on TEXT REFERENCES runs(id),
     owner TEXT NOT NULL,
-    kind TEXT NOT NULL,               -- 'unlearn', 'baselines' or 'embed'
+    kind TEXT NOT NULL,               -- 'unlearn', 'baselines', 'embed' or 'audit'
     preset TEXT NOT NULL,
     method TEXT NOT NULL,
     config TEXT NOT NULL,             -- JSON of the validated config

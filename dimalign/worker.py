@@ -235,10 +235,13 @@ class Throttle:
         self.write, self.last = write, 0.0
 
     def __call__(self, p) -> None:
+        self.at(p.fraction, p.phase)
+
+    def at(self, fraction: float, phase: str) -> None:
         now = time.monotonic()
-        if now - self.last >= 0.25 or p.fraction >= 1.0:
+        if now - self.last >= 0.25 or fraction >= 1.0:
             self.last = now
-            self.write(p.fraction, p.phase)
+            self.write(fraction, phase)
 
 
 @dataclass
@@ -256,7 +259,7 @@ class Job:
     store, the Ray backend ships it with the task (folders then lie in the node's own home)."""
 
     id: str
-    kind: str  # 'baselines', 'unlearn' or 'embed'
+    kind: str  # 'baselines', 'unlearn', 'embed' or 'audit'
     method: str
     preset: str
     config: dict
@@ -316,8 +319,9 @@ def _execute(store, run, cancel: threading.Event, gpu: int | None = None) -> dic
 
 
 def run_job(job: Job, hooks: Hooks) -> dict | None:
-    """Run one job (baselines, unlearning or an embedding) to its end: the one code path of
-    both backends. Files go into the job's folder; each is handed to `hooks.artifact`."""
+    """Run one job (baselines, unlearning, an embedding or an audit) to its end: the one code
+    path of both backends. Files go into the job's folder; each is handed to
+    `hooks.artifact`."""
     from dimalign import checked
     from dimalign.config import config_from_dict
     from dimalign.runner import run_experiment
@@ -325,6 +329,8 @@ def run_job(job: Job, hooks: Hooks) -> dict | None:
 
     if job.kind == "embed":
         return _embed(job, hooks)
+    if job.kind == "audit":
+        return _audit(job, hooks)
     cfg = config_from_dict(job.config)
     device = pick_device(cfg.device)
     hooks.device(str(device))
@@ -421,6 +427,18 @@ def _embed(job: Job, hooks: Hooks) -> dict:
     path, _ = embed_saved_run(job.parent.folder, samples)
     hooks.artifact(job.parent.id, f"embedding-{samples}", path)
     return {"models": {}, "seconds": {}, "device": "cpu"}
+
+
+def _audit(job: Job, hooks: Hooks) -> dict:
+    """The audit of a finished run (layers, membership, relearn attack, classes), saved
+    beside it."""
+    from dimalign.audit import AuditSettings, audit_saved_run
+
+    settings = AuditSettings(**job.config["settings"])
+    progress = Throttle(hooks.progress)
+    path, bundle = audit_saved_run(job.parent.folder, settings, progress.at)
+    hooks.artifact(job.parent.id, path.stem, path)
+    return {"models": {}, "seconds": {"audit": bundle["seconds"]}, "device": bundle["device"]}
 
 
 def _parent_state(parent: RunRef) -> dict:

@@ -41,4 +41,10 @@ retrained model** (Compare page), and look at the spectra, angles and manifolds.
 
 **Try it.** On the Unlearn page, run MUDA with `lambda_da = 0`: forgetting then comes only from
 the recover phase. Raise it again and watch DA and the forget accuracy move together.
+
+**5. Audit a run.** Is the forgotten gone, or only hidden? The Audit page follows DA and CKA
+through the network's layers, shows what a membership attacker sees, fine-tunes each model on
+a few forget samples to see how fast the forgotten comes back, and breaks accuracy down by
+class. How to read each panel: the *Audit* section of the README (README.md#audit).
 """)
+st.page_link("pages/audit.py", label="Open the Audit page", icon=":material/fact_check:")

@@ -18,7 +18,7 @@ from find_browser import MISSING, find
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 PAGES = ["Experiment", "Unlearn (live)", "Eigenspectra", "Principal angles", "Manifolds",
-         "Compare", "Learn"]
+         "Audit", "Compare", "Learn"]
 
 
 def free_port() -> int:
@@ -141,6 +141,16 @@ def click_a_manifold_point_and_see_its_image(page) -> None:
     page.screenshot(path=ARTIFACTS / "manifolds-picked.png", full_page=True)
 
 
+def compute_the_audit_and_see_its_panels(page) -> None:
+    """The run has no audit yet: the button queues the worker's job, a progress bar shows,
+    and the four panels replace it when the job is done."""
+    page.get_by_role("button", name="Compute the audit").click()
+    page.get_by_role("heading", name="4. What does each class get?").wait_for(timeout=180_000)
+    wait_idle(page)
+    assert page.locator(".js-plotly-plot").count() == 5
+    assert page.locator("[data-testid='stDataFrame']").count() == 2  # attack rates, steps
+
+
 def download_the_chart_as_svg(page) -> None:
     """Pick SVG in the sidebar, then the chart's own camera button saves an SVG file."""
     page.locator("[data-testid='stSidebar']").get_by_text("SVG", exact=True).click()
@@ -202,6 +212,8 @@ def test_start_a_muda_run_watch_it_live_and_visit_every_page(server, browser):
             page.locator(".js-plotly-plot").first.wait_for(timeout=240_000)
             wait_idle(page)
             click_a_manifold_point_and_see_its_image(page)
+        if name == "Audit":
+            compute_the_audit_and_see_its_panels(page)
         if name == "Compare":
             download_the_chart_as_svg(page)
         shot = ARTIFACTS / f"{name.lower().split(' (')[0].replace(' ', '-')}.png"

@@ -93,7 +93,7 @@ LAYERS = [
     ("data", "features", "train"),
     ("metrics", "artifacts", "embed", "plots", "methods.run_state", "methods.telemetry",
      "methods.loop"),
-    ("runner", "store"),
+    ("runner", "store", "audit"),
     ("export", "jobs", "worker", "sweep", "ray_backend"),
     ("steer", "ui"),
     ("cli", "__main__", "app", "pages"),
