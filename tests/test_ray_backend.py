@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from dimalign import checked, paths
+from dimalign.audit import AuditSettings, audit_path
 from dimalign.config import build_config
 from dimalign.jobs import (
     Scheduler,
@@ -25,6 +26,7 @@ from dimalign.jobs import (
     scheduler_running,
     stop_scheduler,
     submit,
+    submit_audit,
     submit_embedding,
 )
 from dimalign.store import Store
@@ -224,8 +226,9 @@ def test_a_lost_node_interrupts_its_run_and_resume_finishes_it(cluster, tiny, dr
         drain(scheduler, lambda: store.last_step(fork) > stopped_at, timeout=60)
         cancel(store, fork)
         umap = submit_embedding(store, kept, 30, "gus")
-        drain(scheduler, lambda: all(store.get(i).terminal for i in (lost, fork, slow, umap)),
-              timeout=180)
+        audit = submit_audit(store, kept, "gus", AuditSettings(relearn_steps=3))
+        drain(scheduler, lambda: all(store.get(i).terminal
+                                     for i in (lost, fork, slow, umap, audit)), timeout=180)
     finally:
         scheduler.close()
     assert store.get(fork).status == "cancelled", store.get(fork).error
@@ -233,6 +236,10 @@ def test_a_lost_node_interrupts_its_run_and_resume_finishes_it(cluster, tiny, dr
     assert (store.get(slow).status, store.get(slow).error) == ("cancelled", "cancelled")  # Ray
     assert store.get(umap).status == "done", store.get(umap).error
     assert checked.verify(store.artifacts(kept)["embedding-30"])
+    # an audit on a node: the run's result, weights and baselines went there, its file came back
+    assert store.get(audit).status == "done", store.get(audit).error
+    audited = checked.load_json(audit_path(store.get(kept).folder, AuditSettings(relearn_steps=3)))
+    assert list(audited["relearn"]) == ["original", "retrained", "unlearned"]
     assert store.get(lost).status == "done", store.get(lost).error
     # the resumed run ends where the one left alone did, its curves whole and unrepeated
     _same_numbers(_unlearned(store, lost), _unlearned(store, kept))
