@@ -13,6 +13,7 @@ Pure Python on plain dicts (metric name -> value), like the metric table: no tor
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Iterable, Sequence
 
@@ -126,3 +127,80 @@ def aggregate(results: Sequence[dict], retrained: Sequence[dict]) -> dict:
     keys = [k for k in retrained[0] if k in TABLE]
     out["noise_floor"] = noise_floor(retrained, keys)
     return out
+
+
+# ---------------------------------------------------------------------------- stored runs
+
+
+def setting_key(method: str, config: dict) -> str:
+    """What a run tried, whatever its replicate: its method and its config without the
+    replicate. Runs with the same setting are replicates of one another."""
+    rest = {k: v for k, v in config.items() if k != "replicate"}
+    return json.dumps({"method": method, "config": rest}, sort_keys=True, default=str)
+
+
+def replicate_of(result: dict) -> int:
+    return int(result.get("config", {}).get("replicate", 0))
+
+
+def setting_rows(results: Sequence[tuple[str, str, dict]], keys: Sequence[str]) -> list[dict]:
+    """One row per setting from finished runs' saved results, (run id, method, result) newest
+    first: the newest run of each replicate counts. A row holds `method`, `run` (the run of
+    the lowest replicate: the one a click opens), `runs` (replicate -> run id), `replicates`,
+    `mean` and `sd` of each key and of the time fraction, and `gap_mean`, `gap_sd` and
+    `abs_gap` (mean |gap|) of each key's gap to *its own replicate's* retrained model."""
+    groups: dict[str, dict] = {}
+    for run, method, result in results:
+        group = groups.setdefault(setting_key(method, result["config"]),
+                                  {"method": method, "by_replicate": {}, "params":
+                                   result.get("params", {})})
+        group["by_replicate"].setdefault(replicate_of(result), (run, result))
+    rows = []
+    for group in groups.values():
+        reps = sorted(group["by_replicate"])
+        values, paired = [], []
+        for r in reps:
+            _, result = group["by_replicate"][r]
+            unlearned, retrained = result["models"]["unlearned"], result["models"]["retrained"]
+            seconds = result["seconds"]
+            values.append({**{k: unlearned.get(k) for k in keys},
+                           TIME_FRACTION.name: seconds["unlearn"] / seconds["retrained"]})
+            paired.append((unlearned, retrained))
+        gap_rows = [gaps(u, t, keys) for u, t in paired]
+        stats = summarize(values, [*keys, TIME_FRACTION.name])
+        gap_stats = summarize(gap_rows, keys)
+        rows.append({"method": group["method"], "params": group["params"],
+                     "run": group["by_replicate"][reps[0]][0],
+                     "runs": {r: group["by_replicate"][r][0] for r in reps},
+                     "replicates": len(reps), **stats,
+                     "gap_mean": gap_stats["mean"], "gap_sd": gap_stats["sd"],
+                     "abs_gap": paired_abs_gaps(paired, keys)})
+    return rows
+
+
+def baseline_rows(results: Sequence[dict], keys: Sequence[str]) -> tuple[list[dict], dict]:
+    """The original and retrained models over the replicates the results cover (one result
+    per replicate counts), as `setting_rows` rows (time fraction: training time over
+    retraining time), and the noise floor of those replicates' retrained models."""
+    by_replicate: dict[int, dict] = {}
+    for result in results:
+        by_replicate.setdefault(replicate_of(result), result)
+    chosen = [by_replicate[r] for r in sorted(by_replicate)]
+    retrained = [res["models"]["retrained"] for res in chosen]
+    rows = []
+    for role in ("original", "retrained"):
+        models = [res["models"][role] for res in chosen]
+        values = [{**{k: m.get(k) for k in keys}, TIME_FRACTION.name:
+                   res["seconds"][role] / res["seconds"]["retrained"]}
+                  for m, res in zip(models, chosen, strict=True)]
+        paired = list(zip(models, retrained, strict=True))
+        if role == "original":  # the original's avg-gap, which evaluate gives unlearned models
+            paired = [({**m, AVG_GAP: pair_avg_gap(m, t)}, t) for m, t in paired]
+            values = [{**v, AVG_GAP: m[AVG_GAP]} for v, (m, _) in zip(values, paired,
+                                                                          strict=True)]
+        gap_stats = summarize([gaps(m, t, keys) for m, t in paired], keys)
+        rows.append({"method": role, "params": {}, "run": role, "runs": {},
+                     "replicates": len(chosen), **summarize(values, [*keys, TIME_FRACTION.name]),
+                     "gap_mean": gap_stats["mean"], "gap_sd": gap_stats["sd"],
+                     "abs_gap": paired_abs_gaps(paired, keys)})
+    return rows, noise_floor(retrained, keys)

@@ -4,6 +4,7 @@ Every filter runs in SQL: a run's experiment key is a column written at submit."
 
 from __future__ import annotations
 
+import json
 from typing import NamedTuple
 
 import streamlit as st
@@ -61,6 +62,73 @@ def experiment_runs(cfg: Config, who: Identity | None = None,
     first: `who`'s (every owner's for None or the instructor's view), of `statuses`."""
     return store().runs(kind="unlearn", owner=None if who is None else who.runs_of,
                         statuses=statuses, experiment=experiment_key(cfg))
+
+
+REPLICATES_SHOWN = 10  # replicates 0..9 of an experiment are looked up (one indexed query each)
+
+
+def replicate_runs(cfg: Config, who: Identity | None = None,
+                   statuses: tuple[str, ...] | None = None) -> list[Run]:
+    """`experiment_runs` of every replicate of this experiment: each replicate has its own
+    baselines, hence its own experiment key."""
+    return [run for r in range(REPLICATES_SHOWN)
+            for run in experiment_runs(cfg.with_replicate(r), who, statuses)]
+
+
+def replicate_results(cfg: Config) -> list[dict]:
+    """One finished result per replicate of this experiment that has one (any owner's run or
+    its baselines job: they share the replicate's baselines), replicate 0 first."""
+    found = []
+    for r in range(REPLICATES_SHOWN):
+        runs = store().runs(statuses=("done",), experiment=experiment_key(cfg.with_replicate(r)),
+                            limit=5)
+        result = next((run.result for run in runs if run.kind in ("unlearn", "baselines")
+                       and run.result and "models" in run.result), None)
+        if result is not None:
+            found.append(result)
+    return found
+
+
+def noise_floor(cfg: Config, keys) -> dict | None:
+    """The retrain-vs-retrain noise floor of this experiment's replicates; None with fewer
+    than two finished replicates."""
+    from dimalign.replicates import noise_floor as floor
+
+    results = replicate_results(cfg)
+    if len(results) < 2:
+        return None
+    return floor([res["models"]["retrained"] for res in results], keys)
+
+
+def submit_replicates(preset: str, overrides: list[str], methods: list[str], replicates: int,
+                      who: Identity, existing: list[Run]) -> list[str]:
+    """Queue each method on replicates 0..N-1 as `who` through the shared queue, except where
+    a queued, running or finished run of that method and config is already there."""
+    from dimalign.config import build_config
+    from dimalign.jobs import submit
+
+    have = {(run.method, json.dumps(run.config, sort_keys=True)) for run in existing
+            if run.status in (*ACTIVE, "done")}
+    ids = []
+    for r in range(replicates):
+        extra = [*overrides, f"replicate={r}"]
+        config = json.dumps(build_config(preset, extra).to_dict(), sort_keys=True)
+        for method in methods:
+            if (method, config) not in have:
+                ids.append(submit(store(), preset=preset, overrides=extra, method=method,
+                                  owner=who.name, key=who.key))
+    ensure_scheduler()
+    return ids
+
+
+def start_sweep(preset: str, overrides: list[str], method: str, grid: list[str],
+                replicates: int, who: Identity) -> list[str]:
+    """A sweep as `who`, through the shared queue (`sweep.sweep_local`: the scheduler runs it,
+    with whatever backend it is configured with)."""
+    from dimalign.sweep import sweep_local
+
+    return sweep_local(store(), preset, method, grid, overrides, owner=who.name,
+                       replicates=replicates, key=who.key)
 
 
 def load_geometry(run: Run) -> dict | None:
