@@ -139,22 +139,24 @@ def setting_key(method: str, config: dict) -> str:
     return json.dumps({"method": method, "config": rest}, sort_keys=True, default=str)
 
 
-def replicate_of(result: dict) -> int:
-    return int(result.get("config", {}).get("replicate", 0))
+def replicate_of(config: dict) -> int:
+    return int(config.get("replicate", 0))
 
 
-def setting_rows(results: Sequence[tuple[str, str, dict]], keys: Sequence[str]) -> list[dict]:
-    """One row per setting from finished runs' saved results, (run id, method, result) newest
-    first: the newest run of each replicate counts. A row holds `method`, `run` (the run of
-    the lowest replicate: the one a click opens), `runs` (replicate -> run id), `replicates`,
+def setting_rows(results: Sequence[tuple[str, str, dict, dict]],
+                 keys: Sequence[str]) -> list[dict]:
+    """One row per setting from finished runs, (run id, method, config, result as the store
+    keeps it) newest first: the newest run of each replicate counts. A row holds `method`,
+    `run` (the run of the lowest replicate: the one a click opens), `runs` (replicate -> run
+    id), `replicates`,
     `mean` and `sd` of each key and of the time fraction, and `gap_mean`, `gap_sd` and
     `abs_gap` (mean |gap|) of each key's gap to *its own replicate's* retrained model."""
     groups: dict[str, dict] = {}
-    for run, method, result in results:
-        group = groups.setdefault(setting_key(method, result["config"]),
+    for run, method, config, result in results:
+        group = groups.setdefault(setting_key(method, config),
                                   {"method": method, "by_replicate": {}, "params":
                                    result.get("params", {})})
-        group["by_replicate"].setdefault(replicate_of(result), (run, result))
+        group["by_replicate"].setdefault(replicate_of(config), (run, result))
     rows = []
     for group in groups.values():
         reps = sorted(group["by_replicate"])
@@ -178,13 +180,14 @@ def setting_rows(results: Sequence[tuple[str, str, dict]], keys: Sequence[str]) 
     return rows
 
 
-def baseline_rows(results: Sequence[dict], keys: Sequence[str]) -> tuple[list[dict], dict]:
-    """The original and retrained models over the replicates the results cover (one result
-    per replicate counts), as `setting_rows` rows (time fraction: training time over
-    retraining time), and the noise floor of those replicates' retrained models."""
+def baseline_rows(results: Sequence[tuple[dict, dict]],
+                  keys: Sequence[str]) -> tuple[list[dict], dict]:
+    """The original and retrained models over the replicates that (config, result) pairs
+    cover (one result per replicate counts), as `setting_rows` rows (time fraction: training
+    time over retraining time), and the noise floor of those replicates' retrained models."""
     by_replicate: dict[int, dict] = {}
-    for result in results:
-        by_replicate.setdefault(replicate_of(result), result)
+    for config, result in results:
+        by_replicate.setdefault(replicate_of(config), result)
     chosen = [by_replicate[r] for r in sorted(by_replicate)]
     retrained = [res["models"]["retrained"] for res in chosen]
     rows = []

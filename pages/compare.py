@@ -23,17 +23,22 @@ if not who.admin:
                                 help="Each method on this many replicates (new initialisation, "
                                      "batch order and method randomness; the same split), "
                                      "each with its own baselines"))
-    if c2.button("Run every method", key="run_every_method", type="primary",
-                 help="Queue every method with its default knobs on each replicate, except "
-                      "what is already queued, running or done"):
+
+    def _run_every_method() -> None:  # a callback: once per press, before the page redraws
         methods = [m for m in ORDER if REGISTRY[m].trains]
         try:
-            ids = ui.submit_replicates(ui.sticky("preset"), st.session_state.get("overrides", []),
-                                       methods, count, who, every)
-            st.session_state["_compare_queued"] = len(ids)
-            st.rerun()
+            ui.submit_replicates(ui.sticky("preset"), st.session_state.get("overrides", []),
+                                 methods, count, who, every)
+            st.session_state["_compare_error"] = None
         except (ConfigError, StoreError) as err:
-            st.error(f"Not started: {err}.")
+            st.session_state["_compare_error"] = f"Not started: {err}."
+
+    c2.button("Run every method", key="run_every_method", type="primary",
+              on_click=_run_every_method,
+              help="Queue every method with its default knobs on each replicate, except what "
+                   "is already queued, running or done")
+    if error := st.session_state.get("_compare_error"):
+        st.error(error)
 
 if (active := [r for r in every if r.status in ACTIVE]):
     @st.fragment(run_every=1.0)
@@ -55,8 +60,8 @@ if not runs:
             "on the Unlearn page.")
     st.stop()
 
-settings = setting_rows([(r.id, r.method, r.result) for r in runs], KEYS)
-baselines, floor = baseline_rows([r.result for r in runs], KEYS)
+settings = setting_rows([(r.id, r.method, r.config, r.result) for r in runs], KEYS)
+baselines, floor = baseline_rows([(r.config, r.result) for r in runs], KEYS)
 many = any(row["replicates"] > 1 for row in [*baselines, *settings])
 if not any(v is not None for v in floor.values()):
     floor = None

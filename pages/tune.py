@@ -42,13 +42,22 @@ total = math.prod(sizes) * replicates if knobs else 0
 st.caption(f"{total} runs: every combination on {replicates} replicate(s), queued with your "
            "other runs; the rest of this experiment's settings come from the sidebar.")
 
-if not who.admin and st.button("Sweep", type="primary", key="tune_sweep", disabled=not knobs):
+
+
+def _sweep() -> None:  # a callback: it runs once per press, before the page redraws
     try:
         ids = ui.start_sweep(ui.sticky("preset"), st.session_state.get("overrides", []), method,
                              grid, replicates, who)
         st.session_state["_tune"] = {"ids": ids, "method": method, "knobs": list(knobs)}
+        st.session_state["_tune_error"] = None
     except (ConfigError, StoreError) as err:
-        st.error(f"Not started: {err}.")
+        st.session_state["_tune_error"] = f"Not started: {err}."
+
+
+if not who.admin:
+    st.button("Sweep", type="primary", key="tune_sweep", disabled=not knobs, on_click=_sweep)
+if error := st.session_state.get("_tune_error"):
+    st.error(error)
 
 sweep = st.session_state.get("_tune")
 if not sweep:
@@ -74,9 +83,8 @@ def _results() -> None:
             f"{r.id} {r.status}" + (f" ({r.error})" if r.error else "") for r in bad[:3]))
     if not done:
         return
-    results = [(r.id, r.method, r.result) for r in done]
-    rows = setting_rows(results, KEYS)
-    baselines, floor = baseline_rows([r.result for r in done], KEYS)
+    rows = setting_rows([(r.id, r.method, r.config, r.result) for r in done], KEYS)
+    baselines, floor = baseline_rows([(r.config, r.result) for r in done], KEYS)
     choices = [k for k in CHOICES if any(row["mean"].get(k) is not None for row in rows)]
     metric = st.selectbox("Metric", choices, key="tune_metric",
                           format_func=lambda k: TABLE[k].title if k in TABLE

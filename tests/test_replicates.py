@@ -69,11 +69,11 @@ def test_aggregate_pairs_each_model_with_its_own_replicates_retrained_model():
     assert floor["avg_gap"] == pytest.approx((0.2 + 0.5 + 0.3) / 3 / 4)
 
 
-def _stored(r: int, method: str = "muda", knob: float = 1.0) -> dict:
-    """A synthetic saved result of a store run on replicate r."""
+def _stored(run: str, r: int, knob: float = 1.0) -> tuple[str, str, dict, dict]:
+    """A synthetic finished store run on replicate r: id, method, config, result."""
     result, retrained = _compare_result(r)
     config = {"seed": 0, "muda": {"lambda_da": knob}} | ({"replicate": r} if r else {})
-    return {"config": config, "params": {"lambda_da": knob},
+    return run, "muda", config, {"params": {"lambda_da": knob},
             "models": {"original": {"acc_forget": 1.0}, "retrained": retrained,
                        "unlearned": {k: v for k, v in result["methods"]["muda"].items()
                                      if k not in ("seconds", TIME_FRACTION.name, "gaps")}},
@@ -81,8 +81,7 @@ def _stored(r: int, method: str = "muda", knob: float = 1.0) -> dict:
 
 
 def test_stored_runs_group_by_setting_and_pair_within_their_replicate():
-    runs = [("c2", "muda", _stored(2)), ("a0", "muda", _stored(0)), ("b1", "muda", _stored(1)),
-            ("x0", "muda", _stored(0, knob=2.0))]
+    runs = [_stored("c2", 2), _stored("a0", 0), _stored("b1", 1), _stored("x0", 0, knob=2.0)]
     rows = setting_rows(runs, ["acc_forget", "avg_gap"])
     one = next(r for r in rows if r["params"]["lambda_da"] == 1.0)
     two = next(r for r in rows if r["params"]["lambda_da"] == 2.0)
@@ -93,7 +92,7 @@ def test_stored_runs_group_by_setting_and_pair_within_their_replicate():
     assert one["abs_gap"]["acc_forget"] == pytest.approx(0.02)
     assert one["mean"][TIME_FRACTION.name] == pytest.approx(0.2)
     assert two["sd"]["acc_forget"] == 0.0
-    baselines, floor = baseline_rows([r[2] for r in runs], ["acc_forget"])
+    baselines, floor = baseline_rows([(r[2], r[3]) for r in runs], ["acc_forget"])
     retrained = next(b for b in baselines if b["method"] == "retrained")
     assert retrained["replicates"] == 3 and retrained["gap_mean"]["acc_forget"] == 0.0
     assert floor["acc_forget"] == pytest.approx(1.0 / 3)
