@@ -455,6 +455,7 @@ def sweep_figure(rows: list[dict], knobs: list[str], metric: str, reference: flo
                                  mode="markers+text", text=[best_text],
                                  textposition="top center", hoverinfo="skip", name="best",
                                  marker=dict(symbol="star", size=18, color="#E45756")))
+        fig.update_layout(showlegend=False)  # the colour bar takes the legend's place
         fig.update_xaxes(title_text=kx, type="category")
         fig.update_yaxes(title_text=ky, type="category")
         if floor is not None and reference is not None:

@@ -389,7 +389,7 @@ def test_a_two_knob_sweep_on_tune_draws_a_heatmap_whose_cell_opens_its_run(serve
     page.get_by_role("option", name="lambda_sd", exact=True).click()
     page.keyboard.press("Escape")
     wait_idle(page)
-    replicates = page.get_by_label("Replicates")
+    replicates = page.get_by_label("Replicates", exact=True)
     replicates.fill("1")
     replicates.press("Enter")
     wait_idle(page)
