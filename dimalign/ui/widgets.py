@@ -36,8 +36,10 @@ def chart(fig, key: str, where=None, **kwargs):
 
 
 def run_label(run: Run, with_owner: bool = False) -> str:
+    replicate = (run.config or {}).get("replicate")
     return (f"{run.owner} · " if with_owner else "") + f"{run.id} · {run.method} · {run.status}" + (
-        f" · fork of {run.parent_id}" if run.parent_id else "")
+        f" · fork of {run.parent_id}" if run.parent_id else "") + (
+        f" · replicate {replicate}" if replicate else "")
 
 
 def pick_run(runs: list[Run], key: str = "run", done_only: bool = False,
