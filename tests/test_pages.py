@@ -319,3 +319,20 @@ def test_run_every_method_queues_each_method_on_each_replicate_once(finished):
     assert pairs == sorted((m, rep) for m in trained for rep in (0, 1) if (m, rep) != ("muda", 0))
     at.button(key="run_every_method").click().run()  # nothing more while those stand
     assert len(store.runs(owner=OWNER)) == len(before) + len(new)
+
+
+def test_tune_suggests_values_from_the_registry_log_spaced_for_weights():
+    from dimalign.ui import is_log_knob, sweep_grid
+
+    knobs = REGISTRY["muda"].knobs
+    assert is_log_knob(knobs["lambda_da"]) and is_log_knob(knobs["lr"])  # weight; (0, 10]
+    assert not is_log_knob(knobs["epochs"]) and not is_log_knob(knobs["weight_decay"])
+    weights = sweep_grid(knobs["lambda_da"], 3)
+    assert weights == pytest.approx([0.5, 5.0, 50.0])  # a decade either side of the default
+    assert weights[1] / weights[0] == pytest.approx(weights[2] / weights[1])
+    epochs = sweep_grid(knobs["epochs"], 4)
+    assert epochs == sorted(set(epochs)) and all(isinstance(v, int) for v in epochs)
+    for name, knob in knobs.items():
+        if knob.type in (int, float) and not knob.choices:
+            for value in sweep_grid(knob, 3):
+                knob.check(name, value)  # every suggestion is a value the registry accepts

@@ -150,3 +150,22 @@ def test_compare_replicates_json_adds_mean_sd_and_a_positive_noise_floor(cli, ca
     table = capsys.readouterr().out
     assert "noise floor" in table and "±" in table
 
+
+
+def test_sweep_replicates_queues_each_combination_on_each_replicate(cli):
+    from dimalign.jobs import cancel
+    from dimalign.store import Store
+
+    ran = cli("sweep", "--method", "ga", "--set", *TINY, "--grid", "ga.lr=0.001,0.01",
+              "--replicates", "2", "--owner", "replicator")
+    assert ran.returncode == 0, ran.stderr
+    ids = ran.stdout.split()
+    store = Store()
+    runs = [store.get(i) for i in ids]
+    for run in runs:  # what is queued is the point here, not the runs: stop them
+        cancel(store, run.id)
+    assert sorted((r.config.get("replicate", 0), r.config["ga"]["lr"]) for r in runs) == [
+        (0, 0.001), (0, 0.01), (1, 0.001), (1, 0.01)]
+    assert len({r.experiment for r in runs}) == 2  # each replicate its own baselines
+    bad = cli("sweep", "--method", "ga", "--grid", "ga.lr=0.1", "--replicates", "0")
+    assert bad.returncode == 2 and "--replicates" in bad.stderr
