@@ -62,7 +62,7 @@ if not runs:
 
 settings = setting_rows([(r.id, r.method, r.config, r.result) for r in runs], KEYS)
 baselines, floor = baseline_rows([(r.config, r.result) for r in runs], KEYS)
-many = any(row["replicates"] > 1 for row in [*baselines, *settings])
+many = any(row["replicates"] > 1 for row in (*baselines, *settings))
 if not any(v is not None for v in floor.values()):
     floor = None
 show_gaps = st.toggle("Show gaps to retrained instead of values", key="gaps")
@@ -70,8 +70,8 @@ COLUMNS = [*KEYS, TIME_FRACTION.name]
 
 
 def _flat(row: dict) -> dict:
-    """A row for the table, the CSV and the chart: the mean of each metric (its gap to its own
-    replicate's retrained model with `gaps`), with the sd beside it."""
+    """A row for the table and the CSV: the mean of each metric over the replicates (with
+    `gaps`: of its gap to each run's own replicate's retrained model); sds are in `spread`."""
     values = row["gap_mean"] if show_gaps else row["mean"]
     flat = {"run": row["run"], "method": row["method"],
             **{k: values.get(k) for k in KEYS},
@@ -81,8 +81,9 @@ def _flat(row: dict) -> dict:
     return flat
 
 
-table = [_flat(row) for row in [*baselines, *settings]]
-spread = [row["gap_sd"] if show_gaps else row["sd"] for row in [*baselines, *settings]]
+source = [*baselines, *settings]
+table = [_flat(row) for row in source]
+spread = [row["gap_sd"] if show_gaps else row["sd"] for row in source]
 
 
 def _cell(value, sd) -> str:
@@ -105,7 +106,6 @@ def _shade(row: dict, key: str) -> str:
     return f"background-color: rgba(228, 87, 86, {min(0.8, gap * 2):.2f})"
 
 
-source = [*baselines, *settings]
 frame = pd.DataFrame(table)
 if many:  # cells read mean ± sd over the replicates
     for col in COLUMNS:
@@ -125,6 +125,7 @@ st.caption("Red shading grows with the distance to the retrained model (the gold
 if floor:
     st.caption("Noise floor: " + ", ".join(f"{k} {floor[k]:.3f}" for k in KEYS
                                            if floor.get(k) is not None))
+
 
 def _chart_row(row: dict) -> dict:
     flat = {"run": row["run"], "method": row["method"], **row["mean"]}
