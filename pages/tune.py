@@ -48,7 +48,7 @@ def _sweep() -> None:  # a callback: it runs once per press, before the page red
     try:
         ids = ui.start_sweep(ui.sticky("preset"), st.session_state.get("overrides", []), method,
                              grid, replicates, who)
-        st.session_state["_tune"] = {"ids": ids, "method": method, "knobs": list(knobs)}
+        ui.remember_sweep(ids, list(knobs))
         st.session_state["_tune_error"] = None
     except (ConfigError, StoreError) as err:
         st.session_state["_tune_error"] = f"Not started: {err}."
@@ -59,7 +59,7 @@ if not who.admin:
 if error := st.session_state.get("_tune_error"):
     st.error(error)
 
-sweep = st.session_state.get("_tune")
+sweep = ui.saved_sweep(who)  # the last sweep, also after a reload (its runs are in the URL)
 if not sweep:
     st.info("Pick a method and one or two knobs, then press *Sweep*. Each point of the result "
             "is a setting; its spread is over the replicates.")

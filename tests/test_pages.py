@@ -274,7 +274,7 @@ def test_tune_page_sweeps_a_knob_on_two_replicates_and_shows_the_noise_floor(fin
     at.number_input(key="tune_replicates").set_value(2).run()
     at.button(key="tune_sweep").click().run()
     assert not at.exception and not at.error
-    ids = at.session_state["_tune"]["ids"]
+    ids = at.session_state["_sticky_sweep"].split(",")
     assert len(ids) == 4  # two values on two replicates, through the shared queue
     assert {store.get(i).owner for i in ids} == {OWNER}
     for run_id in ids:
@@ -289,6 +289,14 @@ def test_tune_page_sweeps_a_knob_on_two_replicates_and_shows_the_noise_floor(fin
     texts = {a.get("text") for a in spec["layout"]["annotations"]}
     assert {NOISE_LABEL, "retrained"} <= texts  # the grey band and the retrained line
     assert any("Best setting: epochs=" in s.value for s in at.success)
+    # a reload comes back to the sweep: its runs and knobs are in the address
+    again = AppTest.from_file(APP, default_timeout=60)
+    again.query_params.update(owner=OWNER, key=KEY, sweep=",".join(ids), sweep_knobs="epochs")
+    again.session_state["overrides"] = TINY
+    again.session_state["overrides_for"] = "digits-class"
+    again.run()
+    again.switch_page("pages/tune.py").run()
+    assert not again.exception and len(again.get("plotly_chart")) == 1
 
     # the Compare page pairs them by replicate: mean ± sd and the noise floor
     at.switch_page("pages/compare.py").run()

@@ -131,6 +131,42 @@ def start_sweep(preset: str, overrides: list[str], method: str, grid: list[str],
                        replicates=replicates, key=who.key)
 
 
+SWEEP_RUNS_KEPT = 200  # runs of a sweep an address may name
+
+
+def remember_sweep(ids: list[str], knobs: list[str]) -> None:
+    """Keep a sweep's runs and knobs in the address and the session: a reload or a page
+    switch comes back to it."""
+    remember("sweep", ",".join(ids))
+    remember("sweep_knobs", ",".join(knobs))
+
+
+def saved_sweep(who: Identity) -> dict | None:
+    """The sweep this session (or its address) names: its runs that `who` may see (their
+    ids checked by the store), their method and the knobs swept; None when nothing is left."""
+    from dimalign.methods import REGISTRY
+
+    ids, knobs = st.session_state.get("_sticky_sweep") or st.query_params.get("sweep"), \
+        st.session_state.get("_sticky_sweep_knobs") or st.query_params.get("sweep_knobs")
+    if not ids or not knobs:
+        return None
+    runs = []
+    for run_id in ids.split(",")[:SWEEP_RUNS_KEPT]:
+        try:
+            run = store().get(run_id)
+        except StoreError:  # not a run id, or no such run: the address is anyone's text
+            continue
+        if who.admin or run.owner == who.name:
+            runs.append(run)
+    if not runs or runs[0].method not in REGISTRY:
+        return None
+    names = [k for k in knobs.split(",") if k in REGISTRY[runs[0].method].knobs][:2]
+    if not names:
+        return None
+    remember_sweep([r.id for r in runs], names)
+    return {"ids": [r.id for r in runs], "method": runs[0].method, "knobs": names}
+
+
 def load_geometry(run: Run) -> dict | None:
     """A run's saved geometry; None when it has none, or when its file cannot be read
     (damaged, cut short, failing its sha256: then set aside): an error line names the run and
