@@ -7,6 +7,7 @@ st.set_page_config(page_title="dimalign", page_icon=":material/blur_on:", layout
 pages = [
     st.Page("pages/experiment.py", title="Experiment", icon=":material/science:", default=True),
     st.Page("pages/unlearn.py", title="Unlearn (live)", icon=":material/play_circle:"),
+    st.Page("pages/tune.py", title="Tune", icon=":material/tune:"),
     st.Page("pages/spectra.py", title="Eigenspectra", icon=":material/stacked_line_chart:"),
     st.Page("pages/angles.py", title="Principal angles", icon=":material/architecture:"),
     st.Page("pages/manifolds.py", title="Manifolds", icon=":material/scatter_plot:"),

@@ -190,11 +190,14 @@ def cmd_compare(args) -> int:
     names = list(ORDER) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
     for name in names:
         get_method(name)
-    result = compare(cfg, names, preset=args.preset, progress=ProgressBar())
+    result = compare(cfg, names, preset=args.preset, replicates=args.replicates,
+                     progress=ProgressBar())
     if args.json:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
         return 0
+    if result["replicates"] > 1:
+        return _print_replicates(result)
     rows = result["methods"]
     keys = [k for k in shown("cli") if any(r.get(k) is not None for r in rows.values())]
     spreads = {m.spread_of: m.name for m in TABLE.values() if m.spread_of}
@@ -219,6 +222,34 @@ def cmd_compare(args) -> int:
                     cell += f" ({gap:+.3f})"
             line += f"{cell:>{widths[k]}}"
         print(line + f"{row[cost.name]:>19.2f}")
+    return 0
+
+
+def _print_replicates(result: dict) -> int:
+    """compare --replicates N: mean ± sd per cell, a `*` where the method's mean |gap| to its
+    own replicate's retrained model lies within the retrain-vs-retrain noise floor."""
+    from dimalign.replicates import inside
+
+    rows, floor, cost = result["methods"], result["noise_floor"], TIME_FRACTION
+    keys = [k for k in shown("cli") if any(r["mean"].get(k) is not None for r in rows.values())]
+    print(f"{result['replicates']} replicates; each cell: mean ± sd; * = mean |gap to its own "
+          "replicate's retrained model| within the noise floor (retrain vs retrain)")
+    widths = {k: max(len(k) + 2, 17) for k in keys}
+    print(f"{'method':<13}" + "".join(f"{k:>{widths[k]}}" for k in keys) + f"{cost.title:>19}")
+    for name, row in rows.items():
+        line = f"{name:<13}"
+        for k in keys:
+            mean, sd = row["mean"].get(k), row["sd"].get(k)
+            mark = "*" if inside(row["mean_abs_gap"].get(k), floor.get(k)) else " "
+            cell = "-" if mean is None else f"{mean:.3f} ± {sd:.3f}{mark}"
+            line += f"{cell:>{widths[k]}}"
+        time_mean, time_sd = row["mean"][cost.name], row["sd"][cost.name]
+        print(line + f"{f'{time_mean:.2f} ± {time_sd:.2f}':>19}")
+    line = f"{'noise floor':<13}"
+    for k in keys:
+        cell = "-" if floor.get(k) is None else f"{floor[k]:.3f}"
+        line += f"{cell:>{widths[k]}}"
+    print(line)
     return 0
 
 
@@ -366,9 +397,10 @@ def cmd_sweep(args) -> int:
     store = _store()
     if args.backend == "ray":
         ids = sweep_ray(store, args.preset, args.method, args.grid, args.set, args.owner,
-                        args.gpus_per_trial, args.address)
+                        args.gpus_per_trial, args.address, replicates=args.replicates)
     else:
-        ids = sweep_local(store, args.preset, args.method, args.grid, args.set, args.owner)
+        ids = sweep_local(store, args.preset, args.method, args.grid, args.set, args.owner,
+                          replicates=args.replicates)
     for run_id in ids:
         print(run_id)
     return 0
@@ -505,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--preset", default=DEFAULT_PRESET)
     cmp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     cmp.add_argument("--methods", default="all", help="'all' or a comma-separated list")
+    cmp.add_argument("--replicates", type=int, default=1, metavar="N",
+                     help="run every method on N replicates (new initialisation, batch order "
+                          "and method randomness; same split), each against its own retrained "
+                          "model; reports mean ± sd and the retrain-vs-retrain noise floor")
     cmp.add_argument("--json", action="store_true")
     cmp.set_defaults(func=cmd_compare)
 
@@ -547,6 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sw.add_argument("--owner", default="sweep")
+    sw.add_argument("--replicates", type=int, default=1, metavar="N",
+                    help="every combination on N replicates (each with its own baselines)")
     sw.add_argument("--backend", choices=("local", "ray"), default="local")
     sw.add_argument("--gpus-per-trial", type=float, default=0.25)
     sw.add_argument("--address", help="Ray cluster address (default: start a local Ray)")

@@ -36,6 +36,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DEFAULT_PRESET = "digits-class"
 MIA_FEATURES = ("confidence", "entropy", "correctness")  # eval.mia_feature
 SEED_LIMIT = 2**32  # seeds feed numpy and scikit-learn, whose generators take 32-bit seeds
+REPLICATE_LIMIT = 1000
+REPLICATE_STRIDE = 1_000_003  # a prime: replicates of nearby seeds never share a training seed
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,10 @@ class Config:
     model: str = "auto"  # auto: cnn for 1-channel data, resnet18 (CIFAR stem) for RGB;
     # or torchvision:NAME, any torchvision classification model (built with weights=None)
     seed: int = 0
+    # a replicate draws new model initialisations, batch orders and method randomness
+    # (train_seed) while the data split and the forget set stay those of `seed`; 0 = the
+    # seed's own runs (to_dict leaves it out, so their keys stay what they were)
+    replicate: int = 0
     device: str = "auto"  # not part of any cache key: the same run on CPU or GPU is the same run
     scenario: ScenarioConfig = field(default_factory=ScenarioConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -132,6 +138,16 @@ class Config:
         return get_method(name).resolve(self.methods.get(name, {}))
 
     @property
+    def train_seed(self) -> int:
+        """Seeds model initialisation, batch order and the unlearning method's randomness:
+        `seed` itself for replicate 0, a different seed for each further replicate. The split,
+        the forget set and the evaluation's samples use `seed` alone."""
+        return (self.seed + REPLICATE_STRIDE * self.replicate) % SEED_LIMIT
+
+    def with_replicate(self, replicate: int) -> Config:
+        return dataclasses.replace(self, replicate=replicate)
+
+    @property
     def model_name(self) -> str:
         if self.model != "auto":
             return self.model
@@ -142,7 +158,7 @@ class Config:
         as their own sections, as in a preset file)."""
         d = dataclasses.asdict(self)
         d.update(d.pop("methods"))
-        for name in OWN_DATA_KEYS:
+        for name in (*OWN_DATA_KEYS, "replicate"):
             if d[name] == getattr(Config, name):
                 del d[name]
         return d
@@ -307,6 +323,9 @@ def validate(cfg: Config) -> None:
     if not 0 <= cfg.seed < SEED_LIMIT:
         raise ConfigError("seed", f"must lie in 0..{SEED_LIMIT - 1} (numpy and scikit-learn "
                           f"take 32-bit seeds), got {cfg.seed}")
+    if not 0 <= cfg.replicate < REPLICATE_LIMIT:
+        raise ConfigError("replicate", f"must lie in 0..{REPLICATE_LIMIT - 1}, got "
+                          f"{cfg.replicate}")
     info = _validate_own_data(cfg)
     sc, n = cfg.scenario, info.num_classes
     _one_of("scenario.kind", sc.kind, SCENARIO_KINDS)

@@ -291,11 +291,18 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def tradeoff_figure(rows: list[dict], keys: list[str], retrained: dict) -> go.Figure:
+NOISE_LABEL = "indistinguishable from retraining"
+NOISE_FILL = "rgba(140, 140, 140, 0.22)"
+
+
+def tradeoff_figure(rows: list[dict], keys: list[str], retrained: dict,
+                    floor: dict | None = None) -> go.Figure:
     """Left: every run's gap to the retrained model per metric (a parallel-coordinates profile;
     0 is retraining). Right: avg-gap against `time_fraction` (time as a fraction of
     retraining), with the Pareto front. Plain SVG traces, so the chart draws fast without a GPU
-    and exports cleanly."""
+    and exports cleanly. Rows over replicates carry `gap` (mean paired gap per metric), `sd`
+    and `gap_sd` (error bars); `floor` (the noise floor per metric) draws the grey band of
+    gaps that retraining itself shows."""
     from plotly.subplots import make_subplots
 
     avg, cost = TABLE["avg_gap"], TIME_FRACTION
@@ -305,25 +312,36 @@ def tradeoff_figure(rows: list[dict], keys: list[str], retrained: dict) -> go.Fi
     # distances (avg-gap) are their own gap: they get the right panel, not a profile point
     metrics = [k for k in keys if not (k in TABLE and TABLE[k].distance)
                and retrained.get(k) is not None]
+    if floor:
+        _noise_profile(fig, metrics, floor)
     points = []  # (time fraction, avg-gap) of every run that has both
     for n, row in enumerate(rows):
         label = row["method"] if row["run"] == row["method"] else f"{row['method']} {row['run']}"
         colour = "#222222" if row["method"] == "retrained" else PALETTE[n % len(PALETTE)]
-        gaps = [gap_to_retrained(k, row.get(k), retrained[k]) for k in metrics]
+        paired, sd, gap_sd = row.get("gap"), row.get("sd") or {}, row.get("gap_sd") or {}
+        gaps = [paired.get(k) if paired else gap_to_retrained(k, row.get(k), retrained[k])
+                for k in metrics]
+        bars = _error_bars([gap_sd.get(k) for k in metrics]) if gap_sd else None
         fig.add_trace(go.Scatter(x=metrics, y=gaps, mode="lines+markers", name=label,
-                                 legendgroup=label, line=dict(color=colour)), row=1, col=1)
+                                 legendgroup=label, line=dict(color=colour), error_y=bars),
+                      row=1, col=1)
         gap = 0.0 if row["method"] == "retrained" else row.get(avg.name)
         time = row.get(cost.name)
         if gap is not None and time is not None:
             points.append((time, gap))
-            fig.add_trace(go.Scatter(x=[time], y=[gap], mode="markers+text",
-                                     text=[row["method"]], textposition="top center",
-                                     marker=dict(size=11, color=colour), name=label,
-                                     legendgroup=label, showlegend=False), row=1, col=2)
+            fig.add_trace(go.Scatter(
+                x=[time], y=[gap], mode="markers+text", text=[row["method"]],
+                textposition="top center", marker=dict(size=11, color=colour), name=label,
+                legendgroup=label, showlegend=False,
+                error_x=_error_bars([sd.get(cost.name)]) if sd else None,
+                error_y=_error_bars([sd.get(avg.name)]) if sd else None), row=1, col=2)
     front = [points[i] for i in pareto_front(points)]
     fig.add_trace(go.Scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines",
                              line=dict(dash="dot", color="#888888"), name="Pareto front",
                              hoverinfo="skip"), row=1, col=2)
+    if floor and floor.get(avg.name) is not None:
+        fig.add_hrect(y0=0, y1=floor[avg.name], fillcolor=NOISE_FILL, line_width=0,
+                      row=1, col=2)
     fig.add_hline(y=0, line=dict(color="#222222", width=1), row=1, col=1)
     longest = max((p[0] for p in points), default=1.0)
     fig.update_xaxes(title_text=cost.title, range=[-0.1 * longest, 1.12 * longest],
@@ -466,4 +484,114 @@ def confusion_figure(audit: dict) -> go.Figure:
     fig.update_yaxes(title_text="true class", col=1)
     fig.update_xaxes(title_text="predicted")
     fig.update_layout(height=360, margin=dict(l=50, r=20, t=40, b=40))
+def _error_bars(sd: list) -> dict:
+    return dict(type="data", array=[0.0 if v is None else v for v in sd], visible=True,
+                thickness=1.2, width=3)
+
+
+def _noise_profile(fig: go.Figure, metrics: list[str], floor: dict) -> None:
+    """The ± noise-floor band around 0 on the per-metric profile (metrics without a floor get
+    none)."""
+    width = [floor.get(k) for k in metrics]
+    if all(w is None for w in width):
+        return
+    width = [0.0 if w is None else w for w in width]
+    fig.add_trace(go.Scatter(x=metrics, y=[-w for w in width], mode="lines", line=dict(width=0),
+                             hoverinfo="skip", showlegend=False), row=1, col=1)
+    fig.add_trace(go.Scatter(x=metrics, y=width, mode="lines", line=dict(width=0),
+                             fill="tonexty", fillcolor=NOISE_FILL, name=NOISE_LABEL,
+                             hovertemplate="noise floor ±%{y:.3f}<extra></extra>"),
+                  row=1, col=1)
+
+
+def _within(value, reference, floor, distance: bool) -> bool:
+    if value is None or reference is None or floor is None:
+        return False
+    return value <= floor if distance else abs(value - reference) <= floor
+
+
+def _axis_values(values: list, log: bool) -> dict:
+    return dict(type="log") if log and all(v > 0 for v in values) else {}
+
+
+def sweep_figure(rows: list[dict], knobs: list[str], metric: str, reference: float | None,
+                 floor: float | None, log: dict[str, bool] | None = None) -> go.Figure:
+    """A sweep's results (`replicates.setting_rows` rows, knob values in `params`). One knob:
+    the metric's mean along the knob with a ± sd band, the retrained value and the grey
+    noise-floor band around it. Two knobs: a heatmap of the mean, the sd on hover. The best
+    setting (lowest avg-gap) is marked with its time. Every point carries its run id
+    (`customdata[0]`) for a click to open it."""
+    log = log or {}
+    m = TABLE.get(metric, TIME_FRACTION)
+    best = min(rows, key=lambda r: r["mean"].get("avg_gap") if r["mean"].get("avg_gap")
+               is not None else float("inf"))
+    best_time = best["mean"].get(TIME_FRACTION.name)
+    best_text = (f"best avg-gap {best['mean']['avg_gap']:.3f}"
+                 + (f" · time {best_time:.2f}× retraining" if best_time is not None else ""))
+    fig = go.Figure()
+    if len(knobs) == 1:
+        k = knobs[0]
+        rows = sorted(rows, key=lambda r: r["params"][k])
+        x = [r["params"][k] for r in rows]
+        mean = [r["mean"].get(metric) for r in rows]
+        sd = [r["sd"].get(metric) or 0.0 for r in rows]
+        if reference is not None:
+            if floor is not None:
+                low = reference if m.distance else reference - floor
+                fig.add_hrect(y0=low, y1=reference + floor, fillcolor=NOISE_FILL, line_width=0,
+                              annotation_text=NOISE_LABEL, annotation_position="top left")
+            fig.add_hline(y=reference, line=dict(color="#222222", dash="dash"),
+                          annotation_text="retrained", annotation_position="bottom right")
+        band = [(v - s, v + s) for v, s in zip(mean, sd, strict=True) if v is not None]
+        if len(band) == len(x):
+            fig.add_trace(go.Scatter(x=x + x[::-1], y=[b[1] for b in band]
+                                     + [b[0] for b in band][::-1], fill="toself",
+                                     fillcolor="rgba(76, 120, 168, 0.2)", line=dict(width=0),
+                                     hoverinfo="skip", name="± sd"))
+        fig.add_trace(go.Scatter(
+            x=x, y=mean, mode="lines+markers", name=m.title, marker=dict(size=10),
+            customdata=[[r["run"], s, r["replicates"]] for r, s in zip(rows, sd, strict=True)],
+            hovertemplate=f"{k}=%{{x:g}}<br>{m.title} %{{y:.3f}} ± %{{customdata[1]:.3f}} "
+                          "(%{customdata[2]} replicates)<br>run %{customdata[0]}"
+                          "<extra></extra>"))
+        fig.add_trace(go.Scatter(x=[best["params"][k]], y=[best["mean"].get(metric)],
+                                 mode="markers+text", text=[best_text], textposition="top center",
+                                 marker=dict(symbol="star", size=18, color="#E45756"),
+                                 name="best", hoverinfo="skip"))
+        fig.update_xaxes(title_text=k, **_axis_values(x, log.get(k, False)))
+        fig.update_yaxes(title_text=m.title)
+    else:
+        kx, ky = knobs
+        xs = sorted({r["params"][kx] for r in rows})
+        ys = sorted({r["params"][ky] for r in rows})
+        cell = {(r["params"][kx], r["params"][ky]): r for r in rows}
+        z = [[cell[(a, b)]["mean"].get(metric) if (a, b) in cell else None for a in xs]
+             for b in ys]
+        label = [f"{v:g}" for v in xs], [f"{v:g}" for v in ys]
+        fig.add_trace(go.Heatmap(x=label[0], y=label[1], z=z, colorscale="Viridis_r",
+                                 colorbar=dict(title=m.title), hoverinfo="skip"))
+        # clicks and hover go to an invisible marker on each cell (heatmaps are not
+        # selectable); a cell within the noise floor of the retrained value says so
+        fig.add_trace(go.Scatter(
+            x=[f"{r['params'][kx]:g}" for r in rows], y=[f"{r['params'][ky]:g}" for r in rows],
+            mode="markers+text", marker=dict(size=40, symbol="square", color="rgba(0,0,0,0)"),
+            text=["≈ retrain" if _within(r["mean"].get(metric), reference, floor, m.distance)
+                  else "" for r in rows], textfont=dict(color="#555555"),
+            customdata=[[r["run"], r["sd"].get(metric) or 0.0, r["replicates"],
+                         r["mean"].get(metric)] for r in rows],
+            hovertemplate=f"{kx}=%{{x}}, {ky}=%{{y}}<br>{m.title} %{{customdata[3]:.3f}} ± "
+                          "%{customdata[1]:.3f} (%{customdata[2]} replicates)<br>run "
+                          "%{customdata[0]}<extra></extra>", name="settings",
+            showlegend=False))
+        fig.add_trace(go.Scatter(x=[f"{best['params'][kx]:g}"], y=[f"{best['params'][ky]:g}"],
+                                 mode="markers+text", text=[best_text],
+                                 textposition="top center", hoverinfo="skip", name="best",
+                                 marker=dict(symbol="star", size=18, color="#E45756")))
+        fig.update_layout(showlegend=False)  # the colour bar takes the legend's place
+        fig.update_xaxes(title_text=kx, type="category")
+        fig.update_yaxes(title_text=ky, type="category")
+        if floor is not None and reference is not None:
+            fig.update_layout(title=dict(text=f"≈ retrain: {NOISE_LABEL} (within the noise "
+                                         f"floor, {floor:.3f})", font=dict(size=13)))
+    fig.update_layout(height=440, margin=dict(l=60, r=20, t=50, b=40), clickmode="event+select")
     return fig

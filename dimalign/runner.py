@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from dimalign import checked, paths
-from dimalign.config import Config
+from dimalign.config import REPLICATE_LIMIT, Config
+from dimalign.errors import ConfigError
 from dimalign.methods import get_method
 from dimalign.methods.loop import TelemetryFn, UnlearnResult, unlearn
 from dimalign.metric_table import TABLE, TIME_FRACTION, gap_to_retrained
@@ -196,10 +197,30 @@ def _mkdir(folder: Path) -> None:
         raise
 
 
-def compare(cfg: Config, methods: list[str], *, preset: str = "",
+def compare(cfg: Config, methods: list[str], *, preset: str = "", replicates: int = 1,
             progress: ProgressFn | None = None, say: Callable[[str], None] = _say) -> dict:
     """Every method from the same cached baselines, evaluated together: per method every
-    metric, its gap to retrained, and its time as a fraction of retraining."""
+    metric, its gap to retrained, and its time as a fraction of retraining. With `replicates`
+    > 1, the same on replicates 0..N-1 of `cfg` (each with its own baselines), summarised by
+    `replicates.aggregate`: mean and sd per method, and the retrain-vs-retrain noise floor."""
+    from dimalign.replicates import aggregate
+
+    if replicates < 1:
+        raise ConfigError("--replicates", f"must be at least 1, got {replicates}")
+    if cfg.replicate + replicates > REPLICATE_LIMIT:
+        raise ConfigError("--replicates", f"replicates {cfg.replicate}.."
+                          f"{cfg.replicate + replicates - 1} pass the limit {REPLICATE_LIMIT}")
+    results = []
+    for r in range(replicates):
+        if replicates > 1:
+            say(f"replicate {r + 1} of {replicates}")
+        results.append(_compare_one(cfg.with_replicate(cfg.replicate + r), methods, preset,
+                                    progress, say))
+    return finite(aggregate(results, [res.pop("retrained") for res in results]))
+
+
+def _compare_one(cfg: Config, methods: list[str], preset: str, progress: ProgressFn | None,
+                 say: Callable[[str], None]) -> dict:
     baselines = get_baselines(cfg, progress=progress, say=say)
     models = {"original": baselines.original, "retrained": baselines.retrained}
     seconds = {"original": baselines.seconds["original"],
@@ -228,7 +249,7 @@ def compare(cfg: Config, methods: list[str], *, preset: str = "",
         rows[name] = row
     return finite({"preset": preset, "config": cfg.to_dict(), "device": str(baselines.device),
                    "methods": rows, "params": {m: cfg.method_params(m) for m in methods},
-                   "retrained_seconds": seconds["retrained"]})
+                   "retrained_seconds": seconds["retrained"], "retrained": retrained})
 
 
 def comparison_rows(results: list[tuple[str, str, dict]], keys: list[str]) -> list[dict]:

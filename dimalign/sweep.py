@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterable
 
 from dimalign import paths
-from dimalign.config import build_config
+from dimalign.config import REPLICATE_LIMIT, build_config
 from dimalign.errors import ConfigError
 from dimalign.store import Store
 
@@ -37,26 +37,37 @@ def parse_grid(items: Iterable[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
 
 
-def plan(preset: str, method: str, grid: Iterable[str], fixed: Iterable[str] = ()):
-    """Every combination, validated before anything is queued."""
+def plan(preset: str, method: str, grid: Iterable[str], fixed: Iterable[str] = (),
+         replicates: int = 1):
+    """Every combination on every replicate (replicate-major: the first replicate's runs are
+    queued first, so a whole first pass of the grid arrives early), validated before anything
+    is queued."""
+    if not 1 <= replicates <= REPLICATE_LIMIT:
+        raise ConfigError("--replicates", f"must lie in 1..{REPLICATE_LIMIT}, got {replicates}")
     combos = [list(fixed) + combo for combo in parse_grid(grid)]
+    if replicates > 1:
+        combos = [[*combo, f"replicate={r}"] for r in range(replicates) for combo in combos]
     return combos, [build_config(preset, combo) for combo in combos]
 
 
 def sweep_local(store: Store, preset: str, method: str, grid: Iterable[str],
-                fixed: Iterable[str] = (), owner: str = "sweep") -> list[str]:
+                fixed: Iterable[str] = (), owner: str = "sweep", *, replicates: int = 1,
+                key: str | None = None) -> list[str]:
+    """Queue every combination (times `replicates`) as `owner` through the shared queue
+    (`jobs.submit`; `key`: the web app's owner key) and make sure a scheduler serves it."""
     from dimalign.jobs import check_worker_settings, ensure_scheduler, submit
 
     check_worker_settings()  # before anything is queued
-    combos, _ = plan(preset, method, grid, fixed)
-    ids = [submit(store, preset=preset, overrides=c, method=method, owner=owner) for c in combos]
+    combos, _ = plan(preset, method, grid, fixed, replicates)
+    ids = [submit(store, preset=preset, overrides=c, method=method, owner=owner, key=key)
+           for c in combos]
     ensure_scheduler()
     return ids
 
 
 def sweep_ray(store: Store, preset: str, method: str, grid: Iterable[str],
               fixed: Iterable[str] = (), owner: str = "sweep", gpus_per_trial: float = 0.25,
-              address: str | None = None) -> list[str]:
+              address: str | None = None, *, replicates: int = 1) -> list[str]:
     """Each trial is a Ray Tune trial that runs our worker on one stored run."""
     try:
         import ray
@@ -67,8 +78,9 @@ def sweep_ray(store: Store, preset: str, method: str, grid: Iterable[str],
 
     from dimalign.train import experiment_key, get_baselines
 
-    combos, configs = plan(preset, method, grid, fixed)
-    get_baselines(configs[0])  # trials share the baselines: train them once, here
+    combos, configs = plan(preset, method, grid, fixed, replicates)
+    for cfg in {c.replicate: c for c in configs}.values():  # one pair of baselines per replicate
+        get_baselines(cfg)  # trials share them: train them once, here
     ids = [store.create_run(owner=owner, kind="unlearn", preset=preset, method=method,
                             config=cfg.to_dict(), executor="ray",
                             experiment=experiment_key(cfg)) for cfg in configs]

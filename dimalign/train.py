@@ -105,7 +105,7 @@ def train_classifier(cfg: Config, info: DatasetInfo, x: torch.Tensor, y: torch.T
     """Train a fresh model on uint8 images x (N, C, H, W) and labels y (N,).
     Returns the model and the training wall time in seconds (process warm-up excluded)."""
     tc = cfg.train
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.train_seed)
     model = build_model(cfg.model_name, info.channels, info.num_classes, info.size).to(device)
     cuda = device.type == "cuda"
     if cuda:
@@ -122,7 +122,7 @@ def train_classifier(cfg: Config, info: DatasetInfo, x: torch.Tensor, y: torch.T
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.epochs * steps,
                                                 pct_start=0.15)
     loss_fn = nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.train_seed)
     model.train()
     for epoch in range(1, tc.epochs + 1):
         order = torch.randperm(n, generator=gen).to(device)
@@ -181,8 +181,11 @@ def cache_key(cfg: Config, role: str) -> dict:
     if cfg.dataset == IMAGEFOLDER:
         # the fingerprint covers the folder's absolute path and every file's size and mtime
         key["data"] = {"image_size": cfg.image_size, "fingerprint": cfg.info.fingerprint}
+    if cfg.replicate:  # replicate 0 keeps the keys models were cached under before replicates
+        key["replicate"] = cfg.replicate
     if role == "original" and cfg.original_checkpoint:
         del key["seed"], key["train"]  # nothing is trained
+        key.pop("replicate", None)
         path = os.path.abspath(os.path.expanduser(cfg.original_checkpoint))
         key["checkpoint"] = {"path": path, "sha256": file_sha256(path)}
     elif role == "retrained" or cfg.scenario.kind == "backdoor":

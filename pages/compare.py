@@ -1,53 +1,155 @@
-"""Compare: every finished run of this experiment against the retrained model."""
+"""Compare: every finished run of this experiment against the retrained model — on every
+replicate, each run against its own replicate's retrained model, as mean ± sd over replicates,
+with the retrain-vs-retrain noise floor."""
 
 import pandas as pd
 import streamlit as st
 
 from dimalign import plots, ui
+from dimalign.errors import ConfigError
 from dimalign.export import csv_text
-from dimalign.metric_table import TABLE, TIME_FRACTION, gap_to_retrained, shown
-from dimalign.runner import comparison_rows, gaps_to_retrained
+from dimalign.methods import ORDER, REGISTRY
+from dimalign.metric_table import TABLE, TIME_FRACTION, shown
+from dimalign.replicates import baseline_rows, inside, setting_rows
+from dimalign.store import ACTIVE, StoreError
 
 cfg, who = ui.page("Compare")
 
 KEYS = list(shown("compare"))  # the metric table's columns for this page
-runs = [r for r in ui.experiment_runs(cfg, who) if r.status == "done" and r.result]
+every = ui.replicate_runs(cfg, who)
+if not who.admin:
+    c1, c2 = st.columns([1, 3], vertical_alignment="bottom")
+    count = int(c1.number_input("Replicates", 1, 10, 1, key="compare_replicates",
+                                help="Each method on this many replicates (new initialisation, "
+                                     "batch order and method randomness; the same split), "
+                                     "each with its own baselines"))
+
+    def _run_every_method() -> None:  # a callback: once per press, before the page redraws
+        methods = [m for m in ORDER if REGISTRY[m].trains]
+        try:
+            ui.submit_replicates(ui.sticky("preset"), st.session_state.get("overrides", []),
+                                 methods, count, who, every)
+            st.session_state["_compare_error"] = None
+        except (ConfigError, StoreError) as err:
+            st.session_state["_compare_error"] = f"Not started: {err}."
+
+    c2.button("Run every method", key="run_every_method", type="primary",
+              on_click=_run_every_method,
+              help="Queue every method with its default knobs on each replicate, except what "
+                   "is already queued, running or done")
+    if error := st.session_state.get("_compare_error"):
+        st.error(error)
+
+if (active := [r for r in every if r.status in ACTIVE]):
+    @st.fragment(run_every=1.0)
+    def progress() -> None:
+        runs = [ui.store().get(r.id) for r in active]
+        going = [r for r in runs if r.status in ACTIVE]
+        if not going:
+            st.rerun()  # all ended: the table takes them in
+        done = sum(r.progress or 0.0 for r in going) + len(runs) - len(going)
+        st.progress(done / len(runs), text=f"{len(going)} of this experiment's runs queued or "
+                    "running; the table fills in as they finish")
+
+    progress()
+
+runs = sorted((r for r in every if r.status == "done" and r.result), key=lambda r: r.created,
+              reverse=True)
 if not runs:
-    st.info("No finished runs of this experiment yet: start some on the Unlearn page.")
+    st.info("No finished runs of this experiment yet: press *Run every method*, or start some "
+            "on the Unlearn page.")
     st.stop()
 
-rows = comparison_rows([(r.id, r.method, r.result) for r in runs], KEYS)
-retrained = next(row for row in rows if row["run"] == "retrained")
+settings = setting_rows([(r.id, r.method, r.config, r.result) for r in runs], KEYS)
+baselines, floor = baseline_rows([(r.config, r.result) for r in runs], KEYS)
+many = any(row["replicates"] > 1 for row in (*baselines, *settings))
+if not any(v is not None for v in floor.values()):
+    floor = None
 show_gaps = st.toggle("Show gaps to retrained instead of values", key="gaps")
-table = gaps_to_retrained(rows, KEYS) if show_gaps else rows
+COLUMNS = [*KEYS, TIME_FRACTION.name]
 
 
-def _colour(value, key):
-    if TABLE[key].distance or pd.isna(value):  # a distance is not shaded against itself
+def _flat(row: dict) -> dict:
+    """A row for the table and the CSV: the mean of each metric over the replicates (with
+    `gaps`: of its gap to each run's own replicate's retrained model); sds are in `spread`."""
+    values = row["gap_mean"] if show_gaps else row["mean"]
+    flat = {"run": row["run"], "method": row["method"],
+            **{k: values.get(k) for k in KEYS},
+            TIME_FRACTION.name: row["mean"].get(TIME_FRACTION.name)}
+    if many:
+        flat["replicates"] = row["replicates"]
+    return flat
+
+
+source = [*baselines, *settings]
+table = [_flat(row) for row in source]
+spread = [row["gap_sd"] if show_gaps else row["sd"] for row in source]
+
+
+def _cell(value, sd) -> str:
+    if value is None or pd.isna(value):
+        return "–"
+    return f"{value:.3f} ± {sd:.3f}" if sd is not None else f"{value:.3f}"
+
+
+def _shade(row: dict, key: str) -> str:
+    """Grey where the mean |gap| lies within the noise floor; else red growing with it."""
+    if key not in KEYS or (TABLE[key].distance and floor is None):
         return ""
-    gap = value if show_gaps else gap_to_retrained(key, value, retrained.get(key))
+    gap = row["abs_gap"].get(key)
     if gap is None:
         return ""
-    return f"background-color: rgba(228, 87, 86, {min(0.8, abs(gap) * 2):.2f})"
+    if floor is not None and inside(gap, floor.get(key)):
+        return "background-color: rgba(140, 140, 140, 0.35)"
+    if TABLE[key].distance:
+        return ""
+    return f"background-color: rgba(228, 87, 86, {min(0.8, gap * 2):.2f})"
 
 
-styled = pd.DataFrame(table).style.format(precision=3).apply(
-    lambda col: [_colour(v, col.name) for v in col] if col.name in KEYS else [""] * len(col))
+frame = pd.DataFrame(table)
+if many:  # cells read mean ± sd over the replicates
+    for col in COLUMNS:
+        frame[col] = [_cell(row[col], sd.get(col) if sd else None)
+                      for row, sd in zip(table, spread, strict=True)]
+styled = frame.style.format(precision=3).apply(
+    lambda col: [_shade(source[i], col.name) for i in range(len(col))])
 columns = {k: st.column_config.Column(help=f"{TABLE[k].title}: {TABLE[k].description}")
            for k in KEYS}
 columns[TIME_FRACTION.name] = st.column_config.Column(TIME_FRACTION.title,
                                                       help=TIME_FRACTION.description)
 st.dataframe(styled, hide_index=True, key="compare_table", column_config=columns)
-st.caption("Red shading grows with the distance to the retrained model (the gold standard).")
+st.caption("Red shading grows with the distance to the retrained model (the gold standard)"
+           + ("; grey: within the noise floor — the mean gap between retrained models of "
+              "different replicates — indistinguishable from retraining." if floor else
+              ". Run two or more replicates to see the noise floor (retrain vs retrain)."))
+if floor:
+    st.caption("Noise floor: " + ", ".join(f"{k} {floor[k]:.3f}" for k in KEYS
+                                           if floor.get(k) is not None))
 
-ui.chart(plots.tradeoff_figure(rows, KEYS, retrained), "tradeoffs")
+
+def _chart_row(row: dict) -> dict:
+    flat = {"run": row["run"], "method": row["method"], **row["mean"]}
+    if many:
+        flat.update(sd=row["sd"], gap=row["gap_mean"], gap_sd=row["gap_sd"])
+    return flat
+
+
+chart_rows = [_chart_row(row) for row in source]
+retrained = next(row for row in chart_rows if row["run"] == "retrained")
+
+
+def _figure():
+    return plots.tradeoff_figure(chart_rows, KEYS, retrained, floor)
+
+
+ui.chart(_figure(), "tradeoffs")
 c1, c2 = st.columns(2)
-c1.download_button("Download CSV", csv_text(rows), "dimalign-compare.csv", "text/csv",
+c1.download_button("Download CSV", csv_text(table), "dimalign-compare.csv", "text/csv",
                    key="download_csv")
 
 
 def _figure_html() -> str:  # built on click only: with plotly.js inlined it is 4.6 MB
-    return plots.tradeoff_figure(rows, KEYS, retrained).to_html(include_plotlyjs=True)
+    return _figure().to_html(include_plotlyjs=True)
 
 
 c2.download_button("Download figure (HTML)", _figure_html, "dimalign-compare.html", "text/html",

@@ -7,6 +7,7 @@ from dimalign import plots, ui
 from dimalign.errors import ConfigError
 from dimalign.jobs import cancel, queue_position
 from dimalign.methods import ORDER, REGISTRY
+from dimalign.metric_table import shown
 from dimalign.store import StoreError
 
 cfg, who = ui.page("Unlearn (live)", scheduler=True)  # workers warm up while knobs are set
@@ -36,7 +37,8 @@ try:
 except (ConfigError, StoreError) as err:
     st.error(f"Not started: {err}. Change that setting and it runs again.")
 
-runs = ui.experiment_runs(cfg, who)
+# every replicate's runs (a sweep's or a Compare page's): each has its own baselines
+runs = sorted(ui.replicate_runs(cfg, who), key=lambda r: r.created, reverse=True)
 selected = ui.pick_run(runs, key="run", with_owner=who.admin) if runs else None
 status = selected.status if selected is not None else None
 if not who.admin:
@@ -64,12 +66,16 @@ if selected is None:
             "appear here as it goes.")
     st.stop()
 
-# reference lines: the baselines job's evaluation, else any finished run of this experiment
-evaluated = ui.baselines_run(cfg) or next(
-    (r for r in runs if r.status == "done" and r.result), None)
+# reference lines: the baselines job's evaluation, else any finished run of this experiment,
+# of the chosen run's own replicate (each replicate has its own baselines)
+replicate = int(selected.config.get("replicate", 0))
+evaluated = ui.baselines_run(cfg.with_replicate(replicate)) or next(
+    (r for r in runs if r.status == "done" and r.result
+     and int(r.config.get("replicate", 0)) == replicate), None)
 references = {m: v for m, v in (evaluated.result or {}).get("models", {}).items()
               if m in ("original", "retrained")} if evaluated else {}
 ghosts = ui.ghost_runs(runs, selected)
+floor = ui.noise_floor(cfg, shown("unlearn"))  # None until two replicates have finished
 ui.effect_panel([r for r in runs if r.owner == selected.owner])
 
 
@@ -94,7 +100,7 @@ def _panel(run_id: str) -> None:
                                        ghosts=[(g.label, store.curves(g.run.id)) for g in ghosts]))
     ui.chart(fig, f"curves_{run_id}")
     if run.status == "done" and run.result:
-        ui.result_table(run, ghosts)
+        ui.result_table(run, ghosts, floor)
 
 
 if selected.status in ("queued", "running"):

@@ -17,8 +17,8 @@ from find_browser import MISSING, find
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
-PAGES = ["Experiment", "Unlearn (live)", "Eigenspectra", "Principal angles", "Manifolds",
-         "Audit", "Compare", "Learn"]
+PAGES = ["Experiment", "Unlearn (live)", "Tune", "Eigenspectra", "Principal angles",
+         "Manifolds", "Audit", "Compare", "Learn"]
 
 
 def free_port() -> int:
@@ -378,3 +378,51 @@ def test_alices_name_without_her_key_cannot_cancel_her_run(server, browser):
     alice.get_by_role("button", name="Cancel").click()
     wait_status(store, run_id, ("cancelled",), 60)
     alice.close()
+
+
+# the first cell of a sweep heatmap: its pixel position (plotly's category axes) and run id
+HEATMAP_CELL = """() => {
+    const gd = [...document.querySelectorAll('.js-plotly-plot')].find(
+        g => (g.data || []).some(t => t.type === 'heatmap'));
+    const t = gd._fullData.find(d => d.name === 'settings');
+    const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+    const box = gd.getBoundingClientRect();
+    return [box.left + xa._offset + xa.l2p(xa.d2l(t.x[0])),
+            box.top + ya._offset + ya.l2p(ya.d2l(t.y[0])), t.customdata[0][0]];
+}"""
+
+
+def test_a_two_knob_sweep_on_tune_draws_a_heatmap_whose_cell_opens_its_run(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server.url}/tune?{address('tuner')}&preset=digits-class")
+    page.get_by_role("button", name="Sweep").wait_for(timeout=60_000)
+    wait_idle(page)
+    page.locator("[data-testid='stMultiSelect']").click()  # a second knob
+    page.get_by_role("option", name="lambda_sd", exact=True).click()
+    page.keyboard.press("Escape")
+    wait_idle(page)
+    replicates = page.get_by_label("Replicates", exact=True)
+    replicates.fill("1")
+    replicates.press("Enter")
+    wait_idle(page)
+    for knob, values in (("lambda_da", "1, 5"), ("lambda_sd", "0.5, 1")):
+        box = page.get_by_label(re.compile(f"^{knob}: values"))
+        box.fill(values)
+        box.press("Enter")
+        wait_idle(page)
+    page.get_by_text("4 runs:").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Sweep").click()
+    page.get_by_text("Best setting:").wait_for(timeout=240_000)  # every run done
+    wait_idle(page)
+    page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
+    page.screenshot(path=ARTIFACTS / "tune-heatmap.png", full_page=True)
+    x, y, run_id = page.evaluate(HEATMAP_CELL)
+    page.mouse.click(x, y)
+    page.get_by_role("heading", name="Unlearn").first.wait_for(timeout=60_000)
+    picker, end = page.get_by_role("combobox", name="Run"), time.monotonic() + 30
+    picker.wait_for(timeout=30_000)
+    while run_id not in picker.input_value():
+        assert time.monotonic() < end, f"Unlearn shows {picker.input_value()!r}, not {run_id}"
+        time.sleep(0.2)
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.close()

@@ -9,6 +9,7 @@ from conftest import TINY, drain_scheduler
 from streamlit.testing.v1 import AppTest
 
 from dimalign.jobs import Scheduler, Slot, cancel, ensure_scheduler, submit
+from dimalign.methods import REGISTRY
 from dimalign.metric_table import TABLE, TIME_FRACTION, shown
 from dimalign.store import Store, new_owner_key
 
@@ -280,3 +281,88 @@ def test_live_curves_draw_reference_lines_on_the_matching_panel():
     texts = {a.text for a in fig.layout.annotations}
     assert {"retrained acc_forget", "retrained da", "original da"} <= texts
     assert "Dimensional Alignment (forget vs retain)" in texts  # panel titles kept
+
+
+def test_tune_page_sweeps_a_knob_on_two_replicates_and_shows_the_noise_floor(finished):
+    """Last in this module: its second replicate makes the Compare page show mean ± sd."""
+    from dimalign.plots import NOISE_LABEL
+
+    store = finished["store"]
+    at = page("pages/tune.py")
+    at.selectbox(key="tune_method").set_value("ga").run()
+    assert at.multiselect(key="tune_knobs_ga").value == ["epochs"]  # the first numeric knob
+    assert at.text_input(key="tune_values_ga_epochs_3").value == "1, 10, 20"  # the registry's
+    at.text_input(key="tune_values_ga_epochs_3").set_value("1, 2")
+    at.number_input(key="tune_replicates").set_value(2).run()
+    at.button(key="tune_sweep").click().run()
+    assert not at.exception and not at.error
+    ids = at.session_state["_sticky_sweep"].split(",")
+    assert len(ids) == 4  # two values on two replicates, through the shared queue
+    assert {store.get(i).owner for i in ids} == {OWNER}
+    for run_id in ids:
+        wait_terminal(store, run_id, 300)
+        assert store.get(run_id).status == "done", store.get(run_id).error
+    at.run()
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    names = {t.get("name") for t in spec["data"]}
+    assert {"± sd", "best"} <= names
+    line = next(t for t in spec["data"] if t.get("mode") == "lines+markers")
+    assert list(line["x"]) == [1, 2] and {c[0] for c in line["customdata"]} <= set(ids)
+    texts = {a.get("text") for a in spec["layout"]["annotations"]}
+    assert {NOISE_LABEL, "retrained"} <= texts  # the grey band and the retrained line
+    assert any("Best setting: epochs=" in s.value for s in at.success)
+    # a reload comes back to the sweep: its runs and knobs are in the address
+    again = AppTest.from_file(APP, default_timeout=60)
+    again.query_params.update(owner=OWNER, key=KEY, sweep=",".join(ids), sweep_knobs="epochs")
+    again.session_state["overrides"] = TINY
+    again.session_state["overrides_for"] = "digits-class"
+    again.run()
+    again.switch_page("pages/tune.py").run()
+    assert not again.exception and len(again.get("plotly_chart")) == 1
+
+    # the Compare page pairs them by replicate: mean ± sd and the noise floor
+    at.switch_page("pages/compare.py").run()
+    table = at.dataframe[0].value
+    ga = table[table["method"] == "ga"]
+    assert (ga["replicates"] == 2).all() and ga["acc_forget"].str.contains("±").all()
+    assert any("Noise floor:" in c.value for c in at.caption)
+    assert any(t.get("name") == NOISE_LABEL for t in traces(at))
+    # the Unlearn result table shows the floor beside the run's gaps
+    at = page("pages/unlearn.py", ids[0])
+    models = list(at.dataframe[0].value["model"])
+    assert "noise floor (retrain vs retrain)" in models
+
+
+def test_run_every_method_queues_each_method_on_each_replicate_once(finished):
+    store = finished["store"]
+    at = page("pages/compare.py")
+    at.number_input(key="compare_replicates").set_value(2).run()
+    before = {r.id for r in store.runs(owner=OWNER)}
+    at.button(key="run_every_method").click().run()
+    assert not at.exception and not at.error
+    new = [r for r in store.runs(owner=OWNER) if r.id not in before]
+    for run in new:  # the queue is what is tested here, not the methods: stop them
+        cancel(store, run.id)
+    trained = {m for m in REGISTRY if REGISTRY[m].trains}
+    pairs = sorted((r.method, r.config.get("replicate", 0)) for r in new)
+    # muda's default setting is done on replicate 0 (the module's run): all the rest is queued
+    assert pairs == sorted((m, rep) for m in trained for rep in (0, 1) if (m, rep) != ("muda", 0))
+    at.button(key="run_every_method").click().run()  # nothing more while those stand
+    assert len(store.runs(owner=OWNER)) == len(before) + len(new)
+
+
+def test_tune_suggests_values_from_the_registry_log_spaced_for_weights():
+    from dimalign.ui import is_log_knob, sweep_grid
+
+    knobs = REGISTRY["muda"].knobs
+    assert is_log_knob(knobs["lambda_da"]) and is_log_knob(knobs["lr"])  # weight; (0, 10]
+    assert not is_log_knob(knobs["epochs"]) and not is_log_knob(knobs["weight_decay"])
+    weights = sweep_grid(knobs["lambda_da"], 3)
+    assert weights == pytest.approx([0.5, 5.0, 50.0])  # a decade either side of the default
+    assert weights[1] / weights[0] == pytest.approx(weights[2] / weights[1])
+    epochs = sweep_grid(knobs["epochs"], 4)
+    assert epochs == sorted(set(epochs)) and all(isinstance(v, int) for v in epochs)
+    for name, knob in knobs.items():
+        if knob.type in (int, float) and not knob.choices:
+            for value in sweep_grid(knob, 3):
+                knob.check(name, value)  # every suggestion is a value the registry accepts

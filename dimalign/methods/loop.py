@@ -74,8 +74,8 @@ def prepare(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
             device: torch.device, init: Classifier | None = None) -> Prepared:
     """Model, teacher, batch streams, method setup, optimiser and schedule, all seeded."""
     params = spec.resolve(cfg.methods.get(spec.name, {}))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.train_seed)  # a replicate draws its own
+    torch.manual_seed(cfg.train_seed)
     cuda = device.type == "cuda"
     model = copy.deepcopy(init if init is not None else original).to(device).train()
     teacher = copy.deepcopy(original).to(device).eval().requires_grad_(False)

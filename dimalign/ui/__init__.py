@@ -32,13 +32,21 @@ from dimalign.ui.runs import (
     experiment_runs,
     ghost_runs,
     load_geometry,
+    noise_floor,
+    remember_sweep,
+    replicate_results,
+    replicate_runs,
+    saved_sweep,
     start_run,
+    start_sweep,
     store,
+    submit_replicates,
 )
 from dimalign.ui.state import Identity, owner, remember, sticky, use_own_data
 from dimalign.ui.widgets import (
     chart,
     effect_panel,
+    is_log_knob,
     knob_groups,
     knob_widget,
     knobs_moved,
@@ -47,13 +55,17 @@ from dimalign.ui.widgets import (
     result_table,
     run_label,
     show_run_error,
+    sweep_grid,
 )
 
 __all__ = [
     "Ghost", "Identity", "Page", "active_baselines", "baselines_run", "chart", "effect_panel",
     "ensure_scheduler", "experiment_key", "experiment_runs", "geometry_source", "ghost_runs",
-    "knob_groups", "knob_widget", "knobs_moved", "load_geometry", "memo_figure", "owner",
-    "page", "pick_run", "remember", "require_geometry", "reset_settings", "result_table",
-    "run_label", "settings_error", "show_run_error", "sidebar_config", "start_run", "sticky",
-    "store", "use_own_data",
+    "is_log_knob",
+    "knob_groups", "knob_widget", "knobs_moved", "load_geometry", "memo_figure", "noise_floor",
+    "owner", "page", "pick_run", "remember", "remember_sweep", "replicate_results",
+    "replicate_runs", "saved_sweep",
+    "require_geometry", "reset_settings", "result_table", "run_label", "settings_error",
+    "show_run_error", "sidebar_config", "start_run", "start_sweep", "sticky", "store",
+    "submit_replicates", "sweep_grid", "use_own_data",
 ]

@@ -4,6 +4,7 @@ Every filter runs in SQL: a run's experiment key is a column written at submit."
 
 from __future__ import annotations
 
+import json
 from typing import NamedTuple
 
 import streamlit as st
@@ -61,6 +62,109 @@ def experiment_runs(cfg: Config, who: Identity | None = None,
     first: `who`'s (every owner's for None or the instructor's view), of `statuses`."""
     return store().runs(kind="unlearn", owner=None if who is None else who.runs_of,
                         statuses=statuses, experiment=experiment_key(cfg))
+
+
+REPLICATES_SHOWN = 10  # replicates 0..9 of an experiment are looked up (one indexed query each)
+
+
+def replicate_runs(cfg: Config, who: Identity | None = None,
+                   statuses: tuple[str, ...] | None = None) -> list[Run]:
+    """`experiment_runs` of every replicate of this experiment: each replicate has its own
+    baselines, hence its own experiment key."""
+    return [run for r in range(REPLICATES_SHOWN)
+            for run in experiment_runs(cfg.with_replicate(r), who, statuses)]
+
+
+def replicate_results(cfg: Config) -> list[dict]:
+    """One finished result per replicate of this experiment that has one (any owner's run or
+    its baselines job: they share the replicate's baselines), replicate 0 first."""
+    found = []
+    for r in range(REPLICATES_SHOWN):
+        runs = store().runs(statuses=("done",), experiment=experiment_key(cfg.with_replicate(r)),
+                            limit=5)
+        result = next((run.result for run in runs if run.kind in ("unlearn", "baselines")
+                       and run.result and "models" in run.result), None)
+        if result is not None:
+            found.append(result)
+    return found
+
+
+def noise_floor(cfg: Config, keys) -> dict | None:
+    """The retrain-vs-retrain noise floor of this experiment's replicates; None with fewer
+    than two finished replicates."""
+    from dimalign.replicates import noise_floor as floor
+
+    results = replicate_results(cfg)
+    if len(results) < 2:
+        return None
+    return floor([res["models"]["retrained"] for res in results], keys)
+
+
+def submit_replicates(preset: str, overrides: list[str], methods: list[str], replicates: int,
+                      who: Identity, existing: list[Run]) -> list[str]:
+    """Queue each method on replicates 0..N-1 as `who` through the shared queue, except where
+    a queued, running or finished run of that method and config is already there."""
+    from dimalign.config import build_config
+    from dimalign.jobs import submit
+
+    have = {(run.method, json.dumps(run.config, sort_keys=True)) for run in existing
+            if run.status in (*ACTIVE, "done")}
+    ids = []
+    for r in range(replicates):
+        extra = [*overrides, f"replicate={r}"]
+        config = json.dumps(build_config(preset, extra).to_dict(), sort_keys=True)
+        for method in methods:
+            if (method, config) not in have:
+                ids.append(submit(store(), preset=preset, overrides=extra, method=method,
+                                  owner=who.name, key=who.key))
+    ensure_scheduler()
+    return ids
+
+
+def start_sweep(preset: str, overrides: list[str], method: str, grid: list[str],
+                replicates: int, who: Identity) -> list[str]:
+    """A sweep as `who`, through the shared queue (`sweep.sweep_local`: the scheduler runs it,
+    with whatever backend it is configured with)."""
+    from dimalign.sweep import sweep_local
+
+    return sweep_local(store(), preset, method, grid, overrides, owner=who.name,
+                       replicates=replicates, key=who.key)
+
+
+SWEEP_RUNS_KEPT = 200  # runs of a sweep an address may name
+
+
+def remember_sweep(ids: list[str], knobs: list[str]) -> None:
+    """Keep a sweep's runs and knobs in the address and the session: a reload or a page
+    switch comes back to it."""
+    remember("sweep", ",".join(ids))
+    remember("sweep_knobs", ",".join(knobs))
+
+
+def saved_sweep(who: Identity) -> dict | None:
+    """The sweep this session (or its address) names: its runs that `who` may see (their
+    ids checked by the store), their method and the knobs swept; None when nothing is left."""
+    from dimalign.methods import REGISTRY
+
+    ids, knobs = st.session_state.get("_sticky_sweep") or st.query_params.get("sweep"), \
+        st.session_state.get("_sticky_sweep_knobs") or st.query_params.get("sweep_knobs")
+    if not ids or not knobs:
+        return None
+    runs = []
+    for run_id in ids.split(",")[:SWEEP_RUNS_KEPT]:
+        try:
+            run = store().get(run_id)
+        except StoreError:  # not a run id, or no such run: the address is anyone's text
+            continue
+        if who.admin or run.owner == who.name:
+            runs.append(run)
+    if not runs or runs[0].method not in REGISTRY:
+        return None
+    names = [k for k in knobs.split(",") if k in REGISTRY[runs[0].method].knobs][:2]
+    if not names:
+        return None
+    remember_sweep([r.id for r in runs], names)
+    return {"ids": [r.id for r in runs], "method": runs[0].method, "knobs": names}
 
 
 def load_geometry(run: Run) -> dict | None:

@@ -36,8 +36,10 @@ def chart(fig, key: str, where=None, **kwargs):
 
 
 def run_label(run: Run, with_owner: bool = False) -> str:
+    replicate = (run.config or {}).get("replicate")
     return (f"{run.owner} · " if with_owner else "") + f"{run.id} · {run.method} · {run.status}" + (
-        f" · fork of {run.parent_id}" if run.parent_id else "")
+        f" · fork of {run.parent_id}" if run.parent_id else "") + (
+        f" · replicate {replicate}" if replicate else "")
 
 
 def pick_run(runs: list[Run], key: str = "run", done_only: bool = False,
@@ -146,15 +148,73 @@ def knobs_moved(auto: bool, signature: tuple) -> bool:
     return auto and before is not None and before != signature
 
 
-def result_table(run: Run, ghosts: list[Ghost]) -> None:
-    """The chosen run's three models, then the ghosts' unlearned models, on the same metrics."""
+def result_table(run: Run, ghosts: list[Ghost], floor: dict | None = None) -> None:
+    """The chosen run's three models, then the ghosts' unlearned models, on the same metrics.
+    With a noise floor (the experiment has replicates): the unlearned model's gap to its
+    retrained model and the floor beside it, each gap within it shaded grey."""
+    import pandas as pd
+
+    from dimalign.replicates import gaps, inside
+
     keys = shown("unlearn")
     models = run.result["models"]
     rows = [{"model": m, **{k: models[m].get(k) for k in keys}} for m in models]
     rows += [{"model": f"ghost {g.label}", **{k: g.run.result["models"]["unlearned"].get(k)
                                               for k in keys}}
              for g in ghosts if g.run.status == "done" and g.run.result]
-    st.dataframe(rows, hide_index=True, key="result_table")
+    if not floor or "unlearned" not in models:
+        st.dataframe(rows, hide_index=True, key="result_table")
+        return
+    gap = gaps(models["unlearned"], models["retrained"], keys)
+    rows += [{"model": "gap: unlearned − retrained", **gap},
+             {"model": "noise floor (retrain vs retrain)", **{k: floor.get(k) for k in keys}}]
+    within = {k for k in keys if inside(None if gap[k] is None else abs(gap[k]), floor.get(k))}
+    grey = "background-color: rgba(140, 140, 140, 0.3)"
+    styled = pd.DataFrame(rows).style.format(precision=3).apply(
+        lambda row: [grey if row["model"].startswith("gap") and c in within else ""
+                     for c in row.index], axis=1)
+    st.dataframe(styled, hide_index=True, key="result_table")
+    st.caption("Grey: a gap within the noise floor — the mean gap between retrained models of "
+               "different replicates: indistinguishable from retraining.")
+
+
+def sweep_grid(knob: Knob, count: int) -> list[float | int]:
+    """`count` values of a knob within its registry range: log-spaced over a decade either side
+    of its default for loss weights and positive ranges spanning decades, evenly spaced over
+    the range (capped at 4x the default where it is open) otherwise; ints rounded, distinct."""
+    low = knob.low if knob.low is not None else 0.0
+    high = knob.high if knob.high is not None else max(4.0 * abs(knob.default), 1.0)
+    if count == 1:
+        return [knob.default]
+    if is_log_knob(knob):
+        ref = knob.default if knob.default > 0 else high / 100
+        low, high = max(low, ref / 10), min(high, ref * 10)
+        if low <= 0:
+            low = ref / 10
+        values = [low * (high / low) ** (i / (count - 1)) for i in range(count)]
+    else:
+        if knob.type is int:
+            high = min(high, max(4 * knob.default, low + count - 1))
+        if knob.low_open:
+            low = low + (high - low) / count
+        values = [low + (high - low) * i / (count - 1) for i in range(count)]
+    if knob.type is int:
+        return sorted({int(round(v)) for v in values})
+    return [float(f"{v:.3g}") for v in values]
+
+
+def is_log_knob(knob: Knob) -> bool:
+    """Loss weights, and float knobs whose positive range spans decades (an open lower bound
+    of 0 included, e.g. a learning rate), sweep on a log scale."""
+    if knob.type is not float or knob.choices:
+        return False
+    if knob.group == "Loss weights":
+        return True
+    if knob.low is None or knob.high is None:
+        return False
+    if knob.low == 0:
+        return knob.low_open
+    return knob.low > 0 and knob.high / knob.low >= 100
 
 
 def effect_panel(runs: list[Run]) -> None:

@@ -1,0 +1,39 @@
+"""The README's noise-floor table from `dimalign compare --replicates N --json` output: for
+each method and metric, whether its mean |gap to its own replicate's retrained model| lies
+within the retrain-vs-retrain noise floor (✓) or not (✗), with the gap beside it.
+
+    .venv/bin/dimalign compare --preset digits-class --methods all --replicates 3 --json \\
+        > compare.json
+    .venv/bin/python bench/noise_floor_table.py compare.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from dimalign.metric_table import TABLE, shown
+from dimalign.replicates import inside
+
+
+def table(result: dict) -> str:
+    floor = result["noise_floor"]
+    keys = [k for k in shown("compare") if floor.get(k) is not None]
+    lines = ["| method | " + " | ".join(TABLE[k].title for k in keys) + " |",
+             "|---|" + "---|" * len(keys),
+             "| *noise floor* | " + " | ".join(f"{floor[k]:.3f}" for k in keys) + " |"]
+    for name, row in result["methods"].items():
+        if name in ("original", "retrain"):
+            continue
+        cells = []
+        for k in keys:
+            gap = row["mean_abs_gap"].get(k)
+            mark = {True: "✓", False: "✗", None: "–"}[inside(gap, floor[k])]
+            cells.append(mark if gap is None else f"{mark} {gap:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1]) as fh:
+        print(table(json.load(fh)))
