@@ -484,6 +484,12 @@ def confusion_figure(audit: dict) -> go.Figure:
     fig.update_yaxes(title_text="true class", col=1)
     fig.update_xaxes(title_text="predicted")
     fig.update_layout(height=360, margin=dict(l=50, r=20, t=40, b=40))
+    return fig
+
+
+# ---------------------------------------------------------------------------- replicates
+
+
 def _error_bars(sd: list) -> dict:
     return dict(type="data", array=[0.0 if v is None else v for v in sd], visible=True,
                 thickness=1.2, width=3)
