@@ -38,7 +38,8 @@ RUNS = {  # label: (method, overrides)
     "l1_sparse alpha=2e-2": ("l1_sparse", ["l1_sparse.alpha=0.02"]),
     "ga scripts' lr 1e-4, batch 256, aug": ("ga", ["ga.lr=1e-4", "ga.batch_size=256",
                                                      "ga.augment=true"]),
-    "ga default (lr 1e-3, batch 64)": ("ga", []),
+    "ga lr 1e-3, batch 64 (default until 2026-11-26)": ("ga", ["ga.lr=1e-3"]),
+    "ga default (lr 5e-4, batch 64)": ("ga", []),
     "ft reference (default)": ("ft", []),
 }
 

@@ -1,6 +1,7 @@
 """The README's noise-floor table from `dimalign compare --replicates N --json` output: for
 each method and metric, whether its mean |gap to its own replicate's retrained model| lies
-within the retrain-vs-retrain noise floor (✓) or not (✗), with the gap beside it.
+within the retrain-vs-retrain noise floor (✓) or not (✗), with the gap beside it; then the
+README's second table, each model's metrics as mean ± sd over the replicates.
 
     .venv/bin/dimalign compare --preset digits-class --methods all --replicates 3 --json \\
         > compare.json
@@ -34,6 +35,21 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+MEAN_SD_KEYS = ("acc_retain", "acc_forget", "acc_test", "mia", "da", "avg_gap", "time_fraction")
+
+
+def mean_sd_table(result: dict) -> str:
+    lines = ["| model | " + " | ".join(MEAN_SD_KEYS) + " |", "|---|" + "---|" * len(MEAN_SD_KEYS)]
+    for name, row in result["methods"].items():
+        cells = []
+        for k in MEAN_SD_KEYS:
+            mean, sd = row["mean"].get(k), row["sd"].get(k)
+            cells.append("—" if mean is None else f"{mean:.3f} ± {sd:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     with open(sys.argv[1]) as fh:
-        print(table(json.load(fh)))
+        result = json.load(fh)
+    print(table(result), "", mean_sd_table(result), sep="\n")

@@ -164,15 +164,21 @@ def test_methods_json_lists_variants_and_their_own_defaults(cli):
 
 
 def test_every_default_keeps_retain_accuracy_within_0_05_of_retrained(default_baselines):
-    """Issue 17's bar on the default preset: no baseline's defaults break the model."""
+    """Issue 17's bar on the default preset, as a mean over 3 replicates (one replicate's
+    figure is not a finding): no baseline's defaults break the model."""
     from dimalign.metrics import evaluate
+    from dimalign.train import get_baselines
 
-    b = default_baselines
-    cfg = build_config("digits-class")
-    models = {"retrained": b.retrained}
-    for name in BASELINES:
-        models[name] = unlearn(cfg, REGISTRY[name], b.experiment, b.original, b.device).model
-    m, _ = evaluate(models, b.experiment, cfg.eval)
-    retrained = m["retrained"]["acc_retain"]
-    lost = {n: round(retrained - m[n]["acc_retain"], 3) for n in BASELINES}
-    assert all(v <= 0.05 for v in lost.values()), lost
+    lost = {name: [] for name in BASELINES}
+    for replicate in range(3):
+        cfg = build_config("digits-class", [f"replicate={replicate}"])
+        b = default_baselines if replicate == 0 else get_baselines(cfg)
+        models = {"retrained": b.retrained}
+        for name in BASELINES:
+            models[name] = unlearn(cfg, REGISTRY[name], b.experiment, b.original,
+                                   b.device).model
+        m, _ = evaluate(models, b.experiment, cfg.eval)
+        for name in BASELINES:
+            lost[name].append(m["retrained"]["acc_retain"] - m[name]["acc_retain"])
+    mean_lost = {n: round(sum(v) / len(v), 3) for n, v in lost.items()}
+    assert all(v <= 0.05 for v in mean_lost.values()), mean_lost
