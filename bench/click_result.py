@@ -26,20 +26,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import workshop  # noqa: E402
 from _common import header, median  # noqa: E402
-from workshop import (PRESET, PYTHON, ROOT, open_page, serve, stop_background,  # noqa: E402
-                      stop_server, wait_idle)
-
-from find_browser import MISSING, find  # noqa: E402  (tests/ is on the path via workshop)
+from find_browser import MISSING, find  # noqa: E402
 
 OWNER = "bench"
 TIMEOUT = 300.0  # seconds one answer may take before the round counts as failed
 
 
 def train(env: dict, *sets: str) -> None:
-    done = subprocess.run([str(PYTHON if PYTHON.exists() else sys.executable), "-m", "dimalign",
-                           "run", "--preset", PRESET, *sum((["--set", s] for s in sets), [])],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+    python = workshop.PYTHON if workshop.PYTHON.exists() else sys.executable
+    args = ["run", "--preset", workshop.PRESET, *sum((["--set", s] for s in sets), [])]
+    done = subprocess.run([str(python), "-m", "dimalign", *args], cwd=workshop.ROOT, env=env,
+                          capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"training the baselines failed:\n{done.stderr[-2000:]}")
 
@@ -62,33 +62,38 @@ def audit_drawn(page) -> bool:
             and page.locator(".js-plotly-plot").count() >= 4)
 
 
-def tune_drawn(page) -> bool:
-    return (page.get_by_text("Best setting:").count() > 0
-            and page.locator(".js-plotly-plot").count() >= 1)
+def tune_drawn(page, new: set[str]) -> bool:
+    """The chart and a best setting naming one of this sweep's runs (not the last sweep's,
+    which stays on screen until the click's rerun arrives)."""
+    best = page.get_by_text("Best setting:")
+    return (bool(new) and best.count() > 0 and page.locator(".js-plotly-plot").count() >= 1
+            and any(run in best.first.inner_text() for run in new))
 
 
 def set_field(page, label: str, value: str) -> None:
-    field = page.get_by_label(label, exact=False).first
+    field = page.locator(f"input[aria-label^='{label}']").first  # not the label's help button
     field.fill(value)
     field.press("Enter")
-    wait_idle(page)
+    workshop.wait_idle(page)
 
 
-def audit_round(page, steps: int) -> tuple[float, float]:
-    """Click → the audit drawn, and the audit job's own running time."""
+def audit_round(page, steps: int) -> tuple[float, float, str]:
+    """Click → the audit drawn, the audit job's own running time, and where the rest went."""
     from dimalign.store import Store
 
     set_field(page, "Relearn steps s", str(steps))
     button = page.get_by_role("button", name="Compute the audit")
     button.wait_for(timeout=60_000)
-    start = time.perf_counter()
+    start, clicked = time.perf_counter(), time.time()
     button.click()
     page.get_by_text("1. Where in the network").first.wait_for(timeout=TIMEOUT * 1000)
     seconds = time.perf_counter() - start + until(page, audit_drawn)
     job = max(Store().runs(kind="audit", owner=OWNER), key=lambda r: r.created)
+    parts = (f"click→queued {job.created - clicked:.2f}, queued {job.started - job.created:.2f},"
+             f" job done→drawn {clicked + seconds - job.finished:.2f}")
     if job.status != "done":
         raise SystemExit(f"audit job {job.id} ended {job.status}: {job.error}")
-    return seconds, job.finished - job.started
+    return seconds, job.finished - job.started, parts
 
 
 def tune_round(page, values: str) -> tuple[float, float, int]:
@@ -96,12 +101,14 @@ def tune_round(page, values: str) -> tuple[float, float, int]:
     from dimalign.store import Store
 
     set_field(page, "lambda_da: values", values)
-    before = {r.id for r in Store().runs(owner=OWNER)}
-    start = time.perf_counter()
+    before = {r.id for r in Store().runs(owner=OWNER, kind="unlearn")}
     page.get_by_role("button", name="Sweep", exact=True).click()
-    page.get_by_text("runs done").first.wait_for(timeout=60_000)
-    seconds = time.perf_counter() - start + until(page, tune_drawn)
-    runs = [r for r in Store().runs(owner=OWNER) if r.id not in before and r.kind == "unlearn"]
+
+    def new_runs() -> set[str]:
+        return {r.id for r in Store().runs(owner=OWNER, kind="unlearn")} - before
+
+    seconds = until(page, lambda p: tune_drawn(p, new_runs()))
+    runs = [Store().get(i) for i in new_runs()]
     if not runs or any(r.status != "done" for r in runs):
         raise SystemExit(f"sweep runs not all done: {[(r.id, r.status) for r in runs]}")
     span = max(r.finished for r in runs) - min(r.started for r in runs)
@@ -116,7 +123,8 @@ def main() -> None:
     if not chromium:
         raise SystemExit(MISSING)
     header("click to answer: Audit and Tune through make app",
-           {"rounds": args.rounds, "preset": PRESET, "browser": chromium, "server": "make app"})
+           {"rounds": args.rounds, "preset": workshop.PRESET, "browser": chromium,
+            "server": "make app"})
     tmp = tempfile.mkdtemp(prefix="dimalign-click-")
     home = f"{tmp}/home"
     os.environ["DIMALIGN_HOME"] = home
@@ -127,27 +135,28 @@ def main() -> None:
     try:
         train(env)
         train(env, "replicate=1")  # Tune's default of 2 replicates finds both warm
-        proc, url = serve(env, Path(tmp) / "make-app.log")
+        proc, url = workshop.serve(env, Path(tmp) / "make-app.log")
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
             try:
-                page = open_page(browser, url, OWNER)  # Unlearn (live)
+                page = workshop.open_page(browser, url, OWNER)  # Unlearn (live)
                 page.get_by_role("button", name="Run", exact=True).click()
                 page.get_by_text("done.").first.wait_for(timeout=TIMEOUT * 1000)
                 page.get_by_role("link", name="Audit", exact=True).click()
                 page.get_by_role("button", name="Compute the audit").wait_for(timeout=60_000)
-                wait_idle(page)
+                workshop.wait_idle(page)
                 for i in range(args.rounds + 1):  # round 0 warms the page, not reported
-                    seconds, worker = audit_round(page, 40 + i)
-                    print(f"audit round {i}: click → drawn {seconds:.2f} s, job {worker:.2f} s")
+                    seconds, worker, parts = audit_round(page, 40 + i)
+                    print(f"audit round {i}: click → drawn {seconds:.2f} s, job {worker:.2f} s"
+                          f" ({parts})")
                     if i:
                         audit.append((seconds, worker))
                 page.get_by_role("link", name="Tune", exact=True).click()
                 page.get_by_role("button", name="Sweep", exact=True).wait_for(timeout=60_000)
-                wait_idle(page)
+                workshop.wait_idle(page)
                 for i in range(args.rounds + 1):
                     values = ", ".join(f"{v * (1 + i / 10):g}" for v in (0.5, 5.0, 50.0))
                     seconds, span, n = tune_round(page, values)
@@ -166,8 +175,8 @@ def main() -> None:
                   f"the app adds {answer - base:.2f} s ({answer / base:.2f}x)")
     finally:
         if proc is not None:
-            stop_server(proc)
-        stop_background(home)
+            workshop.stop_server(proc)
+        workshop.stop_background(home)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

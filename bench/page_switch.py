@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, median  # noqa: E402
 
-PAGES = ["Experiment", "Unlearn (live)", "Eigenspectra", "Principal angles", "Manifolds",
-         "Compare", "Learn"]
+PAGES = ["Experiment", "Unlearn (live)", "Tune", "Eigenspectra", "Principal angles", "Manifolds",
+         "Audit", "Compare", "Learn"]
 BARE_PAGE = """import plotly.graph_objects as go
 import streamlit as st
 st.title({title!r})
@@ -38,10 +38,11 @@ st.navigation([st.Page("pages/a.py", title="Alpha"), st.Page("pages/b.py", title
 
 
 def prepare(home: str) -> None:
-    """A finished baselines job, a MUDA run and its 600-point UMAP in the store."""
+    """A finished baselines job, a MUDA run, its 600-point UMAP and its audit in the store."""
     os.environ["DIMALIGN_HOME"] = home
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".dimalign" / "numba-cache"))
-    from dimalign.jobs import Scheduler, Slot, submit, submit_embedding
+    from dimalign.audit import AuditSettings
+    from dimalign.jobs import Scheduler, Slot, submit, submit_audit, submit_embedding
     from dimalign.store import Store
 
     store = Store()
@@ -58,6 +59,7 @@ def prepare(home: str) -> None:
     run = submit(store, preset="digits-class", method="muda", owner="bench")
     drain([run])
     drain([submit_embedding(store, run, 600, "bench")])
+    drain([submit_audit(store, run, "bench", AuditSettings())])
 
 
 def serve(app: Path, home: str) -> tuple[subprocess.Popen, str]:
