@@ -158,6 +158,32 @@ def test_unlearn_page_switches_a_baseline_to_its_reference_variant_and_its_defau
     wait_terminal(store, started.id)
 
 
+def test_a_fork_runs_the_knobs_shown_not_its_parents_variant(finished):
+    """Forking a reference-variant run with the knobs at the default variant's values runs
+    that variant with those values: the parent's variant and epochs do not come back."""
+    from dimalign.config import config_from_dict
+
+    store = finished["store"]
+    parent = submit(store, preset="digits-class", owner=OWNER,
+                    overrides=TINY + ["salun.variant=reference", "salun.epochs=1"],
+                    method="salun")
+    ensure_scheduler()
+    wait_terminal(store, parent)
+    assert store.get(parent).status == "done", store.get(parent).error
+    at = page("pages/unlearn.py", parent)
+    at.selectbox(key="method").set_value("salun").run()
+    assert at.selectbox(key="knob_salun_variant").value == "dimalign"
+    before = {r.id for r in store.runs(owner=OWNER)}
+    at.button(key="fork_button").click().run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    (fork,) = [r for r in store.runs(owner=OWNER) if r.id not in before]
+    params = config_from_dict(fork.config).method_params("salun")
+    assert fork.parent_id == parent
+    assert (params["variant"], params["epochs"], params["batch_size"]) == ("dimalign", 3, 64)
+    cancel(store, fork.id)
+    wait_terminal(store, fork.id)
+
+
 def test_experiment_page_switches_to_an_image_folder_and_refuses_a_bad_one(tmp_path):
     from PIL import Image
     from sklearn.datasets import load_digits
