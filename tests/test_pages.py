@@ -359,6 +359,29 @@ def test_tune_page_sweeps_a_knob_on_two_replicates_and_shows_the_noise_floor(fin
     assert "noise floor (retrain vs retrain)" in models
 
 
+def test_tune_draws_a_saved_sweep_of_a_knob_the_picked_method_lacks(finished):
+    """A reload comes back with MUDA picked: the sweep in the address (NegGrad+'s alpha, which
+    MUDA has not) is still drawn, on its own method's knob."""
+    store = finished["store"]
+    ids = [submit(store, preset="digits-class", owner=OWNER, method="neggrad_plus",
+                  overrides=TINY + ["neggrad_plus.epochs=1", f"neggrad_plus.alpha={a}"])
+           for a in (0.9, 0.99)]
+    ensure_scheduler()
+    for run_id in ids:
+        wait_terminal(store, run_id)
+        assert store.get(run_id).status == "done", store.get(run_id).error
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update(owner=OWNER, key=KEY, sweep=",".join(ids), sweep_knobs="alpha")
+    at.session_state["overrides"] = TINY
+    at.session_state["overrides_for"] = "digits-class"
+    at.run()
+    at.switch_page("pages/tune.py").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="tune_method").value == "muda"
+    line = next(t for t in traces(at) if t.get("mode") == "lines+markers")
+    assert list(line["x"]) == [0.9, 0.99]
+
+
 def test_run_every_method_queues_each_method_on_each_replicate_once(finished):
     store = finished["store"]
     at = page("pages/compare.py")
