@@ -382,6 +382,27 @@ def test_tune_draws_a_saved_sweep_of_a_knob_the_picked_method_lacks(finished):
     assert list(line["x"]) == [0.9, 0.99]
 
 
+def test_tune_refuses_a_sweep_larger_than_the_page_can_follow(finished):
+    """The page's own maxima (6 values of two knobs on 10 replicates: 360 runs) exceed the
+    runs a sweep's address keeps: refused in one line, nothing queued, rather than a sweep of
+    which the page silently follows only the first part."""
+    from dimalign.ui.runs import SWEEP_RUNS_KEPT
+
+    store = finished["store"]
+    at = page("pages/tune.py")
+    at.selectbox(key="tune_method").set_value("ga").run()
+    at.multiselect(key="tune_knobs_ga").set_value(["epochs", "lr"]).run()
+    at.slider(key="tune_count").set_value(6).run()
+    at.number_input(key="tune_replicates").set_value(10).run()
+    before = {r.id for r in store.runs(owner=OWNER)}
+    at.button(key="tune_sweep").click().run()
+    new = [r for r in store.runs(owner=OWNER) if r.id not in before]
+    for run in new:  # only if the refusal failed: do not leave them to the scheduler
+        cancel(store, run.id)
+    assert not new and not at.exception
+    assert any(f"at most {SWEEP_RUNS_KEPT}" in e.value for e in at.error), at.error
+
+
 def test_run_every_method_queues_each_method_on_each_replicate_once(finished):
     store = finished["store"]
     at = page("pages/compare.py")

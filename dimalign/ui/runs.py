@@ -124,9 +124,15 @@ def submit_replicates(preset: str, overrides: list[str], methods: list[str], rep
 def start_sweep(preset: str, overrides: list[str], method: str, grid: list[str],
                 replicates: int, who: Identity) -> list[str]:
     """A sweep as `who`, through the shared queue (`sweep.sweep_local`: the scheduler runs it,
-    with whatever backend it is configured with)."""
-    from dimalign.sweep import sweep_local
+    with whatever backend it is configured with). A sweep of more runs than its address
+    keeps is refused: the page could follow only part of it."""
+    from dimalign.errors import ConfigError
+    from dimalign.sweep import parse_grid, sweep_local
 
+    runs = len(parse_grid(grid)) * replicates
+    if runs > SWEEP_RUNS_KEPT:
+        raise ConfigError("sweep", f"{runs} runs; a sweep here may have at most "
+                          f"{SWEEP_RUNS_KEPT}: fewer values or replicates (or `dimalign sweep`)")
     return sweep_local(store(), preset, method, grid, overrides, owner=who.name,
                        replicates=replicates, key=who.key)
 
