@@ -380,6 +380,12 @@ def test_tune_draws_a_saved_sweep_of_a_knob_the_picked_method_lacks(finished):
     assert at.selectbox(key="tune_method").value == "muda"
     line = next(t for t in traces(at) if t.get("mode") == "lines+markers")
     assert list(line["x"]) == [0.9, 0.99]
+    # an address naming a knob Tune does not sweep (a choice) keeps only the numeric ones
+    at.query_params["sweep_knobs"] = "variant,alpha"
+    at.session_state["_sticky_sweep_knobs"] = "variant,alpha"
+    at.run()
+    assert not at.exception, at.exception
+    assert at.query_params["sweep_knobs"] in ("alpha", ["alpha"])
 
 
 def test_tune_refuses_a_sweep_larger_than_the_page_can_follow(finished):

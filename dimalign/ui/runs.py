@@ -166,7 +166,9 @@ def saved_sweep(who: Identity) -> dict | None:
             runs.append(run)
     if not runs or runs[0].method not in REGISTRY:
         return None
-    names = [k for k in knobs.split(",") if k in REGISTRY[runs[0].method].knobs][:2]
+    spec = REGISTRY[runs[0].method]  # only knobs Tune sweeps: numbers, not choices
+    names = [k for k in knobs.split(",") if k in spec.knobs
+             and spec.knobs[k].type in (int, float) and not spec.knobs[k].choices][:2]
     if not names:
         return None
     remember_sweep([r.id for r in runs], names)
