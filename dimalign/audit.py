@@ -63,9 +63,11 @@ class AuditSettings:
             raise ConfigError("relearn_samples", f"must lie in 1..{n_forget - 1} (the forget "
                               f"set has {n_forget} samples; some must stay to score), or 0 "
                               f"for 10 % of them, got {self.relearn_samples}")
-        if self.samples(n_forget) >= n_forget:
-            raise ConfigError("relearn_samples", f"the forget set has only {n_forget} "
-                              "samples: too few to fine-tune on some and score the rest")
+        if self.samples(n_forget) >= n_forget:  # only the automatic m gets here
+            fits = (f"; set relearn_samples to 1..{n_forget - 1}" if n_forget > 1 else
+                    ": too few to fine-tune on some and score the rest")
+            raise ConfigError("relearn_samples", f"the automatic m (10 % of the forget set, at "
+                              f"least 5) leaves none of its {n_forget} samples to score{fits}")
         if not 1 <= self.relearn_steps <= 1000:
             raise ConfigError("relearn_steps", f"must lie in 1..1000, got {self.relearn_steps}")
         if not 2 <= self.bins <= 200:

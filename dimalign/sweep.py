@@ -42,8 +42,17 @@ def plan(preset: str, method: str, grid: Iterable[str], fixed: Iterable[str] = (
     """Every combination on every replicate (replicate-major: the first replicate's runs are
     queued first, so a whole first pass of the grid arrives early), validated before anything
     is queued."""
+    from dimalign.methods import REGISTRY, get_method
+
     if not 1 <= replicates <= REPLICATE_LIMIT:
         raise ConfigError("--replicates", f"must lie in 1..{REPLICATE_LIMIT}, got {replicates}")
+    get_method(method)
+    grid = list(grid)
+    for item in grid:  # another method's knob would change nothing: every run the same
+        owner = item.partition(".")[0].strip()
+        if owner in REGISTRY and owner != method and "." in item.partition("=")[0]:
+            raise ConfigError(item.partition("=")[0].strip(), f"is a knob of {owner}, but the "
+                              f"sweep runs {method}: every run would be the same")
     combos = [list(fixed) + combo for combo in parse_grid(grid)]
     if replicates > 1:
         combos = [[*combo, f"replicate={r}"] for r in range(replicates) for combo in combos]

@@ -96,7 +96,8 @@ def _results() -> None:
         reference, width = 0.0, floor.get(metric)
     else:
         reference, width = retrained["mean"].get(metric), floor.get(metric)
-    log = {k: ui.is_log_knob(spec.knobs[k]) for k in sweep["knobs"]}
+    swept = REGISTRY[sweep["method"]]  # the sweep's own method: the picker may show another
+    log = {k: ui.is_log_knob(swept.knobs[k]) for k in sweep["knobs"]}
     fig = plots.sweep_figure(rows, sweep["knobs"], metric, reference, width, log)
     event = ui.chart(fig, "tune_chart", on_select="rerun", selection_mode="points")
     st.caption("The grey band: within the noise floor (how far retrained models of different "

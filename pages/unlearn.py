@@ -19,8 +19,14 @@ spec = REGISTRY[method]
 st.caption(f"Paper: {spec.paper}")
 
 values = ui.knob_groups(method, spec, cfg.methods.get(method, {}))
-changed = [f"{method}.{k}={str(v).lower() if isinstance(v, bool) else v}"
-           for k, v in spec.differences(values).items()]
+
+
+def _settings(knobs: dict) -> list[str]:
+    return [f"{method}.{k}={str(v).lower() if isinstance(v, bool) else v}"
+            for k, v in knobs.items()]
+
+
+changed = _settings(spec.differences(values))
 overrides = st.session_state.get("overrides", []) + changed
 preset = ui.sticky("preset")
 if who.admin:  # the instructor's view: everyone's runs, nothing to start, cancel or fork
@@ -46,12 +52,24 @@ if not who.admin:
     try:
         if b_run.button("Run", type="primary", key="run_button"):
             ui.start_run(preset, overrides, method, who)
-        if status in ("running", "done") and b_fork.button(
-                "Fork from here", key="fork_button",
-                help="Continue from this run's current weights with the knobs above"):
-            ui.start_run(preset, changed, method, who, parent_id=selected.id)
     except (ConfigError, StoreError) as err:
         st.error(f"Not started: {err}. Change that setting and press Run again.")
+
+    def _fork(parent_id: str, knobs: list[str]) -> None:  # a callback: once per press
+        try:
+            ui.start_run(preset, knobs, method, who, parent_id=parent_id)
+        except (ConfigError, StoreError) as err:
+            st.session_state["_fork_error"] = f"Not forked: {err}. Change that setting and " \
+                                              "fork again."
+
+    if status in ("running", "done"):
+        # every knob as shown: the parent's config may hold other values (or another variant)
+        # where the knobs above show a default
+        b_fork.button("Fork from here", key="fork_button", on_click=_fork,
+                      args=(selected.id, _settings(values)),
+                      help="Continue from this run's current weights with the knobs above")
+    if error := st.session_state.pop("_fork_error", None):
+        st.error(error)
     try:
         if status in ("queued", "running") and b_cancel.button("Cancel", key="cancel_button"):
             cancel(ui.store(), selected.id, who.name, who.key)  # the engine checks the key

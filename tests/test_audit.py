@@ -21,6 +21,7 @@ from dimalign.audit import (
 )
 from dimalign.config import config_from_dict
 from dimalign.data import build_experiment
+from dimalign.errors import ConfigError
 from dimalign.features import forward_all
 from dimalign.jobs import Scheduler, Slot, audit_key, submit, submit_audit
 from dimalign.runner import load_result
@@ -227,6 +228,16 @@ def test_learn_page_links_to_the_audit_and_its_reading_guide(audited):
     assert [(link.proto.page, link.proto.label) for link in links] == [
         ("audit", "Open the Audit page")]
     assert any("README.md#audit" in m.value for m in at.markdown)
+
+
+def test_a_forget_set_too_small_for_the_automatic_m_names_the_m_that_fits():
+    """Five forget samples: the automatic m (at least 5) leaves none to score, but m = 1..4
+    does; the refusal says so rather than calling the forget set too small."""
+    with pytest.raises(ConfigError, match=r"set relearn_samples to 1\.\.4"):
+        AuditSettings().check(5)
+    assert AuditSettings(relearn_samples=4).check(5).samples(5) == 4
+    with pytest.raises(ConfigError, match="too few"):
+        AuditSettings().check(1)
 
 
 def test_backdoor_and_random_scenarios_pick_their_own_non_members_and_relearn_sets():

@@ -158,6 +158,32 @@ def test_unlearn_page_switches_a_baseline_to_its_reference_variant_and_its_defau
     wait_terminal(store, started.id)
 
 
+def test_a_fork_runs_the_knobs_shown_not_its_parents_variant(finished):
+    """Forking a reference-variant run with the knobs at the default variant's values runs
+    that variant with those values: the parent's variant and epochs do not come back."""
+    from dimalign.config import config_from_dict
+
+    store = finished["store"]
+    parent = submit(store, preset="digits-class", owner=OWNER,
+                    overrides=TINY + ["salun.variant=reference", "salun.epochs=1"],
+                    method="salun")
+    ensure_scheduler()
+    wait_terminal(store, parent)
+    assert store.get(parent).status == "done", store.get(parent).error
+    at = page("pages/unlearn.py", parent)
+    at.selectbox(key="method").set_value("salun").run()
+    assert at.selectbox(key="knob_salun_variant").value == "dimalign"
+    before = {r.id for r in store.runs(owner=OWNER)}
+    at.button(key="fork_button").click().run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    (fork,) = [r for r in store.runs(owner=OWNER) if r.id not in before]
+    params = config_from_dict(fork.config).method_params("salun")
+    assert fork.parent_id == parent
+    assert (params["variant"], params["epochs"], params["batch_size"]) == ("dimalign", 3, 64)
+    cancel(store, fork.id)
+    wait_terminal(store, fork.id)
+
+
 def test_experiment_page_switches_to_an_image_folder_and_refuses_a_bad_one(tmp_path):
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -331,6 +357,56 @@ def test_tune_page_sweeps_a_knob_on_two_replicates_and_shows_the_noise_floor(fin
     at = page("pages/unlearn.py", ids[0])
     models = list(at.dataframe[0].value["model"])
     assert "noise floor (retrain vs retrain)" in models
+
+
+def test_tune_draws_a_saved_sweep_of_a_knob_the_picked_method_lacks(finished):
+    """A reload comes back with MUDA picked: the sweep in the address (NegGrad+'s alpha, which
+    MUDA has not) is still drawn, on its own method's knob."""
+    store = finished["store"]
+    ids = [submit(store, preset="digits-class", owner=OWNER, method="neggrad_plus",
+                  overrides=TINY + ["neggrad_plus.epochs=1", f"neggrad_plus.alpha={a}"])
+           for a in (0.9, 0.99)]
+    ensure_scheduler()
+    for run_id in ids:
+        wait_terminal(store, run_id)
+        assert store.get(run_id).status == "done", store.get(run_id).error
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update(owner=OWNER, key=KEY, sweep=",".join(ids), sweep_knobs="alpha")
+    at.session_state["overrides"] = TINY
+    at.session_state["overrides_for"] = "digits-class"
+    at.run()
+    at.switch_page("pages/tune.py").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="tune_method").value == "muda"
+    line = next(t for t in traces(at) if t.get("mode") == "lines+markers")
+    assert list(line["x"]) == [0.9, 0.99]
+    # an address naming a knob Tune does not sweep (a choice) keeps only the numeric ones
+    at.query_params["sweep_knobs"] = "variant,alpha"
+    at.session_state["_sticky_sweep_knobs"] = "variant,alpha"
+    at.run()
+    assert not at.exception, at.exception
+    assert at.query_params["sweep_knobs"] in ("alpha", ["alpha"])
+
+
+def test_tune_refuses_a_sweep_larger_than_the_page_can_follow(finished):
+    """The page's own maxima (6 values of two knobs on 10 replicates: 360 runs) exceed the
+    runs a sweep's address keeps: refused in one line, nothing queued, rather than a sweep of
+    which the page silently follows only the first part."""
+    from dimalign.ui.runs import SWEEP_RUNS_KEPT
+
+    store = finished["store"]
+    at = page("pages/tune.py")
+    at.selectbox(key="tune_method").set_value("ga").run()
+    at.multiselect(key="tune_knobs_ga").set_value(["epochs", "lr"]).run()
+    at.slider(key="tune_count").set_value(6).run()
+    at.number_input(key="tune_replicates").set_value(10).run()
+    before = {r.id for r in store.runs(owner=OWNER)}
+    at.button(key="tune_sweep").click().run()
+    new = [r for r in store.runs(owner=OWNER) if r.id not in before]
+    for run in new:  # only if the refusal failed: do not leave them to the scheduler
+        cancel(store, run.id)
+    assert not new and not at.exception
+    assert any(f"at most {SWEEP_RUNS_KEPT}" in e.value for e in at.error), at.error
 
 
 def test_run_every_method_queues_each_method_on_each_replicate_once(finished):

@@ -169,3 +169,30 @@ def test_an_entry_point_naming_a_method_spec_registers_it(plugin_module):
 def test_the_order_is_the_registration_order_builtins_first():
     assert tuple(REGISTRY) == ORDER
     assert ORDER[: len(BUILTIN)] == BUILTIN and BUILTIN[-1] == "muda"
+
+
+def test_a_plugin_whose_knob_default_breaks_its_own_rules_is_skipped(tmp_path, monkeypatch):
+    """A default outside its knob's range, or a text knob without choices, would break the
+    Unlearn page's widget (or run unchecked): the plugin is skipped with a warning naming it."""
+    (tmp_path / "bad_default.py").write_text(textwrap.dedent("""\
+        import dataclasses
+        from dimalign.methods import REGISTRY
+        from dimalign.methods.base import Knob
+        ft = REGISTRY["ft"]
+        WIDE = dataclasses.replace(ft, name="wide", knobs={
+            **ft.knobs, "noise": Knob(float, 20.0, "noise", 0.0, 10.0, group="Noise")})
+        FREE = dataclasses.replace(ft, name="free", knobs={
+            **ft.knobs, "mode": Knob(str, "a", "a mode", group="Noise")})
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = dict(REGISTRY)
+    try:
+        for value, reason in (("bad_default:WIDE", r"wide\.noise: must lie in \[0, 10\]"),
+                              ("bad_default:FREE", r"free\.mode: .*choices")):
+            with pytest.warns(PluginWarning, match=reason):
+                _load_plugin(EntryPoint("bad", value, "dimalign.methods"))
+            assert before == REGISTRY
+    finally:
+        REGISTRY.clear()
+        REGISTRY.update(before)
+        sys.modules.pop("bad_default", None)

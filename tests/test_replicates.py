@@ -10,6 +10,7 @@ from conftest import TINY
 
 from dimalign.config import build_config
 from dimalign.data import build_experiment
+from dimalign.errors import ConfigError
 from dimalign.metric_table import TIME_FRACTION
 from dimalign.replicates import (
     aggregate,
@@ -126,6 +127,18 @@ def test_sweep_plans_every_combination_on_every_replicate():
     assert [(c.replicate, c.methods["muda"]["lambda_da"]) for c in configs] == [
         (0, 1.0), (0, 2.0), (1, 1.0), (1, 2.0)]
     assert all(c[: len(TINY)] == TINY for c in combos)
+
+
+def test_a_sweep_over_another_methods_knob_is_refused_before_anything_is_queued(cli):
+    from dimalign.store import Store
+
+    before = len(Store().runs())
+    ran = cli("sweep", "--method", "ga", "--set", *TINY, "--grid", "muda.lambda_da=1,2")
+    assert ran.returncode == 2 and "muda.lambda_da" in ran.stderr and "ga" in ran.stderr
+    assert len(Store().runs()) == before
+    with pytest.raises(ConfigError, match="knob of salun"):  # a plain key still sweeps
+        plan("digits-class", "rl", ["seed=1,2", "salun.epochs=1,2"], TINY)
+    assert len(plan("digits-class", "rl", ["seed=1,2", "rl.epochs=1,2"], TINY)[1]) == 4
 
 
 def test_compare_replicates_json_adds_mean_sd_and_a_positive_noise_floor(cli, capsys,

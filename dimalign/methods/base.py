@@ -222,6 +222,10 @@ REGISTRY: dict[str, MethodSpec] = {}
 
 
 def register(spec: MethodSpec) -> MethodSpec:
+    for key, knob in spec.knobs.items():  # a plugin's defaults obey its own knobs' rules
+        if knob.type is str and not knob.choices:
+            raise ConfigError(f"{spec.name}.{key}", "a text knob needs its choices")
+        knob.check(f"{spec.name}.{key}", knob.default)
     for variant, values in spec.variant_defaults.items():  # a typo here is a bug, found early
         spec.knob("variant").check(f"{spec.name}.variant", variant)
         spec.check(values)

@@ -124,9 +124,15 @@ def submit_replicates(preset: str, overrides: list[str], methods: list[str], rep
 def start_sweep(preset: str, overrides: list[str], method: str, grid: list[str],
                 replicates: int, who: Identity) -> list[str]:
     """A sweep as `who`, through the shared queue (`sweep.sweep_local`: the scheduler runs it,
-    with whatever backend it is configured with)."""
-    from dimalign.sweep import sweep_local
+    with whatever backend it is configured with). A sweep of more runs than its address
+    keeps is refused: the page could follow only part of it."""
+    from dimalign.errors import ConfigError
+    from dimalign.sweep import parse_grid, sweep_local
 
+    runs = len(parse_grid(grid)) * replicates
+    if runs > SWEEP_RUNS_KEPT:
+        raise ConfigError("sweep", f"{runs} runs; a sweep here may have at most "
+                          f"{SWEEP_RUNS_KEPT}: fewer values or replicates (or `dimalign sweep`)")
     return sweep_local(store(), preset, method, grid, overrides, owner=who.name,
                        replicates=replicates, key=who.key)
 
@@ -160,7 +166,9 @@ def saved_sweep(who: Identity) -> dict | None:
             runs.append(run)
     if not runs or runs[0].method not in REGISTRY:
         return None
-    names = [k for k in knobs.split(",") if k in REGISTRY[runs[0].method].knobs][:2]
+    spec = REGISTRY[runs[0].method]  # only knobs Tune sweeps: numbers, not choices
+    names = [k for k in knobs.split(",") if k in spec.knobs
+             and spec.knobs[k].type in (int, float) and not spec.knobs[k].choices][:2]
     if not names:
         return None
     remember_sweep([r.id for r in runs], names)
