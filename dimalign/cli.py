@@ -187,7 +187,10 @@ def cmd_compare(args) -> int:
     from dimalign.runner import compare
 
     cfg = build_config(args.preset, args.set)
-    names = list(ORDER) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
+    names = (list(ORDER) if args.methods == "all"
+             else [m.strip() for m in args.methods.split(",") if m.strip()])  # "ga," is ga
+    if not names:
+        raise ConfigError("--methods", "names no method: give 'all' or a comma-separated list")
     for name in names:
         get_method(name)
     result = compare(cfg, names, preset=args.preset, replicates=args.replicates,

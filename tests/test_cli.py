@@ -104,6 +104,13 @@ def test_bad_input_exits_2_with_one_clear_line_and_nothing_on_stdout(args, words
     assert proc.stdout == ""
 
 
+def test_compare_methods_list_ignores_a_trailing_comma_and_refuses_an_empty_one(cli):
+    proc = cli("compare", "--methods", " , ")
+    assert proc.returncode == 2 and "--methods: names no method" in proc.stderr
+    assert "unknown method 'nope'" in cli("compare", "--methods", ",nope").stderr  # not ''
+
+
+
 @pytest.fixture(scope="module")
 def muda_run(tmp_path_factory, cli):
     home = tmp_path_factory.mktemp("cli-muda")
