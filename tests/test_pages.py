@@ -149,6 +149,7 @@ def test_unlearn_page_switches_a_baseline_to_its_reference_variant_and_its_defau
     assert not at.exception
     assert at.slider(key="knob_salun_epochs_reference").value == 10
     assert at.slider(key="knob_salun_batch_size_reference").value == 256
+    assert at.slider(key="knob_salun_batch_size_reference").max == 1024  # room above 256
     assert at.checkbox(key="knob_salun_augment_reference").value is True
     before = {r.id for r in store.runs(owner=OWNER)}
     at.toggle(key="auto_run").set_value(True).run()

@@ -99,10 +99,10 @@ def knob_widget(method: str, name: str, knob: Knob, value, disabled: bool = Fals
     if knob.type is str:
         return st.selectbox(label, knob.choices, index=knob.choices.index(value), key=key,
                             help=help_text, disabled=disabled)
-    if knob.type is int:  # a slider over a useful span: up to 4x the default, at least 50
-        low = int(knob.low or 0)
+    if knob.type is int:  # a useful span: up to 4x the default or the start value, at least 50
+        low = int(knob.low or 0)  # (the start value: a variant's own default may be larger)
         high = int(min(knob.high if knob.high is not None else 10**6,
-                       max(50, 4 * int(knob.default), int(value))))
+                       max(50, 4 * max(int(knob.default), int(value)))))
         return st.slider(label, low, high, int(value), key=key, help=help_text,
                          disabled=disabled)
     if knob.high is not None and knob.high <= 1 and knob.default >= 0.05:  # a fraction
