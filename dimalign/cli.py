@@ -171,7 +171,7 @@ def cmd_methods(args) -> int:
             for key in keys:
                 knob = spec.knobs[key]
                 extra = f" one of {', '.join(knob.choices)}" if knob.choices else ""
-                if knob.type in (int, float) and not knob.choices:
+                if knob.numeric:
                     extra = f" in {knob.range_text()}"
                 print(f"{'':<16}{name}.{key} = {knob.default!r:<8} {knob.help};{extra}"
                       + (f" [{knob.source}]" if knob.source != "choice" else ""))

@@ -12,6 +12,7 @@ from dimalign.methods import ORDER, REGISTRY
 from dimalign.metric_table import TABLE, TIME_FRACTION, shown
 from dimalign.replicates import baseline_rows, setting_rows
 from dimalign.store import ACTIVE, StoreError
+from dimalign.sweep import parse_grid
 
 cfg, who = ui.page("Tune")
 
@@ -19,7 +20,7 @@ methods = [m for m in ORDER if REGISTRY[m].trains]
 method = st.selectbox("Method", methods, index=methods.index("muda"), key="tune_method",
                       format_func=lambda m: f"{REGISTRY[m].title} — {REGISTRY[m].description}")
 spec = REGISTRY[method]
-numeric = [n for n, k in spec.knobs.items() if k.type in (int, float) and not k.choices]
+numeric = [n for n, k in spec.knobs.items() if k.numeric]
 knobs = st.multiselect("Knobs to sweep (one or two)", numeric, default=numeric[:1],
                        max_selections=2, key=f"tune_knobs_{method}")
 c1, c2 = st.columns(2)
@@ -37,12 +38,12 @@ for col, name in zip(st.columns(max(1, len(knobs))), knobs, strict=False):
                           suggested, key=f"tune_values_{method}_{name}_{count}",
                           help=knob.help)
     grid.append(f"{method}.{name}={text}")
-sizes = [len([v for v in g.partition("=")[2].split(",") if v.strip()]) for g in grid]
-total = math.prod(sizes) * replicates if knobs else 0
+try:
+    total = len(parse_grid(grid)) * replicates if knobs else 0
+except ConfigError:  # a box without values: the Sweep press says what is wrong
+    total = 0
 st.caption(f"{total} runs: every combination on {replicates} replicate(s), queued with your "
            "other runs; the rest of this experiment's settings come from the sidebar.")
-
-
 
 def _sweep() -> None:  # a callback: it runs once per press, before the page redraws
     try:

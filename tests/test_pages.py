@@ -315,6 +315,16 @@ def test_live_curves_draw_reference_lines_on_the_matching_panel():
     assert "Dimensional Alignment (forget vs retain)" in texts  # panel titles kept
 
 
+def tune_reloaded(ids: list[str], knobs: str) -> AppTest:
+    """The Tune page opened from an address that names a sweep's runs and knobs (a reload)."""
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update(owner=OWNER, key=KEY, sweep=",".join(ids), sweep_knobs=knobs)
+    at.session_state["overrides"] = TINY
+    at.session_state["overrides_for"] = "digits-class"
+    at.run()
+    return at.switch_page("pages/tune.py").run()
+
+
 def test_tune_page_sweeps_a_knob_on_two_replicates_and_shows_the_noise_floor(finished):
     """Last in this module: its second replicate makes the Compare page show mean ± sd."""
     from dimalign.plots import NOISE_LABEL
@@ -344,12 +354,7 @@ def test_tune_page_sweeps_a_knob_on_two_replicates_and_shows_the_noise_floor(fin
     assert {NOISE_LABEL, "retrained"} <= texts  # the grey band and the retrained line
     assert any("Best setting: epochs=" in s.value for s in at.success)
     # a reload comes back to the sweep: its runs and knobs are in the address
-    again = AppTest.from_file(APP, default_timeout=60)
-    again.query_params.update(owner=OWNER, key=KEY, sweep=",".join(ids), sweep_knobs="epochs")
-    again.session_state["overrides"] = TINY
-    again.session_state["overrides_for"] = "digits-class"
-    again.run()
-    again.switch_page("pages/tune.py").run()
+    again = tune_reloaded(ids, "epochs")
     assert not again.exception and len(again.get("plotly_chart")) == 1
 
     # the Compare page pairs them by replicate: mean ± sd and the noise floor
@@ -376,12 +381,7 @@ def test_tune_draws_a_saved_sweep_of_a_knob_the_picked_method_lacks(finished):
     for run_id in ids:
         wait_terminal(store, run_id)
         assert store.get(run_id).status == "done", store.get(run_id).error
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params.update(owner=OWNER, key=KEY, sweep=",".join(ids), sweep_knobs="alpha")
-    at.session_state["overrides"] = TINY
-    at.session_state["overrides_for"] = "digits-class"
-    at.run()
-    at.switch_page("pages/tune.py").run()
+    at = tune_reloaded(ids, "alpha")
     assert not at.exception, at.exception
     assert at.selectbox(key="tune_method").value == "muda"
     line = next(t for t in traces(at) if t.get("mode") == "lines+markers")

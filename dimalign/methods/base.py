@@ -35,6 +35,11 @@ class Knob:
     # the model's features; the config checks that, since only it knows the model
     feature_count: bool = field(default=False, kw_only=True)
 
+    @property
+    def numeric(self) -> bool:
+        """A number on a range (not one of a few choices): what a slider or a sweep takes."""
+        return self.type in (int, float) and not self.choices
+
     def parse(self, key: str, text: str) -> Any:
         """A value of this knob's type from text (a `--set` override); `check` still applies."""
         return from_text(key, self.type, text)

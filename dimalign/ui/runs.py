@@ -167,8 +167,7 @@ def saved_sweep(who: Identity) -> dict | None:
     if not runs or runs[0].method not in REGISTRY:
         return None
     spec = REGISTRY[runs[0].method]  # only knobs Tune sweeps: numbers, not choices
-    names = [k for k in knobs.split(",") if k in spec.knobs
-             and spec.knobs[k].type in (int, float) and not spec.knobs[k].choices][:2]
+    names = [k for k in knobs.split(",") if k in spec.knobs and spec.knobs[k].numeric][:2]
     if not names:
         return None
     remember_sweep([r.id for r in runs], names)
