@@ -36,7 +36,7 @@ from dimalign.datasets import DatasetInfo
 from dimalign.errors import ConfigError
 from dimalign.features import forward_all
 from dimalign.geometry import DegenerateFeatures, eigenspectrum, linear_cka
-from dimalign.metrics import alignment, entropy
+from dimalign.metrics import alignment, entropy, sample_rows
 from dimalign.models import Classifier, blocks
 
 MODELS = ("original", "retrained", "unlearned")
@@ -96,11 +96,6 @@ def _defined(measure) -> float | None:
         return None
 
 
-def _sample(n: int, size: int, seed: int) -> np.ndarray:
-    """`size` of `n` rows, seeded, in order (the metrics' CKA draws its rows the same way)."""
-    return np.sort(np.random.default_rng(seed).choice(n, size=min(n, size), replace=False))
-
-
 # ---------------------------------------------------------------------------- layers
 
 
@@ -122,7 +117,7 @@ def layer_outputs(model: Classifier, x: torch.Tensor, info: DatasetInfo) -> Laye
     def hook(name: str):
         def keep(_module, _inputs, output) -> None:
             if isinstance(output, torch.Tensor) and output.ndim == 4:
-                pooled[name].append(output.float().mean((2, 3)).cpu())
+                pooled[name].append(output.float().mean((2, 3)))  # copied back once, below
         return keep
 
     handles = [module.register_forward_hook(hook(name)) for name, module in taps]
@@ -131,7 +126,7 @@ def layer_outputs(model: Classifier, x: torch.Tensor, info: DatasetInfo) -> Laye
     finally:
         for handle in handles:
             handle.remove()
-    layers = {name: torch.cat(parts) for name, parts in pooled.items() if parts}
+    layers = {name: torch.cat(parts).cpu() for name, parts in pooled.items() if parts}
     return LayerOutputs(logits, {**layers, PENULTIMATE: penultimate})
 
 
@@ -166,7 +161,8 @@ def layer_geometry(train: dict[str, LayerOutputs], test: dict[str, LayerOutputs]
     the effective rank of the retain features. Undefined values (a collapsed layer) are None."""
     forget, retain = exp.forget_idx, exp.retain_idx
     n_test = len(exp.y_test)
-    rows = torch.from_numpy(_sample(len(forget) + n_test, ev.cka_samples, seed))
+    rng = np.random.default_rng(seed)
+    rows = torch.from_numpy(sample_rows(len(forget) + n_test, ev.cka_samples, rng))
     names = list(next(iter(train.values())).layers)
     out = []
     for layer in names:
@@ -284,8 +280,8 @@ def membership(logits: dict[str, torch.Tensor], exp: Experiment, settings: Audit
                               *score_range(score, k), settings.bins) for score in SCORES}
     kept = {}
     for i, (s, values) in enumerate(per.items()):
-        pick = torch.from_numpy(_sample(len(values["entropy"]), settings.score_samples,
-                                        seed + i))
+        pick = torch.from_numpy(sample_rows(len(values["entropy"]), settings.score_samples,
+                                            np.random.default_rng(seed + i)))
         kept[s] = {score: [round(float(v), 6) for v in values[score][pick]] for score in SCORES}
     return {"auc": membership_auc(per["forget"]["confidence"], per["nonmembers"]["confidence"]),
             "histograms": hist, "scores": kept}
@@ -361,7 +357,7 @@ def relearn_sets(exp: Experiment, settings: AuditSettings, seed: int
         test, name = exp.test_forgotten.nonzero().squeeze(1), "test_forgotten"
     else:
         test, name = torch.arange(len(exp.y_test)), "test"
-    cap = lambda rows: rows[torch.from_numpy(_sample(len(rows), RELEARN_EVAL, seed))]  # noqa
+    cap = lambda rows: rows[torch.from_numpy(sample_rows(len(rows), RELEARN_EVAL, np.random.default_rng(seed)))]  # noqa
     return fit, {"forget": cap(rest.sort().values), name: cap(test)}, name
 
 

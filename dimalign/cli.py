@@ -460,7 +460,7 @@ def cmd_audit(args) -> int:
 
 
 def print_audit(audit: dict, stream=None) -> None:
-    """The audit's numbers as short tables (the Audit page draws them)."""
+    """The audit's numbers as short tables (what the Audit page draws as figures)."""
     stream = stream or sys.stdout
     models = list(audit["mia"])
     head = "".join(f"{m:>11}" for m in models)

@@ -172,6 +172,14 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def avg_gap(row: dict, reference: dict) -> float | None:
+    """Mean |row − reference| over the avg-gap metrics (the accuracies and MIA), skipping
+    missing (None or NaN) entries; None when none is left."""
+    gaps = [abs(gap) for k in avg_gap_keys()
+            if (gap := gap_to_retrained(k, row.get(k), reference.get(k))) is not None]
+    return math.fsum(gaps) / len(gaps) if gaps else None
+
+
 def gap_to_retrained(key: str, value: float | None, retrained: float | None) -> float | None:
     """A metric's gap to the retrained model: value − retrained value (signed). None where
     either is missing (None or NaN), and for a spread (an sd has no gap). A distance metric

@@ -29,7 +29,8 @@ from dimalign.geometry import (
     top_basis,
 )
 from dimalign.memo import LRU
-from dimalign.metric_table import avg_gap_keys, gap_to_retrained
+from dimalign.metric_table import avg_gap as table_avg_gap
+from dimalign.metric_table import avg_gap_keys
 from dimalign.models import Classifier
 
 GAP_KEYS = avg_gap_keys()  # avg-gap averages these (the table's in_avg_gap entries)
@@ -91,7 +92,8 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(1)
 
 
-def _sample(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+def sample_rows(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """`size` of `n` rows (all when fewer), drawn with `rng`, in order."""
     return np.sort(rng.choice(n, size=min(n, size), replace=False))
 
 
@@ -135,8 +137,8 @@ def mia_efficacy(members: tuple[torch.Tensor, torch.Tensor],
     target = mia_score(*forget, feature)[:, None]
     values = []
     for _ in range(repeats):
-        x = np.concatenate([inside[_sample(len(inside), n, rng)],
-                            outside[_sample(len(outside), n, rng)]])[:, None]
+        x = np.concatenate([inside[sample_rows(len(inside), n, rng)],
+                            outside[sample_rows(len(outside), n, rng)]])[:, None]
         y = np.concatenate([np.ones(n), np.zeros(n)])
         svc = SVC(C=3, gamma="auto", kernel="rbf").fit(x, y)
         values.append(float((svc.predict(target) == 0).mean()))
@@ -205,7 +207,7 @@ def nmi(out: Outputs, exp: Experiment, samples: int, seed: int) -> tuple[float, 
     from sklearn.metrics import normalized_mutual_info_score
 
     feats, labels = forget_and_test(out, exp)
-    idx = _sample(len(labels), samples, np.random.default_rng(seed))
+    idx = sample_rows(len(labels), samples, np.random.default_rng(seed))
     if not _finite(feats[idx]):  # a diverged model
         return NAN, len(idx)
     km = KMeans(n_clusters=exp.info.num_classes, n_init=3, random_state=seed)
@@ -300,7 +302,7 @@ def evaluate(models: dict[str, Classifier], exp: Experiment, ev: EvalConfig, see
                 if name in ids else measure(m) for name, m in models.items()}
     outs = {name: out for name, (out, _) in measured.items()}
     result = {name: dict(row) for name, (_, row) in measured.items()}
-    idx = _sample(int(exp.forget.sum()) + len(exp.y_test), ev.cka_samples,
+    idx = sample_rows(int(exp.forget.sum()) + len(exp.y_test), ev.cka_samples,
                   np.random.default_rng(seed))
     shared = {name: forget_and_test(out, exp)[0][idx] for name, out in outs.items()}
     for name, row in result.items():
@@ -316,6 +318,5 @@ def evaluate(models: dict[str, Classifier], exp: Experiment, ev: EvalConfig, see
 def avg_gap(row: dict[str, float], reference: dict[str, float]) -> float:
     """Mean |model - retrained| over GAP_KEYS (the accuracies and MIA); missing or NaN
     entries are skipped."""
-    gaps = [abs(gap) for k in GAP_KEYS
-            if (gap := gap_to_retrained(k, row.get(k), reference.get(k))) is not None]
-    return float(np.mean(gaps)) if gaps else float("nan")
+    value = table_avg_gap(row, reference)
+    return float("nan") if value is None else value

@@ -42,7 +42,7 @@ from dimalign import checked, paths
 from dimalign.errors import ConfigError
 from dimalign.jobs import Scheduler, _env_number, worker_count
 from dimalign.memo import LRU
-from dimalign.store import Run, Store
+from dimalign.store import Run, Store, StoreError
 from dimalign.worker import (
     CANCEL_POLL_SECONDS,
     CHECKPOINT,
@@ -217,7 +217,7 @@ class RayScheduler(Scheduler):
 
         wanted: list[Path] = []
         if job.kind == "audit":  # the audited run's baselines
-            wanted += self.model_files(self.source_config(job.parent))
+            wanted += self.model_files(self.source_config(job.parent.id))
         elif job.kind != "embed":
             wanted += self.model_files(job.config)
             wanted.append(job.folder / CHECKPOINT)
@@ -240,15 +240,12 @@ class RayScheduler(Scheduler):
                 self.store.update(run.id, phase=f"{err}; the job goes on without it")
         return refs
 
-    @staticmethod
-    def source_config(parent: RunRef) -> dict:
-        """The config a finished run was evaluated with (empty when its result is unreadable:
+    def source_config(self, parent_id: str) -> dict:
+        """The config a finished run ran with, from the store (empty when the run is gone:
         the job then fails with the reason)."""
-        from dimalign.runner import load_result
-
         try:
-            return load_result(parent.folder)["config"]
-        except (FileNotFoundError, checked.DamagedFile):
+            return self.store.get(parent_id).config or {}
+        except StoreError:
             return {}
 
     def model_files(self, config: dict) -> list[Path]:

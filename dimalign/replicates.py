@@ -17,7 +17,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 
-from dimalign.metric_table import TABLE, TIME_FRACTION, avg_gap_keys, gap_to_retrained
+from dimalign.metric_table import TABLE, TIME_FRACTION, avg_gap, gap_to_retrained
 
 # measured against another model (CKA) or already a distance (avg-gap): between two retrained
 # models these have no gap of the ordinary kind; avg-gap's floor is the pairs' avg-gap
@@ -51,15 +51,6 @@ def summarize(rows: Sequence[dict], keys: Iterable[str]) -> dict[str, dict]:
     return out
 
 
-def pair_avg_gap(row: dict, reference: dict) -> float | None:
-    """Mean |row - reference| over the avg-gap metrics (accuracies and MIA), as
-    `metrics.avg_gap` computes it against the retrained model."""
-    gaps = [abs(g) for k in avg_gap_keys()
-            if (g := gap_to_retrained(k, _value(row.get(k)), _value(reference.get(k))))
-            is not None]
-    return math.fsum(gaps) / len(gaps) if gaps else None
-
-
 def gaps(row: dict, retrained: dict, keys: Iterable[str]) -> dict[str, float | None]:
     """Each key's gap of `row` to `retrained`, which must be the retrained model of the
     replicate `row` was measured in."""
@@ -76,7 +67,7 @@ def paired_abs_gaps(pairs: Sequence[tuple[dict, dict]], keys: Iterable[str]) -> 
         for row, retrained in pairs:
             if key == AVG_GAP:
                 v = _value(row.get(AVG_GAP))
-                values.append(v if v is not None else pair_avg_gap(row, retrained))
+                values.append(v if v is not None else avg_gap(row, retrained))
             else:
                 g = gap_to_retrained(key, _value(row.get(key)), _value(retrained.get(key)))
                 values.append(None if g is None else abs(g))
@@ -95,7 +86,7 @@ def noise_floor(retrained: Sequence[dict], keys: Iterable[str]) -> dict[str, flo
         values = [gap_to_retrained(key, _value(b.get(key)), _value(a.get(key)))
                   for a, b in pairs]
         out[key] = mean_sd(abs(v) for v in values if v is not None)[0]
-    out[AVG_GAP] = mean_sd(pair_avg_gap(b, a) for a, b in pairs)[0]
+    out[AVG_GAP] = mean_sd(avg_gap(b, a) for a, b in pairs)[0]
     return out
 
 
@@ -198,7 +189,7 @@ def baseline_rows(results: Sequence[tuple[dict, dict]],
                   for m, res in zip(models, chosen, strict=True)]
         paired = list(zip(models, retrained, strict=True))
         if role == "original":  # the original's avg-gap, which evaluate gives unlearned models
-            paired = [({**m, AVG_GAP: pair_avg_gap(m, t)}, t) for m, t in paired]
+            paired = [({**m, AVG_GAP: avg_gap(m, t)}, t) for m, t in paired]
             values = [{**v, AVG_GAP: m[AVG_GAP]} for v, (m, _) in zip(values, paired,
                                                                           strict=True)]
         gap_stats = summarize([gaps(m, t, keys) for m, t in paired], keys)

@@ -181,14 +181,14 @@ def cache_key(cfg: Config, role: str) -> dict:
     if cfg.dataset == IMAGEFOLDER:
         # the fingerprint covers the folder's absolute path and every file's size and mtime
         key["data"] = {"image_size": cfg.image_size, "fingerprint": cfg.info.fingerprint}
-    if cfg.replicate:  # replicate 0 keeps the keys models were cached under before replicates
-        key["replicate"] = cfg.replicate
     if role == "original" and cfg.original_checkpoint:
         del key["seed"], key["train"]  # nothing is trained
-        key.pop("replicate", None)
         path = os.path.abspath(os.path.expanduser(cfg.original_checkpoint))
         key["checkpoint"] = {"path": path, "sha256": file_sha256(path)}
-    elif role == "retrained" or cfg.scenario.kind == "backdoor":
+        return key
+    if cfg.replicate:  # replicate 0 keeps the keys models were cached under before replicates
+        key["replicate"] = cfg.replicate
+    if role == "retrained" or cfg.scenario.kind == "backdoor":
         key["scenario"] = scenario_key(cfg)
     return key
 
