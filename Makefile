@@ -2,21 +2,34 @@
 # elsewhere), `make test` runs the whole suite. Each creates .venv and installs the project when it
 # is missing. `make dev` is `make app` that reruns on edits. DIMALIGN_BACKEND=ray
 # DIMALIGN_RAY_ADDRESS=auto make app runs every job on a Ray cluster (README: Beyond one machine).
+#
+# .venv installs exactly requirements.lock (pinned, hashed): a fresh machine gets the versions the
+# suite passed with. `make lock` re-resolves it from pyproject.toml's ranges; `make test-latest`
+# runs the browser and page tests in .venv-latest, on the newest versions those ranges allow.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
+LATEST ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+# the releases this machine's pip is capped at (PyTorch's CUDA wheels on its disk), where it has any
+PIP_CAP := $(wildcard /etc/xdg/pip/constraints.txt)
 export NUMBA_CACHE_DIR ?= $(HOME)/.dimalign/numba-cache
 PORT ?= 8501
 ADDRESS ?= 127.0.0.1
 SERVE = $(BIN)/streamlit run app.py --server.headless true --server.address $(ADDRESS) \
 	--server.port $(PORT)
 
-.PHONY: app dev test test-gpu lint bench clean-venv
+.PHONY: app dev test test-latest test-ui lock test-gpu lint bench clean-venv
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[dev,ray]'
+ifeq ($(LATEST),1)
+	$(BIN)/python -m pip install --upgrade --upgrade-strategy eager -e '.[dev,ray]'
+else
+	$(BIN)/python -m pip install --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --no-deps -e .
+endif
 	$(BIN)/dimalign warm  # UMAP's one-time numba compile, here rather than at the first manifold
 	touch $(STAMP)
 
@@ -33,6 +46,28 @@ dev: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python tests/find_browser.py  # the browser tests' Chromium, installed if missing
 	$(BIN)/python -m pytest
+
+# The UI's tests on the newest versions pyproject.toml allows, in their own venv (the `make app`
+# the browser tests start inherits VENV and LATEST): run it whenever the UI changes, so the next
+# upstream break shows here before a fresh install meets it.
+test-latest:
+	rm -f .venv-latest/.installed
+	$(MAKE) VENV=.venv-latest LATEST=1 .venv-latest/.installed
+	$(MAKE) VENV=.venv-latest LATEST=1 test-ui
+
+test-ui: $(STAMP)
+	$(BIN)/python tests/find_browser.py
+	$(BIN)/python -m pip list --format=freeze | grep -i -E '^(streamlit|plotly|ray|torch)=='
+	$(BIN)/python -m pytest tests/test_e2e.py tests/test_pages.py tests/test_deeplink.py
+
+# requirements.lock from pyproject.toml's ranges, newest allowed, every file's hash; a tool venv of
+# its own, so pip-tools never lands in the app's.
+lock:
+	test -x .venv-lock/bin/python || $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q pip-tools
+	.venv-lock/bin/pip-compile --upgrade --generate-hashes --allow-unsafe --strip-extras \
+	  --no-emit-index-url --no-emit-find-links --extra dev --extra ray \
+	  $(if $(PIP_CAP),-c $(PIP_CAP)) -o $(LOCK) pyproject.toml
 
 # On a machine with CUDA; not part of `make test`. GPU_PY=python3 uses an interpreter that already
 # has torch with CUDA and the project's needs (an offline GPU image) instead of .venv.

@@ -108,7 +108,7 @@ def _results() -> None:
     points = event.selection.points if event else []
     chosen = next((p["customdata"][0] for p in points if p.get("customdata")), None)
     if chosen:
-        ui.remember("run", chosen)
+        ui.follow(chosen)
         st.switch_page("pages/unlearn.py")
     if active:
         return

@@ -49,18 +49,30 @@ selected = ui.pick_run(runs, key="run", with_owner=who.admin) if runs else None
 status = selected.status if selected is not None else None
 if not who.admin:
     b_run, b_cancel, b_fork = st.columns([1, 1, 2])
-    try:
-        if b_run.button("Run", type="primary", key="run_button"):
+
+    # the buttons act in callbacks: before the page is drawn, so this very draw shows the run
+    # the press made (the picker above is already drawn by the time a button's value is read)
+    def _run() -> None:
+        try:
             ui.start_run(preset, overrides, method, who)
-    except (ConfigError, StoreError) as err:
-        st.error(f"Not started: {err}. Change that setting and press Run again.")
+        except (ConfigError, StoreError) as err:
+            st.session_state["_action_error"] = f"Not started: {err}. Change that setting " \
+                                                "and press Run again."
+
+    b_run.button("Run", type="primary", key="run_button", on_click=_run)
 
     def _fork(parent_id: str, knobs: list[str]) -> None:  # a callback: once per press
         try:
             ui.start_run(preset, knobs, method, who, parent_id=parent_id)
         except (ConfigError, StoreError) as err:
-            st.session_state["_fork_error"] = f"Not forked: {err}. Change that setting and " \
-                                              "fork again."
+            st.session_state["_action_error"] = f"Not forked: {err}. Change that setting " \
+                                                "and fork again."
+
+    def _resume(run_id: str) -> None:
+        try:
+            ui.resume_run(run_id, who)
+        except StoreError as err:
+            st.session_state["_action_error"] = f"Not resumed: {err}."
 
     if status in ("running", "done"):
         # every knob as shown: the parent's config may hold other values (or another variant)
@@ -68,7 +80,10 @@ if not who.admin:
         b_fork.button("Fork from here", key="fork_button", on_click=_fork,
                       args=(selected.id, _settings(values)),
                       help="Continue from this run's current weights with the knobs above")
-    if error := st.session_state.pop("_fork_error", None):
+    if status in ("interrupted", "failed", "cancelled") and selected.owner == who.name:
+        b_cancel.button("Resume", key="resume_button", on_click=_resume, args=(selected.id,),
+                        help="Queue it again: it continues from its last checkpoint")
+    if error := st.session_state.pop("_action_error", None):
         st.error(error)
     try:
         if status in ("queued", "running") and b_cancel.button("Cancel", key="cancel_button"):
@@ -97,39 +112,59 @@ floor = ui.noise_floor(cfg, shown("unlearn"))  # None until two replicates have 
 ui.effect_panel([r for r in runs if r.owner == selected.owner])
 
 
-def _panel(run_id: str) -> None:
-    store = ui.store()
-    version = store.version(run_id)  # the curves are read again only when this moves
-    run = store.get(run_id)
-    if run.status == "queued":  # nothing to draw yet: a chart would only cost the browser
-        pos = queue_position(store, run.id)
+def _status_line(run) -> None:
+    if run.status == "queued":
+        pos = queue_position(ui.store(), run.id)
         wait = f", waiting for its baselines ({run.depends_on})" if run.depends_on else ""
         st.info(f"Queued: position {pos}{wait}.")
-        return
-    if run.status == "running":
+    elif run.status == "running":
         st.progress(run.progress or 0.0, text=f"{run.phase or 'running'} — {run.id}")
+    elif run.status == "done":
+        st.success(f"Run {run.id} done.")
     else:
         ui.show_run_error(run)
-        if run.status == "done":
-            st.success(f"Run {run.id} done.")
+
+
+def _curves(run_id: str, final: bool) -> None:
+    store = ui.store()
+    version = store.version(run_id)  # the curves are read again only when this moves
+    if version[0] == "queued":  # nothing to draw yet: a chart would only cost the browser
+        return
     fig = ui.memo_figure(
         ("curves", run_id, version, str(references), tuple(g.run.id for g in ghosts)),
         lambda: plots.telemetry_figure(store.curves(run_id), references,
                                        ghosts=[(g.label, store.curves(g.run.id)) for g in ghosts]))
     ui.chart(fig, f"curves_{run_id}")
-    if run.status == "done" and run.result:
-        ui.result_table(run, ghosts, floor)
+    if final and version[0] == "done":
+        ui.result_table(store.get(run_id), ghosts, floor)
 
+
+STATUS_EVERY = 0.25  # s: the status line's check, one indexed query (the curves redraw each 1 s)
 
 if selected.status in ("queued", "running"):
-    @st.fragment(run_every=1.0)
-    def live() -> None:
-        # the picker and the buttons above were drawn for the status the run had then
-        # (Cancel while running, Fork once it runs): a new status redraws the whole page
-        if ui.store().get(selected.id).status != selected.status:
-            st.rerun()
-        _panel(selected.id)
+    st.session_state.pop("_redraw", None)
 
-    live()
+    @st.fragment(run_every=STATUS_EVERY)
+    def live_status() -> None:
+        # the picker and the buttons above were drawn for the status the run had then (Cancel
+        # while running, Fork once it runs): a new status redraws the whole page. An ending is
+        # shown here first, at once, and the whole page (table, ghosts, Effect) follows a tick
+        # later.
+        if st.session_state.pop("_redraw", None) == selected.id:
+            st.rerun()
+        run = ui.store().get(selected.id)
+        if run.status != selected.status and not run.terminal:
+            st.rerun()
+        _status_line(run)
+        if run.terminal:
+            st.session_state["_redraw"] = selected.id
+
+    @st.fragment(run_every=1.0)
+    def live_curves() -> None:
+        _curves(selected.id, final=False)
+
+    live_status()
+    live_curves()
 else:
-    _panel(selected.id)
+    _status_line(selected)
+    _curves(selected.id, final=True)

@@ -130,6 +130,32 @@ def test_effect_panel_shows_what_the_last_change_did(finished):
     assert any(str(m).startswith("ghost ") for m in table["model"])
 
 
+def test_the_run_picker_follows_each_action_and_a_pick_until_the_next_action(finished):
+    """Streamlit keeps a keyed picker's own value across reruns: every Run must still move it
+    to the run it made (the second one as well as the first), and a pick holds until the
+    person's next action. The address follows the picker, so a reload comes back to it."""
+    store = finished["store"]
+    at = page("pages/unlearn.py", finished["run"])
+    assert at.selectbox(key="run").value == finished["run"]
+    made = []
+    for _ in range(2):
+        at.button(key="run_button").click().run()
+        made.append(store.runs(owner=OWNER, limit=1)[0].id)
+        assert at.selectbox(key="run").value == made[-1], (made, at.selectbox(key="run").value)
+        assert at.query_params["run"] == made[-1]
+    at.selectbox(key="run").set_value(finished["run"]).run()  # the person's own pick
+    at.run()
+    assert at.selectbox(key="run").value == finished["run"]
+    assert at.query_params["run"] == finished["run"]
+    at.button(key="run_button").click().run()
+    made.append(store.runs(owner=OWNER, limit=1)[0].id)
+    assert at.selectbox(key="run").value == made[-1]
+    assert not at.exception, at.exception
+    for run_id in made:
+        cancel(store, run_id)
+        wait_terminal(store, run_id)
+
+
 def test_unlearn_page_refuses_nothing_silently_for_a_bad_knob_combination(finished):
     at = page("pages/unlearn.py", finished["run"])
     at.selectbox(key="method").set_value("bad_teacher").run()

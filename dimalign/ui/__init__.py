@@ -35,6 +35,7 @@ from dimalign.ui.runs import (
     noise_floor,
     remember_sweep,
     replicate_results,
+    resume_run,
     replicate_runs,
     saved_sweep,
     start_run,
@@ -42,7 +43,7 @@ from dimalign.ui.runs import (
     store,
     submit_replicates,
 )
-from dimalign.ui.state import Identity, owner, remember, sticky, use_own_data
+from dimalign.ui.state import Identity, follow, owner, remember, sticky, use_own_data
 from dimalign.ui.widgets import (
     chart,
     effect_panel,
@@ -60,11 +61,12 @@ from dimalign.ui.widgets import (
 
 __all__ = [
     "Ghost", "Identity", "Page", "active_baselines", "baselines_run", "chart", "effect_panel",
-    "ensure_scheduler", "experiment_key", "experiment_runs", "geometry_source", "ghost_runs",
+    "ensure_scheduler", "experiment_key", "experiment_runs", "follow", "geometry_source",
+    "ghost_runs",
     "is_log_knob",
     "knob_groups", "knob_widget", "knobs_moved", "load_geometry", "memo_figure", "noise_floor",
     "owner", "page", "pick_run", "remember", "remember_sweep", "replicate_results",
-    "replicate_runs", "saved_sweep",
+    "replicate_runs", "resume_run", "saved_sweep",
     "require_geometry", "reset_settings", "result_table", "run_label", "settings_error",
     "show_run_error", "sidebar_config", "start_run", "start_sweep", "sticky", "store",
     "submit_replicates", "sweep_grid", "use_own_data",

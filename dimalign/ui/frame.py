@@ -13,7 +13,7 @@ from dimalign.config import preset_names as _preset_names
 from dimalign.errors import ConfigError
 from dimalign.store import Run
 from dimalign.ui import deeplink
-from dimalign.ui.runs import baselines_run, ensure_scheduler, experiment_runs, load_geometry
+from dimalign.ui.runs import baselines_run, ensure_scheduler, load_geometry, replicate_runs
 from dimalign.ui.state import (
     Identity,
     dismiss_owner_notice,
@@ -129,10 +129,12 @@ def reset_settings() -> None:
 
 
 def geometry_source(cfg: Config, who: Identity) -> tuple[Run | None, dict | None]:
-    """The run whose saved geometry a page shows: the chosen finished unlearning run, else
-    the experiment's baselines (original and retrained only). A geometry file that cannot be
-    read shows an error line (load_geometry) and gives None."""
-    runs = experiment_runs(cfg, who, statuses=("done",))
+    """The run whose saved geometry a page shows: the chosen finished unlearning run of any
+    replicate (by default the one the session's newest action made, as on Unlearn), else the
+    experiment's baselines (original and retrained only). A geometry file that cannot be read
+    shows an error line (load_geometry) and gives None."""
+    runs = sorted(replicate_runs(cfg, who, statuses=("done",)), key=lambda r: r.created,
+                  reverse=True)
     run = (pick_run(runs, done_only=True, with_owner=who.admin) if runs
            else baselines_run(cfg))
     if run is None:

@@ -13,7 +13,7 @@ from dimalign.checked import DamagedFile, DiskFull
 from dimalign.config import Config
 from dimalign.store import ACTIVE, Run, Store, StoreError
 from dimalign.train import experiment_key
-from dimalign.ui.state import Identity, remember
+from dimalign.ui.state import Identity, follow, remember
 
 
 def store() -> Store:
@@ -233,8 +233,9 @@ def ghost_runs(runs: list[Run], selected: Run, count: int = 5) -> list[Ghost]:
 
 def start_run(preset: str, overrides: list[str], method: str, who: Identity,
               parent_id: str | None = None, supersede: bool = False) -> None:
-    """Queue a run as `who` (a fork when `parent_id`: of one of `who`'s runs), show it, and
-    redraw. The engine checks `who`'s key. `supersede`: an automatic run, which cancels this
+    """Queue a run as `who` (a fork when `parent_id`: of one of `who`'s runs) and show it: call
+    it from a button's callback, or before the page draws its run picker. The engine checks
+    `who`'s key. `supersede`: an automatic run, which cancels this
     session's previous automatic run if it is still going."""
     from dimalign.jobs import cancel, submit
 
@@ -246,5 +247,14 @@ def start_run(preset: str, overrides: list[str], method: str, who: Identity,
         if previous and store().get(previous).status in ACTIVE:
             cancel(store(), previous, who.name, who.key)
         st.session_state["_auto_run"] = new
-    remember("run", new)
-    st.rerun()
+    follow(new)
+
+
+def resume_run(run_id: str, who: Identity) -> None:
+    """Queue `who`'s interrupted, failed or cancelled run again from its last checkpoint
+    (the engine checks the key), and show it."""
+    from dimalign.jobs import resume
+
+    resume(store(), run_id, who.name, who.key)
+    ensure_scheduler()
+    follow(run_id)

@@ -39,6 +39,13 @@ def remember(name: str, value: str) -> None:
         st.query_params[name] = value
 
 
+def follow(run_id: str) -> None:
+    """The person's newest action (Run, Run on change, Fork, Resume, a click on a Tune point)
+    made or restarted `run_id`: every run picker shows it from the next draw on, over an
+    earlier pick (`widgets.pick_run`)."""
+    remember("run", run_id)
+
+
 class Identity(NamedTuple):
     """Who this browser session is. A participant: a display name (the owner of the runs the
     session starts) and that owner's key, both in the address. The instructor's view

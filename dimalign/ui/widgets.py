@@ -44,19 +44,31 @@ def run_label(run: Run, with_owner: bool = False) -> str:
 
 def pick_run(runs: list[Run], key: str = "run", done_only: bool = False,
              with_owner: bool = False) -> Run | None:
-    """A run picker remembered in the URL (so a reload re-attaches to it); `with_owner`:
-    labels name each run's owner (the instructor's view lists everyone's)."""
+    """A run picker that shows the run this session looks at (`sticky("run")`: the run its
+    newest action made, or the one it picked since; kept in the URL, so a reload comes back to
+    it), else the newest. A pick here is that session's choice until its next action.
+    `with_owner`: labels name each run's owner (the instructor's view lists everyone's)."""
     choices = [r for r in runs if r.status == "done"] if done_only else runs
     if not choices:
         return None
     ids = [r.id for r in choices]
     wanted = sticky("run")
-    index = ids.index(wanted) if wanted in ids else 0
-    chosen = st.selectbox("Run", ids, index=index, key=key,
-                          format_func=lambda i: run_label(
-                              next(r for r in choices if r.id == i), with_owner))
-    remember("run", chosen)
-    return next(r for r in choices if r.id == chosen)
+    # A keyed widget keeps its own state across reruns and ignores `index` (Streamlit >= 1.4x
+    # ties a keyed widget to its key): the supported way to move it is its session_state,
+    # set before the widget is drawn.
+    if wanted in ids and st.session_state.get(key) != wanted:
+        st.session_state[key] = wanted
+    elif st.session_state.get(key) not in ids:
+        st.session_state[key] = ids[0]
+    by_id = {r.id: r for r in choices}
+    chosen = st.selectbox("Run", ids, key=key, on_change=_picked, args=(key,),
+                          format_func=lambda i: run_label(by_id[i], with_owner))
+    return by_id[chosen]
+
+
+def _picked(key: str) -> None:
+    """The person picked a run: it is the one every picker shows until their next action."""
+    remember("run", st.session_state[key])
 
 
 def show_run_error(run: Run) -> None:
