@@ -135,8 +135,9 @@ def _curves(run_id: str, final: bool) -> None:
         lambda: plots.telemetry_figure(store.curves(run_id), references,
                                        ghosts=[(g.label, store.curves(g.run.id)) for g in ghosts]))
     ui.chart(fig, f"curves_{run_id}")
-    if final and version[0] == "done":
-        ui.result_table(store.get(run_id), ghosts, floor)
+    run = store.get(run_id) if final and version[0] == "done" else None
+    if run is not None and run.result:
+        ui.result_table(run, ghosts, floor)
 
 
 STATUS_EVERY = 0.25  # s: the status line's check, one indexed query (the curves redraw each 1 s)

@@ -116,6 +116,42 @@ def wait_idle(page, timeout=60_000):
     page.wait_for_selector("[data-testid='stStatusWidget']", state="detached", timeout=timeout)
 
 
+# what the page's status line says of a run in each state (pages/unlearn.py)
+STATUS_LINE = {"queued": "Queued: position", "running": "— {id}", "done": "Run {id} done.",
+               "cancelled": "Run {id} cancelled", "failed": "Run {id} failed",
+               "interrupted": "Run {id} interrupted"}
+
+
+def wait_page_shows(page, run_id: str, status: str, timeout: float = 120) -> float:
+    """Seconds until the page shows `run_id` in `status` as the person sees it: the Run picker
+    names that run with that status, and the status line under it says so. Fails on an
+    exception on the page, or with what the picker shows at the timeout."""
+    picker, line = page.get_by_role("combobox", name="Run"), STATUS_LINE[status].format(id=run_id)
+    start = time.monotonic()
+    while True:
+        shown = picker.input_value() if picker.count() else ""
+        parts = shown.split(" · ")
+        at = parts.index(run_id) if run_id in parts else -1
+        if at >= 0 and parts[at + 2: at + 3] == [status] and page.get_by_text(line).count():
+            return time.monotonic() - start
+        errors = page.locator("[data-testid='stException']")
+        assert errors.count() == 0, errors.first.inner_text()
+        assert time.monotonic() - start < timeout, \
+            f"after {timeout:.0f} s the page shows {shown!r}, not run {run_id} {status}"
+        time.sleep(0.1)
+
+
+def newest_run(store, owner: str, other_than: tuple[str, ...] = (), timeout: float = 30) -> str:
+    """The id of `owner`'s newest run that is not one of `other_than`, once it exists."""
+    end = time.monotonic() + timeout
+    while True:
+        found = [r.id for r in store.runs(owner=owner) if r.id not in other_than]
+        if found:
+            return found[0]
+        assert time.monotonic() < end, f"{owner} has no new run"
+        time.sleep(0.1)
+
+
 def click_a_manifold_point_and_see_its_image(page) -> None:
     """Click the first point of the first UMAP panel (scattergl draws on a canvas, so its
     pixel position comes from plotly's axes) and expect its image and labels beside it."""
@@ -184,25 +220,24 @@ def test_start_a_muda_run_watch_it_live_and_visit_every_page(server, browser):
         thumb.press("End")
         wait_idle(page)
     page.get_by_role("button", name="Run", exact=True).click()
+    from dimalign.store import Store
 
+    run_id = newest_run(Store(), "e2e")
     counts, end = [], time.monotonic() + 180
     while time.monotonic() < end:
         counts.append(page.evaluate(CURVE_POINTS))
-        if page.get_by_text("done.").count() and counts[-1] > 0:
+        if page.get_by_text(f"Run {run_id} done.").count() and counts[-1] > 0:
             break
         time.sleep(0.5)
-    page.screenshot(path=ARTIFACTS / "unlearn-live.png", full_page=True)
-    page.locator(".js-plotly-plot").first.screenshot(path=ARTIFACTS / "unlearn-curves.png")
     seen = sorted(set(c for c in counts if c > 0))
     assert len(seen) >= 2, f"the live curve never grew: {counts}"
-    assert page.get_by_text("done.").count(), "the run did not finish in the browser"
     # the end of the run redraws the page's top too: the picker says done, Cancel is gone
-    picker, end = page.get_by_role("combobox", name="Run"), time.monotonic() + 15
-    while not picker.input_value().endswith("· muda · done"):
-        assert time.monotonic() < end, f"the run picker still says {picker.input_value()!r}"
-        time.sleep(0.2)
+    wait_page_shows(page, run_id, "done", 15)
     # elements of the previous run stay until the rerun that redraws them has finished
     page.get_by_role("button", name="Cancel").wait_for(state="detached", timeout=15_000)
+    wait_idle(page)
+    page.screenshot(path=ARTIFACTS / "unlearn-live.png", full_page=True)
+    page.locator(".js-plotly-plot").first.screenshot(path=ARTIFACTS / "unlearn-curves.png")
 
     for name in PAGES:
         page.get_by_role("link", name=name, exact=True).click()
@@ -260,13 +295,23 @@ def test_the_server_stays_cheap_while_a_page_watches_a_run(server, browser):
     page.close()
 
 
-def test_three_owners_press_run_together_and_all_finish(server, browser):
-    pages = [open_unlearn(browser, f"trio-{i}", server) for i in range(3)]
+def test_owners_side_by_side_each_see_their_own_first_and_second_run(server, browser):
+    """Three owners press Run at once, then again: each page shows its own run done, then its
+    own second run done (the second used never to reach the screen)."""
+    from dimalign.store import Store
+
+    store = Store()
+    owners = [f"trio-{i}" for i in range(3)]
+    pages = [open_unlearn(browser, who, server) for who in owners]
+    made = {who: () for who in owners}
+    for _ in range(2):
+        for page in pages:
+            page.get_by_role("button", name="Run", exact=True).click()
+        for who, page in zip(owners, pages, strict=True):
+            run_id = newest_run(store, who, made[who])
+            made[who] += (run_id,)
+            wait_page_shows(page, run_id, "done", 240)
     for page in pages:
-        page.get_by_role("button", name="Run", exact=True).click()
-    for page in pages:
-        page.get_by_text("done.").wait_for(timeout=240_000)
-        assert page.locator("[data-testid='stException']").count() == 0
         page.close()
 
 
@@ -274,48 +319,76 @@ GHOST_NAMES = """() => [...document.querySelectorAll('.js-plotly-plot')].flatMap
     gd => (gd.data || []).map(t => t.name || ''))"""
 
 
-def test_run_on_change_reruns_on_a_knob_release_and_cancels_the_superseded_run(server,
-                                                                            browser):
+def ghost_names(page) -> list[str]:
+    return page.evaluate(GHOST_NAMES)
+
+
+def release(page, knob: str, key: str) -> None:
+    """Move a knob's slider with the keyboard, as a person releasing it."""
+    thumb = page.get_by_role("slider", name=knob)
+    thumb.focus()
+    thumb.press(key)
+
+
+def test_run_on_change_and_fork_each_show_their_run_on_the_page(server, browser):
+    """With *Run on change*: a long run superseded by the next release is cancelled and the
+    page moves to the new one; two releases of λ_DA each show their run done with the run
+    before as a ghost named by the change; Fork from here shows the fork done."""
     from dimalign.store import Store
 
     store = Store()
     page = open_unlearn(browser, "steer", server)
     for group in ("Schedule", "Optimiser"):
         page.get_by_text(group, exact=True).click()
-    for label in ("epochs", "retain_fraction"):  # a long run: still going when the next comes
-        thumb = page.get_by_role("slider", name=label)
-        thumb.focus()
-        thumb.press("End")
-        wait_idle(page)
+    release(page, "retain_fraction", "End")  # every retain sample: a longer epoch
+    wait_idle(page)
     page.get_by_role("paragraph").filter(has_text=re.compile(r"^Run on change$")).click()
     wait_idle(page)
     assert not store.runs(owner="steer")  # switching it on only records the knobs
-    lam = page.get_by_role("slider", name="lambda_da")
-    lam.focus()
-    lam.press("ArrowRight")
-    end = time.monotonic() + 60
-    while not store.runs(owner="steer", statuses=("running",)):
-        assert time.monotonic() < end, "the first automatic run never started"
-        time.sleep(0.1)
-    (first,) = store.runs(owner="steer")
-    wait_idle(page)
-    lam = page.get_by_role("slider", name="lambda_da")
-    lam.focus()
-    lam.press("ArrowRight")
-    while len(store.runs(owner="steer")) < 2:
-        assert time.monotonic() < end, "moving the knob again started no run"
-        time.sleep(0.1)
-    second = next(r for r in store.runs(owner="steer") if r.id != first.id)
-    while store.get(first.id).status != "cancelled":
-        assert time.monotonic() < end, f"the superseded run is {store.get(first.id).status}"
-        time.sleep(0.1)
-    assert second.config["muda"]["lambda_da"] != first.config["muda"]["lambda_da"]
-    end = time.monotonic() + 60
-    while not any("λ_DA" in name for name in page.evaluate(GHOST_NAMES)):
-        assert time.monotonic() < end, f"no ghost trace: {page.evaluate(GHOST_NAMES)}"
-        time.sleep(0.3)
+    release(page, "epochs", "End")  # the longest schedule: still going at the next release
+    long = newest_run(store, "steer")
+    wait_page_shows(page, long, "running")
+    release(page, "epochs", "Home")  # one epoch: quick
+    short = newest_run(store, "steer", (long,))
+    wait_page_shows(page, short, "done")
+    assert store.get(long).status == "cancelled"
+    assert f"{long[:6]}: epochs 50 → 1" in ghost_names(page), ghost_names(page)
+    made = [short]
+    for before, after in (("5", "10"), ("10", "20")):
+        release(page, "lambda_da", "ArrowRight")
+        made.append(newest_run(store, "steer", (long, *made)))
+        wait_page_shows(page, made[-1], "done")
+        label = f"{made[-2][:6]}: λ_DA {before} → {after}"
+        end = time.monotonic() + 30
+        while label not in ghost_names(page):
+            assert time.monotonic() < end, f"no ghost {label!r}: {ghost_names(page)}"
+            time.sleep(0.2)
+    assert [store.get(i).config["muda"]["lambda_da"] for i in made] == [5.0, 10.0, 20.0]
     wait_idle(page)
     page.locator(".js-plotly-plot").first.screenshot(path=ARTIFACTS / "unlearn-ghosts.png")
+    page.get_by_role("button", name="Fork from here").click()
+    fork = newest_run(store, "steer", (long, *made))
+    assert store.get(fork).parent_id == made[-1]
+    wait_page_shows(page, fork, "done")
+    assert f"fork of {made[-1]}" in page.get_by_role("combobox", name="Run").input_value()
+    page.close()
+
+
+def test_cancel_then_resume_each_show_on_the_page(server, browser):
+    from dimalign.jobs import submit
+    from dimalign.store import Store
+
+    store = Store()
+    page = open_unlearn(browser, "resumer", server)
+    run_id = submit(store, preset="digits-class", overrides=["muda.epochs=24"],
+                    owner="resumer")
+    page.reload()  # the run was queued outside this page (as `dimalign submit` would)
+    wait_page_shows(page, run_id, "running")
+    page.get_by_role("button", name="Cancel").click()
+    wait_page_shows(page, run_id, "cancelled", 60)
+    page.get_by_role("button", name="Resume").click()
+    wait_page_shows(page, run_id, "done", 180)
+    assert store.get(run_id).status == "done"
     page.close()
 
 
@@ -376,7 +449,7 @@ def test_alices_name_without_her_key_cannot_cancel_her_run(server, browser):
     # alice herself can (her address carries the key)
     alice.reload()
     alice.get_by_role("button", name="Cancel").click()
-    wait_status(store, run_id, ("cancelled",), 60)
+    wait_page_shows(alice, run_id, "cancelled", 60)
     alice.close()
 
 
@@ -419,10 +492,5 @@ def test_a_two_knob_sweep_on_tune_draws_a_heatmap_whose_cell_opens_its_run(serve
     x, y, run_id = page.evaluate(HEATMAP_CELL)
     page.mouse.click(x, y)
     page.get_by_role("heading", name="Unlearn").first.wait_for(timeout=60_000)
-    picker, end = page.get_by_role("combobox", name="Run"), time.monotonic() + 30
-    picker.wait_for(timeout=30_000)
-    while run_id not in picker.input_value():
-        assert time.monotonic() < end, f"Unlearn shows {picker.input_value()!r}, not {run_id}"
-        time.sleep(0.2)
-    assert page.locator("[data-testid='stException']").count() == 0
+    wait_page_shows(page, run_id, "done", 60)
     page.close()

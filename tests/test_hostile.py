@@ -657,7 +657,7 @@ def test_a_name_without_its_key_is_a_fresh_guest_with_a_notice(home, monkeypatch
     at.switch_page("pages/unlearn.py").run()
     assert not at.exception
     assert "cancel_button" not in keys_on(at) and "fork_button" not in keys_on(at)
-    assert not [s for s in at.selectbox if s.key == "run"]  # none of alice's runs listed
+    assert not [s for s in at.selectbox if s.label == "Run"]  # none of alice's runs listed
     assert "taken" in warnings(at)  # the notice stays until it is dismissed
     at.button(key="owner_notice_ok").click().run()
     assert not at.warning and not home.get(run).cancel_requested
@@ -694,7 +694,7 @@ def test_the_instructor_key_shows_every_run_read_only(home, monkeypatch):
     assert "train_baselines" not in keys_on(at)
     at.switch_page("pages/unlearn.py").run()
     assert not at.exception
-    picker = at.selectbox(key="run")
+    (picker,) = [s for s in at.selectbox if s.label == "Run"]
     assert set(picker.options) >= {f"alice · {runs['alice']} · muda · running",
                                    f"bob · {runs['bob']} · muda · done"}
     assert not keys_on(at) & {"run_button", "cancel_button", "fork_button", "auto_run"}

@@ -4,6 +4,7 @@ sliders built from a method's registry entry, and the result and effect tables."
 from __future__ import annotations
 
 import math
+import zlib
 
 import streamlit as st
 
@@ -52,17 +53,20 @@ def pick_run(runs: list[Run], key: str = "run", done_only: bool = False,
     if not choices:
         return None
     ids = [r.id for r in choices]
-    wanted = sticky("run")
-    # A keyed widget keeps its own state across reruns and ignores `index` (Streamlit >= 1.4x
-    # ties a keyed widget to its key): the supported way to move it is its session_state,
-    # set before the widget is drawn.
-    if wanted in ids and st.session_state.get(key) != wanted:
-        st.session_state[key] = wanted
-    elif st.session_state.get(key) not in ids:
-        st.session_state[key] = ids[0]
     by_id = {r.id: r for r in choices}
-    chosen = st.selectbox("Run", ids, key=key, on_change=_picked, args=(key,),
-                          format_func=lambda i: run_label(by_id[i], with_owner))
+    labels = {i: run_label(by_id[i], with_owner) for i in ids}
+    # Streamlit (1.67) keeps a keyed widget's own value across reruns, ignoring `index`, and its
+    # selectbox redraws a changed option label (a run's new status) only on every other rerun:
+    # the widget gets a key of its own per set of labels, and its value is set through
+    # session_state before it is drawn (the supported way to move a widget).
+    widget = f"{key}_{zlib.crc32(repr(labels).encode()):08x}"
+    wanted = sticky("run")
+    if wanted in ids and st.session_state.get(widget) != wanted:
+        st.session_state[widget] = wanted
+    elif st.session_state.get(widget) not in ids:
+        st.session_state[widget] = ids[0]
+    chosen = st.selectbox("Run", ids, key=widget, on_change=_picked, args=(widget,),
+                          format_func=labels.__getitem__)
     return by_id[chosen]
 
 
