@@ -92,8 +92,15 @@ def _cell(value, sd) -> str:
     return f"{value:.3f} ± {sd:.3f}" if sd is not None else f"{value:.3f}"
 
 
+latest = ui.sticky("run")  # the run this person's newest action made (or their pick since)
+mine = next((row for row in settings if latest in row.get("runs", {}).values()), None)
+
+
 def _shade(row: dict, key: str) -> str:
-    """Grey where the mean |gap| lies within the noise floor; else red growing with it."""
+    """Grey where the mean |gap| lies within the noise floor; else red growing with it. The
+    row of the person's latest run: its run cell blue."""
+    if key == "run" and row is mine:
+        return "background-color: rgba(66, 133, 244, 0.35); font-weight: bold"
     if key not in KEYS or (TABLE[key].distance and floor is None):
         return ""
     gap = row["abs_gap"].get(key)
@@ -118,6 +125,10 @@ columns = {k: st.column_config.Column(help=f"{TABLE[k].title}: {TABLE[k].descrip
 columns[TIME_FRACTION.name] = st.column_config.Column(TIME_FRACTION.title,
                                                       help=TIME_FRACTION.description)
 st.dataframe(styled, hide_index=True, key="compare_table", column_config=columns)
+if mine is not None:
+    st.caption(f"Blue: the row of your latest run, {latest}"
+               + (f" (row {mine['run']}, its lowest replicate)" if mine["run"] != latest else "")
+               + ".")
 st.caption("Red shading grows with the distance to the retrained model (the gold standard)"
            + ("; grey: within the noise floor — the mean gap between retrained models of "
               "different replicates — indistinguishable from retraining." if floor else

@@ -363,7 +363,10 @@ def test_run_on_change_and_fork_each_show_their_run_on_the_page(server, browser)
         while label not in ghost_names(page):
             assert time.monotonic() < end, f"no ghost {label!r}: {ghost_names(page)}"
             time.sleep(0.2)
-    assert [store.get(i).config["muda"]["lambda_da"] for i in made] == [5.0, 10.0, 20.0]
+    from dimalign.config import config_from_dict
+
+    assert [config_from_dict(store.get(i).config).method_params("muda")["lambda_da"]
+            for i in made] == [5.0, 10.0, 20.0]
     wait_idle(page)
     page.locator(".js-plotly-plot").first.screenshot(path=ARTIFACTS / "unlearn-ghosts.png")
     page.get_by_role("button", name="Fork from here").click()
@@ -380,8 +383,10 @@ def test_cancel_then_resume_each_show_on_the_page(server, browser):
 
     store = Store()
     page = open_unlearn(browser, "resumer", server)
-    run_id = submit(store, preset="digits-class", overrides=["muda.epochs=24"],
-                    owner="resumer")
+    # long enough (about 15 s here) to be cancelled while it runs; resumed, it continues from
+    # its last epoch's checkpoint
+    run_id = submit(store, preset="digits-class",
+                    overrides=["muda.epochs=150", "muda.retain_fraction=1.0"], owner="resumer")
     page.reload()  # the run was queued outside this page (as `dimalign submit` would)
     wait_page_shows(page, run_id, "running")
     page.get_by_role("button", name="Cancel").click()

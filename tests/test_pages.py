@@ -162,6 +162,12 @@ def test_the_run_picker_follows_each_action_and_a_pick_until_the_next_action(fin
     for run_id in made:
         cancel(store, run_id)
         wait_terminal(store, run_id)
+    # the geometry pages open on the person's run too, not on the newest finished one
+    run_picker(at).set_value(finished["run"]).run()
+    at.switch_page("pages/spectra.py").run()
+    created = store.get(finished["run"]).created
+    assert any(r.created > created for r in store.runs(owner=OWNER, statuses=("done",)))
+    assert run_picker(at).value == finished["run"] and not at.exception
 
 
 def test_unlearn_page_refuses_nothing_silently_for_a_bad_knob_combination(finished):
@@ -274,7 +280,9 @@ def test_manifolds_page_shows_the_aligned_umap(finished):
 
 
 def test_compare_page_tabulates_runs_with_gaps_and_offers_downloads(finished):
-    at = page("pages/compare.py")
+    at = page("pages/compare.py", finished["run"])  # the person's latest run is marked
+    assert any(c.value.startswith(f"Blue: the row of your latest run, {finished['run']}")
+               for c in at.caption), [c.value for c in at.caption]
     table = at.dataframe[0].value
     assert {"original", "retrained"} <= set(table["run"]) and finished["run"] in set(table["run"])
     assert len(at.get("download_button")) == 2
