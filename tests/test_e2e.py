@@ -211,6 +211,10 @@ def test_start_a_muda_run_watch_it_live_and_visit_every_page(server, browser):
     page.get_by_role("button", name="Run", exact=True).wait_for(timeout=60_000)
     assert page.get_by_role("link", name="Principal angles", exact=True).count() == 1
     assert page.get_by_role("link", name="angles", exact=True).count() == 0
+    # the toolbar is minimal: nobody using this app deploys it from the page (Streamlit's
+    # default toolbar, on this same page, has the button)
+    assert page.get_by_role("button", name="Deploy").count() == 0
+    assert page.locator("[data-testid='stAppDeployButton']").count() == 0
     # a longer schedule, so the curve visibly grows: epochs and retain fraction to the max
     for group in ("Schedule", "Optimiser"):  # knob groups after the first sit in expanders
         page.get_by_text(group, exact=True).click()
