@@ -63,3 +63,38 @@ def resolve_in_home(stored: Path | str) -> Path:
         at = len(parents) - 1 - parents[::-1].index("runs")  # the last "runs" folder
         return runs_dir().joinpath(*path.parts[at + 1:])
     return path
+
+
+DATA_ROOTS_ENV = "DIMALIGN_DATA_ROOTS"
+
+
+def data_roots() -> list[Path]:
+    """The folders under which the web app may read a person's own image folder or checkpoint:
+    `DIMALIGN_DATA_ROOTS` (separated by os.pathsep), set by whoever starts the server; none by
+    default. The command line takes any path: it is the machine owner's tool."""
+    text = os.environ.get(DATA_ROOTS_ENV, "")
+    return [Path(part).expanduser().resolve() for part in text.split(os.pathsep) if part.strip()]
+
+
+def web_path(text: str, what: str) -> str:
+    """A path typed into a page, as the absolute path it resolves to (symlinks followed), when
+    that lies under one of the server's data roots; a relative one is taken under the first
+    root. Refused otherwise, and always without a word about what is at the path, so that a
+    page is no way to look around the server: with no roots set, nothing is even looked up."""
+    roots = data_roots()
+    if not roots:
+        raise PathError(f"{what}: this server reads no folder or file named on a page; whoever "
+                        f"starts it can allow the folders under some with {DATA_ROOTS_ENV}="
+                        f"/data/a{os.pathsep}/data/b")
+    rule = (f"{what} must lie under this server's data roots ("
+            + ", ".join(str(r) for r in roots) + ")")
+    typed = text.strip()
+    if not typed or "\x00" in typed:
+        raise PathError(rule)
+    try:
+        path = (roots[0] / typed).resolve()  # an absolute `typed` replaces the root
+    except (OSError, RuntimeError):  # a symlink loop, a name too long: refused alike
+        raise PathError(rule) from None
+    if not any(path.is_relative_to(root) for root in roots):
+        raise PathError(rule)
+    return str(path)

@@ -8,6 +8,7 @@ from dimalign.datasets import DatasetUnavailable
 from dimalign.errors import ConfigError
 from dimalign.jobs import submit
 from dimalign.metric_table import shown
+from dimalign.paths import DATA_ROOTS_ENV, data_roots
 from dimalign.store import StoreError
 from dimalign.train import cached_meta
 
@@ -32,16 +33,24 @@ with st.expander("Your own data and model", expanded=bool(st.session_state.get("
     st.caption("An image folder (one sub-folder per class; `train/` and `test/` inside are "
                "used when both exist, else a seeded 80/20 split), a torchvision model, and "
                "optionally your trained weights as the original model.")
+    roots = data_roots()  # a page reads paths under these only (the server's choice)
+    if roots:
+        st.caption("This server reads folders and checkpoints under: "
+                   + ", ".join(f"`{r}`" for r in roots) + ".")
+    else:
+        st.info(f"This server reads no folder or file named on a page. Whoever starts it can "
+                f"allow the folders under some: `{DATA_ROOTS_ENV}=/data/a:/data/b make app`.",
+                icon=":material/folder_off:")
     o1, o2 = st.columns(2)
     o1.text_input("Image folder", cfg.dataset_root, key="own_root",
-                         placeholder="/data/my-images")
+                         placeholder="/data/my-images", disabled=not roots)
     o2.number_input("Image size (pixels)", 4, 1024, cfg.image_size, key="own_size")
     o1.text_input("Model", cfg.model, key="own_model",
                           help="auto, cnn, resnet18, or torchvision:NAME (any torchvision "
                                "classification model, e.g. torchvision:resnet18)")
     o2.text_input("Original checkpoint (state dict, optional)",
                                cfg.original_checkpoint, key="own_checkpoint",
-                               placeholder="/models/original.pt")
+                               placeholder="/models/original.pt", disabled=not roots)
     use, reset = st.columns([1, 4])
     use.button("Use these", key="own_apply", on_click=lambda: ui.use_own_data(
         st.session_state.own_root, int(st.session_state.own_size), st.session_state.own_model,

@@ -54,10 +54,18 @@ def cpu_seconds(pid: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def server(default_baselines):
-    """The app exactly as the README starts it: `make app`, on a free port."""
+def data_root(tmp_path_factory):
+    """The one folder the served app may read a participant's own data from."""
+    return tmp_path_factory.mktemp("participants-data")
+
+
+@pytest.fixture(scope="module")
+def server(default_baselines, data_root):
+    """The app exactly as the README starts it: `make app`, on a free port, with one data
+    root (DIMALIGN_DATA_ROOTS)."""
     port = free_port()
-    proc = subprocess.Popen(["make", "app", f"PORT={port}"], cwd=ROOT, env=dict(os.environ),
+    env = {**os.environ, "DIMALIGN_DATA_ROOTS": str(data_root)}
+    proc = subprocess.Popen(["make", "app", f"PORT={port}"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     end = time.monotonic() + 120
@@ -502,4 +510,26 @@ def test_a_two_knob_sweep_on_tune_draws_a_heatmap_whose_cell_opens_its_run(serve
     page.mouse.click(x, y)
     page.get_by_role("heading", name="Unlearn").first.wait_for(timeout=60_000)
     wait_page_shows(page, run_id, "done", 60)
+    page.close()
+
+
+def test_a_server_path_typed_into_the_page_is_one_line_naming_no_folder(server, browser):
+    """A participant types a server folder into "Your own data and model": one error line
+    naming the rule, nothing about what is in it."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server.url}/?{address('typist')}&preset=digits-class")
+    page.get_by_text("Your own data and model").click()
+    box = page.get_by_label("Image folder")
+    box.fill("/etc")
+    box.press("Enter")
+    wait_idle(page)
+    page.get_by_role("button", name="Use these").click()
+    alert = page.locator("[data-testid='stAlertContentError']")
+    alert.first.wait_for(timeout=30_000)
+    wait_idle(page)
+    text = alert.first.inner_text()
+    assert alert.count() == 1 and "must lie under this server's data roots" in text, text
+    assert not [n for n in os.listdir("/etc") if len(n) > 3 and n in text], text
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.screenshot(path=ARTIFACTS / "experiment-path-refused.png", full_page=True)
     page.close()

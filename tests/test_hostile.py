@@ -749,6 +749,84 @@ def test_a_damaged_geometry_file_is_one_readable_error_line(home):
         assert str(folder) not in error
 
 
+# ---- the web is a trust boundary: paths typed into a page
+# A page reads a folder or a checkpoint only under the roots whoever starts the server names
+# (DIMALIGN_DATA_ROOTS, paths.web_path), resolved (symlinks followed) first, and a refusal says
+# nothing about what lies at the path: no folder names, no "does not exist" oracle.
+from dimalign.paths import DATA_ROOTS_ENV, PathError, web_path  # noqa: E402
+
+
+def refusal(text: str, what: str = "The image folder") -> str:
+    with pytest.raises(PathError) as err:
+        web_path(text, what)
+    return str(err.value)
+
+
+def test_with_no_roots_a_page_path_is_refused_before_anything_is_looked_up(monkeypatch):
+    monkeypatch.delenv(DATA_ROOTS_ENV, raising=False)
+
+    def looked_up(*args, **kwargs):
+        raise AssertionError("a path from a page was looked up")
+
+    monkeypatch.setattr(Path, "resolve", looked_up)
+    monkeypatch.setattr(os, "stat", looked_up)
+    for typed in ("/etc", "/etc/shadow", "relative/imgs", "/no/such/folder"):
+        text = refusal(typed)
+        assert DATA_ROOTS_ENV in text and "reads no folder or file named on a page" in text
+        assert typed not in text
+
+
+def test_a_page_path_outside_the_roots_is_refused_alike_whatever_is_there(tmp_path,
+                                                                           monkeypatch):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "imgs").mkdir(parents=True)
+    (outside / "secret-folder-name").mkdir(parents=True)
+    (outside / "weights.pt").write_bytes(b"x")
+    (root / "escape").symlink_to(outside)  # a link inside the root to a folder outside it
+    (root / "loop").symlink_to(root / "loop")
+    monkeypatch.setenv(DATA_ROOTS_ENV, str(root))
+    rule = refusal(str(outside))
+    assert rule.startswith("The image folder must lie under this server's data roots")
+    for typed in (str(outside / "secret-folder-name"), str(outside / "missing"),
+                  str(outside / "weights.pt"), "../outside", str(root / "escape"),
+                  "escape/secret-folder-name", "/etc", "/etc/shadow", "/no/such/file.pt"):
+        assert refusal(typed) == rule, typed  # one message: no listing, no existence oracle
+    assert "secret-folder-name" not in rule and str(outside) not in rule
+    assert refusal(str(root / "loop")) == rule and refusal("") == rule
+    # inside the roots: the resolved absolute path (a relative one under the first root)
+    assert web_path("imgs", "x") == str((root / "imgs").resolve())
+    assert web_path(str(root / "imgs" / ".." / "imgs"), "x") == str((root / "imgs").resolve())
+
+
+def test_the_experiment_page_reads_no_path_without_roots_and_says_how(home, monkeypatch):
+    monkeypatch.delenv(DATA_ROOTS_ENV, raising=False)
+    at = app()
+    assert at.text_input(key="own_root").disabled and at.text_input(key="own_checkpoint").disabled
+    assert any(DATA_ROOTS_ENV in i.value for i in at.info)
+
+
+def test_the_experiment_page_refuses_a_server_path_in_one_line_naming_no_folder(home, tmp_path,
+                                                                                 monkeypatch):
+    root = tmp_path / "participants"
+    root.mkdir()
+    monkeypatch.setenv(DATA_ROOTS_ENV, str(root))
+    at = app()
+    assert not at.text_input(key="own_root").disabled
+    messages = []
+    for field, typed in (("own_root", "/etc"), ("own_checkpoint", "/etc/shadow"),
+                         ("own_checkpoint", "/no/such/file.pt")):
+        at.text_input(key="own_root").input("")
+        at.text_input(key="own_checkpoint").input("")
+        at.text_input(key=field).input(typed)
+        at.button(key="own_apply").click().run()
+        assert not at.exception and len(at.error) == 1
+        messages.append(at.error[0].value)
+        assert at.session_state["overrides"] == TINY  # nothing changed
+    assert "must lie under this server's data roots" in messages[0]
+    assert not [n for n in os.listdir("/etc") if len(n) > 3 and n in messages[0]]
+    assert messages[1] == messages[2]  # the checkpoint that exists and the one that does not
+
+
 import contextlib  # noqa: E402
 import errno  # noqa: E402
 import uuid  # noqa: E402

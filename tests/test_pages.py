@@ -226,7 +226,8 @@ def test_a_fork_runs_the_knobs_shown_not_its_parents_variant(finished):
     wait_terminal(store, fork.id)
 
 
-def test_experiment_page_switches_to_an_image_folder_and_refuses_a_bad_one(tmp_path):
+def test_experiment_page_switches_to_an_image_folder_and_refuses_a_bad_one(tmp_path,
+                                                                           monkeypatch):
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -236,6 +237,7 @@ def test_experiment_page_switches_to_an_image_folder_and_refuses_a_bad_one(tmp_p
         for i, img in enumerate(digits.images[digits.target == c][:20]):
             Image.fromarray((img * 255 / 16).astype("uint8")).save(
                 tmp_path / f"digit{c}" / f"{i:03}.png")
+    monkeypatch.setenv("DIMALIGN_DATA_ROOTS", str(tmp_path))  # the server allows this folder
     at = page("pages/experiment.py")
     at.text_input(key="own_root").input(str(tmp_path / "nowhere"))
     at.number_input(key="own_size").set_value(8)

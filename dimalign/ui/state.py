@@ -153,7 +153,16 @@ def keep(key: str) -> None:
 def use_own_data(root: str, size: int, model: str, checkpoint: str) -> None:
     """Button callback: switch this session's experiment to an image folder / model /
     checkpoint (all empty: back to the preset's data). Checked first: bad input leaves an
-    error for the page to show and changes nothing."""
+    error for the page to show and changes nothing. The folder and the checkpoint must lie
+    under the server's data roots (`paths.web_path`), checked before anything reads them."""
+    from dimalign.paths import PathError, web_path
+
+    try:  # before anything looks at them: a page names paths under the server's roots only
+        root = web_path(root, "The image folder") if root.strip() else ""
+        checkpoint = web_path(checkpoint, "The checkpoint") if checkpoint.strip() else ""
+    except PathError as err:
+        st.session_state["own_error"] = f"Not used: {err}."
+        return
     own = []
     if root.strip():
         own += ["dataset=imagefolder", f"dataset_root={root.strip()}", f"image_size={size}",
