@@ -38,9 +38,9 @@ with st.expander("Your own data and model", expanded=bool(st.session_state.get("
         st.caption("This server reads folders and checkpoints under: "
                    + ", ".join(f"`{r}`" for r in roots) + ".")
     else:
-        st.info(f"This server reads no folder or file named on a page. Whoever starts it can "
-                f"allow the folders under some: `{DATA_ROOTS_ENV}=/data/a:/data/b make app`.",
-                icon=":material/folder_off:")
+        st.info(f"This server reads no folder or file named on a page: upload them below. "
+                f"Whoever starts it can allow the folders under some: "
+                f"`{DATA_ROOTS_ENV}=/data/a:/data/b make app`.", icon=":material/folder_off:")
     o1, o2 = st.columns(2)
     o1.text_input("Image folder", cfg.dataset_root, key="own_root",
                          placeholder="/data/my-images", disabled=not roots)
@@ -51,10 +51,18 @@ with st.expander("Your own data and model", expanded=bool(st.session_state.get("
     o2.text_input("Original checkpoint (state dict, optional)",
                                cfg.original_checkpoint, key="own_checkpoint",
                                placeholder="/models/original.pt", disabled=not roots)
+    u1, u2 = st.columns(2)
+    u1.file_uploader("…or upload the image folder as a zip", type=["zip"], key="own_zip",
+                     help="A zip of the folder (its class sub-folders at the top, or inside "
+                          "one folder), kept in your own area on this server")
+    u2.file_uploader("…or upload the checkpoint", type=["pt", "pth"], key="own_upload_ckpt",
+                     help="A state dict saved with torch.save, read with weights_only=True")
     use, reset = st.columns([1, 4])
     use.button("Use these", key="own_apply", on_click=lambda: ui.use_own_data(
         st.session_state.own_root, int(st.session_state.own_size), st.session_state.own_model,
-        st.session_state.own_checkpoint))
+        st.session_state.own_checkpoint, owner=who.name,
+        upload_zip=st.session_state.get("own_zip"),
+        upload_checkpoint=st.session_state.get("own_upload_ckpt")))
     if st.session_state.get("own_data"):
         reset.button("Back to the preset's data", key="own_reset", on_click=ui.use_own_data,
                      args=("", 0, "", ""))

@@ -513,9 +513,29 @@ def test_a_two_knob_sweep_on_tune_draws_a_heatmap_whose_cell_opens_its_run(serve
     page.close()
 
 
-def test_a_server_path_typed_into_the_page_is_one_line_naming_no_folder(server, browser):
+def digits_zip() -> bytes:
+    """An ImageFolder of three digit classes, zipped inside one folder, as a person would."""
+    import io
+    import zipfile
+
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits, out = load_digits(), io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for c in range(3):
+            for i, img in enumerate(digits.images[digits.target == c][:20]):
+                png = io.BytesIO()
+                Image.fromarray((img * 255 / 16).astype("uint8")).save(png, format="PNG")
+                z.writestr(f"my-digits/digit{c}/{i:03}.png", png.getvalue())
+    return out.getvalue()
+
+
+def test_own_data_a_server_path_is_refused_in_one_line_and_an_uploaded_zip_is_used(server,
+                                                                                   browser):
     """A participant types a server folder into "Your own data and model": one error line
-    naming the rule, nothing about what is in it."""
+    naming the rule, nothing about what is in it. Then they upload their folder as a zip:
+    the experiment switches to it and shows its images."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{server.url}/?{address('typist')}&preset=digits-class")
     page.get_by_text("Your own data and model").click()
@@ -532,4 +552,20 @@ def test_a_server_path_typed_into_the_page_is_one_line_naming_no_folder(server, 
     assert not [n for n in os.listdir("/etc") if len(n) > 3 and n in text], text
     assert page.locator("[data-testid='stException']").count() == 0
     page.screenshot(path=ARTIFACTS / "experiment-path-refused.png", full_page=True)
+
+    box.fill("")
+    box.press("Enter")
+    wait_idle(page)
+    uploader = page.locator("[data-testid='stFileUploader']").first
+    uploader.locator("input[type='file']").set_input_files(files=[{
+        "name": "my-digits.zip", "mimeType": "application/zip", "buffer": digits_zip()}])
+    page.get_by_text("my-digits.zip").first.wait_for(timeout=30_000)
+    wait_idle(page)
+    page.get_by_role("button", name="Use these").click()
+    page.get_by_text("imagefolder", exact=True).first.wait_for(timeout=60_000)
+    wait_idle(page)
+    assert page.locator("[data-testid='stAlertContentError']").count() == 0
+    assert page.locator("[data-testid='stImage']").count() > 0  # its forget and retain images
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.screenshot(path=ARTIFACTS / "experiment-uploaded-zip.png", full_page=True)
     page.close()

@@ -94,7 +94,7 @@ LAYERS = [
     ("data", "features", "train"),
     ("metrics", "artifacts", "embed", "plots", "methods.run_state", "methods.telemetry",
      "methods.loop"),
-    ("runner", "store", "audit"),
+    ("runner", "store", "audit", "uploads"),
     ("export", "jobs", "worker", "sweep", "ray_backend"),
     ("steer", "ui"),
     ("cli", "__main__", "app", "pages"),

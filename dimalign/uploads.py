@@ -1,0 +1,140 @@
+"""A participant's own data through the web, as uploads instead of server paths: an ImageFolder
+tree as a zip, and a state-dict file. Each is size-limited, checked before anything is written,
+unpacked safely and kept in that owner's area, `$DIMALIGN_HOME/uploads/<owner>/`, under the
+content's hash (the same upload twice is one copy). The page then uses the path this module
+made, never one typed by the participant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+import zipfile
+from io import BytesIO
+from pathlib import Path, PurePosixPath
+
+from dimalign.paths import PathError, home
+from dimalign.store import check_owner
+
+UPLOAD_MB_ENV = "DIMALIGN_UPLOAD_MB"
+UPLOAD_MB = 200  # the default cap of one upload, and of a zip's unpacked size x4
+MAX_MEMBERS = 100_000  # files in one zip
+
+
+class UploadRefused(PathError):
+    """An upload that is not kept; the message says why in one line."""
+
+
+def upload_limit() -> int:
+    """Bytes one upload may have (`DIMALIGN_UPLOAD_MB`, default 200); a zip may unpack to 4x."""
+    text = os.environ.get(UPLOAD_MB_ENV, str(UPLOAD_MB))
+    try:
+        megabytes = float(text)
+    except ValueError:
+        raise UploadRefused(f"{UPLOAD_MB_ENV}={text!r} is not a number of megabytes") from None
+    if not 0 < megabytes <= 1_000_000:
+        raise UploadRefused(f"{UPLOAD_MB_ENV}={text!r} must lie in (0, 1000000]")
+    return int(megabytes * 2**20)
+
+
+def owner_area(owner: str) -> Path:
+    return home() / "uploads" / check_owner(owner)
+
+
+def _checked_size(data: bytes, what: str) -> None:
+    limit = upload_limit()
+    if len(data) > limit:
+        raise UploadRefused(f"{what} is {len(data) / 2**20:.1f} MB; this server takes at most "
+                            f"{limit / 2**20:.0f} MB ({UPLOAD_MB_ENV})")
+    if not data:
+        raise UploadRefused(f"{what} is empty")
+
+
+def save_checkpoint(data: bytes, owner: str) -> Path:
+    """A state-dict upload, kept as `<owner area>/<sha256[:16]>.pt`; what it holds is checked
+    where every checkpoint is (train.load_original: weights only, the model's keys)."""
+    _checked_size(data, "The checkpoint")
+    path = owner_area(owner) / f"{hashlib.sha256(data).hexdigest()[:16]}.pt"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
+            tmp.write(data)
+        os.replace(tmp.name, path)
+    return path
+
+
+def unpack_imagefolder(data: bytes, owner: str) -> Path:
+    """A zip of an ImageFolder tree (class folders at its top, or inside one top folder),
+    unpacked into `<owner area>/<sha256[:16]>/` and that folder's class root returned. Refused
+    whole, before anything is written, when a member's name is absolute, climbs out with `..`,
+    or is a link, or when it holds too many files or unpacks to more than 4x the upload cap
+    (counted as it is written too: a member's header may lie)."""
+    _checked_size(data, "The zip")
+    try:
+        archive = zipfile.ZipFile(BytesIO(data))
+        members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise UploadRefused("The zip cannot be read as a zip file") from None
+    budget = 4 * upload_limit()
+    _check_members(members, budget)
+    folder = owner_area(owner) / hashlib.sha256(data).hexdigest()[:16]
+    if not folder.exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".unpacking-"))
+        try:
+            _extract(archive, members, staging, budget)
+            os.replace(staging, folder)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not folder.is_dir():  # else the same zip, unpacked by another session meanwhile
+                raise
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return _class_root(folder)
+
+
+def _check_members(members: list[zipfile.ZipInfo], budget: int) -> None:
+    if len(members) > MAX_MEMBERS:
+        raise UploadRefused(f"The zip holds {len(members)} entries; at most {MAX_MEMBERS}")
+    if sum(m.file_size for m in members) > budget:
+        raise UploadRefused(f"The zip unpacks to more than {budget / 2**20:.0f} MB")
+    for member in members:
+        name = PurePosixPath(member.filename.replace("\\", "/"))
+        if name.is_absolute() or ".." in name.parts or ":" in member.filename:
+            raise UploadRefused("The zip has a member outside its own folder (an absolute "
+                                "path or '..'); zip the folder itself")
+        if stat.S_ISLNK(member.external_attr >> 16):
+            raise UploadRefused("The zip holds a link; zip the images themselves")
+
+
+def _extract(archive: zipfile.ZipFile, members, target: Path, budget: int) -> None:
+    written = 0
+    for member in members:
+        path = target.joinpath(*PurePosixPath(member.filename.replace("\\", "/")).parts)
+        if member.is_dir():
+            path.mkdir(parents=True, exist_ok=True)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with archive.open(member) as src, open(path, "wb") as out:
+            while chunk := src.read(1 << 20):
+                written += len(chunk)
+                if written > budget:
+                    raise UploadRefused(f"The zip unpacks to more than {budget / 2**20:.0f} MB")
+                out.write(chunk)
+
+
+def _class_root(folder: Path) -> Path:
+    """The folder holding the class folders: the unpacked folder, or its only sub-folder when
+    the zip was made of one folder (macOS's `__MACOSX` and dot entries aside)."""
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")
+               and p.name != "__MACOSX"]
+    if len(entries) == 1 and entries[0].is_dir() and all(
+            p.is_dir() for p in entries[0].iterdir() if not p.name.startswith(".")):
+        inner = [p for p in entries[0].iterdir() if p.is_dir()]
+        if len(inner) >= 2 or (entries[0] / "train").is_dir():
+            return entries[0]
+    return folder

@@ -1,0 +1,116 @@
+"""Uploads (dimalign/uploads.py): a participant's ImageFolder zip and state dict, size-limited,
+checked whole before anything is written, unpacked into that owner's area only."""
+
+import io
+import stat
+import zipfile
+
+import pytest
+import torch
+
+from dimalign import uploads
+from dimalign.config import build_config
+from dimalign.store import StoreError
+from dimalign.uploads import UploadRefused, owner_area, save_checkpoint, unpack_imagefolder
+
+
+@pytest.fixture()
+def area_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIMALIGN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(uploads.UPLOAD_MB_ENV, raising=False)
+    return tmp_path / "home"
+
+
+def png_bytes(value: int) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("L", (8, 8), value).save(out, format="PNG")
+    return out.getvalue()
+
+
+def make_zip(entries: dict[str, bytes], links: tuple[str, ...] = ()) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+        for name in links:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            z.writestr(info, "/etc/passwd")
+    return out.getvalue()
+
+
+def written(owner: str) -> list:
+    """Everything in `owner`'s upload area (none: nothing was ever written)."""
+    return list(owner_area(owner).rglob("*")) if owner_area(owner).exists() else []
+
+
+def digits_zip(top: str = "my-images/") -> bytes:
+    return make_zip({f"{top}class{c}/{i}.png": png_bytes(40 * c + i)
+                     for c in range(3) for i in range(6)})
+
+
+def test_a_zipped_image_folder_unpacks_into_the_owners_area_and_builds_an_experiment(
+        area_home):
+    root = unpack_imagefolder(digits_zip(), "alice")
+    assert root.parent.parent == owner_area("alice") and root.name == "my-images"
+    assert sorted(p.name for p in root.iterdir()) == ["class0", "class1", "class2"]
+    cfg = build_config("digits-class", ["dataset=imagefolder", f"dataset_root={root}",
+                                        "image_size=8", "scenario.classes=0"])
+    assert cfg.info.num_classes == 3
+    assert unpack_imagefolder(digits_zip(), "alice") == root  # the same upload: one copy
+    flat = unpack_imagefolder(digits_zip(top=""), "alice")  # class folders at the top
+    assert sorted(p.name for p in flat.iterdir()) == ["class0", "class1", "class2"]
+
+
+@pytest.mark.parametrize("entries,links", [
+    ({"../evil.png": b"x"}, ()),
+    ({"ok/../../evil.png": b"x"}, ()),
+    ({"/abs/evil.png": b"x"}, ()),
+    ({"..\\evil.png": b"x"}, ()),
+    ({"C:evil.png": b"x"}, ()),
+    ({"class0/a.png": b"x"}, ("class0/link.png",)),
+])
+def test_a_zip_reaching_out_of_its_folder_or_holding_a_link_is_refused_whole(
+        area_home, entries, links):
+    data = make_zip({"class1/fine.png": png_bytes(1), **entries}, links)
+    with pytest.raises(UploadRefused) as err:
+        unpack_imagefolder(data, "mallory")
+    assert "\n" not in str(err.value)
+    assert written("mallory") == []  # nothing written, no staging folder left
+    assert not (area_home.parent / "evil.png").exists()
+
+
+def test_uploads_over_the_cap_and_zip_bombs_are_refused_in_one_line(area_home, monkeypatch):
+    monkeypatch.setenv(uploads.UPLOAD_MB_ENV, "0.01")  # 10 kB
+    with pytest.raises(UploadRefused, match="this server takes at most"):
+        save_checkpoint(b"x" * 20_000, "alice")
+    bomb = make_zip({"class0/zeros.png": bytes(200_000)})  # 200 kB of zeros, a tiny zip
+    assert len(bomb) < 10_000
+    with pytest.raises(UploadRefused, match="unpacks to more than"):
+        unpack_imagefolder(bomb, "alice")
+    assert written("alice") == []  # refused before anything was written
+    # a member whose header understates its size is stopped while it is written
+    monkeypatch.setattr(uploads, "_check_members", lambda members, budget: None)
+    with pytest.raises(UploadRefused, match="unpacks to more than"):
+        unpack_imagefolder(bomb, "alice")
+    assert [p.name for p in written("alice")] == []  # the half-written member is gone
+
+
+def test_not_a_zip_an_empty_upload_and_a_bad_owner_are_one_line(area_home):
+    with pytest.raises(UploadRefused, match="cannot be read as a zip"):
+        unpack_imagefolder(b"PK not really", "alice")
+    with pytest.raises(UploadRefused, match="empty"):
+        save_checkpoint(b"", "alice")
+    with pytest.raises(StoreError):
+        owner_area("../etc")
+
+
+def test_an_uploaded_state_dict_is_kept_by_its_hash_in_the_owners_area(area_home):
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buffer)
+    path = save_checkpoint(buffer.getvalue(), "alice")
+    assert path.parent == owner_area("alice") and path.suffix == ".pt"
+    assert torch.load(path, weights_only=True)["w"].shape == (2,)
+    assert save_checkpoint(buffer.getvalue(), "alice") == path
