@@ -539,7 +539,7 @@ def test_own_data_a_server_path_is_refused_in_one_line_and_an_uploaded_zip_is_us
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{server.url}/?{address('typist')}&preset=digits-class")
     page.get_by_text("Your own data and model").click()
-    box = page.get_by_label("Image folder")
+    box = page.get_by_role("textbox", name="Image folder", exact=True)
     box.fill("/etc")
     box.press("Enter")
     wait_idle(page)
