@@ -70,7 +70,7 @@ test-ui: $(STAMP)
 # its own, so pip-tools never lands in the app's.
 lock:
 	test -x .venv-lock/bin/python || $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/python -m pip install -q pip-tools
+	.venv-lock/bin/python -m pip install -q pip-tools==7.7.0
 	.venv-lock/bin/pip-compile --upgrade --generate-hashes --allow-unsafe --strip-extras \
 	  --no-emit-index-url --no-emit-find-links --extra dev --extra ray \
 	  $(if $(PIP_CAP),-c $(PIP_CAP)) -o $(LOCK) pyproject.toml

@@ -78,9 +78,11 @@ def data_roots() -> list[Path]:
 
 def web_path(text: str, what: str) -> str:
     """A path typed into a page, as the absolute path it resolves to (symlinks followed), when
-    that lies under one of the server's data roots; a relative one is taken under the first
-    root. Refused otherwise, and always without a word about what is at the path, so that a
-    page is no way to look around the server: with no roots set, nothing is even looked up."""
+    that lies under one of the server's data roots (and not in dimalign's own home); a relative
+    one is taken under the first root. Refused otherwise, and always without a word about what
+    is at the path, so that a page is no way to look around the server: with no roots set,
+    nothing is even looked up. The roots must not be writable by participants: a link placed
+    inside one would be followed when the folder is read."""
     roots = data_roots()
     if not roots:
         raise PathError(f"{what}: this server reads no folder or file named on a page; whoever "
@@ -89,12 +91,14 @@ def web_path(text: str, what: str) -> str:
     rule = (f"{what} must lie under this server's data roots ("
             + ", ".join(str(r) for r in roots) + ")")
     typed = text.strip()
-    if not typed or "\x00" in typed:
+    # no "..": resolving "/out/link/../../root/x" would tell a link from a folder outside
+    if not typed or "\x00" in typed or ".." in Path(typed).parts:
         raise PathError(rule)
     try:
         path = (roots[0] / typed).resolve()  # an absolute `typed` replaces the root
+        own = home().resolve()  # never the server's own files (others' uploads, runs, models)
     except (OSError, RuntimeError):  # a symlink loop, a name too long: refused alike
         raise PathError(rule) from None
-    if not any(path.is_relative_to(root) for root in roots):
+    if path.is_relative_to(own) or not any(path.is_relative_to(root) for root in roots):
         raise PathError(rule)
     return str(path)

@@ -41,16 +41,17 @@ with st.expander("Your own data and model", expanded=bool(st.session_state.get("
         st.info(f"This server reads no folder or file named on a page: upload them below. "
                 f"Whoever starts it can allow the folders under some: "
                 f"`{DATA_ROOTS_ENV}=/data/a:/data/b make app`.", icon=":material/folder_off:")
+    uploaded = ui.uploaded_paths(who.name)  # shown as the uploader's file, not the server path
     o1, o2 = st.columns(2)
-    o1.text_input("Image folder", cfg.dataset_root, key="own_root",
-                         placeholder="/data/my-images", disabled=not roots)
+    o1.text_input("Image folder", "" if cfg.dataset_root in uploaded else cfg.dataset_root,
+                  key="own_root", placeholder="/data/my-images", disabled=not roots)
     o2.number_input("Image size (pixels)", 4, 1024, cfg.image_size, key="own_size")
     o1.text_input("Model", cfg.model, key="own_model",
-                          help="auto, cnn, resnet18, or torchvision:NAME (any torchvision "
-                               "classification model, e.g. torchvision:resnet18)")
+                  help="auto, cnn, resnet18, or torchvision:NAME (any torchvision "
+                       "classification model, e.g. torchvision:resnet18)")
     o2.text_input("Original checkpoint (state dict, optional)",
-                               cfg.original_checkpoint, key="own_checkpoint",
-                               placeholder="/models/original.pt", disabled=not roots)
+                  "" if cfg.original_checkpoint in uploaded else cfg.original_checkpoint,
+                  key="own_checkpoint", placeholder="/models/original.pt", disabled=not roots)
     u1, u2 = st.columns(2)
     u1.file_uploader("…or upload the image folder as a zip", type=["zip"], key="own_zip",
                      help="A zip of the folder (its class sub-folders at the top, or inside "

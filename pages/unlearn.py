@@ -37,11 +37,31 @@ else:
                      help="Releasing a knob runs the method again with the new values, and "
                           "cancels your previous automatic run if it is still queued or running")
 
+
+def _press(action: str, run_id: str | None = None) -> None:  # a button's callback
+    st.session_state["_press"] = (action, run_id)
+
+
+# Every action is taken here, before the run picker is drawn, so this very draw shows the run
+# it made; a press is taken here too, with this draw's knobs (its callback would hold the knobs
+# of the draw before, which a knob released just before the press may have changed).
+action, run_id = st.session_state.pop("_press", (None, None))
+moved = ui.knobs_moved(auto, (preset, method, tuple(overrides)))  # records them every draw
 try:
-    if ui.knobs_moved(auto, (preset, method, tuple(overrides))):
+    if action == "run":
+        ui.start_run(preset, overrides, method, who)
+    elif action == "fork":  # every knob as shown: the parent's may hold other values
+        ui.start_run(preset, _settings(values), method, who, parent_id=run_id)
+    elif action == "resume":
+        ui.resume_run(run_id, who)
+    elif action == "cancel":
+        cancel(ui.store(), run_id, who.name, who.key)  # the engine checks the key
+    elif moved:
         ui.start_run(preset, overrides, method, who, supersede=True)
 except (ConfigError, StoreError) as err:
-    st.error(f"Not started: {err}. Change that setting and it runs again.")
+    verb = {"fork": "forked", "resume": "resumed", "cancel": "cancelled"}.get(action, "started")
+    st.error(f"Not {verb}: {err}." + ("" if action in ("resume", "cancel") else
+                                      " Change that setting and try again."))
 
 # every replicate's runs (a sweep's or a Compare page's): each has its own baselines
 runs = sorted(ui.replicate_runs(cfg, who), key=lambda r: r.created, reverse=True)
@@ -49,48 +69,18 @@ selected = ui.pick_run(runs, key="run", with_owner=who.admin) if runs else None
 status = selected.status if selected is not None else None
 if not who.admin:
     b_run, b_cancel, b_fork = st.columns([1, 1, 2])
-
-    # the buttons act in callbacks: before the page is drawn, so this very draw shows the run
-    # the press made (the picker above is already drawn by the time a button's value is read)
-    def _run() -> None:
-        try:
-            ui.start_run(preset, overrides, method, who)
-        except (ConfigError, StoreError) as err:
-            st.session_state["_action_error"] = f"Not started: {err}. Change that setting " \
-                                                "and press Run again."
-
-    b_run.button("Run", type="primary", key="run_button", on_click=_run)
-
-    def _fork(parent_id: str, knobs: list[str]) -> None:  # a callback: once per press
-        try:
-            ui.start_run(preset, knobs, method, who, parent_id=parent_id)
-        except (ConfigError, StoreError) as err:
-            st.session_state["_action_error"] = f"Not forked: {err}. Change that setting " \
-                                                "and fork again."
-
-    def _resume(run_id: str) -> None:
-        try:
-            ui.resume_run(run_id, who)
-        except StoreError as err:
-            st.session_state["_action_error"] = f"Not resumed: {err}."
-
+    b_run.button("Run", type="primary", key="run_button", on_click=_press, args=("run",))
     if status in ("running", "done"):
-        # every knob as shown: the parent's config may hold other values (or another variant)
-        # where the knobs above show a default
-        b_fork.button("Fork from here", key="fork_button", on_click=_fork,
-                      args=(selected.id, _settings(values)),
+        b_fork.button("Fork from here", key="fork_button", on_click=_press,
+                      args=("fork", selected.id),
                       help="Continue from this run's current weights with the knobs above")
     if status in ("interrupted", "failed", "cancelled") and selected.owner == who.name:
-        b_cancel.button("Resume", key="resume_button", on_click=_resume, args=(selected.id,),
+        b_cancel.button("Resume", key="resume_button", on_click=_press,
+                        args=("resume", selected.id),
                         help="Queue it again: it continues from its last checkpoint")
-    if error := st.session_state.pop("_action_error", None):
-        st.error(error)
-    try:
-        if status in ("queued", "running") and b_cancel.button("Cancel", key="cancel_button"):
-            cancel(ui.store(), selected.id, who.name, who.key)  # the engine checks the key
-            st.rerun()
-    except StoreError as err:
-        st.error(f"Not cancelled: {err}.")
+    if status in ("queued", "running"):
+        b_cancel.button("Cancel", key="cancel_button", on_click=_press,
+                        args=("cancel", selected.id))
 
 if selected is None:
     st.info("No runs of this experiment yet." if who.admin else

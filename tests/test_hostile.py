@@ -787,15 +787,24 @@ def test_a_page_path_outside_the_roots_is_refused_alike_whatever_is_there(tmp_pa
     monkeypatch.setenv(DATA_ROOTS_ENV, str(root))
     rule = refusal(str(outside))
     assert rule.startswith("The image folder must lie under this server's data roots")
+    (outside / "link").symlink_to(outside / "secret-folder-name")
     for typed in (str(outside / "secret-folder-name"), str(outside / "missing"),
                   str(outside / "weights.pt"), "../outside", str(root / "escape"),
-                  "escape/secret-folder-name", "/etc", "/etc/shadow", "/no/such/file.pt"):
+                  "escape/secret-folder-name", "/etc", "/etc/shadow", "/no/such/file.pt",
+                  # ".." after a link and after a folder: resolving would tell them apart
+                  f"{outside}/link/../../root/imgs",
+                  f"{outside}/secret-folder-name/../../root/imgs",
+                  str(root / "imgs" / ".." / "imgs")):
         assert refusal(typed) == rule, typed  # one message: no listing, no existence oracle
     assert "secret-folder-name" not in rule and str(outside) not in rule
     assert refusal(str(root / "loop")) == rule and refusal("") == rule
     # inside the roots: the resolved absolute path (a relative one under the first root)
     assert web_path("imgs", "x") == str((root / "imgs").resolve())
-    assert web_path(str(root / "imgs" / ".." / "imgs"), "x") == str((root / "imgs").resolve())
+    assert web_path(str(root / "imgs"), "x") == str((root / "imgs").resolve())
+    # a root holding dimalign's own home (others' uploads, runs, models): that part is refused
+    monkeypatch.setenv("DIMALIGN_HOME", str(root / "imgs" / "home"))
+    assert refusal(str(root / "imgs" / "home" / "uploads")) == rule
+    assert web_path(str(root / "imgs"), "x") == str((root / "imgs").resolve())
 
 
 def test_the_experiment_page_reads_no_path_without_roots_and_says_how(home, monkeypatch):

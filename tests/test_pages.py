@@ -155,6 +155,18 @@ def test_the_run_picker_follows_each_action_and_a_pick_until_the_next_action(fin
     at.run()
     assert run_picker(at).value == finished["run"]
     assert at.query_params["run"] == finished["run"]
+    # a run that changes status meanwhile (another of the person's runs, not an action of
+    # this page) changes the picker's labels, hence its widget: the pick stays
+    other = submit(store, preset="digits-class", overrides=[*TINY, "muda.lambda_da=0.2"],
+                   owner=OWNER)
+    at.run()
+    assert run_picker(at).value == finished["run"]
+    ensure_scheduler()
+    wait_terminal(store, other)
+    at.run()
+    assert store.get(other).status == "done"
+    assert any(o.endswith(f"{other} · muda · done") for o in run_picker(at).options)
+    assert run_picker(at).value == finished["run"]
     at.button(key="run_button").click().run()
     made.append(store.runs(owner=OWNER, limit=1)[0].id)
     assert run_picker(at).value == made[-1]
@@ -162,7 +174,7 @@ def test_the_run_picker_follows_each_action_and_a_pick_until_the_next_action(fin
     for run_id in made:
         cancel(store, run_id)
         wait_terminal(store, run_id)
-    # the geometry pages open on the person's run too, not on the newest finished one
+    # the geometry pages open on the person's run too, not on the newest finished one (other)
     run_picker(at).set_value(finished["run"]).run()
     at.switch_page("pages/spectra.py").run()
     created = store.get(finished["run"]).created

@@ -54,6 +54,7 @@ def digits_zip(top: str = "my-images/") -> bytes:
 def test_a_zipped_image_folder_unpacks_into_the_owners_area_and_builds_an_experiment(
         area_home):
     root = unpack_imagefolder(digits_zip(), "alice")
+    assert unpack_imagefolder(make_zip({"a/12:30:01.png": b"x", "b/x.png": b"y"}), "alice")
     assert root.parent.parent == owner_area("alice") and root.name == "my-images"
     assert sorted(p.name for p in root.iterdir()) == ["class0", "class1", "class2"]
     cfg = build_config("digits-class", ["dataset=imagefolder", f"dataset_root={root}",
@@ -70,6 +71,7 @@ def test_a_zipped_image_folder_unpacks_into_the_owners_area_and_builds_an_experi
     ({"/abs/evil.png": b"x"}, ()),
     ({"..\\evil.png": b"x"}, ()),
     ({"C:evil.png": b"x"}, ()),
+    ({"c:/windows/evil.png": b"x"}, ()),
     ({"class0/a.png": b"x"}, ("class0/link.png",)),
 ])
 def test_a_zip_reaching_out_of_its_folder_or_holding_a_link_is_refused_whole(
@@ -91,11 +93,42 @@ def test_uploads_over_the_cap_and_zip_bombs_are_refused_in_one_line(area_home, m
     with pytest.raises(UploadRefused, match="unpacks to more than"):
         unpack_imagefolder(bomb, "alice")
     assert written("alice") == []  # refused before anything was written
-    # a member whose header understates its size is stopped while it is written
-    monkeypatch.setattr(uploads, "_check_members", lambda members, budget: None)
-    with pytest.raises(UploadRefused, match="unpacks to more than"):
-        unpack_imagefolder(bomb, "alice")
-    assert [p.name for p in written("alice")] == []  # the half-written member is gone
+
+
+def patched(data: bytes, signature: bytes, offset: int, value: int, width: int = 4) -> bytes:
+    """`data` with the little-endian field at `offset` of every `signature` record set (zipfile
+    itself writes honest headers only)."""
+    out, at = bytearray(data), data.find(signature)
+    while at >= 0:
+        out[at + offset: at + offset + width] = value.to_bytes(width, "little")
+        at = data.find(signature, at + 1)
+    return bytes(out)
+
+
+def test_a_lying_damaged_or_encrypted_zip_is_refused_in_one_line_and_nothing_kept(area_home):
+    good = make_zip({"class0/zeros.png": bytes(50_000), "class1/a.png": png_bytes(1)})
+    # a header that understates a member's size (50 kB said to be 10 bytes): the budget sees
+    # 10 bytes; the member reads back short of its CRC
+    liar = patched(patched(good, b"PK\x01\x02", 24, 10), b"PK\x03\x04", 22, 10)
+    # corrupt compressed data in the middle of the first member
+    corrupt = bytearray(good)
+    corrupt[60:90] = bytes(30)
+    # the "encrypted" flag, in the central directory and the local header
+    encrypted = patched(patched(good, b"PK\x01\x02", 8, 1, 2), b"PK\x03\x04", 6, 1, 2)
+    for data, words in ((liar, "damaged"), (bytes(corrupt), "damaged"),
+                        (encrypted, "encrypted")):
+        with pytest.raises(UploadRefused, match=words) as err:
+            unpack_imagefolder(data, "alice")
+        assert "\n" not in str(err.value)
+        assert written("alice") == []
+
+
+def test_an_owners_uploads_have_a_quota(area_home, monkeypatch):
+    monkeypatch.setenv(uploads.QUOTA_MB_ENV, "0.05")  # 50 kB
+    save_checkpoint(b"x" * 30_000, "alice")
+    with pytest.raises(UploadRefused, match="each participant may keep"):
+        save_checkpoint(b"y" * 30_000, "alice")
+    save_checkpoint(b"y" * 30_000, "bob")  # another owner's area is their own
 
 
 def test_not_a_zip_an_empty_upload_and_a_bad_owner_are_one_line(area_home):

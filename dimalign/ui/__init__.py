@@ -7,6 +7,8 @@ use `from dimalign import ui` and these names; inside, one concern per module:
     runs      the store: this session's connection, an experiment's runs and baselines job,
               saved geometry, ghost runs, submitting a run
     widgets   charts, the run picker, knob sliders, the result and effect tables
+    own_data  a person's own image folder and checkpoint: paths under the server's roots, or
+              uploads
     frame     page(title), which every page opens with, the sidebar, the geometry source
     deeplink  the private Streamlit patch that keeps deep links inside app.py's frame
 
@@ -23,6 +25,7 @@ from dimalign.ui.frame import (
     settings_error,
     sidebar_config,
 )
+from dimalign.ui.own_data import uploaded_paths, use_own_data
 from dimalign.ui.runs import (
     Ghost,
     active_baselines,
@@ -43,7 +46,7 @@ from dimalign.ui.runs import (
     store,
     submit_replicates,
 )
-from dimalign.ui.state import Identity, follow, owner, remember, sticky, use_own_data
+from dimalign.ui.state import Identity, follow, owner, remember, sticky
 from dimalign.ui.widgets import (
     chart,
     effect_panel,
@@ -62,12 +65,10 @@ from dimalign.ui.widgets import (
 __all__ = [
     "Ghost", "Identity", "Page", "active_baselines", "baselines_run", "chart", "effect_panel",
     "ensure_scheduler", "experiment_key", "experiment_runs", "follow", "geometry_source",
-    "ghost_runs",
-    "is_log_knob",
-    "knob_groups", "knob_widget", "knobs_moved", "load_geometry", "memo_figure", "noise_floor",
-    "owner", "page", "pick_run", "remember", "remember_sweep", "replicate_results",
-    "replicate_runs", "resume_run", "saved_sweep",
-    "require_geometry", "reset_settings", "result_table", "run_label", "settings_error",
-    "show_run_error", "sidebar_config", "start_run", "start_sweep", "sticky", "store",
-    "submit_replicates", "sweep_grid", "use_own_data",
+    "ghost_runs", "is_log_knob", "knob_groups", "knob_widget", "knobs_moved", "load_geometry",
+    "memo_figure", "noise_floor", "owner", "page", "pick_run", "remember", "remember_sweep",
+    "replicate_results", "replicate_runs", "require_geometry", "reset_settings", "result_table",
+    "resume_run", "run_label", "saved_sweep", "settings_error", "show_run_error",
+    "sidebar_config", "start_run", "start_sweep", "sticky", "store", "submit_replicates",
+    "sweep_grid", "uploaded_paths", "use_own_data",
 ]

@@ -42,6 +42,7 @@ def page(title: str, *, scheduler: bool = True, settings: bool = False) -> Page:
     deeplink.in_frame()
     cfg = sidebar_config()
     who = owner()
+    sticky("run")  # the run the person looks at stays in the address on every page (a reload)
     st.title(title)
     notice = owner_notice()
     if notice:

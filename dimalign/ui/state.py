@@ -11,8 +11,6 @@ from typing import NamedTuple
 
 import streamlit as st
 
-from dimalign.config import DEFAULT_PRESET, build_config
-from dimalign.errors import ConfigError
 from dimalign.store import (
     ADMIN_OWNER,
     Store,
@@ -148,55 +146,3 @@ def keep(key: str) -> None:
     """Widget callback: copy its value where a page switch does not clear it (widgets belong
     to a page; `_key` outlives them)."""
     st.session_state[f"_{key}"] = st.session_state[key]
-
-
-def use_own_data(root: str, size: int, model: str, checkpoint: str, *, owner: str = "",
-                 upload_zip=None, upload_checkpoint=None) -> None:
-    """Button callback: switch this session's experiment to an image folder / model /
-    checkpoint (all empty: back to the preset's data). Checked first: bad input leaves an
-    error for the page to show and changes nothing. A typed folder or checkpoint must lie
-    under the server's data roots (`paths.web_path`), checked before anything reads them; an
-    uploaded zip or state dict (Streamlit's UploadedFile) is kept in `owner`'s area
-    (`uploads`) and used from there."""
-    from dimalign.paths import PathError, web_path
-    from dimalign.uploads import save_checkpoint, unpack_imagefolder
-
-    made = st.session_state.setdefault("_own_paths", set())  # server-made or checked already
-
-    def typed(text: str, what: str) -> str:
-        text = text.strip()
-        return text if not text or text in made else web_path(text, what)
-
-    try:  # before anything looks at them: a page names paths under the server's roots only
-        root, checkpoint = typed(root, "The image folder"), typed(checkpoint, "The checkpoint")
-        if upload_zip is not None and root and root not in made:
-            raise PathError("give the image folder as a path or as a zip, not both")
-        if upload_checkpoint is not None and checkpoint and checkpoint not in made:
-            raise PathError("give the checkpoint as a path or as a file, not both")
-        if upload_zip is not None:  # paths this server makes, in the owner's own area
-            root = str(unpack_imagefolder(upload_zip.getvalue(), owner))
-        if upload_checkpoint is not None:
-            checkpoint = str(save_checkpoint(upload_checkpoint.getvalue(), owner))
-    except (PathError, StoreError) as err:
-        st.session_state["own_error"] = f"Not used: {err}."
-        return
-    except OSError as err:  # a full disk while unpacking: nothing is kept
-        st.session_state["own_error"] = ("Not used: the upload could not be stored "
-                                         f"({err.strerror}).")
-        return
-    made.update(p for p in (root, checkpoint) if p)
-    own = []
-    if root.strip():
-        own += ["dataset=imagefolder", f"dataset_root={root.strip()}", f"image_size={size}",
-                "scenario.kind=class", "scenario.classes=0"]
-    if model.strip() and model.strip() != "auto":
-        own.append(f"model={model.strip()}")
-    if checkpoint.strip():
-        own.append(f"original_checkpoint={checkpoint.strip()}")
-    try:
-        build_config(sticky("preset") or DEFAULT_PRESET, own)
-    except ConfigError as err:
-        st.session_state["own_error"] = f"Not used: {err}"
-        return
-    st.session_state["own_error"] = None
-    st.session_state["own_data"], st.session_state["overrides"] = own, list(own)
