@@ -4,7 +4,6 @@ sliders built from a method's registry entry, and the result and effect tables."
 from __future__ import annotations
 
 import math
-import re
 import zlib
 
 import streamlit as st
@@ -61,8 +60,6 @@ def pick_run(runs: list[Run], key: str = "run", done_only: bool = False,
     # the widget gets a key of its own per set of labels, and its value is set through
     # session_state before it is drawn (the supported way to move a widget).
     widget = f"{key}_{zlib.crc32(repr(labels).encode()):08x}"
-    for stale in [k for k in st.session_state if k != widget and _picker_key(key).fullmatch(k)]:
-        del st.session_state[stale]  # values set through the API stay until deleted
     wanted = sticky("run")
     if wanted in ids and st.session_state.get(widget) != wanted:
         st.session_state[widget] = wanted
@@ -73,13 +70,13 @@ def pick_run(runs: list[Run], key: str = "run", done_only: bool = False,
     return by_id[chosen]
 
 
-def _picker_key(key: str) -> re.Pattern:
-    return re.compile(re.escape(key) + "_[0-9a-f]{8}")
-
-
 def _picked(key: str) -> None:
-    """The person picked a run: it is the one every picker shows until their next action."""
-    remember("run", st.session_state[key])
+    """The person picked a run: it is the one every picker shows until their next action.
+    (An earlier picker's key stays in the session, a few bytes each: deleting it makes the
+    browser's copy of that widget look changed, and its callback fire for a pick nobody
+    made.)"""
+    if key in st.session_state:
+        remember("run", st.session_state[key])
 
 
 def show_run_error(run: Run) -> None:
