@@ -87,6 +87,10 @@ if selected is None:
             "No runs yet for this experiment. Set the knobs and press Run (or switch on *Run "
             "on change* and move a knob): the run trains in the background and its curves "
             "appear here as it goes.")
+    # the empty panels: the browser loads its charting code now, not while the first run
+    # ends (which put the first "done" up to a second behind the store)
+    ui.chart(ui.memo_figure(("curves", "empty"), lambda: plots.telemetry_figure({})),
+             "curves_empty")
     st.stop()
 
 # reference lines: the baselines job's evaluation, else any finished run of this experiment,
