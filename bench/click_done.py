@@ -17,18 +17,13 @@ DIMALIGN_HOME whose digits-class baselines were trained before. Needs Chromium
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import workshop  # noqa: E402
-from _common import header, median  # noqa: E402
-from find_browser import MISSING, find  # noqa: E402
+from _common import median  # noqa: E402
 
 TIMEOUT = 120.0  # seconds one answer may take before the bench stops
 
@@ -73,64 +68,37 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    chromium = find()
-    if not chromium:
-        raise SystemExit(MISSING)
-    header("click to done on screen: Unlearn (live), a first and a second run, make app",
-           {"rounds": args.rounds, "preset": workshop.PRESET, "browser": chromium,
-            "server": "make app"})
-    tmp = tempfile.mkdtemp(prefix="dimalign-done-")
-    home = f"{tmp}/home"
-    os.environ["DIMALIGN_HOME"] = home
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".dimalign" / "numba-cache"))
-    env = dict(os.environ)
-    proc = None
+    from dimalign.store import Store
+
     rows = {"first": [], "second": []}
-    try:
-        workshop.train_baselines(env)
-        proc, url = workshop.serve(env, Path(tmp) / "make-app.log")
-        from playwright.sync_api import sync_playwright
-
-        from dimalign.store import Store
-
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-            try:
-                for i in range(args.rounds + 1):  # round 0 warms the server, not reported
-                    page = workshop.open_page(browser, url, f"done-{i}")
-                    seen: list[str] = []
-                    for which in ("first", "second"):
-                        if which == "second":
-                            step_lambda(page)  # new knobs: nothing comes from a cache
-                        run_id, line, full, clicked = press_and_wait(page, seen)
-                        seen.append(run_id)
-                        run = Store().get(run_id)
-                        worker = run.finished - run.started
-                        behind = clicked + line - run.finished
-                        print(f"round {i} {which}: run {run_id} click → done {line:.2f} s, "
-                              f"page redrawn {full:.2f} s; worker {worker:.2f} s; store done "
-                              f"→ screen {behind:.2f} s; click → queued "
-                              f"{run.created - clicked:.2f}, queued "
-                              f"{run.started - run.created:.2f}")
-                        if i:
-                            rows[which].append((line, full, worker, behind))
-                    page.context.close()
-            finally:
-                browser.close()
-        print()
-        for which, got in rows.items():
-            line, full, worker, behind = (median([r[k] for r in got]) for k in range(4))
-            print(f"{which} run: click → done median {line:.2f} s (min {min(r[0] for r in got):.2f}"
-                  f", max {max(r[0] for r in got):.2f}); baseline, worker: median {worker:.2f} s;"
-                  f" the app adds {line - worker:.2f} s; store done → screen median "
-                  f"{behind:.2f} s (max {max(r[3] for r in got):.2f}); page redrawn median "
-                  f"{full:.2f} s")
-    finally:
-        if proc is not None:
-            workshop.stop_server(proc)
-        workshop.stop_background(home)
-        shutil.rmtree(tmp, ignore_errors=True)
+    with workshop.app_in_browser(
+            "click to done on screen: Unlearn (live), a first and a second run, make app",
+            {"rounds": args.rounds}, workshop.train_baselines) as (url, browser):
+        for i in range(args.rounds + 1):  # round 0 warms the server, not reported
+            page = workshop.open_page(browser, url, f"done-{i}")
+            seen: list[str] = []
+            for which in ("first", "second"):
+                if which == "second":
+                    step_lambda(page)  # new knobs: nothing comes from a cache
+                run_id, line, full, clicked = press_and_wait(page, seen)
+                seen.append(run_id)
+                run = Store().get(run_id)
+                worker = run.finished - run.started
+                behind = clicked + line - run.finished
+                print(f"round {i} {which}: run {run_id} click → done {line:.2f} s, page "
+                      f"redrawn {full:.2f} s; worker {worker:.2f} s; store done → screen "
+                      f"{behind:.2f} s; click → queued {run.created - clicked:.2f}, queued "
+                      f"{run.started - run.created:.2f}")
+                if i:
+                    rows[which].append((line, full, worker, behind))
+            page.context.close()
+    print()
+    for which, got in rows.items():
+        line, full, worker, behind = (median([r[k] for r in got]) for k in range(4))
+        print(f"{which} run: click → done median {line:.2f} s (min {min(r[0] for r in got):.2f}, "
+              f"max {max(r[0] for r in got):.2f}); baseline, worker: median {worker:.2f} s; the "
+              f"app adds {line - worker:.2f} s; store done → screen median {behind:.2f} s (max "
+              f"{max(r[3] for r in got):.2f}); page redrawn median {full:.2f} s")
 
 
 if __name__ == "__main__":

@@ -17,19 +17,14 @@ one MUDA run by pressing Run on Unlearn (live), as a user would. Each round asks
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import workshop  # noqa: E402
-from _common import header, median  # noqa: E402
-from find_browser import MISSING, find  # noqa: E402
+from _common import median  # noqa: E402
 
 OWNER = "bench"
 TIMEOUT = 300.0  # seconds one answer may take before the round counts as failed
@@ -119,65 +114,43 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    chromium = find()
-    if not chromium:
-        raise SystemExit(MISSING)
-    header("click to answer: Audit and Tune through make app",
-           {"rounds": args.rounds, "preset": workshop.PRESET, "browser": chromium,
-            "server": "make app"})
-    tmp = tempfile.mkdtemp(prefix="dimalign-click-")
-    home = f"{tmp}/home"
-    os.environ["DIMALIGN_HOME"] = home
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".dimalign" / "numba-cache"))
-    env = dict(os.environ)
-    proc = None
-    audit, tune = [], []
-    try:
+
+    def prepare(env: dict) -> None:
         train(env)
         train(env, "replicate=1")  # Tune's default of 2 replicates finds both warm
-        proc, url = workshop.serve(env, Path(tmp) / "make-app.log")
-        from playwright.sync_api import sync_playwright
 
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-            try:
-                page = workshop.open_page(browser, url, OWNER)  # Unlearn (live)
-                page.get_by_role("button", name="Run", exact=True).click()
-                page.get_by_text("done.").first.wait_for(timeout=TIMEOUT * 1000)
-                page.get_by_role("link", name="Audit", exact=True).click()
-                page.get_by_role("button", name="Compute the audit").wait_for(timeout=60_000)
-                workshop.wait_idle(page)
-                for i in range(args.rounds + 1):  # round 0 warms the page, not reported
-                    seconds, worker, parts = audit_round(page, 40 + i)
-                    print(f"audit round {i}: click → drawn {seconds:.2f} s, job {worker:.2f} s"
-                          f" ({parts})")
-                    if i:
-                        audit.append((seconds, worker))
-                page.get_by_role("link", name="Tune", exact=True).click()
-                page.get_by_role("button", name="Sweep", exact=True).wait_for(timeout=60_000)
-                workshop.wait_idle(page)
-                for i in range(args.rounds + 1):
-                    values = ", ".join(f"{v * (1 + i / 10):g}" for v in (0.5, 5.0, 50.0))
-                    seconds, span, n = tune_round(page, values)
-                    print(f"tune round {i}: {n} runs, click → drawn {seconds:.2f} s, "
-                          f"workers {span:.2f} s")
-                    if i:
-                        tune.append((seconds, span))
-            finally:
-                browser.close()
-        for label, rows, work in (("Audit (m auto, s 41..)", audit, "audit job"),
-                                  ("Tune (MUDA lambda_da x 3, 2 replicates)", tune,
-                                   "workers' span")):
-            answer, base = median([r[0] for r in rows]), median([r[1] for r in rows])
-            print(f"\n{label}: click → answer median {answer:.2f} s (max "
-                  f"{max(r[0] for r in rows):.2f}); baseline, {work}: median {base:.2f} s; "
-                  f"the app adds {answer - base:.2f} s ({answer / base:.2f}x)")
-    finally:
-        if proc is not None:
-            workshop.stop_server(proc)
-        workshop.stop_background(home)
-        shutil.rmtree(tmp, ignore_errors=True)
+    audit, tune = [], []
+    with workshop.app_in_browser("click to answer: Audit and Tune through make app",
+                                 {"rounds": args.rounds}, prepare) as (url, browser):
+        page = workshop.open_page(browser, url, OWNER)  # Unlearn (live)
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.get_by_text("done.").first.wait_for(timeout=TIMEOUT * 1000)
+        page.get_by_role("link", name="Audit", exact=True).click()
+        page.get_by_role("button", name="Compute the audit").wait_for(timeout=60_000)
+        workshop.wait_idle(page)
+        for i in range(args.rounds + 1):  # round 0 warms the page, not reported
+            seconds, worker, parts = audit_round(page, 40 + i)
+            print(f"audit round {i}: click → drawn {seconds:.2f} s, job {worker:.2f} s"
+                  f" ({parts})")
+            if i:
+                audit.append((seconds, worker))
+        page.get_by_role("link", name="Tune", exact=True).click()
+        page.get_by_role("button", name="Sweep", exact=True).wait_for(timeout=60_000)
+        workshop.wait_idle(page)
+        for i in range(args.rounds + 1):
+            values = ", ".join(f"{v * (1 + i / 10):g}" for v in (0.5, 5.0, 50.0))
+            seconds, span, n = tune_round(page, values)
+            print(f"tune round {i}: {n} runs, click → drawn {seconds:.2f} s, "
+                  f"workers {span:.2f} s")
+            if i:
+                tune.append((seconds, span))
+    for label, rows, work in (("Audit (m auto, s 41..)", audit, "audit job"),
+                              ("Tune (MUDA lambda_da x 3, 2 replicates)", tune,
+                               "workers' span")):
+        answer, base = median([r[0] for r in rows]), median([r[1] for r in rows])
+        print(f"\n{label}: click → answer median {answer:.2f} s (max "
+              f"{max(r[0] for r in rows):.2f}); baseline, {work}: median {base:.2f} s; "
+              f"the app adds {answer - base:.2f} s ({answer / base:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -220,6 +220,40 @@ def stop_background(home: str) -> list[str]:
     return killed
 
 
+@contextlib.contextmanager
+def app_in_browser(title: str, settings: dict, prepare):
+    """What a click-to-answer bench needs: Chromium (else the bench stops, naming how to get
+    it), its header, a throw-away DIMALIGN_HOME that `prepare(env)` fills (baselines), `make
+    app` serving it on a free port, and a headless Chromium: yields (url, browser), and stops
+    them all after."""
+    chromium = find()
+    if not chromium:
+        raise SystemExit(MISSING)
+    header(title, {**settings, "preset": PRESET, "browser": chromium, "server": "make app"})
+    tmp = tempfile.mkdtemp(prefix="dimalign-bench-")
+    home = f"{tmp}/home"
+    os.environ["DIMALIGN_HOME"] = home  # for the store reads and stop_scheduler() here
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".dimalign" / "numba-cache"))
+    env, proc = dict(os.environ), None
+    try:
+        prepare(env)
+        proc, url = serve(env, Path(tmp) / "make-app.log")
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            try:
+                yield url, browser
+            finally:
+                browser.close()
+    finally:
+        if proc is not None:
+            stop_server(proc)
+        stop_background(home)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--owners", type=int, default=6)
