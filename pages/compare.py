@@ -126,7 +126,7 @@ columns[TIME_FRACTION.name] = st.column_config.Column(TIME_FRACTION.title,
                                                       help=TIME_FRACTION.description)
 st.dataframe(styled, hide_index=True, key="compare_table", column_config=columns)
 if mine is not None:
-    st.caption(f"Blue: the row of your latest run, {latest}"
+    st.caption(f"Blue run cell: the row of your latest run, {latest}"
                + (f" (row {mine['run']}, its lowest replicate)" if mine["run"] != latest else "")
                + ".")
 st.caption("Red shading grows with the distance to the retrained model (the gold standard)"

@@ -103,7 +103,11 @@ references = {m: v for m, v in (evaluated.result or {}).get("models", {}).items(
               if m in ("original", "retrained")} if evaluated else {}
 ghosts = ui.ghost_runs(runs, selected)
 floor = ui.noise_floor(cfg, shown("unlearn"))  # None until two replicates have finished
-ui.effect_panel([r for r in runs if r.owner == selected.owner])
+mine = [r for r in runs if r.owner == selected.owner]  # newest first
+# the Effect of the run shown against the finished run before it (of the newest two while the
+# run shown has not finished)
+shown_at = next(i for i, r in enumerate(mine) if r.id == selected.id)
+ui.effect_panel(mine[shown_at:] if selected.status == "done" else mine)
 
 
 def _status_line(run) -> None:

@@ -386,6 +386,18 @@ def test_run_on_change_and_fork_each_show_their_run_on_the_page(server, browser)
     assert store.get(fork).parent_id == made[-1]
     wait_page_shows(page, fork, "done")
     assert f"fork of {made[-1]}" in page.get_by_role("combobox", name="Run").input_value()
+    # a pick of an earlier run holds on another page and back (until the next action)
+    page.get_by_role("combobox", name="Run").click()
+    page.get_by_role("option", name=f"{made[0]} · muda · done", exact=True).click()
+    wait_page_shows(page, made[0], "done")
+    page.get_by_role("link", name="Eigenspectra", exact=True).click()
+    page.get_by_role("heading", name="Eigenspectra").first.wait_for(timeout=60_000)
+    wait_idle(page)
+    assert page.get_by_role("combobox", name="Run").input_value().startswith(made[0])
+    page.get_by_role("link", name="Unlearn (live)", exact=True).click()
+    wait_page_shows(page, made[0], "done")
+    wait_idle(page)
+    assert page.get_by_role("combobox", name="Run").input_value().startswith(made[0])
     page.close()
 
 

@@ -295,7 +295,7 @@ def test_manifolds_page_shows_the_aligned_umap(finished):
 
 def test_compare_page_tabulates_runs_with_gaps_and_offers_downloads(finished):
     at = page("pages/compare.py", finished["run"])  # the person's latest run is marked
-    assert any(c.value.startswith(f"Blue: the row of your latest run, {finished['run']}")
+    assert any(c.value.startswith(f"Blue run cell: the row of your latest run, {finished['run']}")
                for c in at.caption), [c.value for c in at.caption]
     table = at.dataframe[0].value
     assert {"original", "retrained"} <= set(table["run"]) and finished["run"] in set(table["run"])

@@ -77,7 +77,8 @@ def sidebar_config() -> Config | None:
         st.caption("Machine unlearning, seen in feature space.")
         preset = st.selectbox("Preset", names, index=index, key="preset")
         description, _ = load_preset(preset)
-        st.caption(description)
+        st.caption("**Your own data** (set on the Experiment page), with this preset's other "
+                   "settings." if st.session_state.get("own_data") else description)
         if who.admin:
             st.caption("**Instructor's view**: every owner's runs, read-only.")
         else:

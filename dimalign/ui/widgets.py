@@ -60,11 +60,11 @@ def pick_run(runs: list[Run], key: str = "run", done_only: bool = False,
     # the widget gets a key of its own per set of labels, and its value is set through
     # session_state before it is drawn (the supported way to move a widget).
     widget = f"{key}_{zlib.crc32(repr(labels).encode()):08x}"
-    wanted = sticky("run")
-    if wanted in ids and st.session_state.get(widget) != wanted:
-        st.session_state[widget] = wanted
-    elif st.session_state.get(widget) not in ids:
-        st.session_state[widget] = ids[0]
+    wanted, current = sticky("run"), st.session_state.get(widget)
+    # set on every draw: a value left from this widget's last draw on an earlier visit to the
+    # page is ignored when the widget is drawn again (it shows its first option instead)
+    st.session_state[widget] = (wanted if wanted in ids else current if current in ids
+                                else ids[0])
     chosen = st.selectbox("Run", ids, key=widget, on_change=_picked, args=(widget,),
                           format_func=labels.__getitem__)
     return by_id[chosen]
@@ -84,7 +84,7 @@ def show_run_error(run: Run) -> None:
                        "rate or loss weight) and run again.",
              "interrupted": "Its worker stopped. Resume it to continue from its last "
                             "checkpoint.",
-             "cancelled": "It was cancelled; run it again when you want it."}
+             "cancelled": "Resume continues it from its last checkpoint."}
     if run.status in hints:
         st.error(f"Run {run.id} {run.status}: {run.error or 'no message'}. {hints[run.status]}")
 
@@ -248,8 +248,10 @@ def effect_panel(runs: list[Run]) -> None:
     newer, older = done
     changes = knob_changes(config_from_dict(older.config), config_from_dict(newer.config),
                            older.method, newer.method)
-    st.markdown(f"**Effect** of {', '.join(changes) or 'a rerun with the same knobs'} "
-                f"({older.id} → {newer.id})")
+    what = ", ".join(changes) or ("the same knobs" if newer.parent_id else
+                                    "a rerun with the same knobs")
+    fork = f"a fork of {newer.parent_id} with " if newer.parent_id else ""
+    st.markdown(f"**Effect** of {fork}{what} ({older.id} → {newer.id})")
     rows = effect(newer.result["models"]["unlearned"], older.result["models"]["unlearned"])
     for col, row in zip(st.columns(len(rows)), rows, strict=True):
         color = "off" if row["better"] is None else (
