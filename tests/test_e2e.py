@@ -149,6 +149,26 @@ def wait_page_shows(page, run_id: str, status: str, timeout: float = 120) -> flo
         time.sleep(0.1)
 
 
+def pick(page, label: str, timeout: float = 30) -> None:
+    """Choose `label` in the Run picker as a person does: open it, click the option (again if
+    a redraw closed the list first)."""
+    from playwright.sync_api import TimeoutError as Timeout
+
+    end = time.monotonic() + timeout
+    while True:
+        wait_idle(page)
+        page.get_by_role("combobox", name="Run").click()
+        try:
+            page.get_by_role("option", name=label, exact=True).click(timeout=5_000)
+            return
+        except Timeout:
+            options = page.get_by_role("option").all_inner_texts()
+            if time.monotonic() > end:
+                page.screenshot(path=ARTIFACTS / "pick-failed.png", full_page=True)
+                raise AssertionError(f"no option {label!r} in the picker: {options}") from None
+            page.keyboard.press("Escape")
+
+
 def newest_run(store, owner: str, other_than: tuple[str, ...] = (), timeout: float = 30) -> str:
     """The id of `owner`'s newest run that is not one of `other_than`, once it exists."""
     end = time.monotonic() + timeout
@@ -387,8 +407,7 @@ def test_run_on_change_and_fork_each_show_their_run_on_the_page(server, browser)
     wait_page_shows(page, fork, "done")
     assert f"fork of {made[-1]}" in page.get_by_role("combobox", name="Run").input_value()
     # a pick of an earlier run holds on another page and back (until the next action)
-    page.get_by_role("combobox", name="Run").click()
-    page.get_by_role("option", name=f"{made[0]} · muda · done", exact=True).click()
+    pick(page, f"{made[0]} · muda · done")
     wait_page_shows(page, made[0], "done")
     page.get_by_role("link", name="Eigenspectra", exact=True).click()
     page.get_by_role("heading", name="Eigenspectra").first.wait_for(timeout=60_000)
