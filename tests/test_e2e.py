@@ -594,6 +594,9 @@ def test_own_data_a_server_path_is_refused_in_one_line_and_an_uploaded_zip_is_us
     wait_idle(page)
     page.get_by_role("button", name="Use these").click()
     page.get_by_text("imagefolder", exact=True).first.wait_for(timeout=60_000)
+    # the refusal above stays on screen until the run that replaces it has finished
+    page.locator("[data-testid='stAlertContentError']").first.wait_for(state="detached",
+                                                                        timeout=60_000)
     wait_idle(page)
     assert page.locator("[data-testid='stAlertContentError']").count() == 0
     assert page.locator("[data-testid='stImage']").count() > 0  # its forget and retain images
