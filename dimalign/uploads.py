@@ -7,7 +7,6 @@ made, never one typed by the participant.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -18,6 +17,7 @@ import zlib
 from io import BytesIO
 from pathlib import Path, PurePosixPath
 
+from dimalign import checked
 from dimalign.paths import PathError, home
 from dimalign.store import check_owner
 
@@ -82,13 +82,10 @@ def save_checkpoint(data: bytes, owner: str) -> Path:
     """A state-dict upload, kept as `<owner area>/<sha256[:16]>.pt`; what it holds is checked
     where every checkpoint is (train.load_original: weights only, the model's keys)."""
     _checked_size(data, "The checkpoint")
-    path = owner_area(owner) / f"{hashlib.sha256(data).hexdigest()[:16]}.pt"
+    path = owner_area(owner) / f"{checked.digest(data)[:16]}.pt"
     if not path.exists():
         _check_room(owner, len(data))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
-            tmp.write(data)
-        os.replace(tmp.name, path)
+        checked.save(path, data)  # atomic, with its sha256 beside it
     return path
 
 
@@ -107,7 +104,7 @@ def unpack_imagefolder(data: bytes, owner: str) -> Path:
         raise UploadRefused("The zip cannot be read as a zip file") from None
     budget = 4 * upload_limit()
     _check_members(members, budget)
-    folder = owner_area(owner) / hashlib.sha256(data).hexdigest()[:16]
+    folder = owner_area(owner) / checked.digest(data)[:16]
     if not folder.exists():
         _check_room(owner, sum(m.file_size for m in members))
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +132,7 @@ def _check_members(members: list[zipfile.ZipInfo], budget: int) -> None:
     if sum(m.file_size for m in members) > budget:
         raise UploadRefused(f"The zip unpacks to more than {budget / 2**20:.0f} MB")
     for member in members:
-        name = PurePosixPath(member.filename.replace("\\", "/"))
+        name = _member_path(member)
         if name.is_absolute() or ".." in name.parts or DRIVE.match(member.filename):
             raise UploadRefused("The zip has a member outside its own folder (an absolute "
                                 "path, a drive or '..'); zip the folder itself")
@@ -151,10 +148,15 @@ def _check_members(members: list[zipfile.ZipInfo], budget: int) -> None:
 DRIVE = re.compile(r"^[A-Za-z]:")  # "C:evil.png": a Windows drive, outside any folder
 
 
+def _member_path(member: zipfile.ZipInfo) -> PurePosixPath:
+    """A member's name as a path (Windows zips may separate with backslashes)."""
+    return PurePosixPath(member.filename.replace("\\", "/"))
+
+
 def _extract(archive: zipfile.ZipFile, members, target: Path, budget: int) -> None:
     written = 0
     for member in members:
-        path = target.joinpath(*PurePosixPath(member.filename.replace("\\", "/")).parts)
+        path = target.joinpath(*_member_path(member).parts)
         if member.is_dir():
             path.mkdir(parents=True, exist_ok=True)
             continue

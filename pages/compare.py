@@ -53,8 +53,7 @@ if (active := [r for r in every if r.status in ACTIVE]):
 
     progress()
 
-runs = sorted((r for r in every if r.status == "done" and r.result), key=lambda r: r.created,
-              reverse=True)
+runs = [r for r in every if r.status == "done" and r.result]  # newest first
 if not runs:
     st.info("No finished runs of this experiment yet: press *Run every method*, or start some "
             "on the Unlearn page.")

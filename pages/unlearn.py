@@ -64,7 +64,7 @@ except (ConfigError, StoreError) as err:
                                       " Change that setting and try again."))
 
 # every replicate's runs (a sweep's or a Compare page's): each has its own baselines
-runs = sorted(ui.replicate_runs(cfg, who), key=lambda r: r.created, reverse=True)
+runs = ui.replicate_runs(cfg, who)  # newest first
 selected = ui.pick_run(runs, key="run", with_owner=who.admin) if runs else None
 status = selected.status if selected is not None else None
 if not who.admin:
@@ -123,7 +123,7 @@ def _status_line(run) -> None:
         ui.show_run_error(run)
 
 
-def _curves(run_id: str, final: bool) -> None:
+def _curves(run_id: str) -> None:
     store = ui.store()
     version = store.version(run_id)  # the curves are read again only when this moves
     if version[0] == "queued":  # nothing to draw yet: a chart would only cost the browser
@@ -133,9 +133,6 @@ def _curves(run_id: str, final: bool) -> None:
         lambda: plots.telemetry_figure(store.curves(run_id), references,
                                        ghosts=[(g.label, store.curves(g.run.id)) for g in ghosts]))
     ui.chart(fig, f"curves_{run_id}")
-    run = store.get(run_id) if final and version[0] == "done" else None
-    if run is not None and run.result:
-        ui.result_table(run, ghosts, floor)
 
 
 STATUS_EVERY = 0.25  # s: the status line's check, one indexed query (the curves redraw each 1 s)
@@ -160,10 +157,12 @@ if selected.status in ("queued", "running"):
 
     @st.fragment(run_every=1.0)
     def live_curves() -> None:
-        _curves(selected.id, final=False)
+        _curves(selected.id)
 
     live_status()
     live_curves()
 else:
     _status_line(selected)
-    _curves(selected.id, final=True)
+    _curves(selected.id)
+    if selected.status == "done" and selected.result:
+        ui.result_table(selected, ghosts, floor)

@@ -135,8 +135,7 @@ def geometry_source(cfg: Config, who: Identity) -> tuple[Run | None, dict | None
     replicate (by default the one the session's newest action made, as on Unlearn), else the
     experiment's baselines (original and retrained only). A geometry file that cannot be read
     shows an error line (load_geometry) and gives None."""
-    runs = sorted(replicate_runs(cfg, who, statuses=("done",)), key=lambda r: r.created,
-                  reverse=True)
+    runs = replicate_runs(cfg, who, statuses=("done",))
     run = (pick_run(runs, done_only=True, with_owner=who.admin) if runs
            else baselines_run(cfg))
     if run is None:

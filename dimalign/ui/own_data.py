@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from dimalign.checked import DiskFull
 from dimalign.config import DEFAULT_PRESET, build_config
 from dimalign.errors import ConfigError
 from dimalign.paths import PathError, web_path
@@ -47,9 +48,9 @@ def use_own_data(root: str, size: int, model: str, checkpoint: str, *, owner: st
     except (PathError, StoreError) as err:
         st.session_state["own_error"] = f"Not used: {err}."
         return
-    except OSError as err:  # a full disk while unpacking: nothing is kept
-        st.session_state["own_error"] = ("Not used: the upload could not be stored "
-                                         f"({err.strerror}).")
+    except (OSError, DiskFull) as err:  # a full disk while unpacking: nothing is kept
+        why = "the disk is full" if isinstance(err, DiskFull) else err.strerror
+        st.session_state["own_error"] = f"Not used: the upload could not be stored ({why})."
         return
     made.update(p for p, sent in ((root, upload_zip), (checkpoint, upload_checkpoint)) if sent)
     own = []

@@ -69,10 +69,11 @@ REPLICATES_SHOWN = 10  # replicates 0..9 of an experiment are looked up (one ind
 
 def replicate_runs(cfg: Config, who: Identity | None = None,
                    statuses: tuple[str, ...] | None = None) -> list[Run]:
-    """`experiment_runs` of every replicate of this experiment: each replicate has its own
-    baselines, hence its own experiment key."""
-    return [run for r in range(REPLICATES_SHOWN)
-            for run in experiment_runs(cfg.with_replicate(r), who, statuses)]
+    """`experiment_runs` of every replicate of this experiment, newest first: each replicate
+    has its own baselines, hence its own experiment key."""
+    return sorted((run for r in range(REPLICATES_SHOWN)
+                   for run in experiment_runs(cfg.with_replicate(r), who, statuses)),
+                  key=lambda run: run.created, reverse=True)
 
 
 def replicate_results(cfg: Config) -> list[dict]:
