@@ -4,7 +4,14 @@
 the subcommands `build_parser` registers, so it names all of them by construction;
 `dimalign COMMAND --help` shows one command's options. Progress goes to stderr; with --json,
 stdout holds exactly one JSON object. Known failures (bad config, missing dataset, diverging
-training) print one line and exit non-zero.
+training) print one line and exit non-zero, one code per class of error (`main`):
+
+    0    done
+    1    the work failed: diverged training, a missing device, a full disk
+    2    a setting or input is wrong, own data and checkpoints included (whether the scan or
+         decoding finds an image bad); a damaged store; an unusable path
+    3    a dataset is not on disk and could not be downloaded
+    130  cancelled or interrupted
 """
 
 from __future__ import annotations
@@ -20,11 +27,12 @@ from dimalign.checked import DiskFull, is_disk_full
 from dimalign.config import DEFAULT_PRESET, build_config, load_preset, preset_names
 from dimalign.datasets import DatasetUnavailable
 from dimalign.errors import ConfigError
-from dimalign.methods import ORDER, REGISTRY, get_method
+from dimalign.methods import BUILTIN, get_method  # not ORDER or REGISTRY: they load plugins
 from dimalign.methods.loop import Cancelled
 from dimalign.metric_table import TABLE, TIME_FRACTION, ordered, shown
 from dimalign.paths import PathError
 from dimalign.store import StoreError
+from dimalign.sweep import SweepInterrupted
 
 
 class ProgressBar:
@@ -146,6 +154,8 @@ def _embed_cli(folder: Path, samples: int) -> dict:
 
 
 def cmd_methods(args) -> int:
+    from dimalign.methods import ORDER, REGISTRY
+
     if args.json:
         # knobs in display order; "groups" names their groups in that order (the first is the
         # one a page shows open)
@@ -184,6 +194,7 @@ def cmd_methods(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from dimalign.methods import ORDER
     from dimalign.runner import compare
 
     cfg = build_config(args.preset, args.set)
@@ -309,17 +320,29 @@ def _age(ts) -> str:
 
 
 def cmd_runs(args) -> int:
-    from dimalign.jobs import queue_position
-
     store = _store()
-    runs = store.runs(owner=args.owner)
+    if args.limit is not None and args.limit < 1:
+        raise StoreError(f"--limit must be at least 1, got {args.limit}")
+    if args.sweep is not None:
+        from dimalign.store import check_sweep_id
+
+        check_sweep_id(args.sweep)
+    filters = {"owner": args.owner, "sweep": args.sweep}
+    runs = store.runs(**filters, limit=None if args.all else args.limit or RUNS_SHOWN)
+    more = store.count(**filters) - len(runs)
+    if more:  # said on stderr: stdout stays the list (or one JSON array) for scripts
+        print(f"{more:,} more runs not shown (the newest {len(runs):,} are): --limit N or "
+              "--all", file=sys.stderr)
     if args.json:
+        queued = store.runs(statuses=("queued",), oldest_first=True, limit=None)
+        places = {r.id: place for place, r in enumerate(queued, 1)}  # the queue, read once
         json.dump([{"id": r.id, "parent_id": r.parent_id, "depends_on": r.depends_on,
                     "owner": r.owner, "kind": r.kind, "preset": r.preset, "method": r.method,
                     "status": r.status, "pid": r.pid, "device": r.device,
                     "progress": r.progress, "phase": r.phase, "created": r.created,
                     "started": r.started, "finished": r.finished, "error": r.error,
-                    "executor": r.executor, "queue_position": queue_position(store, r.id)}
+                    "executor": r.executor, "sweep": r.sweep,
+                    "queue_position": places.get(r.id)}
                    for r in runs], sys.stdout)
         sys.stdout.write("\n")
         return 0
@@ -368,9 +391,20 @@ def _follow(store, run_id: str, interval: float):
         time.sleep(interval)
 
 
-def cmd_cancel(args) -> int:
-    from dimalign.jobs import cancel, ensure_scheduler
+RUNS_SHOWN = 1000  # `runs` lists the newest this many unless told otherwise
 
+
+def cmd_cancel(args) -> int:
+    from dimalign.jobs import cancel, cancel_sweep, ensure_scheduler
+
+    if (args.run is None) == (args.sweep is None):
+        raise StoreError("give a run id or --sweep ID (one of them)")
+    if args.sweep is not None:
+        cancelled, asked = cancel_sweep(_store(), args.sweep)
+        ensure_scheduler()
+        print(f"sweep {args.sweep}: {cancelled} queued run(s) cancelled, {asked} running "
+              "run(s) asked to stop")
+        return 0
     run = cancel(_store(), args.run)
     ensure_scheduler()  # after the cancel, so it cannot start the run first; runs what is left
     print(f"{run.id} {run.status}" + (" (cancel requested)" if run.cancel_requested else ""))
@@ -397,13 +431,19 @@ def cmd_export(args) -> int:
 def cmd_sweep(args) -> int:
     from dimalign.sweep import sweep_local, sweep_ray
 
+    def announce(sweep_id: str) -> None:
+        # first, on stderr (stdout stays the run ids): what stops it all, even while it queues
+        print(f"sweep {sweep_id} (stop all its runs: dimalign cancel --sweep {sweep_id})",
+              file=sys.stderr, flush=True)
+
     store = _store()
     if args.backend == "ray":
         ids = sweep_ray(store, args.preset, args.method, args.grid, args.set, args.owner,
-                        args.gpus_per_trial, args.address, replicates=args.replicates)
+                        args.gpus_per_trial, args.address, replicates=args.replicates,
+                        announce=announce)
     else:
         ids = sweep_local(store, args.preset, args.method, args.grid, args.set, args.owner,
-                          replicates=args.replicates)
+                          replicates=args.replicates, announce=announce)
     for run_id in ids:
         print(run_id)
     return 0
@@ -523,7 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a setting, e.g. scenario.classes=3,5 or train.epochs=10")
     run.add_argument("--method", default="retrain",
-                     help=f"unlearning method: {', '.join(ORDER)} (default: retrain)")
+                     help=f"unlearning method: {', '.join(BUILTIN)} or a plugin's (`dimalign "
+                          "methods` lists them all; default: retrain)")
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     run.add_argument("--fresh", action="store_true",
                      help="recompute even if this exact run was saved before")
@@ -564,18 +605,25 @@ def build_parser() -> argparse.ArgumentParser:
     sb.set_defaults(func=cmd_submit)
     rs = sub.add_parser("runs", help="list runs in the store")
     rs.add_argument("--owner")
+    rs.add_argument("--sweep", metavar="ID", help="only the runs of this sweep")
+    rs.add_argument("--limit", type=int, metavar="N",
+                    help=f"the newest N runs (default {RUNS_SHOWN}; stderr says how many more)")
+    rs.add_argument("--all", action="store_true", help="every run, however many")
     rs.add_argument("--json", action="store_true")
     rs.set_defaults(func=cmd_runs)
     wt = sub.add_parser("watch", help="follow a run's progress until it ends")
     wt.add_argument("run")
     wt.add_argument("--interval", type=float, default=0.5)
     wt.set_defaults(func=cmd_watch)
-    for name, func, text in (("cancel", cmd_cancel, "cancel a queued or running run"),
-                             ("resume", cmd_resume, "continue an interrupted, failed or "
-                                                    "cancelled run from its last checkpoint")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("run")
-        p.set_defaults(func=func)
+    ca = sub.add_parser("cancel", help="cancel a queued or running run, or a whole sweep")
+    ca.add_argument("run", nargs="?")
+    ca.add_argument("--sweep", metavar="ID",
+                    help="every run of this sweep (the id `sweep` prints first)")
+    ca.set_defaults(func=cmd_cancel)
+    re_ = sub.add_parser("resume", help="continue an interrupted, failed or cancelled run from "
+                         "its last checkpoint")
+    re_.add_argument("run")
+    re_.set_defaults(func=cmd_resume)
     ex = sub.add_parser("export", help="config, metrics CSV, figures, checkpoint and report")
     ex.add_argument("run")
     ex.add_argument("dir")
@@ -636,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         # features (e.g. all zero)
         print(f"dimalign: {err}", file=sys.stderr)
         return 1
-    except Cancelled as err:
+    except (Cancelled, SweepInterrupted) as err:
         print(f"dimalign: {err}", file=sys.stderr)
         return 130
     except OSError as err:  # a write outside the checked files (e.g. export's folder)

@@ -43,6 +43,7 @@ from dimalign.store import (
     Store,
     StoreError,
     check_owner,
+    check_sweep_id,
     pid_alive,
 )
 from dimalign.train import experiment_key
@@ -81,17 +82,42 @@ def _authorize(store: Store, owner: str | None, key: str | None,
         store.check_owner_key(owner, key, run_id)
 
 
+class QueueFull(StoreError):
+    """An owner asked to queue more runs than the per-owner cap allows; nothing was queued."""
+
+
+def queue_cap() -> int:
+    """Runs one owner may have queued at once: DIMALIGN_QUEUE_CAP, else 2,000. The scheduler
+    is fair across owners whatever the queue's length; the cap keeps one person's sweep from
+    filling the store (and the instructor's view) for everyone."""
+    return _env_number("DIMALIGN_QUEUE_CAP", int, 2000, low=1)
+
+
+def check_queue_room(store: Store, owner: str, adding: int) -> None:
+    """QueueFull (one line) when `adding` more runs would take `owner` past the cap."""
+    cap = queue_cap()
+    queued = store.count(owner=owner, statuses=("queued",))
+    if queued + adding > cap:
+        have = f"has {queued:,} runs queued; " if queued else ""
+        raise QueueFull(f"owner {owner!r} {have}{adding:,} more would pass the cap of {cap:,} "
+                        "queued runs per owner (DIMALIGN_QUEUE_CAP): cancel some (dimalign "
+                        "cancel --sweep ID) or wait for them; nothing was queued")
+
+
 def submit(store: Store, *, preset: str, overrides: Iterable[str] = (), method: str = "muda",
-           owner: str = "local", parent_id: str | None = None, key: str | None = None) -> str:
+           owner: str = "local", parent_id: str | None = None, key: str | None = None,
+           sweep: str | None = None) -> str:
     """Validate and queue a run; returns its id. An invalid config raises ConfigError and
     queues nothing. A fork (`parent_id`) starts from the parent's weights with its config plus
     `overrides`. `key`: the web app's proof that the caller is `owner` (see `_authorize`); a
     fork then must be of one of `owner`'s runs. The shared baselines' owner and the
-    instructor's are not names to submit under."""
+    instructor's are not names to submit under. `sweep`: the sweep it belongs to. An owner at
+    the queue cap gets QueueFull."""
     check_owner(owner)
     if owner.lower() in (SHARED_OWNER, ADMIN_OWNER):
         raise OwnerRefused(f"owner {owner!r} is reserved; choose another name")
     _authorize(store, owner, key, parent_id)
+    check_queue_room(store, owner, 1)
     get_method(method)
     if parent_id is not None:
         parent = store.get(parent_id)
@@ -110,7 +136,19 @@ def submit(store: Store, *, preset: str, overrides: Iterable[str] = (), method: 
                                 experiment=experiment)
     return store.create_run(owner=owner, kind=kind, preset=preset, method=method,
                             config=cfg.to_dict(), parent_id=parent_id, depends_on=depends_on,
-                            experiment=experiment)
+                            experiment=experiment, sweep=sweep)
+
+
+def cancel_sweep(store: Store, sweep: str, owner: str | None = None,
+                 key: str | None = None) -> tuple[int, int]:
+    """Cancel every queued run of a sweep and ask its running ones to stop; returns (runs
+    cancelled, runs asked to stop). Given `owner`/`key` (the web app), only that owner's runs
+    of it, and only with the owner's key; StoreError when the sweep has no runs."""
+    if key is not None or owner is not None:
+        _authorize(store, owner, key or "")
+    if not store.count(sweep=check_sweep_id(sweep), owner=owner):
+        raise StoreError(f"no sweep {sweep} in {store.path}")
+    return store.cancel_sweep(sweep, owner)
 
 
 def submit_embedding(store: Store, source_id: str, samples: int, owner: str) -> str:
@@ -273,6 +311,7 @@ def check_worker_settings() -> None:
     """Raise ConfigError for a scheduler setting a background scheduler could not start with
     (DIMALIGN_WORKERS below 1 or not a number, ...): said here, in the foreground."""
     worker_count()
+    queue_cap()
     recycle_limits()
     worker_threads(1)
     if backend() == "ray":
@@ -446,39 +485,37 @@ class Scheduler:
         return held
 
     def fail_orphans(self) -> None:
-        for run in self.store.runs(statuses=("queued",)):
-            if run.depends_on:
-                dep = self.store.get(run.depends_on)
-                if dep.status in ("failed", "cancelled", "interrupted"):
-                    self.store.transition(run.id, ("queued",), status="failed",
-                                          finished=time.time(),
-                                          error=f"its baselines job {dep.id} {dep.status}: "
-                                                f"{dep.error or ''}".strip())
+        for run, dep in self.store.blocked_by_failure():  # one query, however long the queue
+            self.store.transition(run.id, ("queued",), status="failed", finished=time.time(),
+                                  error=f"its baselines job {dep.id} {dep.status}: "
+                                        f"{dep.error or ''}".strip())
 
     def next_runs(self, free: int) -> list[Run]:
-        """Fair order: owners with fewer running jobs first, FIFO within an owner. A run handed
-        to a worker that has not claimed it yet counts as running."""
+        """Fair order: owners with fewer running jobs first, then round robin (the owner whose
+        last job started longest ago, or never), FIFO within an owner. A run handed to a
+        worker that has not claimed it yet counts as running. Chosen from the oldest `free`
+        ready runs of every owner (`Store.ready_heads`), so one owner's thousands of queued
+        runs never hide another's: a newcomer starts at the next free slot."""
         handed = self.handed()
         busy: dict[str, int] = {}
-        owners = {r.id: r.owner for r in self.store.runs(statuses=("running",))}
+        owners = {r.id: r.owner for r in self.store.runs(statuses=("running",), limit=None)}
         owners.update({i: self.store.get(i).owner for i in handed if i not in owners})
         for owner in owners.values():
             busy[owner] = busy.get(owner, 0) + 1
-        queued = [r for r in self.store.runs(statuses=("queued",), executor="local",
-                                             oldest_first=True) if r.id not in handed]
-        ready = [r for r in queued
-                 if not r.depends_on or self.store.get(r.depends_on).status == "done"]
+        ready = self.store.ready_heads("local", free, skip=handed)
+        served = self.store.last_started({r.owner for r in ready})
         picked: list[Run] = []
         while ready and len(picked) < free:
             owners = {r.owner for r in ready if busy.get(r.owner, 0) < self.cap(r.owner)}
             if not owners:
                 break
-            owner = min(owners, key=lambda o: (busy.get(o, 0),
+            owner = min(owners, key=lambda o: (busy.get(o, 0), served.get(o, -1.0),
                                                next(r.created for r in ready if r.owner == o)))
             run = next(r for r in ready if r.owner == owner)
             ready.remove(run)
             picked.append(run)
             busy[owner] = busy.get(owner, 0) + 1
+            served[owner] = time.time()  # served now: the next pick of this tick is another's
         return picked
 
     def cap(self, owner: str) -> int:

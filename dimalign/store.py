@@ -28,7 +28,7 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,7 @@ from pathlib import Path
 from dimalign import paths
 from dimalign.checked import DiskFull, is_disk_full
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
 _ID = re.compile(r"^[0-9a-f]{12}$")
@@ -76,7 +76,8 @@ CREATE TABLE IF NOT EXISTS runs (
     progress REAL,                    -- 0..1 of the current phase
     phase TEXT,                       -- what the worker is doing: original, retrained, unlearn
     result TEXT,                      -- JSON: the run's metrics when done
-    experiment TEXT                   -- its experiment (train.experiment_key), NULL if none
+    experiment TEXT,                  -- its experiment (train.experiment_key), NULL if none
+    sweep TEXT                        -- the sweep that queued it (sweep.new_sweep_id), or NULL
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status, created);
 CREATE INDEX IF NOT EXISTS runs_share ON runs(share_key);
@@ -105,6 +106,8 @@ CREATE TABLE IF NOT EXISTS owners (
 # indexes on columns that a migration adds: created after the migrations have run
 _LATE_SCHEMA = """
 CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment, kind, created);
+CREATE INDEX IF NOT EXISTS runs_sweep ON runs(sweep);
+CREATE INDEX IF NOT EXISTS runs_owner ON runs(owner, status);
 """
 
 
@@ -130,9 +133,15 @@ def _add_owners(db: sqlite3.Connection) -> None:
                "key_hash TEXT NOT NULL, created REAL NOT NULL)")
 
 
+def _add_sweep(db: sqlite3.Connection) -> None:
+    """3 -> 4: the sweep a run belongs to, so a whole sweep can be listed and cancelled.
+    Earlier runs belong to none."""
+    db.execute("ALTER TABLE runs ADD COLUMN sweep TEXT")
+
+
 # MIGRATIONS[v] upgrades a store at version v to v + 1, inside the opening write transaction
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_experiment,
-                                                               2: _add_owners}
+                                                               2: _add_owners, 3: _add_sweep}
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
@@ -154,6 +163,13 @@ def check_run_id(run_id: str) -> str:
     if not isinstance(run_id, str) or not _ID.match(run_id):
         raise StoreError(f"not a run id: {run_id!r} (12 hex characters, see `dimalign runs`)")
     return run_id
+
+
+def check_sweep_id(sweep: str) -> str:
+    if not isinstance(sweep, str) or not _ID.match(sweep):
+        raise StoreError(f"not a sweep id: {sweep!r} (12 hex characters, the first line "
+                         "`dimalign sweep` prints)")
+    return sweep
 
 
 def check_owner(owner: str) -> str:
@@ -209,6 +225,7 @@ class Run:
     phase: str | None
     result: dict | None
     experiment: str | None = None
+    sweep: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -219,8 +236,10 @@ class Run:
         return paths.runs_dir() / self.id  # the id is checked: never user text
 
 
-def _row_to_run(row: sqlite3.Row) -> Run:
+def _row_to_run(row: sqlite3.Row, extra: tuple[str, ...] = ()) -> Run:
     d = dict(row)
+    for column in extra:  # a query's own columns, not the run's
+        d.pop(column)
     d["config"] = json.loads(d["config"])
     d["result"] = json.loads(d["result"]) if d["result"] else None
     d["cancel_requested"] = bool(d["cancel_requested"])
@@ -463,12 +482,14 @@ class Store:
     def create_run(self, *, owner: str, kind: str, preset: str, method: str, config: dict,
                    parent_id: str | None = None, depends_on: str | None = None,
                    share_key: str | None = None, status: str = "queued",
-                   executor: str = "local", experiment: str | None = None) -> str:
+                   executor: str = "local", experiment: str | None = None,
+                   sweep: str | None = None) -> str:
         """A new run; returns its id. `experiment`: the key of the experiment it belongs to
-        (train.experiment_key), listed by `runs(experiment=...)`."""
+        (train.experiment_key), listed by `runs(experiment=...)`; `sweep`: the sweep that
+        queued it (`runs(sweep=...)`, `cancel_sweep`)."""
         fields = dict(owner=owner, kind=kind, preset=preset, method=method, config=config,
                       parent_id=parent_id, depends_on=depends_on, share_key=share_key,
-                      status=status, executor=executor, experiment=experiment)
+                      status=status, executor=executor, experiment=experiment, sweep=sweep)
         with self.write() as db:
             return self._insert(db, **fields)
 
@@ -490,14 +511,16 @@ class Store:
     def _insert(db: sqlite3.Connection, *, owner: str, kind: str, preset: str, method: str,
                 config: dict, parent_id: str | None = None, depends_on: str | None = None,
                 share_key: str | None = None, status: str = "queued", executor: str = "local",
-                experiment: str | None = None) -> str:
+                experiment: str | None = None, sweep: str | None = None) -> str:
         check_owner(owner)
         run_id = secrets.token_hex(6)
         db.execute(
             "INSERT INTO runs (id, parent_id, depends_on, owner, kind, preset, method, config, "
-            "share_key, executor, status, created, experiment) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "share_key, executor, status, created, experiment, sweep) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (run_id, parent_id, depends_on, owner, kind, preset, method, json.dumps(config),
-             share_key, executor, status, time.time(), experiment))
+             share_key, executor, status, time.time(), experiment,
+             None if sweep is None else check_sweep_id(sweep)))
         return run_id
 
     def get(self, run_id: str) -> Run:
@@ -510,20 +533,65 @@ class Store:
     def runs(self, owner: str | None = None, statuses: tuple[str, ...] | None = None,
              kind: str | None = None, executor: str | None = None,
              experiment: str | None = None, share_key: str | None = None,
-             limit: int = 1000, oldest_first: bool = False) -> list[Run]:
-        """Runs that match every filter given, newest first (`oldest_first`: FIFO order)."""
-        sql, args = "SELECT * FROM runs WHERE 1=1", []
-        for column, value in (("executor", executor), ("owner", owner), ("kind", kind),
-                              ("experiment", experiment), ("share_key", share_key)):
-            if value is not None:
-                sql += f" AND {column} = ?"
-                args.append(value)
-        if statuses:
-            sql += f" AND status IN ({','.join('?' * len(statuses))})"
-            args.extend(statuses)
-        sql += f" ORDER BY created {'ASC' if oldest_first else 'DESC'} LIMIT ?"
-        args.append(limit)
+             sweep: str | None = None, limit: int | None = 1000,
+             oldest_first: bool = False) -> list[Run]:
+        """Runs that match every filter given, newest first (`oldest_first`: FIFO order), at
+        most `limit` of them (None: all); `count` says how many match in all."""
+        where, args = self._where(owner=owner, statuses=statuses, kind=kind, executor=executor,
+                                  experiment=experiment, share_key=share_key, sweep=sweep)
+        sql = (f"SELECT * FROM runs WHERE {where} "
+               f"ORDER BY created {'ASC' if oldest_first else 'DESC'}, id LIMIT ?")
+        args.append(-1 if limit is None else limit)  # SQLite: a negative limit is none
         return [_row_to_run(r) for r in self.db.execute(sql, args).fetchall()]
+
+    def count(self, **filters) -> int:
+        """How many runs match `filters` (those of `runs`): what a truncated list leaves out."""
+        where, args = self._where(**filters)
+        return self.db.execute(f"SELECT COUNT(*) FROM runs WHERE {where}", args).fetchone()[0]
+
+    @staticmethod
+    def _where(statuses: tuple[str, ...] | None = None, **equal) -> tuple[str, list]:
+        where, args = "1=1", []
+        for column in ("executor", "owner", "kind", "experiment", "share_key", "sweep"):
+            if equal.get(column) is not None:
+                where += f" AND {column} = ?"
+                args.append(equal[column])
+        if statuses:
+            where += f" AND status IN ({','.join('?' * len(statuses))})"
+            args.extend(statuses)
+        return where, args
+
+    def ready_heads(self, executor: str, each: int, skip: Iterable[str] = ()) -> list[Run]:
+        """The oldest `each` queued runs of every owner that can start now (no dependency, or
+        one that is done), oldest first: what a fair pick across owners chooses from, however
+        many runs one owner has queued. `skip`: runs handed to a worker but not yet claimed."""
+        skip = list(skip)
+        rows = self.db.execute(
+            "SELECT * FROM (SELECT r.*, ROW_NUMBER() OVER (PARTITION BY r.owner "
+            "ORDER BY r.created, r.id) AS place FROM runs AS r LEFT JOIN runs AS d "
+            "ON d.id = r.depends_on WHERE r.status = 'queued' AND r.executor = ? AND "
+            f"r.id NOT IN ({','.join('?' * len(skip))}) AND "
+            "(r.depends_on IS NULL OR d.status = 'done')) WHERE place <= ? "
+            "ORDER BY created, id", (executor, *skip, each)).fetchall()
+        return [_row_to_run(row, extra=("place",)) for row in rows]
+
+    def last_started(self, owners: Iterable[str]) -> dict[str, float]:
+        """When each owner's most recent run started (owners none of whose runs started yet
+        are left out): the scheduler serves owners round robin by it."""
+        owners = list(owners)
+        rows = self.db.execute(
+            f"SELECT owner, MAX(started) FROM runs WHERE owner IN ({','.join('?' * len(owners))})"
+            " AND started IS NOT NULL GROUP BY owner", owners).fetchall()
+        return dict(rows)
+
+    def blocked_by_failure(self) -> list[tuple[Run, Run]]:
+        """(queued run, its dependency) where the dependency failed, was cancelled or was
+        interrupted: runs that can never start as they are."""
+        rows = self.db.execute(
+            "SELECT r.id, d.id FROM runs AS r JOIN runs AS d ON d.id = r.depends_on WHERE "
+            "r.status = 'queued' AND d.status IN ('failed', 'cancelled', 'interrupted')"
+        ).fetchall()
+        return [(self.get(run), self.get(dep)) for run, dep in rows]
 
     def queue_position(self, run_id: str) -> int | None:
         """1-based place among queued runs (FIFO by submission), None if not queued."""
@@ -559,6 +627,19 @@ class Store:
                 f"UPDATE runs SET {cols} WHERE id = ? AND status IN "
                 f"({','.join('?' * len(old))})", (*fields.values(), check_run_id(run_id), *old))
         return cur.rowcount == 1
+
+    def cancel_sweep(self, sweep: str, owner: str | None = None) -> tuple[int, int]:
+        """Cancel a sweep's queued runs and ask its running ones to stop, in one transaction
+        (`owner`: only that owner's). Returns (cancelled, asked to stop)."""
+        where, args = self._where(sweep=check_sweep_id(sweep), owner=owner)
+        with self.write() as db:
+            cancelled = db.execute(
+                f"UPDATE runs SET status = 'cancelled', finished = ?, error = 'cancelled "
+                f"with its sweep before it started' WHERE {where} AND status = 'queued'",
+                (time.time(), *args)).rowcount
+            asked = db.execute(f"UPDATE runs SET cancel_requested = 1 WHERE {where} AND "
+                               "status = 'running' AND cancel_requested = 0", args).rowcount
+        return cancelled, asked
 
     def request_cancel(self, run_id: str) -> Run:
         run = self.get(run_id)

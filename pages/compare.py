@@ -28,7 +28,7 @@ if not who.admin:
         methods = [m for m in ORDER if REGISTRY[m].trains]
         try:
             ui.submit_replicates(ui.sticky("preset"), st.session_state.get("overrides", []),
-                                 methods, count, who, every)
+                                 methods, count, who)
             st.session_state["_compare_error"] = None
         except (ConfigError, StoreError) as err:
             st.session_state["_compare_error"] = f"Not started: {err}."
@@ -54,6 +54,8 @@ if (active := [r for r in every if r.status in ACTIVE]):
     progress()
 
 runs = [r for r in every if r.status == "done" and r.result]  # newest first
+if note := ui.more_runs_note(every):
+    st.caption(note)
 if not runs:
     st.info("No finished runs of this experiment yet: press *Run every method*, or start some "
             "on the Unlearn page.")

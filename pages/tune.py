@@ -59,6 +59,8 @@ if not who.admin:
     st.button("Sweep", type="primary", key="tune_sweep", disabled=not knobs, on_click=_sweep)
 if error := st.session_state.get("_tune_error"):
     st.error(error)
+if said := st.session_state.pop("_tune_cancelled", None):
+    st.info(said)
 
 sweep = ui.saved_sweep(who)  # the last sweep, also after a reload (its runs are in the URL)
 if not sweep:
@@ -120,7 +122,21 @@ def _results() -> None:
                f"retraining (run {best['run']}).")
 
 
+def _cancel_sweep() -> None:  # a callback: once per press
+    try:
+        cancelled, asked = ui.cancel_sweep(sweep["sweep"], who)
+        st.session_state["_tune_error"] = None
+        st.session_state["_tune_cancelled"] = (f"Sweep cancelled: {cancelled} queued run(s) "
+                                               f"dropped, {asked} running run(s) stopping.")
+    except StoreError as err:
+        st.session_state["_tune_error"] = f"Not cancelled: {err}."
+
+
 if any(ui.store().get(i).status in ACTIVE for i in sweep["ids"]):
+    if sweep["sweep"] and not who.admin:
+        st.button("Cancel sweep", key="tune_cancel", on_click=_cancel_sweep,
+                  help="Drop this sweep's queued runs and stop its running ones")
+
     @st.fragment(run_every=1.0)
     def live() -> None:
         if not any(ui.store().get(i).status in ACTIVE for i in sweep["ids"]):

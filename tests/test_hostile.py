@@ -70,7 +70,9 @@ def bare_store(tiny_baselines):
     no_background_scheduler()
     store = Store()
     yield store
-    for run in store.runs(statuses=ACTIVE):  # leave nothing behind for later tests
+    for sweep in {r.sweep for r in store.runs(statuses=ACTIVE, limit=None) if r.sweep}:
+        store.cancel_sweep(sweep)  # leave nothing behind for later tests: a sweep at once,
+    for run in store.runs(statuses=ACTIVE, limit=None):  # then one by one
         cancel(store, run.id)
     no_background_scheduler()
     store.close()
@@ -448,6 +450,131 @@ def test_a_key_repeated_in_grid_is_refused_naming_it_and_nothing_is_queued(bare_
     assert not bare_store.runs(owner="twice") and not scheduler_running()
 
 
+def test_grid_values_equal_after_parsing_make_one_run(tiny):
+    from dimalign.sweep import plan
+
+    combos, configs = plan("digits-class", "muda", ["muda.lambda_da=3e-4,0.0003,1"], tiny)
+    assert [c.to_dict()["muda"]["lambda_da"] for c in configs] == [3e-4, 1.0]
+    assert combos == [[*tiny, "muda.lambda_da=3e-4"], [*tiny, "muda.lambda_da=1"]]
+
+
+# ---- queues and sweeps at scale
+# The scheduler picks from the oldest few ready runs of *every* owner (one SQL query), serving
+# owners round robin, so one owner's thousands of queued runs never hold another's back. A
+# sweep is a batch with an id: capped per owner before anything is queued, cancelled whole
+# (CLI and Tune), and cancelled by Ctrl-C while it is being queued. Lists say what they leave out.
+from dimalign.jobs import QueueFull, cancel_sweep  # noqa: E402
+from dimalign.sweep import new_sweep_id  # noqa: E402
+
+
+def queue_many(store: Store, owner: str, count: int, cfg, sweep: str | None = None,
+               status: str = "queued") -> None:
+    """`count` runs of `cfg` for `owner` in one transaction, as a big sweep leaves them."""
+    from dimalign.train import experiment_key
+
+    with store.write() as db:
+        for _ in range(count):
+            store._insert(db, owner=owner, kind="unlearn", preset="digits-class",
+                          method="muda", config=cfg.to_dict(), experiment=experiment_key(cfg),
+                          sweep=sweep, status=status)
+
+
+def test_a_run_behind_2000_queued_runs_of_another_owner_starts_at_the_next_free_slot(
+        bare_store, tiny, tiny_cfg, drain):
+    store, sweep = bare_store, new_sweep_id()
+    queue_many(store, "alice", 2000, tiny_cfg, sweep)
+    asked = time.time()
+    bob = submit(store, preset="digits-class", overrides=tiny, owner="bob")
+    scheduler = Scheduler(store, slots=[Slot(None)])  # one slot: each start is a turnover
+    try:
+        drain(scheduler, lambda: store.get(bob).status != "queued", timeout=180)
+        alice = [r for r in store.runs(owner="alice", limit=None) if r.started]
+        # alice's oldest came first (queued first, nobody served yet), then bob: one turnover
+        assert len(alice) == 1 and alice[0].finished is not None
+        started = store.get(bob).started
+        assert started >= alice[0].finished
+        print(f"\nbob's run: started {started - alice[0].finished:.2f} s after alice's run "
+              f"freed the slot ({alice[0].finished - alice[0].started:.2f} s long), "
+              f"{started - asked:.2f} s after it was queued")
+        assert store.cancel_sweep(sweep) == (1999, 0)
+        drain(scheduler, lambda: store.get(bob).terminal)
+        assert store.get(bob).status == "done"
+    finally:
+        scheduler.close()
+
+
+def test_a_sweep_over_the_queue_cap_is_refused_in_one_line_before_anything_is_queued(
+        bare_store, tiny, tiny_cfg, cli, monkeypatch):
+    monkeypatch.setenv("DIMALIGN_QUEUE_CAP", "3")
+    ran = cli("sweep", "--set", *tiny, "--grid", "muda.lambda_da=1,2,3,4", "--owner", "capped")
+    one_error_line(ran, 2, "'capped'", "4 more would pass the cap of 3", "DIMALIGN_QUEUE_CAP",
+                   "nothing was queued")
+    assert not bare_store.runs(owner="capped") and not scheduler_running()
+    queue_many(bare_store, "capped", 3, tiny_cfg)  # at the cap: one more is refused
+    with pytest.raises(QueueFull, match="has 3 runs queued; 1 more"):
+        submit(bare_store, preset="digits-class", overrides=tiny, owner="capped")
+    assert bare_store.count(owner="capped") == 3
+    monkeypatch.setenv("DIMALIGN_QUEUE_CAP", "0")
+    one_error_line(cli("submit", "--set", *tiny, "--owner", "other"), 2, "DIMALIGN_QUEUE_CAP",
+                   "at least 1")
+
+
+def test_cancel_sweep_stops_every_run_of_the_sweep_and_only_those(bare_store, tiny, cli):
+    store, sweep = bare_store, new_sweep_id()
+    ids = {submit(store, preset="digits-class", overrides=[*tiny, f"muda.lambda_da={v}"],
+                  owner="batch", sweep=sweep) for v in (1, 2, 3)}
+    other = submit(store, preset="digits-class", overrides=tiny, owner="batch")
+    listed = cli("runs", "--sweep", sweep, "--json")
+    assert {r["id"] for r in json.loads(listed.stdout)} == ids
+    assert {r["sweep"] for r in json.loads(listed.stdout)} == {sweep}
+    with pytest.raises(OwnerRefused):  # the web app's call needs the owner's key
+        cancel_sweep(store, sweep, owner="batch", key=new_owner_key())
+    ran = cli("cancel", "--sweep", sweep)
+    assert ran.returncode == 0 and ran.stdout.strip() == (
+        f"sweep {sweep}: 3 queued run(s) cancelled, 0 running run(s) asked to stop")
+    assert {store.get(i).status for i in ids} == {"cancelled"}
+    assert store.get(other).status in ACTIVE  # not the sweep's: left alone
+    one_error_line(cli("cancel", "--sweep", new_sweep_id()), 2, "no sweep")
+    one_error_line(cli("cancel", "--sweep", "../etc"), 2, "not a sweep id")
+    one_error_line(cli("runs", "--sweep", "x'--"), 2, "not a sweep id")
+    one_error_line(cli("cancel"), 2, "give a run id or --sweep ID")
+
+
+def test_ctrl_c_while_a_sweep_is_queued_cancels_what_it_had_queued(bare_store, tiny):
+    values = ",".join(f"{v / 10:g}" for v in range(1, 1501))  # far more than 2 s of queueing
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dimalign", "sweep", "--set", *tiny, "--grid",
+         f"muda.lambda_da={values}", "--owner", "impatient"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()  # the sweep's id comes first, before any run is queued
+    assert first.startswith("sweep "), first
+    sweep = first.split()[1]
+    until(lambda: bare_store.count(sweep=sweep) >= 5, 60, "a few runs to be queued")
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    (line,) = said(err)
+    assert line.startswith(f"dimalign: interrupted while queueing sweep {sweep}: the ")
+    assert "are cancelled" in line and out == ""
+    queued = bare_store.count(sweep=sweep)
+    assert 5 <= queued < 1500
+    assert bare_store.count(sweep=sweep, statuses=("cancelled",)) == queued  # none left
+
+
+def test_runs_says_how_many_more_it_left_out_and_lists_all_on_request(bare_store, tiny_cfg,
+                                                                      cli):
+    queue_many(bare_store, "many", 1005, tiny_cfg, status="cancelled")
+    ran = cli("runs", "--owner", "many")
+    assert ran.returncode == 0 and len(said(ran.stdout)) == 1 + 1000  # a header, the newest
+    assert said(ran.stderr) == ["5 more runs not shown (the newest 1,000 are): --limit N or "
+                                "--all"]
+    few = cli("runs", "--owner", "many", "--limit", "3", "--json")
+    assert len(json.loads(few.stdout)) == 3 and "1,002 more" in few.stderr
+    every = cli("runs", "--owner", "many", "--all", "--json")
+    assert len(json.loads(every.stdout)) == 1005 and every.stderr == ""
+    one_error_line(cli("runs", "--limit", "0"), 2, "--limit must be at least 1")
+
+
 import sqlite3  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -622,7 +749,7 @@ def test_a_schema_1_store_gets_the_owners_table_and_its_names_stay_claimable(tmp
     path = tmp_path / "runs.sqlite"
     shutil.copy(Path(__file__).parent / "data" / "store-v1.sqlite", path)
     store = Store(path)
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT COUNT(*) FROM owners").fetchone() == (0,)
     # an owner of earlier runs has no key yet: the first web visitor with the name claims it
@@ -708,6 +835,42 @@ def test_the_instructor_key_shows_every_run_read_only(home, monkeypatch):
     monkeypatch.delenv("DIMALIGN_ADMIN_KEY")
     unset = app(admin=admin)
     assert not who(unset).admin and "no DIMALIGN_ADMIN_KEY" in warnings(unset)
+
+
+def test_pages_say_how_many_runs_their_lists_leave_out(home, tiny_cfg):
+    key = new_owner_key()
+    assert home.claim_owner("lister", key)
+    queue_many(home, "lister", 503, tiny_cfg, status="cancelled")
+    at = app("lister", key)
+    at.switch_page("pages/unlearn.py").run()
+    assert not at.exception, at.exception
+    (picker,) = [s for s in at.selectbox if s.label == "Run"]
+    assert len(picker.options) == 500
+    notes = " ".join(c.value for c in at.caption)
+    assert "the newest 500 runs; 3 older ones are not" in notes
+    at.switch_page("pages/compare.py").run()
+    assert "3 older ones are not" in " ".join(c.value for c in at.caption)
+
+
+def test_tune_cancels_a_whole_sweep_with_one_press_and_only_with_the_owners_key(home, tiny):
+    key, sweep = new_owner_key(), new_sweep_id()
+    assert home.claim_owner("tuner", key)
+    ids = [submit(home, preset="digits-class", overrides=[*tiny, f"muda.lambda_da={v}"],
+                  owner="tuner", key=key, sweep=sweep) for v in (1, 2, 3)]
+    home.update(ids[0], status="running", pid=os.getpid(), heartbeat=time.time())
+    at = app("tuner", key, sweep=",".join(ids), sweep_knobs="lambda_da")
+    at.switch_page("pages/tune.py").run()
+    assert not at.exception, at.exception
+    at.button(key="tune_cancel").click().run()
+    assert "Sweep cancelled: 2 queued run(s) dropped, 1 running run(s) stopping." in [
+        i.value for i in at.info]
+    assert [home.get(i).status for i in ids[1:]] == ["cancelled", "cancelled"]
+    assert home.get(ids[0]).cancel_requested
+    # someone else's address naming the sweep sees none of it, and no button to cancel it
+    guest = app(None, None, sweep=",".join(ids), sweep_knobs="lambda_da")
+    guest.switch_page("pages/tune.py").run()
+    assert not [b for b in guest.button if b.key == "tune_cancel"]
+    home.update(ids[0], status="cancelled", pid=None)
 
 
 def test_the_experiment_page_keeps_its_controls_when_its_settings_are_invalid(home):
@@ -1309,3 +1472,283 @@ def test_read_only_commands_work_on_a_full_disk(tmp_path, cli, cli_process, monk
         one_line(submitted.stderr, f"disk full at {path}")
         if disk is not None:
             disk.free()
+
+
+# ---- plugins
+# A hostile plugin method (one that exits at import, prints, returns no loss tensors or imports
+# slowly) costs its own warning or one error line naming it: never a dead command, a broken
+# `--json`, or a `--help` that waits for it.
+
+import re  # noqa: E402
+
+HOSTILE_STEP = '''
+import torch.nn.functional as F
+
+from dimalign.methods.base import MethodSpec, Phase, common_knobs, register
+
+print("hello from {name} at import")
+
+
+def loss(ctx, phase, batch):
+    print("hello from a step of {name}")
+    return {returns}
+
+
+register(MethodSpec("{name}", "{name}", "a hostile plugin", "none",
+                    common_knobs(lr=0.01, epochs=1),
+                    lambda ctx, epoch: [Phase("train", "retain", 2)], loss))
+'''
+A_LOSS = '{"ce": F.cross_entropy(ctx.model(batch.xr), batch.yr)}'
+
+
+@pytest.fixture()
+def load_plugin(tmp_path, monkeypatch):
+    """`load(name, code)`: a plugin module loaded as its entry point would be; the registry and
+    sys.modules are as before afterwards."""
+    from importlib.metadata import EntryPoint
+
+    from dimalign.methods import REGISTRY, _load_plugin
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before, modules = dict(REGISTRY), []
+
+    def load(name: str, code: str) -> None:
+        modules.append(f"{name}_plugin")
+        (tmp_path / f"{name}_plugin.py").write_text(code)
+        _load_plugin(EntryPoint(name, f"{name}_plugin", "dimalign.methods"))
+
+    yield load
+    REGISTRY.clear()
+    REGISTRY.update(before)
+    for module in modules:
+        sys.modules.pop(module, None)
+
+
+def test_a_plugin_that_exits_at_import_is_skipped_and_ctrl_c_still_stops(load_plugin):
+    from dimalign.methods import REGISTRY, PluginWarning
+
+    before = dict(REGISTRY)
+    with pytest.warns(PluginWarning, match=r"skipped plugin method 'quits' .*SystemExit: 3"):
+        load_plugin("quits", "import sys\nsys.exit(3)\n")
+    assert before == REGISTRY
+    with pytest.raises(KeyboardInterrupt):
+        load_plugin("stopped", "raise KeyboardInterrupt\n")
+
+
+def test_what_a_plugin_prints_goes_to_stderr_and_json_stays_one_object(load_plugin,
+                                                                        tiny_baselines, cli,
+                                                                        capsys):
+    load_plugin("chatty", HOSTILE_STEP.format(name="chatty", returns=A_LOSS))
+    printed = capsys.readouterr()
+    assert printed.out == "" and "hello from chatty at import" in printed.err
+    ran = cli("run", "--set", "train.epochs=2", "--method", "chatty", "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["method"] == "chatty"
+    assert "hello from a step of chatty" in ran.stderr
+
+
+@pytest.mark.parametrize("returns, what", [('"oops"', "str 'oops'"), ("1.5", "float 1.5")])
+def test_a_plugin_step_returning_no_loss_tensors_fails_in_one_line_naming_it(
+        returns, what, load_plugin, bare_store, tiny, cli):
+    from dimalign.worker import work
+
+    load_plugin("bad", HOSTILE_STEP.format(name="bad", returns=returns))
+    line = (f"plugin method 'bad' step returned {what}; expected a dict of named scalar loss "
+            "tensors, e.g. {'ce': loss}")
+    ran = cli("run", "--set", "train.epochs=2", "--method", "bad", "--json")
+    assert ran.returncode == 1 and ran.stdout == "" and "Traceback" not in ran.stderr
+    assert said(ran.stderr)[-1] == f"dimalign: {line}"
+    run_id = submit(bare_store, preset="digits-class", overrides=tiny, method="bad",
+                    owner="plugin")
+    assert work(str(paths.home()), run_id) is None
+    job = bare_store.get(run_id)
+    assert (job.status, job.error) == ("failed", line)
+
+
+def install_plugins(site: Path, modules: dict[str, str]) -> dict[str, str]:
+    """Plugin modules in `site`, with the entry points pip would record for them (a dist-info
+    folder); returns an environment whose PYTHONPATH finds them."""
+    info = site / "dimalign_hostile-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dimalign-hostile\n"
+                                   "Version: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[dimalign.methods]\n" + "".join(f"{name} = {name}_plugin\n" for name in modules))
+    for name, code in modules.items():
+        (site / f"{name}_plugin.py").write_text(code)
+    root = Path(__file__).resolve().parent.parent
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(site), str(root), os.environ.get("PYTHONPATH", "")]))
+
+
+def test_only_commands_that_need_methods_wait_for_a_slow_plugin_and_it_is_named(tmp_path,
+                                                                                cli_process):
+    from dimalign.methods import BUILTIN
+
+    imported = tmp_path / "slow-imported"
+    env = install_plugins(tmp_path / "site", {
+        "slow": f"import pathlib, time\npathlib.Path({str(imported)!r}).touch()\n"
+                "time.sleep(2.5)\n",
+        "quits": "import sys\nsys.exit(3)\n",
+        "chatty": "print('hello from chatty at import')\n"})
+    seconds = {}
+    for command in (["--help"], ["runs"], ["methods", "--json"]):
+        start = time.perf_counter()
+        ran = cli_process(*command, env=env, timeout=120)
+        seconds[command[0]] = time.perf_counter() - start
+        assert ran.returncode == 0, ran.stderr
+        assert imported.exists() == (command[0] == "methods"), command
+    # the same start-up, but only `methods` sleeps in the plugin
+    assert max(seconds["--help"], seconds["runs"]) < seconds["methods"] - 1.5, seconds
+    assert list(json.loads(ran.stdout)) == list(BUILTIN)  # stdout: the one JSON object
+    took = re.search(r"^dimalign: plugin method 'slow' took (\d+\.\d) s to import$", ran.stderr,
+                     re.MULTILINE)
+    assert took and float(took[1]) >= 2.5, ran.stderr
+    assert "hello from chatty at import" in ran.stderr
+    (quits,) = [line for line in said(ran.stderr) if "'quits'" in line]
+    assert "PluginWarning" in quits and "SystemExit: 3" in quits
+
+
+# ---- own data and models: nothing silently wrong
+# A user's folder and checkpoint are read as they are or refused in one line (exit 2): links are
+# walked once and never out of the folder unasked, every bit depth is scaled to 8 bits, a
+# rewritten image is decoded again, weights must be finite and the model must fit the images.
+
+import numpy as np  # noqa: E402
+
+RAMP = np.linspace(0.0, 1.0, 16).reshape(4, 4)  # a 4x4 image from black to white
+RAMP_8BIT = np.rint(RAMP * 255).astype(np.uint8)
+
+
+def write_images(folder, count: int = 3, size: int = 8, seed: int = 0, ext: str = "png"):
+    """`count` random 8-bit grayscale images `0.EXT`, `1.EXT`... in `folder` (made here)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        pixels = rng.integers(0, 256, (size, size), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.{ext}")
+
+
+def own_run(root, *more: str) -> list[str]:
+    """`dimalign run` on the two-class folder at `root` (what fails here fails before training)."""
+    sets = ["dataset=imagefolder", f"dataset_root={root}", "image_size=8", "scenario.classes=1",
+            "train.epochs=2", *more]
+    return ["run", *[arg for s in sets for arg in ("--set", s)]]
+
+
+def test_links_that_loop_count_each_image_once(tmp_path):
+    from dimalign.datasets import scan_folder
+
+    write_images(tmp_path / "a")
+    write_images(tmp_path / "b", seed=1)
+    (tmp_path / "a" / "up").symlink_to("..")
+    (tmp_path / "b" / "self").symlink_to(".")
+    (tmp_path / "a" / "again.png").symlink_to("0.png")
+    scan = scan_folder(str(tmp_path))
+    assert scan.files == ("a/0.png", "a/1.png", "a/2.png", "b/0.png", "b/1.png", "b/2.png")
+    assert scan.labels == (0, 0, 0, 1, 1, 1)
+
+
+def test_an_image_reached_from_two_classes_is_refused_naming_both(tmp_path, cli):
+    write_images(tmp_path / "a")
+    write_images(tmp_path / "b", seed=1)
+    (tmp_path / "a" / "theirs").symlink_to("../b")
+    one_error_line(cli(*own_run(tmp_path)), 2, "b/0.png", "'a'", "'b'")
+
+
+def test_a_link_out_of_the_folder_is_refused_unless_allowed(tmp_path, cli, monkeypatch):
+    from dimalign.datasets import scan_folder
+
+    root = tmp_path / "root"
+    write_images(root / "a")
+    write_images(root / "b", seed=1)
+    write_images(tmp_path / "elsewhere", seed=2)
+    (root / "b" / "out").symlink_to(tmp_path / "elsewhere")
+    one_error_line(cli(*own_run(root)), 2, "b/out", "DIMALIGN_FOLLOW_OUTSIDE_LINKS=1")
+    monkeypatch.setenv("DIMALIGN_FOLLOW_OUTSIDE_LINKS", "1")
+    assert scan_folder(str(root)).files[-3:] == ("b/out/0.png", "b/out/1.png", "b/out/2.png")
+
+
+def test_every_bit_depth_is_scaled_to_8_bits_not_clipped(tmp_path):
+    from PIL import Image
+
+    from dimalign.datasets import _decode, scan_folder
+
+    wide = {"0-16bit.png": np.rint(RAMP * 65535).astype(np.uint16),
+            "1-32bit.tif": np.rint(RAMP * (2**31 - 1)).astype(np.int32),
+            # older Pillow opens 16-bit PNGs as 32-bit mode I
+            "2-32bit-holding-16.tif": np.rint(RAMP * 65535).astype(np.int32),
+            "3-float-0-to-1.tif": RAMP.astype(np.float32),
+            "4-float-0-to-255.tif": (RAMP * 255).astype(np.float32),
+            "5-float-any-range.tif": (RAMP * 1000 - 500).astype(np.float32)}
+    (tmp_path / "a").mkdir()
+    for name, pixels in wide.items():
+        Image.fromarray(pixels).save(tmp_path / "a" / name)
+    write_images(tmp_path / "b", size=4)
+    scan = scan_folder(str(tmp_path))
+    assert scan.channels == 1
+    x, _ = _decode(scan, 4)  # (N, 1, 4, 4) in the scan's order
+    for name, image in zip(wide, x, strict=False):
+        assert np.abs(image[0].astype(int) - RAMP_8BIT).max() <= 1, (name, image[0])
+
+
+def test_an_image_with_non_finite_pixels_is_refused_in_one_line(tmp_path, cli):
+    from PIL import Image
+
+    write_images(tmp_path / "a")
+    write_images(tmp_path / "b", seed=1)
+    nan = np.full((8, 8), np.nan, dtype=np.float32)
+    Image.fromarray(nan).save(tmp_path / "a" / "9.tif")
+    one_error_line(cli(*own_run(tmp_path)), 2, "9.tif", "not finite")
+
+
+def test_an_image_rewritten_with_its_old_size_and_mtime_is_decoded_again(tmp_path):
+    from PIL import Image
+
+    from dimalign.datasets import _decode, scan_folder
+
+    write_images(tmp_path / "a", ext="bmp")  # uncompressed: other pixels, the same size
+    write_images(tmp_path / "b", ext="bmp", seed=1)
+    before = _decode(scan_folder(str(tmp_path)), 8)[0]
+    path = tmp_path / "a" / "0.bmp"
+    st = path.stat()
+    time.sleep(0.02)  # the change time has a clock tick of a few milliseconds
+    Image.fromarray(255 - before[0, 0]).save(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    after = _decode(scan_folder(str(tmp_path)), 8)[0]
+    np.testing.assert_array_equal(after[0, 0], 255 - before[0, 0])
+
+
+def test_an_unreadable_image_exits_alike_found_by_the_scan_or_by_decoding(tmp_path, cli):
+    write_images(tmp_path / "a")
+    write_images(tmp_path / "b", seed=1)
+    (tmp_path / "a" / "0.png").write_bytes(b"not an image")  # a class's first: the scan opens it
+    scanned = one_error_line(cli(*own_run(tmp_path)), 2, "cannot read image", "0.png")
+    write_images(tmp_path / "a")
+    (tmp_path / "a" / "2.png").write_bytes(b"not an image")  # read when decoding only
+    decoded = one_error_line(cli(*own_run(tmp_path)), 2, "cannot read image", "2.png")
+    assert scanned.replace("0.png", "2.png") == decoded
+
+
+def test_a_checkpoint_with_nan_weights_or_a_folder_is_refused_in_one_line(tmp_path, cli):
+    from dimalign.models import build_model
+
+    state = build_model("cnn", 1, 10, 8).state_dict()
+    name = [k for k, v in state.items() if v.is_floating_point()][2]
+    state[name].view(-1)[0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    ran = cli("run", "--set", "train.epochs=2", "--set", f"original_checkpoint={tmp_path}/nan.pt")
+    one_error_line(ran, 2, "nan.pt", name, "not finite")
+    ran = cli("run", "--set", "train.epochs=2", "--set", f"original_checkpoint={tmp_path}")
+    one_error_line(ran, 2, f"{str(tmp_path)!r} is a directory")
+
+
+@pytest.mark.parametrize("model, needs", [("vit_b_16", "exactly 224x224"),
+                                          ("vgg11", "at least 32x32")])
+def test_a_model_that_does_not_fit_the_images_is_refused_naming_the_size(model, needs, cli):
+    ran = cli("run", "--set", f"model=torchvision:{model}", "--set", "train.epochs=2")
+    one_error_line(ran, 2, f"invalid setting model: torchvision:{model} needs images of {needs}",
+                   "8x8")

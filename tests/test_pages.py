@@ -479,14 +479,15 @@ def test_run_every_method_queues_each_method_on_each_replicate_once(finished):
     at.button(key="run_every_method").click().run()
     assert not at.exception and not at.error
     new = [r for r in store.runs(owner=OWNER) if r.id not in before]
+    at.button(key="run_every_method").click().run()  # nothing more while those stand
+    after = len(store.runs(owner=OWNER))
     for run in new:  # the queue is what is tested here, not the methods: stop them
         cancel(store, run.id)
+    assert after == len(before) + len(new)
     trained = {m for m in REGISTRY if REGISTRY[m].trains}
     pairs = sorted((r.method, r.config.get("replicate", 0)) for r in new)
     # muda's default setting is done on replicate 0 (the module's run): all the rest is queued
     assert pairs == sorted((m, rep) for m in trained for rep in (0, 1) if (m, rep) != ("muda", 0))
-    at.button(key="run_every_method").click().run()  # nothing more while those stand
-    assert len(store.runs(owner=OWNER)) == len(before) + len(new)
 
 
 def test_tune_suggests_values_from_the_registry_log_spaced_for_weights():

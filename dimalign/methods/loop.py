@@ -8,8 +8,12 @@ loads it into a freshly prepared run, which then continues bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import math
+import reprlib
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,14 +23,15 @@ import torch
 from dimalign.config import Config
 from dimalign.data import Experiment, normalise
 from dimalign.geometry import DegenerateFeatures
+from dimalign.methods import BUILTIN
 from dimalign.methods.base import Batch, Context, MethodSpec, Phase
 from dimalign.methods.run_state import RunState, Stream
 from dimalign.methods.telemetry import Probe, Telemetry, TelemetryFn
 from dimalign.models import Classifier, build_model
 from dimalign.train import Progress, ProgressFn, warm_up
 
-__all__ = ["Cancelled", "TelemetryFn", "UnlearnResult", "UnlearningFailed", "prepare",
-           "unlearn"]
+__all__ = ["BrokenMethod", "Cancelled", "TelemetryFn", "UnlearnResult", "UnlearningFailed",
+           "prepare", "unlearn"]
 
 
 class Cancelled(Exception):
@@ -37,6 +42,23 @@ class UnlearningFailed(RuntimeError):
     """The run diverged: a loss term became NaN or infinite, or the features collapsed (all
     zero, NaN or infinite) so that a loss could not be computed; the message names the step,
     the loss term where one is known, and the knob to lower."""
+
+
+class BrokenMethod(RuntimeError):
+    """A method's loss (a plugin's, in practice) returned something other than named scalar
+    loss tensors; the message names the method and what it returned."""
+
+
+def _check_terms(spec: MethodSpec, terms) -> None:
+    """One line naming what came back, not a traceback deep in the loop."""
+    if isinstance(terms, dict) and terms and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) and v.numel() == 1
+            for k, v in terms.items()):
+        return
+    who = "method" if spec.name in BUILTIN else "plugin method"
+    got = " ".join(reprlib.repr(terms).split())  # short, on one line
+    raise BrokenMethod(f"{who} {spec.name!r} step returned {type(terms).__name__} {got}; "
+                       "expected a dict of named scalar loss tensors, e.g. {'ce': loss}")
 
 
 @dataclass
@@ -174,6 +196,7 @@ def _step(run: Prepared, phase: Phase, cuda: bool) -> dict[str, torch.Tensor]:
     spec, ctx, opt = run.spec, run.ctx, run.state.optimizer
     with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=cuda):
         terms = spec.loss(ctx, phase, ctx.draw(phase.source))
+    _check_terms(spec, terms)
     opt.zero_grad(set_to_none=True)
     sum(terms.values()).backward()
     if wd := run.params["weight_decay"]:
@@ -185,6 +208,19 @@ def _step(run: Prepared, phase: Phase, cuda: bool) -> dict[str, torch.Tensor]:
     return terms
 
 
+def _stdout_to_stderr(run: Callable) -> Callable:
+    """What a method prints (a plugin's setup or steps) goes to stderr: stdout holds
+    `--json`'s one object. Harmless in a worker, whose streams both go to the log."""
+
+    @functools.wraps(run)
+    def wrapped(*args, **kwargs):
+        with contextlib.redirect_stdout(sys.stderr):
+            return run(*args, **kwargs)
+
+    return wrapped
+
+
+@_stdout_to_stderr
 def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier,
             device: torch.device, *, progress: ProgressFn | None = None,
             telemetry: TelemetryFn | None = None, cancel: Callable[[], bool] | None = None,

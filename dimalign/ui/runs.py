@@ -56,24 +56,53 @@ def _baselines(cfg: Config, statuses: tuple[str, ...]) -> Run | None:
     return found[0] if found else None
 
 
+RUNS_LISTED = 500  # the newest runs a page lists; a caption says how many more there are
+
+
+class Listing(list):
+    """The newest runs of a query, and how many more it left out (`more`)."""
+
+    more: int = 0
+
+
 def experiment_runs(cfg: Config, who: Identity | None = None,
-                    statuses: tuple[str, ...] | None = None) -> list[Run]:
+                    statuses: tuple[str, ...] | None = None,
+                    limit: int | None = RUNS_LISTED) -> Listing:
     """Unlearning runs of this experiment (same data, scenario, model, baselines), newest
-    first: `who`'s (every owner's for None or the instructor's view), of `statuses`."""
-    return store().runs(kind="unlearn", owner=None if who is None else who.runs_of,
-                        statuses=statuses, experiment=experiment_key(cfg))
+    first: `who`'s (every owner's for None or the instructor's view), of `statuses`; the newest
+    `limit`, and `.more` says how many are left out."""
+    filters = dict(kind="unlearn", owner=None if who is None else who.runs_of,
+                   statuses=statuses, experiment=experiment_key(cfg))
+    found = Listing(store().runs(**filters, limit=limit))
+    if limit is not None and len(found) == limit:  # only then can there be more
+        found.more = store().count(**filters) - limit
+    return found
 
 
 REPLICATES_SHOWN = 10  # replicates 0..9 of an experiment are looked up (one indexed query each)
 
 
 def replicate_runs(cfg: Config, who: Identity | None = None,
-                   statuses: tuple[str, ...] | None = None) -> list[Run]:
-    """`experiment_runs` of every replicate of this experiment, newest first: each replicate
-    has its own baselines, hence its own experiment key."""
-    return sorted((run for r in range(REPLICATES_SHOWN)
-                   for run in experiment_runs(cfg.with_replicate(r), who, statuses)),
-                  key=lambda run: run.created, reverse=True)
+                   statuses: tuple[str, ...] | None = None,
+                   limit: int = RUNS_LISTED) -> Listing:
+    """`experiment_runs` of every replicate of this experiment, newest first, at most `limit`
+    (`.more`: how many are left out): each replicate has its own baselines, hence its own
+    experiment key."""
+    parts = [experiment_runs(cfg.with_replicate(r), who, statuses, limit)
+             for r in range(REPLICATES_SHOWN)]
+    every = sorted((run for part in parts for run in part), key=lambda run: run.created,
+                   reverse=True)
+    found = Listing(every[:limit])
+    found.more = len(every) - len(found) + sum(part.more for part in parts)
+    return found
+
+
+def more_runs_note(runs: Listing) -> str | None:
+    """What a page says under a list that leaves runs out, or None when it shows them all."""
+    if not getattr(runs, "more", 0):
+        return None
+    return (f"Listed: the newest {len(runs):,} runs; {runs.more:,} older ones are not "
+            "(`dimalign runs --all` lists every run).")
 
 
 def replicate_results(cfg: Config) -> list[dict]:
@@ -102,22 +131,24 @@ def noise_floor(cfg: Config, keys) -> dict | None:
 
 
 def submit_replicates(preset: str, overrides: list[str], methods: list[str], replicates: int,
-                      who: Identity, existing: list[Run]) -> list[str]:
+                      who: Identity) -> list[str]:
     """Queue each method on replicates 0..N-1 as `who` through the shared queue, except where
-    a queued, running or finished run of that method and config is already there."""
+    a queued, running or finished run of that method and config is already there. Over
+    `who`'s queue cap: QueueFull before anything is queued."""
     from dimalign.config import build_config
-    from dimalign.jobs import submit
+    from dimalign.jobs import check_queue_room, submit
 
-    have = {(run.method, json.dumps(run.config, sort_keys=True)) for run in existing
-            if run.status in (*ACTIVE, "done")}
-    ids = []
+    wanted = []
     for r in range(replicates):
         extra = [*overrides, f"replicate={r}"]
-        config = json.dumps(build_config(preset, extra).to_dict(), sort_keys=True)
-        for method in methods:
-            if (method, config) not in have:
-                ids.append(submit(store(), preset=preset, overrides=extra, method=method,
-                                  owner=who.name, key=who.key))
+        cfg = build_config(preset, extra)
+        config = json.dumps(cfg.to_dict(), sort_keys=True)
+        have = {(run.method, json.dumps(run.config, sort_keys=True))
+                for run in experiment_runs(cfg, who, (*ACTIVE, "done"), limit=None)}
+        wanted += [(method, extra) for method in methods if (method, config) not in have]
+    check_queue_room(store(), who.name, len(wanted))
+    ids = [submit(store(), preset=preset, overrides=extra, method=method, owner=who.name,
+                  key=who.key) for method, extra in wanted]
     ensure_scheduler()
     return ids
 
@@ -139,6 +170,13 @@ def start_sweep(preset: str, overrides: list[str], method: str, grid: list[str],
 
 
 SWEEP_RUNS_KEPT = 200  # runs of a sweep an address may name
+
+
+def cancel_sweep(sweep: str, who: Identity) -> tuple[int, int]:
+    """Cancel `who`'s runs of a sweep (queued ones at once, running ones asked to stop)."""
+    from dimalign.jobs import cancel_sweep as cancel_all
+
+    return cancel_all(store(), sweep, owner=who.name, key=who.key)
 
 
 def remember_sweep(ids: list[str], knobs: list[str]) -> None:
@@ -172,7 +210,8 @@ def saved_sweep(who: Identity) -> dict | None:
     if not names:
         return None
     remember_sweep([r.id for r in runs], names)
-    return {"ids": [r.id for r in runs], "method": runs[0].method, "knobs": names}
+    return {"ids": [r.id for r in runs], "method": runs[0].method, "knobs": names,
+            "sweep": runs[0].sweep}
 
 
 def load_geometry(run: Run) -> dict | None:

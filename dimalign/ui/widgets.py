@@ -11,7 +11,7 @@ import streamlit as st
 from dimalign.methods.base import Knob
 from dimalign.metric_table import shown
 from dimalign.store import Run
-from dimalign.ui.runs import Ghost
+from dimalign.ui.runs import Ghost, more_runs_note
 from dimalign.ui.state import remember, sticky
 
 
@@ -67,6 +67,8 @@ def pick_run(runs: list[Run], key: str = "run", done_only: bool = False,
                                 else ids[0])
     chosen = st.selectbox("Run", ids, key=widget, on_change=_picked, args=(widget,),
                           format_func=labels.__getitem__)
+    if note := more_runs_note(runs):
+        st.caption(note)
     return by_id[chosen]
 
 
