@@ -298,6 +298,8 @@ def cmd_submit(args) -> int:
         return 0
     print(f"run {run_id}", file=sys.stderr)
     run = _follow(store, run_id, 0.1)
+    if run is None:
+        return 130
     if run.status != "done":
         print(f"{run.id} {run.status}" + (f": {run.error}" if run.error else ""),
               file=sys.stderr)
@@ -360,14 +362,27 @@ def cmd_watch(args) -> int:
     from dimalign.store import check_run_id
 
     run = _follow(_store(), check_run_id(args.run), args.interval)
+    if run is None:
+        return 130
     print(f"{run.id} {run.status}" + (f": {run.error}" if run.error else ""))
     return 0 if run.status == "done" else 1
 
 
 def _follow(store, run_id: str, interval: float):
-    """Show a run's queue place or progress bar on stderr until it ends; returns the run.
+    """Show a run's queue place or progress bar on stderr until it ends; returns the run, or
+    None when Ctrl-C stopped the waiting (the run goes on: that is said, with how to stop it).
     While the run is queued or running, a scheduler is started whenever none runs (one that
     was killed is replaced, and marks the run interrupted if its worker died with it)."""
+    try:
+        return _follow_until_done(store, run_id, interval)
+    except KeyboardInterrupt:
+        print(f"\ndimalign: stopped waiting; run {run_id} goes on in the background "
+              f"(dimalign watch {run_id} follows it, dimalign cancel {run_id} stops it)",
+              file=sys.stderr)
+        return None
+
+
+def _follow_until_done(store, run_id: str, interval: float):
     from dimalign.jobs import ensure_scheduler, queue_position
     from dimalign.train import Progress
 

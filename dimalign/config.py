@@ -23,11 +23,10 @@ from dimalign.datasets import (
     DATASET_NAMES,
     IMAGEFOLDER,
     DatasetInfo,
-    DatasetUnavailable,
     dataset_info,
 )
 from dimalign.errors import ConfigError
-from dimalign.models import TORCHVISION_PREFIX, feature_dim, is_torchvision
+from dimalign.models import TORCHVISION_PREFIX, feature_dim, input_size_problem, is_torchvision
 from dimalign.values import from_text
 
 SCENARIO_KINDS = ("class", "random", "backdoor")
@@ -38,6 +37,16 @@ MIA_FEATURES = ("confidence", "entropy", "correctness")  # eval.mia_feature
 SEED_LIMIT = 2**32  # seeds feed numpy and scikit-learn, whose generators take 32-bit seeds
 REPLICATE_LIMIT = 1000
 REPLICATE_STRIDE = 1_000_003  # a prime: replicates of nearby seeds never share a training seed
+
+
+def check_replicates(count: int, first: int = 0) -> None:
+    """Replicates first..first+count-1: at least one, none past the limit. `compare` and
+    `sweep` (and the pages calling them) refuse alike."""
+    if count < 1:
+        raise ConfigError("--replicates", f"must be at least 1, got {count}")
+    if first + count > REPLICATE_LIMIT:
+        raise ConfigError("--replicates", f"replicates {first}..{first + count - 1} pass the "
+                          f"limit of {REPLICATE_LIMIT} (0..{REPLICATE_LIMIT - 1})")
 
 
 @dataclass(frozen=True)
@@ -369,6 +378,11 @@ def validate(cfg: Config) -> None:
         dim = feature_dim(cfg.model_name, info.size)
     except ValueError as err:  # an unknown torchvision model, or one without nn.Linear
         raise ConfigError("model", str(err)) from None
+    too_small = input_size_problem(cfg.model_name, info.size)
+    if too_small:
+        via = " (image_size)" if cfg.dataset == IMAGEFOLDER else ""
+        raise ConfigError("model", f"{cfg.model_name} {too_small}; this dataset's are "
+                          f"{info.size}x{info.size}{via}")
     ev = cfg.eval
     if not 0 < ev.energy <= 1:
         raise ConfigError("eval.energy", f"must lie in (0, 1], got {ev.energy}")
@@ -413,11 +427,11 @@ def _validate_own_data(cfg: Config) -> DatasetInfo:
                                   f"{cfg.dataset!r})")
     elif not 4 <= cfg.image_size <= 1024:
         raise ConfigError("image_size", f"must lie in 4..1024, got {cfg.image_size}")
-    try:
-        info = cfg.info
-    except DatasetUnavailable as err:
-        raise ConfigError("dataset_root", str(err).removeprefix("dataset_root: ")) from None
+    info = cfg.info  # an unusable dataset_root raises ConfigError as it is scanned
     checkpoint = cfg.original_checkpoint
+    if checkpoint and os.path.isdir(os.path.expanduser(checkpoint)):
+        raise ConfigError("original_checkpoint", f"{checkpoint!r} is a directory; give the file "
+                          "in it that torch.save wrote (a state dict)")
     if checkpoint and not os.path.isfile(os.path.expanduser(checkpoint)):
         raise ConfigError("original_checkpoint", f"file {cfg.original_checkpoint!r} does not "
                               "exist (a state dict saved with torch.save)")

@@ -5,6 +5,9 @@ on the CPU. `digits` ships inside scikit-learn and works offline; the others com
 torchvision and are downloaded on first use into `$DIMALIGN_HOME/data`. `imagefolder` reads the
 user's own images (one folder per class); its facts come from a scan of that folder
 (`folder_info`), its mean and std from the training images once they are loaded (`channel_stats`).
+Whatever is wrong with that folder is a `ConfigError` on `dataset_root`, found when scanning or
+when decoding alike. Links in it are followed, but not out of it unless
+DIMALIGN_FOLLOW_OUTSIDE_LINKS=1 is set.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 
 from dimalign import checked, paths
+from dimalign.errors import ConfigError
 
 Arrays = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # x_tr, y_tr, x_te, y_te
 
@@ -132,7 +136,8 @@ IMAGEFOLDER = "imagefolder"
 FOLDER_TEST_FRACTION = 0.2  # per class, when the folder has no train/ and test/ of its own
 # what torchvision's ImageFolder reads
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # more than 8 bits a pixel
+GRAY_MODES = ("1", "L", "LA", *WIDE_MODES)
 
 
 @dataclass(frozen=True)
@@ -145,68 +150,133 @@ class FolderScan:
     labels: tuple[int, ...]
     test: tuple[bool, ...] | None  # from root/train and root/test; None: split by the seed
     channels: int  # 1 when the first image of every class is grayscale, else 3
-    fingerprint: str  # sha256 of the file list with sizes and modification times
+    fingerprint: str  # sha256 of the file list with sizes, mtimes, ctimes and inodes
 
 
-def _class_files(folder: Path, root: Path) -> tuple[list[str], list[str]]:
-    """(sorted class names, per class its sorted image paths relative to root) of folder."""
+def follow_outside_links() -> bool:
+    """True when DIMALIGN_FOLLOW_OUTSIDE_LINKS is set: an ImageFolder tree may link to folders
+    and images outside itself. Off by default: a stray link could pull in any file this process
+    can read, and the page's folder roots would mean nothing."""
+    return os.environ.get("DIMALIGN_FOLLOW_OUTSIDE_LINKS", "").lower() in ("1", "true", "yes")
+
+
+def _bad_root(message: str) -> ConfigError:
+    return ConfigError("dataset_root", message)
+
+
+def _ident(path: Path) -> tuple[int, int]:
+    st = os.stat(path)  # follows links: the real folder or file
+    return st.st_dev, st.st_ino
+
+
+def _check_inside(path: Path, root: Path) -> None:
+    if not follow_outside_links() and not path.resolve().is_relative_to(root):
+        raise _bad_root(f"{str(path.relative_to(root))!r} leads out of the folder through a "
+                        "link; copy what it links to into the folder, or set "
+                        "DIMALIGN_FOLLOW_OUTSIDE_LINKS=1 to follow such links")
+
+
+def _class_files(folder: Path, root: Path, owner: dict) -> tuple[list[str], list[str]]:
+    """(sorted class names, per class its sorted image paths relative to root) of folder.
+
+    Links are followed, each real folder once per class: a link to the class folder or above it
+    is a loop and adds nothing. Each real image counts once; `owner` (shared by train/ and
+    test/) maps its (st_dev, st_ino) to (class folder, path), so an image reached from two class
+    folders is refused rather than labelled twice."""
     classes = sorted(e.name for e in os.scandir(folder)
-                     if e.is_dir() and not e.name.startswith("."))
+                     if not e.name.startswith(".") and _kind(e) == "dir")
     files = []
     for name in classes:
-        found = []
-        for dirpath, dirnames, filenames in os.walk(folder / name, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            found += [str((Path(dirpath) / f).relative_to(root)) for f in filenames
-                      if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+        top, found = folder / name, []
+        _check_inside(top, root)
+        seen = {_ident(root), _ident(folder), _ident(top)}
+        _walk(top, str(top.relative_to(root)), root, seen, owner, found)
         files.append(sorted(found))
     return classes, files
 
 
+def _walk(where: Path, cls: str, root: Path, seen: set, owner: dict, found: list[str]) -> None:
+    """Add to `found` the images under `where` (in class folder `cls`) that no other path
+    reached before; `seen`: the real folders this class has walked, its ancestors included."""
+    try:
+        entries = sorted(os.scandir(where), key=lambda e: e.name)
+    except OSError as err:
+        raise _bad_root(f"cannot read folder {str(where.relative_to(root))!r} "
+                        f"({err.strerror})") from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        path, kind = where / entry.name, _kind(entry)
+        if kind == "dir":
+            ident = _ident(path)
+            if ident not in seen:
+                _check_inside(path, root)
+                seen.add(ident)
+                _walk(path, cls, root, seen, owner, found)
+        elif kind == "file" and entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            _check_inside(path, root)
+            rel = str(path.relative_to(root))
+            first, first_cls = owner.setdefault(_ident(path), (rel, cls))
+            if first_cls != cls:
+                raise _bad_root(f"{first!r} and {rel!r} are the same file, in class folders "
+                                f"{first_cls!r} and {cls!r}; an image must lie in one class "
+                                "folder only")
+            if first == rel:
+                found.append(rel)
+
+
+def _kind(entry: os.DirEntry) -> str:
+    """'dir' or 'file', through links; '' for anything else, a broken link included."""
+    try:
+        return "dir" if entry.is_dir() else "file" if entry.is_file() else ""
+    except OSError:  # a link that leads to itself (ELOOP) is as broken
+        return ""
+
+
 def scan_folder(root: str) -> FolderScan:
-    """Scan an ImageFolder tree; DatasetUnavailable (one line, saying what to fix) if unusable."""
+    """Scan an ImageFolder tree; ConfigError on dataset_root (one line, saying what to fix) if
+    unusable."""
     if not root:
-        raise DatasetUnavailable("dataset=imagefolder needs dataset_root=PATH: a folder with one "
-                                 "sub-folder of images per class")
+        raise _bad_root("dataset=imagefolder needs dataset_root=PATH: a folder with one "
+                        "sub-folder of images per class")
     base = Path(root).expanduser().resolve()
     if not base.is_dir():
-        raise DatasetUnavailable(f"dataset_root: folder {str(base)!r} does not exist")
+        raise _bad_root(f"folder {str(base)!r} does not exist")
     split = (base / "train").is_dir() and (base / "test").is_dir()
-    classes, per_class = _class_files(base / "train" if split else base, base)
+    owner: dict = {}  # each real image: its first path and class folder, train/ and test/ alike
+    classes, per_class = _class_files(base / "train" if split else base, base, owner)
     if len(classes) < 2:
-        raise DatasetUnavailable(
-            f"dataset_root: {str(base)!r} has {len(classes)} class folder(s); an ImageFolder "
-            "tree needs one sub-folder of images per class, at least 2 of them")
+        raise _bad_root(f"{str(base)!r} has {len(classes)} class folder(s); an ImageFolder "
+                        "tree needs one sub-folder of images per class, at least 2 of them")
     empty = [c for c, f in zip(classes, per_class, strict=True) if not f]
     if empty:
-        raise DatasetUnavailable(f"dataset_root: class folder {empty[0]!r} holds no images "
-                                 f"({', '.join(IMAGE_EXTENSIONS)})")
+        raise _bad_root(f"class folder {empty[0]!r} holds no images "
+                        f"({', '.join(IMAGE_EXTENSIONS)})")
     files = [f for f in per_class for f in f]
     labels = [i for i, f in enumerate(per_class) for _ in f]
     test = None
     if split:
-        test_classes, test_files = _class_files(base / "test", base)
+        test_classes, test_files = _class_files(base / "test", base, owner)
         unknown = sorted(set(test_classes) - set(classes))
         if unknown:
-            raise DatasetUnavailable(f"dataset_root: test/{unknown[0]} is not a class of train/ "
-                                     f"({', '.join(classes)})")
+            raise _bad_root(f"test/{unknown[0]} is not a class of train/ ({', '.join(classes)})")
         for name, found in zip(test_classes, test_files, strict=True):
             files += found
             labels += [classes.index(name)] * len(found)
         n_train = sum(map(len, per_class))
         if len(files) == n_train:
-            raise DatasetUnavailable(f"dataset_root: {str(base / 'test')!r} holds no images")
+            raise _bad_root(f"{str(base / 'test')!r} holds no images")
         test = tuple([False] * n_train + [True] * (len(files) - n_train))
     else:
         few = [c for c, f in zip(classes, per_class, strict=True) if len(f) < 2]
         if few:
-            raise DatasetUnavailable(f"dataset_root: class folder {few[0]!r} holds one image; "
-                                     "the train/test split needs at least 2 per class")
+            raise _bad_root(f"class folder {few[0]!r} holds one image; the train/test split "
+                            "needs at least 2 per class")
     channels = 1 if all(_mode(base / f[0]) in GRAY_MODES for f in per_class) else 3
     h = hashlib.sha256(json.dumps([str(base), split, classes]).encode())
-    for f in files:
+    for f in files:  # the change time and inode catch a rewrite whose size and mtime were kept
         st = os.stat(base / f)
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n".encode())
     return FolderScan(str(base), tuple(classes), tuple(files), tuple(labels), test, channels,
                       h.hexdigest())
 
@@ -218,7 +288,12 @@ def _mode(path: Path) -> str:
         with Image.open(path) as im:  # reads the header only
             return im.mode
     except Exception as err:  # PIL.UnidentifiedImageError, OSError...
-        raise DatasetUnavailable(f"dataset_root: cannot read image {str(path)!r} ({err})") from None
+        raise _unreadable(path, err) from None
+
+
+def _unreadable(path: Path, err: Exception) -> ConfigError:
+    """The same error whether the scan (a header) or decoding (the pixels) found the image bad."""
+    return _bad_root(f"cannot read image {str(path)!r} ({err})")
 
 
 def _decode(scan: FolderScan, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -241,11 +316,10 @@ def _decode(scan: FolderScan, size: int) -> tuple[np.ndarray, np.ndarray]:
     def read(rel: str) -> np.ndarray:
         try:
             with Image.open(Path(scan.root) / rel) as im:
-                im = im.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+                im = _to_8bit(im).convert(mode).resize((size, size), Image.Resampling.BILINEAR)
                 return np.asarray(im, dtype=np.uint8).reshape(size, size, scan.channels)
         except Exception as err:
-            raise DatasetUnavailable(f"dataset_root: cannot read image "
-                                     f"{str(Path(scan.root) / rel)!r} ({err})") from None
+            raise _unreadable(Path(scan.root) / rel, err) from None
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         images = list(pool.map(read, scan.files))
@@ -259,6 +333,30 @@ def _decode(scan: FolderScan, size: int) -> tuple[np.ndarray, np.ndarray]:
         print(f"dimalign: the decoded images were not cached ({err})", file=sys.stderr,
               flush=True)
     return x, y
+
+
+def _to_8bit(im):
+    """`im` with 8 bits a channel. Pillow's own convert clips wider greyscale to 0..255 (16-bit
+    images turn white), so those are scaled here: by their type's range, floats as below."""
+    if im.mode not in WIDE_MODES:  # 1, L, LA, P, RGB(A), CMYK...: Pillow converts them right
+        return im
+    from PIL import Image
+
+    x = np.asarray(im, dtype=np.float64)  # (H, W)
+    if im.mode == "F":
+        if not np.isfinite(x).all():
+            raise ValueError("its pixels are not finite (NaN or infinity)")
+        lo, hi = x.min(), x.max()
+        # [0, 1] and [0, 255] are the usual conventions; anything else is stretched per image
+        if lo < 0 or hi > 255:
+            x = (x - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(x)
+        elif hi <= 1:
+            x = x * 255
+    elif im.mode == "I" and (x.min() < 0 or x.max() > 65535):  # 32-bit data
+        x = x * (255 / (2**31 - 1)) if x.min() >= 0 else (x + 2**31) * (255 / (2**32 - 1))
+    else:  # I;16*, and mode I within 0..65535: older Pillow opens 16-bit PNGs as I (13: I;16)
+        x = x * (255 / 65535)
+    return Image.fromarray(np.rint(x).astype(np.uint8))
 
 
 def _arrays(data: bytes) -> tuple[np.ndarray, np.ndarray]:

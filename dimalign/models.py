@@ -213,3 +213,45 @@ class TorchvisionClassifier(Classifier):
 def _torchvision_feature_dim(name: str) -> int:
     with torch.device("meta"):  # builds the layers without allocating their weights
         return _last_linear(_torchvision_net(name, 10), name)[1].in_features
+
+
+LARGEST_IMAGE = 1024  # what image_size allows
+
+
+@functools.lru_cache(maxsize=64)
+def input_size_problem(name: str, size: int) -> str:
+    """What model `name` needs of size x size images it cannot take ('' when it can).
+
+    Found by forwarding a zero image on the meta device: shapes only, no weights and no compute
+    (milliseconds even for the largest), and exact for any architecture, where a table of
+    minimum sizes would go stale. The built-in models pool adaptively and take any size."""
+    if not is_torchvision(name):
+        return ""
+    try:
+        with torch.device("meta"):
+            net = _torchvision_net(name[len(TORCHVISION_PREFIX):], 10).eval()
+    except NotImplementedError:  # built from computed values (RegNet): cannot be checked so
+        return ""
+
+    def runs(side: int) -> bool:
+        try:
+            with torch.no_grad():
+                net(torch.zeros(1, 3, side, side, device="meta"))
+            return True
+        except (RuntimeError, AssertionError, ValueError):  # "output size is too small", ViT's
+            return False  # torch._assert on the image size, a reshape that does not fit
+
+    if runs(size):
+        return ""
+    fixed = getattr(net, "image_size", None)  # a vision transformer takes one size only
+    if isinstance(fixed, int):
+        return f"needs images of exactly {fixed}x{fixed}"
+    # the largest size, else ImageNet's (MaxViT's windows fit 224, not 1024)
+    works = next((side for side in (LARGEST_IMAGE, 224) if side > size and runs(side)), None)
+    if works is None:
+        return f"does not run on images of {size}x{size}"
+    fails = size
+    while works - fails > 1:  # the smallest size it runs on (pooling: larger sizes run too)
+        middle = (fails + works) // 2
+        fails, works = (fails, middle) if runs(middle) else (middle, works)
+    return f"needs images of at least {works}x{works}"

@@ -21,7 +21,14 @@ temporary folder).
 
 Cancel sets a flag the job polls between steps, and `ray.cancel`s a task that has not ended
 a few seconds later. A task whose node or worker died leaves its run `interrupted`: `resume`
-continues from the last checkpoint that came back.
+continues from the last checkpoint that came back. A run whose job asks for more CPUs or GPUs
+than any node of the cluster has fails at once, naming the setting, instead of waiting for a
+node forever. Stopping the scheduler waits for the jobs that have begun on a node, and leaves
+those still waiting for one `interrupted` at once.
+
+A HOST:PORT address is tried in a child process first: where something answers but no Ray
+cluster does within DIMALIGN_RAY_CONNECT_SECONDS (20), that is one line, and Ray's retries and
+warnings stay in the child.
 """
 
 from __future__ import annotations
@@ -119,6 +126,7 @@ class Flight:
     token: str  # this launch's, for its cancel flag
     cancel_sent: float | None = None
     forced: bool = False
+    begun: bool = False  # its first mail came: it runs on a node, not waiting for one
 
 
 class RayScheduler(Scheduler):
@@ -155,6 +163,7 @@ class RayScheduler(Scheduler):
         self.shipped: LRU[Any] = LRU(8)
         self.cancel_grace = CANCEL_GRACE
         self.fits, self.fits_at = 1, -math.inf
+        self.short: str | None = None  # why no node can take a job, when none can
         self.beat_at = 0.0
 
     # -- what the base scheduler asks
@@ -164,7 +173,8 @@ class RayScheduler(Scheduler):
 
     def capacity(self) -> int:
         """Jobs at once: DIMALIGN_WORKERS, else as many as the cluster's CPUs and GPUs fit
-        (looked at every few seconds: nodes come and go)."""
+        (looked at every few seconds: nodes come and go). Notes in `short` when a job asks
+        for more than any node has."""
         if time.monotonic() - self.fits_at > RESOURCES_EVERY:
             import ray
 
@@ -175,6 +185,8 @@ class RayScheduler(Scheduler):
             if self.gpus:
                 fits.append(math.floor(total.get("GPU", 0) / self.gpus + 1e-9))
             self.fits, self.fits_at = max(1, min(fits)), time.monotonic()
+            self.short = _too_large({"CPU": (self.cpus, "DIMALIGN_RAY_CPUS"),
+                                     "GPU": (self.gpus, "DIMALIGN_RAY_GPUS")})
         return worker_count() if "DIMALIGN_WORKERS" in os.environ else self.fits
 
     def warm_umap(self) -> None:
@@ -194,6 +206,10 @@ class RayScheduler(Scheduler):
 
     def launch(self, run: Run) -> None:
         now = time.time()
+        if self.short:  # it would wait for a node forever
+            self.store.transition(run.id, ("queued",), status="failed", finished=now,
+                                  error=self.short)
+            return
         if not self.store.transition(run.id, ("queued",), status="running", pid=os.getpid(),
                                      started=now, heartbeat=now, error=None, finished=None,
                                      cancel_requested=0, phase="waiting for a Ray node"):
@@ -302,7 +318,10 @@ class RayScheduler(Scheduler):
     def deliver(self, message: tuple) -> None:
         """Write one piece of mail: into the store, or a file into this home."""
         run_id, kind, *payload = message
-        if kind == "device":
+        if kind == "begun":
+            if run_id in self.flight:
+                self.flight[run_id].begun = True
+        elif kind == "device":
             self.store.update(run_id, device=payload[0])
         elif kind == "progress":
             self.store.update(run_id, progress=payload[0], phase=payload[1])
@@ -366,30 +385,74 @@ class RayScheduler(Scheduler):
                 ray.cancel(flight.ref, force=flight.forced)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Let the jobs in flight finish (their mail written) for up to `timeout` seconds; the
-        rest are cancelled and left `interrupted` (resumable)."""
+        """Let the jobs that have begun on a node finish (their mail written) for up to
+        `timeout` seconds. The rest, and at once those still waiting for a node (which may
+        never come), are cancelled and left `interrupted` (resumable)."""
         import ray
 
+        with contextlib.suppress(checked.DiskFull):
+            self.reap()  # the latest mail: which jobs have begun
+        self.interrupt([run_id for run_id, f in self.flight.items() if not f.begun])
         end = time.monotonic() + timeout
         while self.flight and time.monotonic() < end:
             with contextlib.suppress(checked.DiskFull):
                 self.reap()
             time.sleep(0.2)
-        for run_id, flight in list(self.flight.items()):
-            ray.cancel(flight.ref, force=True)
+        self.interrupt(list(self.flight))
+        if self.started_ray:
+            ray.shutdown()
+
+    def interrupt(self, run_ids: list[str]) -> None:
+        """Cancel these jobs and leave their runs `interrupted`."""
+        import ray
+
+        for run_id in run_ids:
+            ray.cancel(self.flight.pop(run_id).ref, force=True)
             with contextlib.suppress(checked.DiskFull):
                 self.store.transition(run_id, ("running",), status="interrupted", pid=None,
                                       error="its scheduler stopped; resume it to continue from "
                                             "its last checkpoint that came back")
-        self.flight.clear()
-        if self.started_ray:
-            ray.shutdown()
+
+
+def _too_large(asks: dict[str, tuple[float, str]]) -> str | None:
+    """Why no job can start, in one line, when it asks for more of a resource ("CPU": (amount,
+    the setting that asks)) than any live node has (a task runs on one node); else None."""
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    for unit, (asked, setting) in asks.items():
+        most = max((node.get(unit, 0) for node in nodes), default=0)
+        if asked > most + 1e-9:
+            total = sum(node.get(unit, 0) for node in nodes)
+            units = unit if asked == 1 else unit + "s"
+            return (f"a job asks Ray for {asked:g} {units} ({setting}) but no node of the "
+                    f"cluster has that many (at most {most:g}, {total:g} in all); lower "
+                    f"{setting} or add a larger node")
+    return None
+
+
+# tries to join the cluster at argv[1]; prints why it could not, in one line
+PROBE = """
+import sys
+import ray
+try:
+    ray.init(address=sys.argv[1], include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+except Exception as err:
+    print(type(err).__name__ + ": " + " ".join(str(err).split()))
+    sys.exit(1)
+ray.shutdown()
+"""
 
 
 def _check_reachable(address: str | None) -> None:
-    """A HOST:PORT that nothing answers at is said in one line at once (Ray itself would keep
-    trying for minutes). "auto", ray:// addresses and none are left to Ray."""
+    """A HOST:PORT where no Ray cluster answers is said in one line: at once when nothing
+    answers, else within DIMALIGN_RAY_CONNECT_SECONDS, as a child process that joins the
+    cluster finds out (Ray itself would keep trying for minutes, logging warnings all along).
+    "auto", ray:// addresses and none are left to Ray."""
     import socket
+    import subprocess
+    import sys
 
     host, sep, port = (address or "").rpartition(":")
     if not sep or "/" in address or not port.isdigit():
@@ -400,6 +463,19 @@ def _check_reachable(address: str | None) -> None:
         raise RuntimeError(f"cannot reach the Ray cluster at {address} ({err.strerror or err}); "
                            "start it with `ray start --head` there, or check the address")\
             from None
+    wait = _env_number("DIMALIGN_RAY_CONNECT_SECONDS", float, 20.0, low=1)
+    try:
+        probe = subprocess.run([sys.executable, "-c", PROBE, address], capture_output=True,
+                               text=True, timeout=wait, stdin=subprocess.DEVNULL,
+                               env={"RAY_USAGE_STATS_ENABLED": "0", **os.environ})
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"cannot reach the Ray cluster at {address}: something answers there "
+                           f"but no Ray cluster did within {wait:g} s; check the address (Ray's "
+                           "GCS port, 6379 by default)") from None
+    if probe.returncode != 0:
+        said = (probe.stdout.strip() or probe.stderr.strip() or
+                f"exit code {probe.returncode}").splitlines()[-1]
+        raise RuntimeError(f"cannot reach the Ray cluster at {address}: {said[:300]}")
 
 
 def _rel(path: Path) -> str:
@@ -437,6 +513,8 @@ def remote_job(spec: dict, inputs: dict, mailbox) -> dict:
     its parent (a fork's weights, an embedding's features) go into a folder of this job's
     alone, `parents/<run id>/`, so jobs that share a parent never share its folder."""
     import ray
+
+    mailbox.post.remote(spec["id"], "begun")  # first: a scheduler that stops waits for it
     import torch
 
     node = ray.get_runtime_context().get_node_id()

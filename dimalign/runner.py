@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 
 from dimalign import checked, paths
-from dimalign.config import REPLICATE_LIMIT, Config
-from dimalign.errors import ConfigError
+from dimalign.config import Config, check_replicates
 from dimalign.methods import get_method
 from dimalign.methods.loop import TelemetryFn, UnlearnResult, unlearn
 from dimalign.metric_table import TABLE, TIME_FRACTION, gap_to_retrained
@@ -205,11 +204,7 @@ def compare(cfg: Config, methods: list[str], *, preset: str = "", replicates: in
     `replicates.aggregate`: mean and sd per method, and the retrain-vs-retrain noise floor."""
     from dimalign.replicates import aggregate
 
-    if replicates < 1:
-        raise ConfigError("--replicates", f"must be at least 1, got {replicates}")
-    if cfg.replicate + replicates > REPLICATE_LIMIT:
-        raise ConfigError("--replicates", f"replicates {cfg.replicate}.."
-                          f"{cfg.replicate + replicates - 1} pass the limit {REPLICATE_LIMIT}")
+    check_replicates(replicates, cfg.replicate)
     results = []
     for r in range(replicates):
         if replicates > 1:

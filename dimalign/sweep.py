@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Iterable
 
 from dimalign import paths
-from dimalign.config import REPLICATE_LIMIT, build_config
+from dimalign.config import build_config, check_replicates
 from dimalign.errors import ConfigError
 from dimalign.store import Store
 
@@ -52,8 +52,7 @@ def plan(preset: str, method: str, grid: Iterable[str], fixed: Iterable[str] = (
     is queued."""
     from dimalign.methods import REGISTRY, get_method
 
-    if not 1 <= replicates <= REPLICATE_LIMIT:
-        raise ConfigError("--replicates", f"must lie in 1..{REPLICATE_LIMIT}, got {replicates}")
+    check_replicates(replicates)
     get_method(method)
     grid = list(grid)
     for item in grid:  # another method's knob would change nothing: every run the same
@@ -139,10 +138,12 @@ def sweep_ray(store: Store, preset: str, method: str, grid: Iterable[str],
     import torch
 
     from dimalign.jobs import check_queue_room
+    from dimalign.ray_backend import _check_reachable
     from dimalign.train import experiment_key, get_baselines
 
     combos, configs = plan(preset, method, grid, fixed, replicates)
     check_queue_room(store, owner, len(configs))
+    _check_reachable(address)  # a wrong HOST:PORT in one line, before baselines are trained
     sweep_id = sweep_id or new_sweep_id()
     if announce:
         announce(sweep_id)

@@ -179,7 +179,7 @@ def cache_key(cfg: Config, role: str) -> dict:
            # compiling changes how fast, not what is learned, like the device
            "train": {k: v for k, v in cfg.to_dict()["train"].items() if k != "compile"}}
     if cfg.dataset == IMAGEFOLDER:
-        # the fingerprint covers the folder's absolute path and every file's size and mtime
+        # the fingerprint covers the folder's absolute path and every file's stat identity
         key["data"] = {"image_size": cfg.image_size, "fingerprint": cfg.info.fingerprint}
     if role == "original" and cfg.original_checkpoint:
         del key["seed"], key["train"]  # nothing is trained
@@ -197,9 +197,10 @@ _SHA256: dict[tuple, str] = {}
 
 
 def file_sha256(path: str) -> str:
-    """sha256 of a file's bytes (remembered while its size and modification time stay)."""
+    """sha256 of a file's bytes (remembered while its size, times and inode stay: the change
+    time catches a rewrite whose modification time was set back)."""
     st = os.stat(path)
-    ident = (path, st.st_size, st.st_mtime_ns)
+    ident = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     if ident not in _SHA256:
         h = hashlib.sha256()
         with open(path, "rb") as fh:
@@ -352,6 +353,13 @@ def _import_original(cfg: Config, device: torch.device, key: dict,
                                               for v in state.values()):
         raise ConfigError("original_checkpoint", f"{source!r} is not a state dict (a dict of "
                           "tensors, as torch.save(model.state_dict(), PATH) writes)")
+    # NaN weights evaluate to constant outputs, which look like perfect forgetting
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()),
+               None)
+    if bad is not None:
+        raise ConfigError("original_checkpoint", f"{source!r} holds weights that are not finite "
+                          f"(NaN or infinity), first in {bad}; use a checkpoint of a model "
+                          "that trained without diverging")
     tv = isinstance(model, TorchvisionClassifier)
     if tv:
         state = model.from_torchvision_state(state)

@@ -69,6 +69,13 @@ def owner_area(owner: str) -> Path:
     return home() / "uploads" / check_owner(owner)
 
 
+def hide_server_paths(text: str) -> str:
+    """`text` (an error about an upload) with each upload's folder on this server said as "your
+    upload": a page must not show participants where the server keeps its home."""
+    where = re.escape(str(home() / "uploads")) + r"/[^/\s'\"]+/[^/\s'\"]+"
+    return re.sub(where, "your upload", text)
+
+
 def _checked_size(data: bytes, what: str) -> None:
     limit = upload_limit()
     if len(data) > limit:

@@ -11,6 +11,7 @@ from dimalign.metric_table import shown
 from dimalign.paths import DATA_ROOTS_ENV, data_roots
 from dimalign.store import StoreError
 from dimalign.train import cached_meta
+from dimalign.uploads import hide_server_paths
 
 cfg, who = ui.page("Experiment", settings=True)  # its controls stay when settings are wrong
 invalid = ui.settings_error()
@@ -86,8 +87,8 @@ with st.expander("Scenario and seed", expanded=invalid is not None):
     c3.number_input("Seed", 0, 10_000, cfg.seed, key="exp_seed", on_change=_apply)
 
 if invalid is not None:  # the controls above are drawn; nothing below would be this experiment
-    st.error(f"These settings are invalid: {invalid}. Change them above, or go back to the "
-             "preset's settings.")
+    st.error(f"These settings are invalid: {hide_server_paths(str(invalid))}. Change them "
+             "above, or go back to the preset's settings.")
     st.button("Back to the preset's settings", key="settings_reset",
               on_click=ui.reset_settings)
     st.stop()
@@ -102,11 +103,11 @@ st.markdown(f"**{cfg.dataset}** · model **{cfg.model_name}** · seed {cfg.seed}
 try:
     exp = build_experiment(cfg)
 except DatasetUnavailable as err:
-    st.error(str(err))
+    st.error(hide_server_paths(str(err)))
     st.stop()
 except (OSError, ValueError) as err:  # e.g. an unreadable image in one's own image folder
-    st.error(f"The data could not be loaded ({type(err).__name__}: {err}). Change the data "
-             "settings above.")
+    st.error(f"The data could not be loaded ({type(err).__name__}: "
+             f"{hide_server_paths(str(err))}). Change the data settings above.")
     st.stop()
 
 left, right = st.columns([1, 2])
@@ -141,7 +142,7 @@ elif active is None:
                        overrides=st.session_state.get("overrides", []), method="retrain",
                        owner=who.name, key=who.key)
             except (ConfigError, StoreError) as err:
-                st.error(f"Not started: {err}.")
+                st.error(f"Not started: {hide_server_paths(str(err))}.")
             else:
                 st.rerun()
 

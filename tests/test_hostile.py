@@ -1752,3 +1752,56 @@ def test_a_model_that_does_not_fit_the_images_is_refused_naming_the_size(model, 
     ran = cli("run", "--set", f"model=torchvision:{model}", "--set", "train.epochs=2")
     one_error_line(ran, 2, f"invalid setting model: torchvision:{model} needs images of {needs}",
                    "8x8")
+
+
+# ---- CLI plumbing
+# The console script's guard (dimalign/__main__.py) ends what happens outside `cli.main` in one
+# line too: Ctrl-C while the command starts, a reader of stdout that left. Waiting on a run that
+# Ctrl-C stops says the run goes on and how to stop it.
+
+
+def dimalign_process(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dimalign", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("args", [("runs", "--owner", "nobody"), ("methods",), ("presets",)])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(args):
+    proc = dimalign_process(*args)
+    proc.stdout.close()  # `| head -0`: nobody reads what it prints
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141 and err == "", err  # 128 + SIGPIPE, as a shell says
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130():
+    proc = dimalign_process("runs")
+    time.sleep(0.4)  # inside its imports (torch takes seconds)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and said(err) == ["dimalign: interrupted"], err
+    assert out == ""
+
+
+def test_submit_wait_stopped_by_ctrl_c_names_the_run_that_goes_on(bare_store, tiny):
+    proc = dimalign_process("submit", "--wait", "--set", *tiny, "--set", "muda.epochs=400",
+                            "--owner", "waiter")
+    line = proc.stderr.readline()
+    while not line.startswith("run "):
+        assert line, "submit ended before it named its run"
+        line = proc.stderr.readline()
+    run_id = line.split()[1]
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err and out == "", err
+    assert said(err)[-1] == (
+        f"dimalign: stopped waiting; run {run_id} goes on in the background (dimalign watch "
+        f"{run_id} follows it, dimalign cancel {run_id} stops it)")
+    assert bare_store.get(run_id).status in ACTIVE
+
+
+@pytest.mark.parametrize("command", ["compare", "sweep"])
+def test_compare_and_sweep_refuse_too_many_replicates_alike(command, cli, tiny):
+    for count, words in (("1001", "replicates 0..1000 pass the limit of 1000 (0..999)"),
+                         ("0", "must be at least 1, got 0")):
+        ran = cli(command, "--set", *tiny, "--replicates", count)
+        one_error_line(ran, 2, "--replicates", words)

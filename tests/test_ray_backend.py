@@ -250,6 +250,66 @@ def test_a_lost_node_interrupts_its_run_and_resume_finishes_it(cluster, tiny, dr
     store.close()
 
 
+@pytest.mark.parametrize(("env", "said"), [
+    ({"DIMALIGN_RAY_CPUS": "1e9"}, "a job asks Ray for 1e+09 CPUs (DIMALIGN_RAY_CPUS) but no "
+     "node of the cluster has that many (at most 1, 2 in all); lower DIMALIGN_RAY_CPUS or add a "
+     "larger node"),
+    ({"DIMALIGN_RAY_GPUS": "1"}, "a job asks Ray for 1 GPU (DIMALIGN_RAY_GPUS) but no node of "
+     "the cluster has that many (at most 0, 0 in all); lower DIMALIGN_RAY_GPUS or add a larger "
+     "node"),
+])
+def test_a_job_larger_than_any_node_fails_in_one_line(cluster, tiny, drain, monkeypatch, env,
+                                                      said):
+    # it used to wait for a Ray node forever
+    from dimalign.ray_backend import RayScheduler
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    store = Store()
+    scheduler = RayScheduler(store)
+    run_id = submit(store, preset="digits-class", overrides=tiny, owner="kim")
+    try:
+        drain(scheduler, lambda: store.get(run_id).terminal, timeout=30)
+    finally:
+        scheduler.close()
+    assert (store.get(run_id).status, store.get(run_id).error) == ("failed", said)
+    store.close()
+
+
+def test_stopping_waits_for_the_jobs_begun_on_a_node_not_for_those_waiting(cluster, tiny,
+                                                                          drain):
+    from dimalign.ray_backend import RayScheduler
+
+    store = Store()
+    scheduler = RayScheduler(store)
+    begun, waiting = (submit(store, preset="digits-class", overrides=tiny, owner=o)
+                      for o in ("ida", "jon"))
+    task = scheduler.task
+
+    class Unplaceable:  # the waiting run's task asks for a resource no node has
+        @staticmethod
+        def options(**ask):
+            if ask["name"].endswith(waiting):
+                ask["resources"] = {"no_such_node": 1}
+            return task.options(**ask)
+
+    scheduler.task = Unplaceable()
+    try:
+        drain(scheduler, lambda: store.get(begun).device and store.get(waiting).status ==
+              "running", timeout=60)  # one job on a node, the other waiting for one
+        running = store.get(begun).status
+    finally:
+        start = time.monotonic()
+        scheduler.close(timeout=600)
+        took = time.monotonic() - start
+    assert running == "running"
+    assert store.get(begun).status == "done", store.get(begun).error  # waited for
+    assert store.get(waiting).status == "interrupted"  # not waited for: resumable
+    assert store.get(waiting).error.startswith("its scheduler stopped")
+    assert took < 120
+    store.close()
+
+
 @pytest.mark.parametrize(("env", "named"), [
     ({"DIMALIGN_BACKEND": "cloud"}, "DIMALIGN_BACKEND"),
     ({"DIMALIGN_BACKEND": "ray", "DIMALIGN_RAY_GPUS": "1.5"}, "DIMALIGN_RAY_GPUS"),
@@ -274,6 +334,23 @@ def test_a_cluster_that_does_not_answer_is_one_line(cli_process, tmp_path):
     assert ran.stderr.strip().splitlines() == [
         "dimalign: cannot reach the Ray cluster at 127.0.0.1:1 (Connection refused); start it "
         "with `ray start --head` there, or check the address"]
+
+
+def test_an_address_where_something_but_no_ray_cluster_answers_is_one_line(cli_process,
+                                                                           tmp_path):
+    # it used to print Ray's warnings about the GCS every few seconds, for minutes
+    import socket
+
+    with socket.socket() as listener:  # connections wait in its backlog, unanswered
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        ran = cli_process("scheduler", "--backend", "ray", "--address", address, home=tmp_path,
+                          timeout=60, env=dict(os.environ, DIMALIGN_RAY_CONNECT_SECONDS="3"))
+    assert ran.returncode == 1 and ran.stdout == ""
+    assert ran.stderr.strip().splitlines() == [
+        f"dimalign: cannot reach the Ray cluster at {address}: something answers there but no "
+        "Ray cluster did within 3 s; check the address (Ray's GCS port, 6379 by default)"]
 
 
 @pytest.mark.parametrize("sent", ["../runs/x.pt", "/etc/passwd", "runs", "data/x.npz",

@@ -147,3 +147,26 @@ def test_an_uploaded_state_dict_is_kept_by_its_hash_in_the_owners_area(area_home
     assert path.parent == owner_area("alice") and path.suffix == ".pt"
     assert torch.load(path, weights_only=True)["w"].shape == (2,)
     assert save_checkpoint(buffer.getvalue(), "alice") == path
+
+
+def test_an_error_about_an_upload_shows_no_server_folder_on_the_page(area_home, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from dimalign.data import build_experiment
+    from dimalign.errors import ConfigError
+    from dimalign.uploads import hide_server_paths
+
+    images = {f"class{c}/{i}.png": png_bytes(10 * c + i) for c in range(2) for i in range(3)}
+    root = unpack_imagefolder(make_zip({**images, "class0/broken.png": b"not a png"}), "alice")
+    own = ["dataset=imagefolder", f"dataset_root={root}", "image_size=8", "scenario.classes=0"]
+    with pytest.raises(ConfigError) as err:  # the engine names the file: the CLI's user owns
+        build_experiment(build_config("digits-class", own))  # the machine
+    assert str(root) in str(err.value)
+    assert hide_server_paths(str(err.value)).count("'your upload/class0/broken.png'") == 2
+    monkeypatch.setattr("dimalign.jobs.ensure_scheduler", lambda: None)
+    at = AppTest.from_file("../app.py", default_timeout=60)  # relative to this file
+    at.session_state["overrides"], at.session_state["overrides_for"] = own, "digits-class"
+    at.run()
+    shown = " ".join(e.value for e in at.error)
+    assert "could not be loaded" in shown and "your upload/class0/broken.png" in shown, shown
+    assert str(area_home) not in shown

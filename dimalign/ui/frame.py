@@ -24,6 +24,7 @@ from dimalign.ui.state import (
     sticky,
 )
 from dimalign.ui.widgets import pick_run
+from dimalign.uploads import hide_server_paths
 
 
 class Page(NamedTuple):
@@ -51,8 +52,8 @@ def page(title: str, *, scheduler: bool = True, settings: bool = False) -> Page:
     if cfg is None:
         error = settings_error()
         if not settings:
-            st.error(f"These settings are invalid: {error}. Change them on the Experiment "
-                     "page.")
+            st.error(f"These settings are invalid: {hide_server_paths(str(error))}. Change "
+                     "them on the Experiment page.")
             st.stop()
         cfg = _fallback_config()
     if scheduler:

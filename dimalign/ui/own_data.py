@@ -27,7 +27,7 @@ def use_own_data(root: str, size: int, model: str, checkpoint: str, *, owner: st
     checkpoint (all empty: back to the preset's data). Checked first: bad input leaves an
     error for the page to show and changes nothing. `upload_zip`, `upload_checkpoint`:
     Streamlit's UploadedFile, kept in `owner`'s area and used from there."""
-    from dimalign.uploads import save_checkpoint, unpack_imagefolder
+    from dimalign.uploads import hide_server_paths, save_checkpoint, unpack_imagefolder
 
     made = uploaded_paths(owner)
 
@@ -64,7 +64,7 @@ def use_own_data(root: str, size: int, model: str, checkpoint: str, *, owner: st
     try:
         build_config(sticky("preset") or DEFAULT_PRESET, own)
     except ConfigError as err:
-        st.session_state["own_error"] = f"Not used: {err}"
+        st.session_state["own_error"] = f"Not used: {hide_server_paths(str(err))}"
         return
     st.session_state["own_error"] = None
     st.session_state["own_data"], st.session_state["overrides"] = own, list(own)

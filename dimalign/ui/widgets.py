@@ -13,6 +13,7 @@ from dimalign.metric_table import shown
 from dimalign.store import Run
 from dimalign.ui.runs import Ghost, more_runs_note
 from dimalign.ui.state import remember, sticky
+from dimalign.uploads import hide_server_paths
 
 
 def memo_figure(identity: tuple, build):
@@ -88,7 +89,8 @@ def show_run_error(run: Run) -> None:
                             "checkpoint.",
              "cancelled": "Resume continues it from its last checkpoint."}
     if run.status in hints:
-        st.error(f"Run {run.id} {run.status}: {run.error or 'no message'}. {hints[run.status]}")
+        why = hide_server_paths(run.error or "no message")
+        st.error(f"Run {run.id} {run.status}: {why}. {hints[run.status]}")
 
 
 # ---------------------------------------------------------------------------- knob widgets
