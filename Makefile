@@ -1,7 +1,7 @@
 # The two commands: `make app` runs the dashboard on the embedded default (PORT=, ADDRESS= to serve
 # elsewhere), `make test` runs the whole suite. Each creates .venv and installs the project when it
 # is missing. `make dev` is `make app` that reruns on edits. DIMALIGN_BACKEND=ray
-# DIMALIGN_RAY_ADDRESS=auto make app runs every job on a Ray cluster (README: Beyond one machine).
+# DIMALIGN_RAY_ADDRESS=auto make app runs every job on a Ray cluster (docs/operations.md: Beyond one machine).
 #
 # .venv installs exactly requirements.lock (pinned, hashed): a fresh machine gets the versions the
 # suite passed with. `make lock` re-resolves it from pyproject.toml's ranges; `make test-latest`
@@ -84,8 +84,11 @@ test-gpu: $(if $(GPU_PY),,$(STAMP))
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# make bench NAME=metrics ARGS="--runs 3": python -m bench NAME ARGS (python -m bench lists them)
+bench: NAME = train_cpu
+bench: ARGS =
 bench: $(STAMP)
-	$(BIN)/python bench/train_cpu.py
+	$(BIN)/python -m bench $(NAME) $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,38 +1,34 @@
-"""Wall time of a run's audit (layer-wise geometry, membership evidence, the relearn attack,
+"""The audit job's wall time against the run's own unlearning time (digits-class, MUDA).
+
+Wall time of a run's audit (layer-wise geometry, membership evidence, the relearn attack,
 the class view: what the worker's audit job computes) against the run's own unlearning time,
 medians of several repeats measured alternately in one process, with the torch threads of the
 worker that runs the job (half the cores).
 
-    .venv/bin/python bench/audit.py [--preset digits-class] [--method muda] [--runs 5]
+    .venv/bin/python -m bench audit [--preset digits-class] [--method muda] [--runs 5]
 
 Baselines are trained once in a throw-away DIMALIGN_HOME (not timed) unless --home is given.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, median, timed  # noqa: E402
+from bench.common import header, median, parser, timed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--preset", default="digits-class")
-    parser.add_argument("--method", default="muda")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--relearn-steps", type=int, default=50)
-    parser.add_argument("--home", help="DIMALIGN_HOME to use (default: a throw-away one)")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    options = parser(__name__, runs=5, preset="digits-class", home=True)
+    options.add_argument("--method", default="muda")
+    options.add_argument("--relearn-steps", type=int, default=50)
+    args = options.parse_args(argv)
     os.environ["DIMALIGN_HOME"] = args.home or tempfile.mkdtemp(prefix="dimalign-bench-")
     import torch
 
-    from dimalign.jobs import worker_threads
+    from dimalign.scheduler import worker_threads
 
     torch.set_num_threads(worker_threads(1))  # as the worker that runs the audit job has
 
@@ -70,6 +66,7 @@ def main() -> None:
           f"{b.seconds['retrained']:.2f} s; audit / retraining {a / b.seconds['retrained']:.2f}x)")
     print("audit parts, median s: " + ", ".join(
         f"{part} {median([p[part] for p in parts]):.3f}" for part in parts[0]))
+    return 0
 
 
 def note(marks: list):
@@ -87,7 +84,3 @@ def phase_seconds(marks: list[tuple[str, float]]) -> dict[str, float]:
     names = list(firsts)
     return {name: (firsts[names[i + 1]] if i + 1 < len(names) else end) - firsts[name]
             for i, name in enumerate(names)}
-
-
-if __name__ == "__main__":
-    main()

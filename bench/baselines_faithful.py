@@ -1,8 +1,10 @@
-"""Issue 17's figures, re-measured on digits-class: each baseline before and after it followed
+"""Each baseline before and after it followed its authors' code (issue 17), on digits-class.
+
+Issue 17's figures, re-measured on digits-class: each baseline before and after it followed
 its authors' code, the SalUn mask in train and eval mode, the reference loops at digits scale,
 the ℓ1 weight, and the MIA on entropy (one draw) against confidence (mean ± sd over draws).
 
-    .venv/bin/python bench/baselines_faithful.py        (about 2 minutes on 2 cores)
+    .venv/bin/python -m bench baselines_faithful        (about 2 minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import statistics
 
 import torch
 import torch.nn.functional as F
-from _common import header
 
+from bench.common import header, parser
 from dimalign.config import EvalConfig, build_config
 from dimalign.methods import REGISTRY
 from dimalign.methods.baselines import saliency_mask
@@ -49,7 +51,8 @@ def row(label: str, metrics: dict) -> str:
     return f"{label:<40}{cells}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    parser(__name__).parse_args(argv)  # no options: --help only
     cfg = build_config("digits-class")
     header("baselines against their reference implementations (issue 17)",
            {"preset": "digits-class", "seed": cfg.seed})
@@ -107,6 +110,7 @@ def main() -> None:
               f"{new[0].mean:.3f} ± {new[0].sd:.3f} (seed 0), means over seeds 0-9 "
               f"{min(means):.3f}-{max(means):.3f}")
     print(f"(eval settings: {EvalConfig()})")
+    return 0
 
 
 def _train_mode_mask(model, batches, ratio):
@@ -119,7 +123,3 @@ def _train_mode_mask(model, batches, ratio):
     flat = torch.cat([g.flatten() for g in grads.values()])
     cut = torch.topk(flat, max(1, round(ratio * flat.numel()))).values.min()
     return {n: (g >= cut).float() for n, g in grads.items()}
-
-
-if __name__ == "__main__":
-    main()

@@ -7,23 +7,19 @@ that run from the store (started → finished). Also: store done → done on scr
 `finished` against the browser's clock on this machine), and click → the whole page redrawn for
 the finished run (the picker names it done, its result table is drawn).
 
-    .venv/bin/python bench/click_done.py [--rounds 5]
+    .venv/bin/python -m bench click_done [--rounds 5]
 
 Starts the app exactly as the README does (`make app PORT=<free port>`) in a throw-away
 DIMALIGN_HOME whose digits-class baselines were trained before. Needs Chromium
-(tests/find_browser.py finds it).
+(tests/find_browser.py, run as a program, finds it or installs one).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import workshop  # noqa: E402
-from _common import median  # noqa: E402
+from bench import workshop
+from bench.common import median, parser
 
 TIMEOUT = 120.0  # seconds one answer may take before the bench stops
 
@@ -64,10 +60,8 @@ def step_lambda(page) -> None:
     workshop.wait_idle(page)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parser(__name__, rounds=5).parse_args(argv)
     from dimalign.store import Store
 
     rows = {"first": [], "second": []}
@@ -99,7 +93,4 @@ def main() -> None:
               f"max {max(r[0] for r in got):.2f}); baseline, worker: median {worker:.2f} s; the "
               f"app adds {line - worker:.2f} s; store done → screen median {behind:.2f} s (max "
               f"{max(r[3] for r in got):.2f}); page redrawn median {full:.2f} s")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

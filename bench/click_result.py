@@ -1,30 +1,29 @@
-"""Click to answer on the two pages whose answer is a background job: *Audit* (press "Compute the
+"""Click to answer on Audit and Tune, whose answer is a background job, through `make app`.
+
+Click to answer on the two pages whose answer is a background job: *Audit* (press "Compute the
 audit" → all four panels drawn) and *Tune* (press "Sweep" → the sweep's chart and its "Best
 setting" line). Per round, beside it, the baseline from the same session: the worker's own time
 for that work, read from the run store (the audit job's running time; for a sweep, the span from
 its first run's start to its last run's end). What is left is what the app adds: queueing,
 polling and drawing.
 
-    .venv/bin/python bench/click_result.py [--rounds 5]
+    .venv/bin/python -m bench click_result [--rounds 5]
 
 Starts the app exactly as the README does (`make app PORT=<free port>`) in a throw-away
 DIMALIGN_HOME whose digits-class baselines of replicates 0 and 1 were trained before, then makes
 one MUDA run by pressing Run on Unlearn (live), as a user would. Each round asks for new work
 (another relearn step count; other knob values), so nothing comes from a cache. Needs Chromium
-(tests/find_browser.py finds it).
+(tests/find_browser.py, run as a program, finds it or installs one).
 """
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import workshop  # noqa: E402
-from _common import median  # noqa: E402
+from bench import workshop
+from bench.common import median, parser
 
 OWNER = "bench"
 TIMEOUT = 300.0  # seconds one answer may take before the round counts as failed
@@ -110,10 +109,8 @@ def tune_round(page, values: str) -> tuple[float, float, int]:
     return seconds, span, len(runs)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parser(__name__, rounds=5).parse_args(argv)
 
     def prepare(env: dict) -> None:
         train(env)
@@ -151,7 +148,4 @@ def main() -> None:
         print(f"\n{label}: click → answer median {answer:.2f} s (max "
               f"{max(r[0] for r in rows):.2f}); baseline, {work}: median {base:.2f} s; "
               f"the app adds {answer - base:.2f} s ({answer / base:.2f}x)")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

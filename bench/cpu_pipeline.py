@@ -1,7 +1,8 @@
-"""`digits-class` end to end, as a new user meets it, in fresh processes (`dimalign run`):
-original + retrained + MUDA + every metric + the aligned UMAP, median of several runs.
+"""`digits-class` end to end as a new user meets it, in fresh `dimalign run` processes.
 
-    .venv/bin/python bench/cpu_pipeline.py [--runs 3] [--points 2000] [--preset digits-class]
+Original + retrained + MUDA + every metric + the aligned UMAP, median of several runs.
+
+    .venv/bin/python -m bench cpu_pipeline [--runs 3] [--points 2000] [--preset digits-class]
 
 - cold: an empty DIMALIGN_HOME and an empty NUMBA_CACHE_DIR (the very first run on a machine);
 - cold home, kept numba cache: a new experiment on a machine that has drawn a manifold before;
@@ -11,17 +12,14 @@ Baseline in the same session: the process floor (interpreter + torch + dimalign 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, median  # noqa: E402
+from bench.common import header, median, parser
 
 
 def timed_run(env: dict, *args: str) -> tuple[float, dict]:
@@ -48,12 +46,10 @@ def breakdown(result: dict) -> str:
     return ", ".join(parts)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--points", type=int, default=2000)
-    parser.add_argument("--preset", default="digits-class")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    options = parser(__name__, runs=3, preset="digits-class")
+    options.add_argument("--points", type=int, default=2000)
+    args = options.parse_args(argv)
     header("digits-class end to end", {"preset": args.preset, "runs": args.runs,
                                        "umap points asked": args.points})
     run = ["run", "--preset", args.preset, "--method", "muda"]
@@ -86,7 +82,4 @@ def main() -> None:
               f"{[round(w, 1) for w in walls]}; {notes[name]}")
     print("targets: cold <= 60 s (original + retrained + MUDA + all metrics + UMAP); "
           "warm MUDA run with metrics <= 15 s")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,9 +1,11 @@
-"""Penultimate features (and logits) of ResNet-18 on CIFAR-10's 60,000 images: dimalign's
+"""ResNet-18 features of CIFAR-10's 60,000 images: `forward_all` against a plain fp32 loop.
+
+Penultimate features (and logits) of ResNet-18 on CIFAR-10's 60,000 images: dimalign's
 `forward_all` (images copied over once, bf16 + channels_last on CUDA, outputs gathered on the
 device) against a plain fp32 loop over a DataLoader of normalised float tensors that copies
 each batch's outputs back, in one run.
 
-    .venv/bin/python bench/features.py [--images N] [--runs 5]
+    .venv/bin/python -m bench features [--images N] [--runs 5]
 
 Defaults: 60,000 images on a GPU, 500 on a CPU (a smoke run). Weights are untrained: speed
 does not depend on them.
@@ -11,20 +13,14 @@ does not depend on them.
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cifar10_arrays, header, median, timed  # noqa: E402
-
-from dimalign.data import normalise  # noqa: E402
-from dimalign.datasets import DATASETS  # noqa: E402
-from dimalign.features import default_batch, forward_all  # noqa: E402
-from dimalign.models import build_model  # noqa: E402
-from dimalign.train import pick_device  # noqa: E402
+from bench.common import cifar10_arrays, header, median, parser, timed
+from dimalign.data import normalise
+from dimalign.datasets import DATASETS
+from dimalign.features import default_batch, forward_all
+from dimalign.models import build_model
+from dimalign.train import pick_device
 
 
 @torch.inference_mode()
@@ -36,11 +32,10 @@ def plain(model, x: torch.Tensor, device, batch: int) -> None:
     torch.cat(feats)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int)
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    options = parser(__name__, runs=5)
+    options.add_argument("--images", type=int)
+    args = options.parse_args(argv)
     device = pick_device("auto")
     images = args.images or (60000 if device.type == "cuda" else 500)
     (x_tr, _, x_te, _), source = cifar10_arrays(min(images, 50000), max(0, images - 50000))
@@ -63,7 +58,4 @@ def main() -> None:
               f"  runs {[round(t, 3) for t in times]}")
     print(f"speed-up vs plain: {median(base) / median(ours):.2f}x   "
           "target (H100): 60,000 images <= 2 s")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

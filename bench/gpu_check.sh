@@ -34,10 +34,10 @@ if command -v make >/dev/null; then
 else
   step test-gpu 100 python3 -m pytest tests_gpu -p no:cacheprovider -q
 fi
-step unlearn_step 80 python3 bench/unlearn_step.py --runs 2 --epochs 2
-step features 45 python3 bench/features.py --runs 5
-step gpu_train 90 python3 bench/gpu_train.py --runs 3 --epochs 1
-step unlearn_cost 130 python3 bench/unlearn_cost.py --preset cifar10-class \
+step unlearn_step 80 python3 -m bench unlearn_step --runs 2 --epochs 2
+step features 45 python3 -m bench features --runs 5
+step gpu_train 90 python3 -m bench gpu_train --runs 3 --epochs 1
+step unlearn_cost 130 python3 -m bench unlearn_cost --preset cifar10-class \
   --methods retrain,muda --runs 3 --retrain-runs 1 --baseline-epochs 3
-step gpu_train_compile 100 python3 bench/gpu_train.py --runs 1 --epochs 1 --compile
+step gpu_train_compile 100 python3 -m bench gpu_train --runs 1 --epochs 1 --compile
 for name in ${STEPS:-${order[@]}}; do run_step "$name"; done

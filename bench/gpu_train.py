@@ -1,9 +1,11 @@
-"""ResNet-18 training throughput (images/s) on CIFAR-10: dimalign's loop (uint8 data resident
+"""ResNet-18 CIFAR-10 training throughput (img/s): dimalign's loop against the textbook loop.
+
+ResNet-18 training throughput (images/s) on CIFAR-10: dimalign's loop (uint8 data resident
 on the device, augmentation there, bf16 autocast and channels_last on CUDA; optionally
 torch.compile) against the textbook loop — fp32, torchvision transforms on PIL images in a
 DataLoader with worker processes — same model, batch, epochs and data, in one run.
 
-    .venv/bin/python bench/gpu_train.py [--images N] [--epochs 2] [--batch 512] [--runs 3]
+    .venv/bin/python -m bench gpu_train [--images N] [--epochs 2] [--batch 512] [--runs 3]
                                         [--compile] [--workers 8]
 
 Defaults: all 50,000 training images on a GPU; 512 images on a CPU (a smoke run: the figures
@@ -13,22 +15,17 @@ else CIFAR-shaped synthetic data is used (the header says which).
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cifar10_arrays, header, median  # noqa: E402
-
-from dimalign.config import build_config  # noqa: E402
-from dimalign.datasets import DATASETS  # noqa: E402
-from dimalign.models import build_model  # noqa: E402
-from dimalign.train import pick_device, train_classifier  # noqa: E402
+from bench.common import cifar10_arrays, header, median, parser
+from dimalign.config import build_config
+from dimalign.datasets import DATASETS
+from dimalign.models import build_model
+from dimalign.train import pick_device, train_classifier
 
 
 class PilCifar(torch.utils.data.Dataset):
@@ -75,15 +72,14 @@ def plain_loop(cfg, x, y, device, epochs: int, workers: int) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int)
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--compile", action="store_true", help="also time train.compile=true")
-    parser.add_argument("--workers", type=int, default=min(8, (os.cpu_count() or 2) - 1))
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    options = parser(__name__, runs=3)
+    options.add_argument("--images", type=int)
+    options.add_argument("--epochs", type=int)
+    options.add_argument("--batch", type=int, default=512)
+    options.add_argument("--compile", action="store_true", help="also time train.compile=true")
+    options.add_argument("--workers", type=int, default=min(8, (os.cpu_count() or 2) - 1))
+    args = options.parse_args(argv)
     device = pick_device("auto")
     gpu = device.type == "cuda"
     images = args.images or (50000 if gpu else 512)
@@ -113,7 +109,4 @@ def main() -> None:
     if args.compile:
         print("(torch.compile's one-time compilation falls in the first run of that row)")
     print("targets (H100): >= 35,000 img/s in bf16 and >= 5x the plain fp32 DataLoader loop")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

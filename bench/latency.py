@@ -1,8 +1,10 @@
-"""Latency of a MUDA run on `digits-class` through the background path (a scheduler already
+"""A MUDA run through the warm background worker against a fresh `dimalign run` process.
+
+Latency of a MUDA run on `digits-class` through the background path (a scheduler already
 running, its worker warm) against a fresh `dimalign run` process, medians of several runs in one
 session, interleaved so drift hits both alike.
 
-    .venv/bin/python bench/latency.py [--runs 5] [--preset digits-class] [--home DIR]
+    .venv/bin/python -m bench latency [--runs 5] [--preset digits-class] [--home DIR]
 
 - baseline: `python -m dimalign run --preset P --method muda --fresh` in a new process, wall
   time from start to exit, baselines already cached in the same DIMALIGN_HOME;
@@ -17,7 +19,6 @@ middle of the timings.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -26,8 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, median  # noqa: E402
+from bench.common import header, median, parser
 
 POLL = 0.01  # seconds between looks at the store
 
@@ -85,15 +85,11 @@ def stop(scheduler: subprocess.Popen) -> None:
             scheduler.wait()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--preset", default="digits-class")
-    parser.add_argument("--home", help="an existing DIMALIGN_HOME to use (kept afterwards); "
-                                       "default: a throw-away one")
-    parser.add_argument("--timeout", type=float, default=600.0,
-                        help="seconds to wait for one background run")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    options = parser(__name__, runs=5, preset="digits-class", home=True)
+    options.add_argument("--timeout", type=float, default=600.0,
+                         help="seconds to wait for one background run")
+    args = options.parse_args(argv)
 
     default_home = Path(os.environ.get("DIMALIGN_HOME", "~/.dimalign")).expanduser()
     os.environ.setdefault("NUMBA_CACHE_DIR", str(default_home / "numba-cache"))
@@ -152,7 +148,4 @@ def main() -> None:
               f"{[round(v, 2) for v in values]}")
     print(f"ratio (submit -> done) / fresh process: {median(done) / base:.2f} (target <= 0.5); "
           f"first point: {median(first):.2f} s (target <= 1 s); load average now {load()}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,9 +1,11 @@
-"""Time of every metric of one model on a preset (default digits-class), median of several runs,
+"""Every metric of one model, and the UMAP of its features, cold and warm.
+
+Time of every metric of one model on a preset (default digits-class), median of several runs,
 next to a baseline run in the same process: one forward pass over the train and test data.
 Then the UMAP of that model's features, cold (first call in the process) and warm: one model
 (fit), and the aligned frame the Manifolds page draws (fit + transform of two more models).
 
-    .venv/bin/python bench/metrics.py [--runs 5] [--preset digits-class] [--umap-points 2000]
+    .venv/bin/python -m bench metrics [--runs 5] [--preset digits-class] [--umap-points 2000]
                                       [--cold-numba]
 
 The first run is reported apart as "cold" (imports, first sklearn and eigh calls). UMAP's cold
@@ -13,23 +15,16 @@ UMAP on a machine); without it a kept cache makes the first call cost only the i
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-if "--cold-numba" in sys.argv:  # before numba is imported anywhere
-    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="numba-cold-")
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, median  # noqa: E402
-
-from dimalign.artifacts import geometry_bundle  # noqa: E402
-from dimalign.config import build_config  # noqa: E402
-from dimalign.geometry import eigenspectrum  # noqa: E402
-from dimalign.metrics import (  # noqa: E402
+from bench.common import header, median, parser
+from dimalign.artifacts import geometry_bundle
+from dimalign.config import build_config
+from dimalign.geometry import eigenspectrum
+from dimalign.metrics import (
     alignment,
     linear_probe,
     mia_efficacy,
@@ -38,7 +33,7 @@ from dimalign.metrics import (  # noqa: E402
     nmi,
     split_accuracies,
 )
-from dimalign.train import get_baselines  # noqa: E402
+from dimalign.train import get_baselines
 
 
 def one_model(model, exp, ev, seed) -> dict[str, float]:
@@ -71,14 +66,16 @@ def one_model(model, exp, ev, seed) -> dict[str, float]:
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--preset", default="digits-class")
-    parser.add_argument("--umap-points", type=int, default=2000)
-    parser.add_argument("--cold-numba", action="store_true",
-                        help="UMAP's cold call with an empty NUMBA_CACHE_DIR")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    options = parser(__name__, runs=5, preset="digits-class")
+    options.add_argument("--umap-points", type=int, default=2000)
+    options.add_argument("--cold-numba", action="store_true",
+                         help="UMAP's cold call with an empty NUMBA_CACHE_DIR")
+    args = options.parse_args(argv)
+    if args.cold_numba:  # numba reads NUMBA_CACHE_DIR once, when it is first imported
+        if "numba" in sys.modules:
+            raise SystemExit("--cold-numba: numba was imported before the cache could be set")
+        os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="numba-cold-")
     cfg = build_config(args.preset)
     baselines = get_baselines(cfg)
     exp = baselines.experiment
@@ -96,6 +93,7 @@ def main() -> None:
     print(f"all metrics, one model: median {total:.2f} s (target <= 10 s); "
           f"{total / forward:.1f}x one forward pass over the data")
     umap_bench(baselines, exp, args.runs, args.umap_points, total)
+    return 0
 
 
 def umap_bench(baselines, exp, runs: int, points: int, metrics_seconds: float) -> None:
@@ -131,7 +129,3 @@ def umap_bench(baselines, exp, runs: int, points: int, metrics_seconds: float) -
         print(f"{part:<48}{cold[part]:>9.2f}{median(warm):>15.2f}")
     print(f"aligned frame warm / all metrics of one model warm: "
           f"{median(warm) / metrics_seconds:.1f}x  (target: UMAP of 2,000 points warm <= 5 s)")
-
-
-if __name__ == "__main__":
-    main()

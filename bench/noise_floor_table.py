@@ -1,18 +1,21 @@
-"""The README's noise-floor table from `dimalign compare --replicates N --json` output: for
-each method and metric, whether its mean |gap to its own replicate's retrained model| lies
+"""The README's noise-floor tables from `dimalign compare --replicates N --json` output.
+
+For each method and metric, whether its mean |gap to its own replicate's retrained model| lies
 within the retrain-vs-retrain noise floor (✓) or not (✗), with the gap beside it; then the
 README's second table, each model's metrics as mean ± sd over the replicates.
 
     .venv/bin/dimalign compare --preset digits-class --methods all --replicates 3 --json \\
         > compare.json
-    .venv/bin/python bench/noise_floor_table.py compare.json
+    .venv/bin/python -m bench noise_floor_table compare.json
+
+It measures nothing, so it prints no header: its output is the tables alone, to paste.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 
+from bench.common import parser
 from dimalign.metric_table import TABLE, shown
 from dimalign.replicates import inside
 
@@ -49,7 +52,11 @@ def mean_sd_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    with open(sys.argv[1]) as fh:
+def main(argv: list[str] | None = None) -> int:
+    options = parser(__name__)
+    options.add_argument("compare_json", help="the output of `dimalign compare ... --json`")
+    args = options.parse_args(argv)
+    with open(args.compare_json) as fh:
         result = json.load(fh)
     print(table(result), "", mean_sd_table(result), sep="\n")
+    return 0

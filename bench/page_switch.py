@@ -1,17 +1,19 @@
-"""Page switches in a real browser once data is cached: click a page link, stop the clock when
+"""Dashboard page switches in headless Chromium once data is cached, against a bare app.
+
+Page switches in a real browser once data is cached: click a page link, stop the clock when
 the page's title and all its charts are drawn and its script has finished. Median per page,
 against a baseline run in the same session: the same switch in a bare Streamlit app whose pages
 hold a title and one small chart (the framework's own floor).
 
-    .venv/bin/python bench/page_switch.py [--rounds 5]
+    .venv/bin/python -m bench page_switch [--rounds 5]
 
-Needs Chromium at /usr/bin/chromium (as the browser test). Builds its data first in a throw-away
-DIMALIGN_HOME: baselines, a MUDA run and its UMAP, by real workers (about a minute).
+Needs Chromium, the browser tests' (tests/find_browser.py, run as a program, finds it or
+installs one). Builds its data first in a throw-away DIMALIGN_HOME: baselines, a MUDA run and
+its UMAP, by real workers (about a minute).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import subprocess
@@ -21,9 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, median  # noqa: E402
+from bench.common import ROOT, chromium, header, median, parser
 
 PAGES = ["Experiment", "Unlearn (live)", "Tune", "Eigenspectra", "Principal angles", "Manifolds",
          "Audit", "Compare", "Learn"]
@@ -42,7 +42,8 @@ def prepare(home: str) -> None:
     os.environ["DIMALIGN_HOME"] = home
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".dimalign" / "numba-cache"))
     from dimalign.audit import AuditSettings
-    from dimalign.jobs import Scheduler, Slot, submit, submit_audit, submit_embedding
+    from dimalign.jobs import submit, submit_audit, submit_embedding
+    from dimalign.scheduler import Scheduler, Slot
     from dimalign.store import Store
 
     store = Store()
@@ -101,11 +102,12 @@ def switch(page, name: str, charts: int) -> float:
     return end - start
 
 
-def measure(url: str, names: list[str], rounds: int, query: str) -> dict[str, list[float]]:
+def measure(url: str, names: list[str], rounds: int, query: str,
+            browser_path: str) -> dict[str, list[float]]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=[
+        browser = p.chromium.launch(executable_path=browser_path, headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/?{query}")
@@ -125,11 +127,10 @@ def measure(url: str, names: list[str], rounds: int, query: str) -> dict[str, li
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    header("page switches once cached", {"rounds": args.rounds, "browser": "/usr/bin/chromium",
+def main(argv: list[str] | None = None) -> int:
+    args = parser(__name__, rounds=5).parse_args(argv)
+    browser_path = chromium()
+    header("page switches once cached", {"rounds": args.rounds, "browser": browser_path,
                                          "preset": "digits-class"})
     with tempfile.TemporaryDirectory() as tmp:
         home = f"{tmp}/home"
@@ -145,7 +146,7 @@ def main() -> None:
                 ("dimalign", ROOT / "app.py", PAGES, "owner=bench&preset=digits-class")):
             proc, url = serve(app, home)
             try:
-                results[label] = measure(url, names, args.rounds, query)
+                results[label] = measure(url, names, args.rounds, query, browser_path)
             finally:
                 proc.terminate()
                 proc.wait(10)
@@ -156,10 +157,7 @@ def main() -> None:
             print(f"{name:<20}{median(values):>10.3f}{median(values) / floor:>8.1f}"
                   f"{max(values):>8.3f}")
         print("target: every page switch < 1 s once data is cached")
-        from dimalign.jobs import stop_scheduler
+        from dimalign.daemon import stop_scheduler
 
         stop_scheduler()
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,18 +1,19 @@
-"""What replicates cost: `dimalign compare --methods all --replicates 3` against three times a
-single-replicate compare, measured in one session, alternated when repeated.
+"""What replicates cost: `compare --replicates 3` against three single-replicate compares.
 
-    .venv/bin/python bench/replicates.py [--runs 1] [--preset digits-class] [--replicates 3]
-                                          [--save-json FILE]
+`dimalign compare --methods all --replicates 3` against three times a single-replicate compare,
+measured in one session, alternated when repeated.
+
+    .venv/bin/python -m bench replicates [--runs 1] [--preset digits-class] [--replicates 3]
+                                         [--save-json FILE]
 
 Each timing is a fresh `python -m dimalign compare ... --json` process on a fresh, empty
 DIMALIGN_HOME (baselines trained inside the timing, as a first compare trains them), wall time
-from start to exit. `--save-json` keeps the replicated run's JSON (bench/noise_floor_table.py
-turns it into the README's noise-floor table).
+from start to exit. `--save-json` keeps the replicated run's JSON (`python -m bench
+noise_floor_table FILE` turns it into the README's noise-floor table).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -21,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, median  # noqa: E402
+from bench.common import header, median, parser
 
 
 def timed_compare(preset: str, replicates: int) -> tuple[float, str]:
@@ -41,13 +41,11 @@ def timed_compare(preset: str, replicates: int) -> tuple[float, str]:
     return seconds, proc.stdout
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--preset", default="digits-class")
-    parser.add_argument("--replicates", type=int, default=3)
-    parser.add_argument("--save-json", type=Path)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    options = parser(__name__, runs=1, preset="digits-class")
+    options.add_argument("--replicates", type=int, default=3)
+    options.add_argument("--save-json", type=Path)
+    args = options.parse_args(argv)
     header("compare --methods all: N replicates vs N x one replicate",
            {"preset": args.preset, "replicates": args.replicates, "runs": args.runs,
             "home": "fresh per timing (baselines trained inside it)"})
@@ -66,7 +64,4 @@ def main() -> None:
     print(f"{n} x 1 replicate: {n * median(single):.1f} s")
     print(f"--replicates {n}: median {median(many):.1f} s ({', '.join(f'{v:.1f}' for v in many)})"
           f" = {median(many) / (n * median(single)):.2f} x ({n} x 1 replicate)")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -4,14 +4,14 @@ Evidence for issue #14: before the run state carried the method's own state, MUD
 `muda.basis=bank` resumed after epoch 1 ended 2.2e-3 away (max |Δw|, digits-class, 3 epochs,
 2-core VM, 1d08b3e); now the difference is exactly 0. Prints hardware, settings and the figure.
 
-    .venv/bin/python bench/resume_exact.py
+    .venv/bin/python -m bench resume_exact
 """
 
 import io
-import platform
 
 import torch
 
+from bench.common import header, parser
 from dimalign.config import build_config
 from dimalign.methods import REGISTRY
 from dimalign.methods.loop import unlearn
@@ -21,7 +21,8 @@ SETTINGS = ["train.epochs=2", "muda.epochs=3", "muda.retain_fraction=0.1", "muda
             "muda.bank_refresh=3", "muda.bank_size=64"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    parser(__name__).parse_args(argv)  # no options: --help only
     cfg = build_config("digits-class", SETTINGS)
     b = get_baselines(cfg)
     saved = []
@@ -33,15 +34,12 @@ def main() -> None:
         saved.append(torch.load(buffer, weights_only=True))
 
     whole = unlearn(cfg, REGISTRY["muda"], b.experiment, b.original, b.device, checkpoint=keep)
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"digits-class, {' '.join(SETTINGS)}")
+    header("a resumed run against the same run left alone",
+           {"preset": "digits-class", "device": b.device, "sets": " ".join(SETTINGS)})
     for state in saved[:-1]:
         resumed = unlearn(cfg, REGISTRY["muda"], b.experiment, b.original, b.device,
                           resume=state)
         gap = max((whole.model.state_dict()[k].double() - v.double()).abs().max().item()
                   for k, v in resumed.model.state_dict().items())
         print(f"resumed after epoch {state['epoch']}: max |w - w_resumed| = {gap:.3g}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,4 +1,6 @@
-"""Run-store and scheduling costs, medians:
+"""Run-store and scheduling costs: metric writes, curve reads, submit to first telemetry step.
+
+Medians of:
 - writing one step's metrics (10 keys, one transaction) — against a bare sqlite3 insert of the
   same rows in the same process;
 - reading a 1,000-point curve for a page;
@@ -6,31 +8,27 @@
   "worker up" (polled, spawned, run claimed in the store) and the rest (torch import, model
   loading, first step) — against the same run started in-process.
 
-    .venv/bin/python bench/store.py [--runs 5]
+    .venv/bin/python -m bench store [--runs 5]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sqlite3
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, median  # noqa: E402
+from bench.common import header, median, parser
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parser(__name__, runs=5).parse_args(argv)
     home = tempfile.mkdtemp(prefix="dimalign-bench-")
     os.environ["DIMALIGN_HOME"] = home
     from dimalign.config import build_config
-    from dimalign.jobs import ensure_scheduler, stop_scheduler, submit
+    from dimalign.daemon import ensure_scheduler, stop_scheduler
+    from dimalign.jobs import submit
     from dimalign.store import Store
     from dimalign.train import get_baselines
 
@@ -96,7 +94,4 @@ def main() -> None:
     print(f"same run in-process, start -> first telemetry step: median {median(inproc):.3f} s")
     print(f"scheduling overhead beyond loading (worker up): {median(up):.2f} s (target < 5 s)")
     stop_scheduler()
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,26 +1,22 @@
-"""Median time to train both digits models (original on D, retrained on D_r), against a plain
+"""Time to train both digits baselines against a plain fp32 DataLoader loop.
+
+Median time to train both digits models (original on D, retrained on D_r), against a plain
 fp32 DataLoader loop of the same model, epochs and batch size run in the same process.
 
-    .venv/bin/python bench/train_cpu.py [--runs 3] [--preset digits-class]
+    .venv/bin/python -m bench train_cpu [--runs 3] [--preset digits-class]
 """
 
 from __future__ import annotations
-
-import argparse
-import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, median, timed  # noqa: E402
-
-from dimalign.config import build_config  # noqa: E402
-from dimalign.data import build_experiment, normalise  # noqa: E402
-from dimalign.models import build_model  # noqa: E402
-from dimalign.train import pick_device, train_classifier  # noqa: E402
+from bench.common import header, median, parser, timed
+from dimalign.config import build_config
+from dimalign.data import build_experiment, normalise
+from dimalign.models import build_model
+from dimalign.train import pick_device, train_classifier
 
 
 def plain_loop(cfg, exp, x, y) -> None:
@@ -40,11 +36,8 @@ def plain_loop(cfg, exp, x, y) -> None:
             opt.step()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--preset", default="digits-class")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parser(__name__, runs=3, preset="digits-class").parse_args(argv)
     cfg = build_config(args.preset)
     exp = build_experiment(cfg)
     device = pick_device(cfg.device)
@@ -64,7 +57,4 @@ def main() -> None:
         print(f"{name:<22} both models: median {median(times):.2f} s  "
               f"runs {[round(t, 2) for t in times]}")
     print(f"ratio dimalign / plain: {median(ours) / median(plain):.2f}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

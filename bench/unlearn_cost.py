@@ -1,8 +1,10 @@
-"""Wall time of every unlearning method as a fraction of retraining time on the same preset,
+"""Each unlearning method's wall time as a fraction of retraining, and live telemetry's cost.
+
+Wall time of every unlearning method as a fraction of retraining time on the same preset,
 and the cost of live telemetry (the same run with and without it), medians of several runs in
 one process.
 
-    .venv/bin/python bench/unlearn_cost.py [--preset digits-class] [--runs 5] [--methods a,b]
+    .venv/bin/python -m bench unlearn_cost [--preset digits-class] [--runs 5] [--methods a,b]
 
 On a CIFAR-10 preset without CIFAR-10 on the machine, CIFAR-shaped synthetic data stands in
 (the header says so) and models are cached in a throw-away DIMALIGN_HOME, never beside real ones.
@@ -10,32 +12,25 @@ On a CIFAR-10 preset without CIFAR-10 on the machine, CIFAR-shaped synthetic dat
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cifar10_arrays, header, median, use_arrays  # noqa: E402
-
-from dimalign.config import build_config  # noqa: E402
-from dimalign.methods import ORDER, REGISTRY  # noqa: E402
-from dimalign.methods.loop import unlearn  # noqa: E402
-from dimalign.train import get_baselines, train_classifier  # noqa: E402
+from bench.common import cifar10_arrays, header, median, parser, use_arrays
+from dimalign.config import build_config
+from dimalign.methods import ORDER, REGISTRY
+from dimalign.methods.loop import unlearn
+from dimalign.train import get_baselines, train_classifier
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--preset", default="digits-class")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--retrain-runs", type=int, default=3)
-    parser.add_argument("--methods", default=",".join(ORDER))
-    parser.add_argument("--baseline-epochs", type=int,
-                        help="train the cached original/retrained models for this many epochs "
-                             "(their quality does not change the timings); the timed retraining "
-                             "always uses the preset's epochs")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    options = parser(__name__, runs=5, preset="digits-class")
+    options.add_argument("--retrain-runs", type=int, default=3)
+    options.add_argument("--methods", default=",".join(ORDER))
+    options.add_argument("--baseline-epochs", type=int,
+                         help="train the cached original/retrained models for this many epochs "
+                              "(their quality does not change the timings); the timed "
+                              "retraining always uses the preset's epochs")
+    args = options.parse_args(argv)
     cfg = build_config(args.preset)
     baseline_cfg = cfg if args.baseline_epochs is None else build_config(
         args.preset, [f"train.epochs={args.baseline_epochs}"])
@@ -79,7 +74,4 @@ def main() -> None:
         p, w = median(plain), median(watched)
         print(f"{name:<14}{steps:>6}{p:>10.3f}{p / retrain:>10.3f}{w:>18.3f}"
               f"{(w / p - 1):>10.1%}{median(inside):>8.1%}{points:>8}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,45 +1,40 @@
-"""Where an unlearning step's time goes: one method's wall time with the retain basis taken
-through the N×N route (`geometry._top_basis_from_rows`, the default) against the full C×C
-eigendecomposition (the route before it), in one process, then a torch.profiler table of one
-more run's first --profile-steps steps. Weights are untrained (speed does not depend on them).
+"""Where an unlearning step's time goes: the N×N against the C×C basis route, then a profile.
 
-    .venv/bin/python bench/unlearn_step.py [--preset cifar10-class] [--method muda] [--runs 3]
-                                           [--epochs 2] [--rows 15]
+One method's wall time with the retain basis taken through the N×N route
+(`geometry._top_basis_from_rows`, the default) against the full C×C eigendecomposition (the
+route before it), in one process, then a torch.profiler table of one more run's first
+--profile-steps steps. Weights are untrained (speed does not depend on them).
+
+    .venv/bin/python -m bench unlearn_step [--preset cifar10-class] [--method muda] [--runs 3]
+                                           [--epochs 2] [--rows 15] [--profile-steps 40]
 
 Without CIFAR-10 on the machine, CIFAR-shaped synthetic data stands in (the header says so).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cifar10_arrays, header, median, use_arrays  # noqa: E402
-
-from dimalign import geometry  # noqa: E402
-from dimalign.config import build_config  # noqa: E402
-from dimalign.data import build_experiment  # noqa: E402
-from dimalign.methods import REGISTRY  # noqa: E402
-from dimalign.methods.loop import Cancelled, unlearn  # noqa: E402
-from dimalign.models import build_model  # noqa: E402
-from dimalign.train import pick_device  # noqa: E402
+from bench.common import cifar10_arrays, header, median, parser, use_arrays
+from dimalign import geometry
+from dimalign.config import build_config
+from dimalign.data import build_experiment
+from dimalign.methods import REGISTRY
+from dimalign.methods.loop import Cancelled, unlearn
+from dimalign.models import build_model
+from dimalign.train import pick_device
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--preset", default="cifar10-class")
-    parser.add_argument("--method", default="muda")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--rows", type=int, default=15)
-    parser.add_argument("--profile-steps", type=int, default=40,
-                        help="steps of the profiled run (the profiler slows every op down)")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    options = parser(__name__, runs=3, preset="cifar10-class")
+    options.add_argument("--method", default="muda")
+    options.add_argument("--epochs", type=int, default=2)
+    options.add_argument("--rows", type=int, default=15)
+    options.add_argument("--profile-steps", type=int, default=40,
+                         help="steps of the profiled run (the profiler slows every op down)")
+    args = options.parse_args(argv)
     cfg = build_config(args.preset, [f"{args.method}.epochs={args.epochs}"])
     data = cfg.dataset
     if cfg.dataset == "cifar10":
@@ -78,7 +73,4 @@ def main() -> None:
         unlearn(cfg, spec, exp, original, device, cancel=lambda: next(seen, None) is None)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=key, row_limit=args.rows))
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,19 +1,21 @@
-"""A workshop in a real browser: N participants on one server press Run on *Unlearn (live)* at
-the same moment. Per owner, seconds from the click until the page shows the run as done ("Run …
-done."), and throughout a health probe of the server every 0.5 s. Baseline from the same
+"""A workshop in a real browser: N owners press Run on Unlearn (live) at once on `make app`.
+
+N participants on one server press Run on *Unlearn (live)* at the same moment. Per owner,
+seconds from the click until the page shows the run as done ("Run … done."), and throughout a
+health probe of the server every 0.5 s. Baseline from the same
 session: one owner alone pressing Run on the same warm server, before the N-owner round.
 
-    .venv/bin/python bench/workshop.py [--owners 6] [--timeout 180]
+    .venv/bin/python -m bench workshop [--owners 6] [--timeout 180]
 
 Starts the app exactly as the README does (`make app PORT=<free port>`) in a throw-away
 DIMALIGN_HOME whose digits-class baselines were trained once before (`dimalign run`), so every
-run finds warm baselines. Needs Chromium (tests/find_browser.py finds it). Screenshots of pages
-that never reach "done" (and of the last owner) go to a folder under /tmp, printed at the end.
+run finds warm baselines. Needs Chromium (tests/find_browser.py, run as a program, finds it or
+installs one). Screenshots of pages that never reach "done" (and of the last owner) go to a
+folder under /tmp, printed at the end.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -27,11 +29,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT / "tests"))
-from _common import header, median  # noqa: E402
-from find_browser import MISSING, find  # noqa: E402
+from bench.common import ROOT, chromium, header, median, parser
 
 PRESET = "digits-class"
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -207,7 +205,7 @@ def leftovers(home: str) -> list[str]:
 
 def stop_background(home: str) -> list[str]:
     """Stop the home's scheduler (its workers finish first), then anything left in the home."""
-    from dimalign.jobs import scheduler_running, stop_scheduler
+    from dimalign.daemon import scheduler_running, stop_scheduler
 
     stop_scheduler()
     end = time.monotonic() + 30
@@ -226,10 +224,8 @@ def app_in_browser(title: str, settings: dict, prepare):
     it), its header, a throw-away DIMALIGN_HOME that `prepare(env)` fills (baselines), `make
     app` serving it on a free port, and a headless Chromium: yields (url, browser), and stops
     them all after."""
-    chromium = find()
-    if not chromium:
-        raise SystemExit(MISSING)
-    header(title, {**settings, "preset": PRESET, "browser": chromium, "server": "make app"})
+    browser_path = chromium()
+    header(title, {**settings, "preset": PRESET, "browser": browser_path, "server": "make app"})
     tmp = tempfile.mkdtemp(prefix="dimalign-bench-")
     home = f"{tmp}/home"
     os.environ["DIMALIGN_HOME"] = home  # for the store reads and stop_scheduler() here
@@ -241,7 +237,7 @@ def app_in_browser(title: str, settings: dict, prepare):
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
+            browser = p.chromium.launch(executable_path=browser_path, headless=True, args=[
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
             try:
                 yield url, browser
@@ -254,17 +250,15 @@ def app_in_browser(title: str, settings: dict, prepare):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--owners", type=int, default=6)
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds per round")
-    args = parser.parse_args()
-    chromium = find()
-    if not chromium:
-        raise SystemExit(MISSING)
+def main(argv: list[str] | None = None) -> int:
+    options = parser(__name__)
+    options.add_argument("--owners", type=int, default=6)
+    options.add_argument("--timeout", type=float, default=180.0, help="seconds per round")
+    args = options.parse_args(argv)
+    browser_path = chromium()
     header("workshop: owners press Run on Unlearn (live) at once",
            {"owners": args.owners, "preset": PRESET, "timeout": args.timeout,
-            "browser": chromium, "server": "make app"})
+            "browser": browser_path, "server": "make app"})
     tmp = tempfile.mkdtemp(prefix="dimalign-workshop-")
     shots = Path(tempfile.mkdtemp(prefix="workshop-shots-", dir="/tmp"))
     home = f"{tmp}/home"
@@ -282,7 +276,7 @@ def main() -> None:
         with sync_playwright() as p:
             # every participant's page is in front on their own machine: no background-tab
             # throttling of timers and rendering, which one browser applies to all but one
-            browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
+            browser = p.chromium.launch(executable_path=browser_path, headless=True, args=[
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--no-first-run", "--disable-sync",
                 "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
@@ -333,7 +327,4 @@ def main() -> None:
         if killed:
             print(f"killed leftover processes of the home: {', '.join(killed)}")
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    main()
+    return 0

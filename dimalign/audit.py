@@ -38,6 +38,7 @@ from dimalign.features import forward_all
 from dimalign.geometry import DegenerateFeatures, eigenspectrum, linear_cka
 from dimalign.metrics import alignment, entropy, sample_rows
 from dimalign.models import Classifier, blocks
+from dimalign.run_files import WEIGHTS
 
 MODELS = ("original", "retrained", "unlearned")
 SCORES = ("entropy", "confidence")  # per-sample outputs a threshold attacker looks at
@@ -479,7 +480,6 @@ def run_models(run_folder: Path, result: dict
     weights) and experiment, from its saved `result`. RuntimeError (one line) when the
     baselines it was evaluated with are gone or were trained again since."""
     from dimalign.config import config_from_dict
-    from dimalign.runner import CHECKPOINT
     from dimalign.train import cached_meta, get_baselines, model_from_state
 
     cfg = config_from_dict(result["config"])
@@ -490,7 +490,7 @@ def run_models(run_folder: Path, result: dict
         raise RuntimeError("this run's baselines were trained again since it ran, so its "
                            "numbers would not match; run it again")
     models: dict[str, Classifier] = {"original": b.original, "retrained": b.retrained}
-    weights = Path(run_folder) / CHECKPOINT
+    weights = Path(run_folder) / WEIGHTS
     if "unlearned" in result["models"]:
         models["unlearned"] = model_from_state(cfg, checked.load_torch(weights), b.device)
     return cfg, models, b.experiment

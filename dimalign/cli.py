@@ -31,6 +31,7 @@ from dimalign.methods import BUILTIN, get_method  # not ORDER or REGISTRY: they 
 from dimalign.methods.loop import Cancelled
 from dimalign.metric_table import TABLE, TIME_FRACTION, ordered, shown
 from dimalign.paths import PathError
+from dimalign.run_files import RESULT
 from dimalign.store import StoreError
 from dimalign.sweep import SweepInterrupted
 
@@ -277,7 +278,8 @@ def _store():
 
 
 def cmd_submit(args) -> int:
-    from dimalign.jobs import check_worker_settings, ensure_scheduler, submit
+    from dimalign.daemon import check_worker_settings, ensure_scheduler
+    from dimalign.jobs import submit
 
     if args.wait and args.no_start:
         raise StoreError("--wait needs a scheduler: drop --no-start")
@@ -336,8 +338,9 @@ def cmd_runs(args) -> int:
         print(f"{more:,} more runs not shown (the newest {len(runs):,} are): --limit N or "
               "--all", file=sys.stderr)
     if args.json:
-        queued = store.runs(statuses=("queued",), oldest_first=True, limit=None)
-        places = {r.id: place for place, r in enumerate(queued, 1)}  # the queue, read once
+        places, seen = {}, {}  # each run's place among its owner's queued runs, read once
+        for r in store.runs(statuses=("queued",), oldest_first=True, limit=None):
+            seen[r.owner] = places[r.id] = seen.get(r.owner, 0) + 1
         json.dump([{"id": r.id, "parent_id": r.parent_id, "depends_on": r.depends_on,
                     "owner": r.owner, "kind": r.kind, "preset": r.preset, "method": r.method,
                     "status": r.status, "pid": r.pid, "device": r.device,
@@ -356,6 +359,13 @@ def cmd_runs(args) -> int:
               f"{r.pid or '-':>7}{prog:>10}  {_age(r.created)}"
               + (f"  ({r.error})" if r.error and r.status != "done" else ""))
     return 0
+
+
+def queue_place(pos: int | None) -> str:
+    """A queued run's place, as people read it: owners take turns for free workers."""
+    if not pos or pos == 1:
+        return "next of its owner's runs (owners take turns)"
+    return f"{pos - 1} of its owner's runs ahead (owners take turns)"
 
 
 def cmd_watch(args) -> int:
@@ -383,7 +393,8 @@ def _follow(store, run_id: str, interval: float):
 
 
 def _follow_until_done(store, run_id: str, interval: float):
-    from dimalign.jobs import ensure_scheduler, queue_position
+    from dimalign.daemon import ensure_scheduler
+    from dimalign.jobs import queue_position
     from dimalign.train import Progress
 
     bar, last_phase, last_progress = ProgressBar(), None, None
@@ -394,7 +405,7 @@ def _follow_until_done(store, run_id: str, interval: float):
         if run.status == "queued":
             pos = queue_position(store, run.id)
             waiting = f" (waits for {run.depends_on})" if run.depends_on else ""
-            sys.stderr.write(f"\rqueued: position {pos}{waiting}   ")
+            sys.stderr.write(f"\rqueued: {queue_place(pos)}{waiting}   ")
         elif run.status == "running" and (run.progress, run.phase) != (last_progress, last_phase):
             last_phase, last_progress = run.phase, run.progress
             steps = 1000
@@ -410,7 +421,8 @@ RUNS_SHOWN = 1000  # `runs` lists the newest this many unless told otherwise
 
 
 def cmd_cancel(args) -> int:
-    from dimalign.jobs import cancel, cancel_sweep, ensure_scheduler
+    from dimalign.daemon import ensure_scheduler
+    from dimalign.jobs import cancel, cancel_sweep
 
     if (args.run is None) == (args.sweep is None):
         raise StoreError("give a run id or --sweep ID (one of them)")
@@ -427,7 +439,8 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from dimalign.jobs import ensure_scheduler, resume
+    from dimalign.daemon import ensure_scheduler
+    from dimalign.jobs import resume
 
     run = resume(_store(), args.run)  # a running run whose worker died: interrupted first
     ensure_scheduler()
@@ -480,7 +493,7 @@ def _audited_folder(run: str) -> Path:
             raise StoreError(f"run {run} is {found.status}; the audit needs a finished run")
         return found.folder
     folder = Path(run).expanduser()
-    if not (folder / "result.json").is_file():
+    if not (folder / RESULT).is_file():
         raise StoreError(f"not a run: {run!r} (a run id from `dimalign runs`, or the artifacts "
                          "folder `dimalign run` printed)")
     return folder
@@ -550,7 +563,7 @@ def print_audit(audit: dict, stream=None) -> None:
 
 
 def cmd_scheduler(args) -> int:
-    from dimalign.jobs import serve_forever, stop_scheduler
+    from dimalign.daemon import serve_forever, stop_scheduler
 
     if args.stop:
         stopped = stop_scheduler()

@@ -124,7 +124,7 @@ class Config:
     # knob overrides per method, e.g. {"muda": {"lambda_da": 2.0}}; defaults live in the
     # method registry (dimalign.methods), which also checks these
     methods: dict = field(default_factory=dict)
-    # your own data and model (README "Your own data and model"); to_dict leaves them out while
+    # your own data and model (docs/cli.md "Your own data and model"); to_dict leaves them out while
     # they keep their defaults, so the identity of every other config stays what it was
     dataset_root: str = ""  # dataset=imagefolder: a folder with one sub-folder per class
     image_size: int = 32  # dataset=imagefolder: images are resized to image_size x image_size

@@ -12,6 +12,7 @@ DIMALIGN_FOLLOW_OUTSIDE_LINKS=1 is set.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -150,7 +151,7 @@ class FolderScan:
     labels: tuple[int, ...]
     test: tuple[bool, ...] | None  # from root/train and root/test; None: split by the seed
     channels: int  # 1 when the first image of every class is grayscale, else 3
-    fingerprint: str  # sha256 of the file list with sizes, mtimes, ctimes and inodes
+    fingerprint: str  # sha256 of the root, the split, the classes and each file's bytes
 
 
 def follow_outside_links() -> bool:
@@ -274,11 +275,37 @@ def scan_folder(root: str) -> FolderScan:
                             "needs at least 2 per class")
     channels = 1 if all(_mode(base / f[0]) in GRAY_MODES for f in per_class) else 3
     h = hashlib.sha256(json.dumps([str(base), split, classes]).encode())
-    for f in files:  # the change time and inode catch a rewrite whose size and mtime were kept
-        st = os.stat(base / f)
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n".encode())
+    for f, digest in zip(files, _content_hashes(base, files), strict=True):
+        h.update(f"{f}\0{digest}\n".encode())
     return FolderScan(str(base), tuple(classes), tuple(files), tuple(labels), test, channels,
                       h.hexdigest())
+
+
+def _content_hashes(base: Path, files) -> list[str]:
+    """The sha256 of each file's bytes. A file is read again only when its stat identity (size,
+    modification and change time, inode) differs from the last scan's, kept in
+    $DIMALIGN_HOME/data/imagefolder/hashes-*.json: a rewrite is always caught (a change time
+    cannot be set back), while a copy, a chmod or another machine's copy of the same bytes
+    keeps the fingerprint, and with it the cached baselines."""
+    memo_path = (paths.data_dir() / IMAGEFOLDER /
+                 f"hashes-{hashlib.sha256(str(base).encode()).hexdigest()[:16]}.json")
+    try:
+        memo = checked.load_json(memo_path)
+    except (FileNotFoundError, checked.DamagedFile):  # a damaged memo is set aside: read all
+        memo = {}
+    digests, kept = [], {}
+    for f in files:
+        st = os.stat(base / f)
+        ident = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        known = memo.get(f) if isinstance(memo, dict) else None
+        if not (isinstance(known, list) and known[:4] == ident):
+            known = [*ident, hashlib.sha256((base / f).read_bytes()).hexdigest()]
+        kept[f] = known
+        digests.append(known[4])
+    if kept != memo:
+        with contextlib.suppress(OSError, checked.DiskFull):  # a memo, not worth failing for
+            checked.save_json(kept, memo_path)
+    return digests
 
 
 def _mode(path: Path) -> str:

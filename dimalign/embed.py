@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from dimalign import paths
+from dimalign.run_files import GEOMETRY
 
 REFERENCE = "retrained"
 MIN_SAMPLES = 6  # embed_run takes a third of the samples from each split; UMAP needs 5 points
@@ -165,7 +166,7 @@ def embed_saved_run(run_folder: Path, samples: int) -> tuple[Path, dict]:
     the Manifolds page reads). Returns (its path, the embedding)."""
     from dimalign.artifacts import load_bundle, save_bundle
 
-    bundle = embed_run(load_bundle(Path(run_folder) / "geometry.pt"), samples)
+    bundle = embed_run(load_bundle(Path(run_folder) / GEOMETRY), samples)
     path = embedding_path(run_folder, samples)
     save_bundle(bundle, path)
     return path, bundle

@@ -15,6 +15,7 @@ from pathlib import Path
 from dimalign import checked, plots
 from dimalign.metric_table import TABLE, ordered
 from dimalign.paths import PathError
+from dimalign.run_files import CHECKPOINT, GEOMETRY, RESULT, TELEMETRY, WEIGHTS
 from dimalign.store import Store
 
 
@@ -86,7 +87,7 @@ def _export(store: Store, run, dest: Path, say: Callable[[str], None]) -> list[P
     curves_fig = plots.telemetry_figure(store.curves(run.id), refs)
     curves_fig.write_html(figures / "curves.html", include_plotlyjs=True)
     written.append(figures / "curves.html")
-    geometry_path = run.folder / "geometry.pt"
+    geometry_path = run.folder / GEOMETRY
     spectra_fig = None
     if geometry_path.exists():
         from dimalign.artifacts import load_bundle
@@ -99,7 +100,7 @@ def _export(store: Store, run, dest: Path, say: Callable[[str], None]) -> list[P
             spectra_fig.write_html(figures / "spectra.html", include_plotlyjs=True)
             written.append(figures / "spectra.html")
 
-    for name in ("unlearned.pt", "checkpoint.pt", "result.json", "telemetry.json"):
+    for name in (WEIGHTS, CHECKPOINT, RESULT, TELEMETRY):
         if (run.folder / name).exists():
             try:
                 checked.verify(run.folder / name)

@@ -246,12 +246,19 @@ def input_size_problem(name: str, size: int) -> str:
     fixed = getattr(net, "image_size", None)  # a vision transformer takes one size only
     if isinstance(fixed, int):
         return f"needs images of exactly {fixed}x{fixed}"
-    # the largest size, else ImageNet's (MaxViT's windows fit 224, not 1024)
-    works = next((side for side in (LARGEST_IMAGE, 224) if side > size and runs(side)), None)
+    # a size it runs on: the largest, else ImageNet's (MaxViT's windows fit 224, not 1024)
+    works = next((side for side in (LARGEST_IMAGE, 224) if runs(side)), None)
     if works is None:
         return f"does not run on images of {size}x{size}"
-    fails = size
-    while works - fails > 1:  # the smallest size it runs on (pooling: larger sizes run too)
-        middle = (fails + works) // 2
-        fails, works = (fails, middle) if runs(middle) else (middle, works)
-    return f"needs images of at least {works}x{works}"
+    # the sizes it runs on are taken to be one range around `works`: find both its ends
+    low_fail, low = (size if size < works else 0), works
+    while low - low_fail > 1:
+        middle = (low_fail + low) // 2
+        low_fail, low = (low_fail, middle) if runs(middle) else (middle, low)
+    if runs(LARGEST_IMAGE):
+        return f"needs images of at least {low}x{low}"
+    high, high_fail = works, (size if size > works else LARGEST_IMAGE)
+    while high_fail - high > 1:
+        middle = (high + high_fail) // 2
+        high, high_fail = (middle, high_fail) if runs(middle) else (high, middle)
+    return f"needs images of {low}x{low} to {high}x{high}"

@@ -22,9 +22,10 @@ temporary folder).
 Cancel sets a flag the job polls between steps, and `ray.cancel`s a task that has not ended
 a few seconds later. A task whose node or worker died leaves its run `interrupted`: `resume`
 continues from the last checkpoint that came back. A run whose job asks for more CPUs or GPUs
-than any node of the cluster has fails at once, naming the setting, instead of waiting for a
-node forever. Stopping the scheduler waits for the jobs that have begun on a node, and leaves
-those still waiting for one `interrupted` at once.
+than any node of the cluster has stays queued for DIMALIGN_RAY_WAIT_SECONDS (120: a node that
+fits may be starting), then fails naming the setting, instead of waiting for a node forever.
+Stopping the scheduler waits for the jobs that have begun on a node, and leaves those still
+waiting for one `interrupted` at once.
 
 A HOST:PORT address is tried in a child process first: where something answers but no Ray
 cluster does within DIMALIGN_RAY_CONNECT_SECONDS (20), that is one line, and Ray's retries and
@@ -47,23 +48,23 @@ from typing import Any
 
 from dimalign import checked, paths
 from dimalign.errors import ConfigError
-from dimalign.jobs import Scheduler, _env_number, worker_count
-from dimalign.memo import LRU
-from dimalign.store import Run, Store, StoreError
-from dimalign.worker import (
+from dimalign.job import (
     CANCEL_POLL_SECONDS,
-    CHECKPOINT,
     Hooks,
     Job,
     RunRef,
     ending_of,
     run_job,
+    store_hooks,
     store_job,
 )
+from dimalign.kinds import get_kind
+from dimalign.memo import LRU
+from dimalign.run_files import CHECKPOINT
+from dimalign.scheduler import Scheduler, worker_count
+from dimalign.settings import env_number
+from dimalign.store import Run, Store, StoreError
 
-# what a job reads of its parent run: an embedding its features, an audit the run's result and
-# weights; a fork (the default) the parent's final weights or last checkpoint
-PARENT_FILES = {"embed": ("geometry.pt",), "audit": ("result.json", "unlearned.pt")}
 CANCEL_GRACE = 5.0  # seconds a cancelled job has to stop by itself before ray.cancel
 RESOURCES_EVERY = 5.0  # seconds between looks at the cluster's size
 LOST = ("its Ray node or worker was lost ({}); resume it to continue from its last "
@@ -78,8 +79,8 @@ def job_resources() -> tuple[float, float | None]:
 
     if importlib.util.find_spec("ray") is None:
         raise ConfigError("DIMALIGN_BACKEND", "ray needs Ray installed: pip install -e '.[ray]'")
-    cpus = _env_number("DIMALIGN_RAY_CPUS", float, 1.0, low=0)
-    gpus = _env_number("DIMALIGN_RAY_GPUS", float, None, low=0)
+    cpus = env_number("DIMALIGN_RAY_CPUS", float, 1.0, low=0)
+    gpus = env_number("DIMALIGN_RAY_GPUS", float, None, low=0)
     if gpus is not None and gpus > 1 and gpus != int(gpus):
         raise ConfigError("DIMALIGN_RAY_GPUS", f"must be at most 1 or a whole number, got {gpus:g}")
     if cpus == 0 and not gpus:
@@ -164,6 +165,8 @@ class RayScheduler(Scheduler):
         self.cancel_grace = CANCEL_GRACE
         self.fits, self.fits_at = 1, -math.inf
         self.short: str | None = None  # why no node can take a job, when none can
+        self.short_since = math.inf  # since when (monotonic) no node could
+        self.wait_for_nodes = env_number("DIMALIGN_RAY_WAIT_SECONDS", float, 120.0, low=0)
         self.beat_at = 0.0
 
     # -- what the base scheduler asks
@@ -187,6 +190,8 @@ class RayScheduler(Scheduler):
             self.fits, self.fits_at = max(1, min(fits)), time.monotonic()
             self.short = _too_large({"CPU": (self.cpus, "DIMALIGN_RAY_CPUS"),
                                      "GPU": (self.gpus, "DIMALIGN_RAY_GPUS")})
+            self.short_since = (math.inf if self.short is None
+                                else min(self.short_since, time.monotonic()))
         return worker_count() if "DIMALIGN_WORKERS" in os.environ else self.fits
 
     def warm_umap(self) -> None:
@@ -206,6 +211,8 @@ class RayScheduler(Scheduler):
 
     def launch(self, run: Run) -> None:
         now = time.time()
+        if self.short and time.monotonic() - self.short_since < self.wait_for_nodes:
+            return  # stays queued: a node that fits may be starting (an autoscaler, a restart)
         if self.short:  # it would wait for a node forever
             self.store.transition(run.id, ("queued",), status="failed", finished=now,
                                   error=self.short)
@@ -231,15 +238,16 @@ class RayScheduler(Scheduler):
         baselines of its config, its last checkpoint, its parent's weights or features."""
         import ray
 
+        kind = get_kind(job.kind)  # what it reads: its registry entry says
         wanted: list[Path] = []
-        if job.kind == "audit":  # the audited run's baselines
+        if kind.source_baselines:  # e.g. the audited run's baselines
             wanted += self.model_files(self.source_config(job.parent.id))
-        elif job.kind != "embed":
+        if kind.experiment:
             wanted += self.model_files(job.config)
+        if kind.resumes:
             wanted.append(job.folder / CHECKPOINT)
         if job.parent is not None:
-            names = PARENT_FILES.get(job.kind, ("unlearned.pt", CHECKPOINT))
-            wanted += [job.parent.folder / name for name in names]
+            wanted += [job.parent.folder / name for name in kind.parent_files]
         refs = {}
         for path in wanted:
             if not path.exists():
@@ -318,25 +326,24 @@ class RayScheduler(Scheduler):
     def deliver(self, message: tuple) -> None:
         """Write one piece of mail: into the store, or a file into this home."""
         run_id, kind, *payload = message
+        hooks = store_hooks(self.store, run_id, note=self.note)  # a local worker's, too
         if kind == "begun":
             if run_id in self.flight:
                 self.flight[run_id].begun = True
         elif kind == "device":
-            self.store.update(run_id, device=payload[0])
+            hooks.device(payload[0])
         elif kind == "progress":
-            self.store.update(run_id, progress=payload[0], phase=payload[1])
+            hooks.progress(payload[0], payload[1])
         elif kind == "say":
-            self.store.update(run_id, phase=payload[0].rstrip(" ."))
-            if not payload[0].endswith("..."):
-                self.note(f"run {run_id}: {payload[0]}")
+            hooks.say(payload[0])
         elif kind == "metrics":
-            self.store.log_metrics(run_id, payload[0], payload[1])
+            hooks.telemetry(payload[0], payload[1])
         elif kind == "file":  # (path in the home, bytes, (run id, name) to index or None)
             rel, data, index = payload
             path = _in_home(rel)
             checked.save(path, data)
             if index is not None:
-                self.store.add_artifact(index[0], index[1], path)
+                hooks.artifact(index[0], index[1], path)
 
     def note(self, line: str) -> None:
         import sys
@@ -463,7 +470,7 @@ def _check_reachable(address: str | None) -> None:
         raise RuntimeError(f"cannot reach the Ray cluster at {address} ({err.strerror or err}); "
                            "start it with `ray start --head` there, or check the address")\
             from None
-    wait = _env_number("DIMALIGN_RAY_CONNECT_SECONDS", float, 20.0, low=1)
+    wait = env_number("DIMALIGN_RAY_CONNECT_SECONDS", float, 20.0, low=1)
     try:
         probe = subprocess.run([sys.executable, "-c", PROBE, address], capture_output=True,
                                text=True, timeout=wait, stdin=subprocess.DEVNULL,
@@ -544,7 +551,7 @@ def remote_job(spec: dict, inputs: dict, mailbox) -> dict:
         ending, interrupt = ending_of(lambda: run_job(job, hooks))
         if interrupt is not None:  # ray.cancel's KeyboardInterrupt: Ray records the cancel
             raise interrupt
-        if ending["status"] == "done" and spec["kind"] == "baselines":
+        if ending["status"] == "done" and get_kind(spec["kind"]).trains_models:
             _send_models(job, home, received, mailbox)
     finally:
         for folder in places:

@@ -22,11 +22,8 @@ from dimalign.config import Config, check_replicates
 from dimalign.methods import get_method
 from dimalign.methods.loop import TelemetryFn, UnlearnResult, unlearn
 from dimalign.metric_table import TABLE, TIME_FRACTION, gap_to_retrained
+from dimalign.run_files import BESIDE_RESULT, FINISHED, GEOMETRY, RESULT, TELEMETRY, WEIGHTS
 from dimalign.train import Baselines, ProgressFn, get_baselines
-
-GEOMETRY, RESULT, TELEMETRY, CHECKPOINT = "geometry.pt", "result.json", "telemetry.json", \
-    "unlearned.pt"
-FILES = (GEOMETRY, TELEMETRY, CHECKPOINT)  # a result's files beside result.json
 
 
 def result_key(cfg: Config, method: str) -> str:
@@ -72,7 +69,7 @@ def reusable_result(run_dir: Path, baselines: Baselines,
     if not (path.exists() and (run_dir / GEOMETRY).exists()):
         return None
     try:
-        if not all(checked.verify(run_dir / name) for name in (RESULT, *FILES)
+        if not all(checked.verify(run_dir / name) for name in FINISHED
                    if (run_dir / name).exists()):
             return None
         saved = load_result(run_dir)
@@ -168,12 +165,12 @@ def evaluate_and_save(cfg: Config, preset: str, method: str, baselines: Baseline
         checked.save_json(finite(points), scratch / TELEMETRY)
         if outcome is not None:
             checked.save_torch({k: v.detach().cpu() for k, v in outcome.model.state_dict().items()},
-                               scratch / CHECKPOINT)
+                               scratch / WEIGHTS)
         # the folder relative to the home: a copied home's results point into the copy
         checked.save_json({**result, "artifacts": paths.relative_to_home(run_dir)},
                           scratch / RESULT, indent=1)
         if run_dir.exists():  # keep what else lives there (a worker's checkpoint), replace ours
-            for name in (*FILES, RESULT):
+            for name in (*BESIDE_RESULT, RESULT):
                 if (scratch / name).exists():
                     checked.move(scratch / name, run_dir / name)
                 else:

@@ -37,6 +37,7 @@ from dimalign import paths
 from dimalign.checked import DiskFull, is_disk_full
 
 SCHEMA_VERSION = 4
+MIN_SQLITE = (3, 25)  # ROW_NUMBER() OVER, which `ready_heads` uses
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
 _ID = re.compile(r"^[0-9a-f]{12}$")
@@ -304,6 +305,9 @@ class Store:
     RETRY_SECONDS = 1.0  # how often a read-only store tries to become writable again
 
     def __init__(self, path: Path | None = None, timeout: float = 60.0):
+        if sqlite3.sqlite_version_info < MIN_SQLITE:  # window functions (the fair queue)
+            raise StoreError(f"the run store needs SQLite {'.'.join(map(str, MIN_SQLITE))} or "
+                             f"newer; this Python has {sqlite3.sqlite_version}")
         self.path = Path(path) if path else paths.home() / "runs.sqlite"
         self.timeout = timeout
         try:
@@ -549,10 +553,14 @@ class Store:
         where, args = self._where(**filters)
         return self.db.execute(f"SELECT COUNT(*) FROM runs WHERE {where}", args).fetchone()[0]
 
-    @staticmethod
-    def _where(statuses: tuple[str, ...] | None = None, **equal) -> tuple[str, list]:
+    FILTERS = ("executor", "owner", "kind", "experiment", "share_key", "sweep")
+
+    @classmethod
+    def _where(cls, statuses: tuple[str, ...] | None = None, **equal) -> tuple[str, list]:
+        if unknown := set(equal) - set(cls.FILTERS):  # a typo must not count every run
+            raise TypeError(f"unknown run filter {', '.join(sorted(unknown))}")
         where, args = "1=1", []
-        for column in ("executor", "owner", "kind", "experiment", "share_key", "sweep"):
+        for column in cls.FILTERS:
             if equal.get(column) is not None:
                 where += f" AND {column} = ?"
                 args.append(equal[column])
@@ -594,12 +602,13 @@ class Store:
         return [(self.get(run), self.get(dep)) for run, dep in rows]
 
     def queue_position(self, run_id: str) -> int | None:
-        """1-based place among queued runs (FIFO by submission), None if not queued."""
+        """1-based place among its owner's queued runs (FIFO by submission), None if not
+        queued. Owners take turns for free workers, so others' runs never stand before it."""
         row = self.db.execute(
             "SELECT COUNT(*) FROM runs AS other, runs AS this WHERE this.id = ? AND "
-            "this.status = 'queued' AND other.status = 'queued' AND (other.created < "
-            "this.created OR (other.created = this.created AND other.id <= this.id))",
-            (check_run_id(run_id),)).fetchone()
+            "this.status = 'queued' AND other.status = 'queued' AND other.owner = this.owner "
+            "AND (other.created < this.created OR (other.created = this.created AND "
+            "other.id <= this.id))", (check_run_id(run_id),)).fetchone()
         return row[0] or None
 
     @staticmethod

@@ -92,7 +92,8 @@ def sweep_local(store: Store, preset: str, method: str, grid: Iterable[str],
     is checked, before its first run is queued. Over the owner's queue cap: QueueFull before
     anything is queued; interrupted while queueing: what was queued is cancelled and
     SweepInterrupted says so."""
-    from dimalign.jobs import check_queue_room, check_worker_settings, ensure_scheduler, submit
+    from dimalign.daemon import check_worker_settings, ensure_scheduler
+    from dimalign.jobs import check_queue_room, submit
 
     check_worker_settings()  # before anything is queued
     combos, _ = plan(preset, method, grid, fixed, replicates)
@@ -149,24 +150,31 @@ def sweep_ray(store: Store, preset: str, method: str, grid: Iterable[str],
         announce(sweep_id)
     for cfg in {c.replicate: c for c in configs}.values():  # one pair of baselines per replicate
         get_baselines(cfg)  # trials share them: train them once, here
-    ids = [store.create_run(owner=owner, kind="unlearn", preset=preset, method=method,
-                            config=cfg.to_dict(), executor="ray", sweep=sweep_id,
-                            experiment=experiment_key(cfg)) for cfg in configs]
-    home = str(paths.home())
-    # "local": a new instance of our own, never whatever cluster this machine last started
-    # (address None would join that one, whose trials could not reach this store)
-    ray.init(address=address or "local", ignore_reinit_error=True, include_dashboard=False,
-             log_to_driver=False, runtime_env={"env_vars": {"DIMALIGN_HOME": home}})
-    resources = {"cpu": 1, "gpu": gpus_per_trial if torch.cuda.is_available() else 0}
-    trainable = tune.with_resources(_trial, resources)
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"run_id": tune.grid_search(ids), "home": home},
-        run_config=tune.RunConfig(name=f"sweep-{ids[0]}", verbose=0,
-                                  storage_path=os.path.join(home, "ray")),
-    )
-    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the run ids
-        tuner.fit()
+    try:  # whole or not at all, as a local sweep: what is left of it is cancelled
+        ids = [store.create_run(owner=owner, kind="unlearn", preset=preset, method=method,
+                                config=cfg.to_dict(), executor="ray", sweep=sweep_id,
+                                experiment=experiment_key(cfg)) for cfg in configs]
+        home = str(paths.home())
+        # "local": a new instance of our own, never whatever cluster this machine last started
+        # (address None would join that one, whose trials could not reach this store)
+        ray.init(address=address or "local", ignore_reinit_error=True, include_dashboard=False,
+                 log_to_driver=False, runtime_env={"env_vars": {"DIMALIGN_HOME": home}})
+        resources = {"cpu": 1, "gpu": gpus_per_trial if torch.cuda.is_available() else 0}
+        trainable = tune.with_resources(_trial, resources)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"run_id": tune.grid_search(ids), "home": home},
+            run_config=tune.RunConfig(name=f"sweep-{ids[0]}", verbose=0,
+                                      storage_path=os.path.join(home, "ray")),
+        )
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the run ids
+            tuner.fit()
+    except KeyboardInterrupt:
+        store.cancel_sweep(sweep_id)
+        raise SweepInterrupted(sweep_id, store.count(sweep=sweep_id)) from None
+    except BaseException:
+        store.cancel_sweep(sweep_id)
+        raise
     if address is None:
         ray.shutdown()  # the local instance we started
     return ids

@@ -295,6 +295,11 @@ def cached_meta(cfg: Config, role: str,
     return meta
 
 
+def baselines_cached(cfg: Config) -> bool:
+    """Whether both of this config's baselines (original and retrained) are in the cache."""
+    return all(cached_meta(cfg, role) is not None for role in ("original", "retrained"))
+
+
 def baseline_model(cfg: Config, exp: Experiment, role: str, device: torch.device,
                    progress: ProgressFn | None = None,
                    say: Callable[[str], None] = _say) -> tuple[Classifier, float, bool]:

@@ -72,8 +72,11 @@ def owner_area(owner: str) -> Path:
 def hide_server_paths(text: str) -> str:
     """`text` (an error about an upload) with each upload's folder on this server said as "your
     upload": a page must not show participants where the server keeps its home."""
-    where = re.escape(str(home() / "uploads")) + r"/[^/\s'\"]+/[^/\s'\"]+"
-    return re.sub(where, "your upload", text)
+    roots = {str(home() / "uploads"), str((home() / "uploads").resolve())}  # as said, and as
+    # a scan says it (resolved: a home that is a link or relative is named by where it leads)
+    for root in sorted(roots, key=len, reverse=True):
+        text = re.sub(re.escape(root) + r"/[^/\s'\"]+/[^/\s'\"]+", "your upload", text)
+    return text
 
 
 def _checked_size(data: bytes, what: str) -> None:

@@ -11,9 +11,8 @@ finishes the job it has and leaves: it never takes another, so the scheduler tha
 dead one does not find two jobs in one slot. When the disk is full and the store cannot record
 how a job ended, the worker hands the ending to the scheduler, which records it later.
 
-`run_job` is a job itself, whoever runs it: given a `Job` (what the store says about the run)
-and `Hooks` (where progress, telemetry, notes and files go), it runs the job in a folder. A
-local worker's hooks write the store; the Ray backend's post to its scheduler on the head.
+What a job is and how it runs, whoever runs it, is `dimalign.job`: a worker builds the `Job`
+from the store and runs it with `store_hooks`, which write the store.
 """
 
 from __future__ import annotations
@@ -23,16 +22,10 @@ import os
 import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+
+from dimalign.job import CANCEL_POLL_SECONDS, ending_of
 
 HEARTBEAT_SECONDS = 1.0
-CHECKPOINT = "checkpoint.pt"
-
-
-CANCEL_POLL_SECONDS = 0.2  # a cancel request stops the run within this and one step
 
 
 class _Heartbeat(threading.Thread):
@@ -117,16 +110,16 @@ def _warm_latest_experiment() -> None:
         from dimalign.artifacts import geometry_bundle
         from dimalign.config import config_from_dict
         from dimalign.data import normalise
-        from dimalign.jobs import baselines_cached
+        from dimalign.kinds import get_kind
         from dimalign.metrics import evaluate
         from dimalign.store import Store
-        from dimalign.train import get_baselines, warm_up
+        from dimalign.train import baselines_cached, get_baselines, warm_up
 
         store = Store()
         latest = store.runs(limit=1)
         store.close()
-        if not latest or latest[0].kind == "embed":
-            return
+        if not latest or not get_kind(latest[0].kind).experiment:
+            return  # a job on a source run: its config is its own settings
         cfg = config_from_dict(latest[0].config)
         if not baselines_cached(cfg):
             return
@@ -204,259 +197,9 @@ def warm_umap(home: str) -> None:
     warm_up()
 
 
-def _summary(result: dict) -> dict:
-    import json
-
-    return json.loads(json.dumps({k: result[k] for k in ("models", "seconds", "device", "params",
-                                                          "samples") if k in result}))
-
-
-def ending_of(job: Callable[[], dict | None]) -> tuple[dict, BaseException | None]:
-    """Run `job` and say how it ended: the fields of its final store update, and the
-    KeyboardInterrupt or SystemExit to raise again once that is recorded (else None)."""
-    try:
-        result = job()
-        return dict(status="done", finished=time.time(), progress=1.0,
-                    result=_summary(result) if result else None), None
-    except BaseException as err:  # noqa: BLE001 - every ending is recorded, then re-raised
-        from dimalign.methods.loop import Cancelled
-
-        status = "cancelled" if isinstance(err, Cancelled) else "failed"
-        message = str(err) if isinstance(err, Cancelled | ValueError | RuntimeError) else \
-            "".join(traceback.format_exception_only(err)).strip()
-        ending = dict(status=status, finished=time.time(), error=message or type(err).__name__)
-        return ending, None if isinstance(err, Exception) else err
-
-
-class Throttle:
-    """Passes progress on at most 4 times a second (and always at the end)."""
-
-    def __init__(self, write: Callable[[float, str], None]):
-        self.write, self.last = write, 0.0
-
-    def __call__(self, p) -> None:
-        self.at(p.fraction, p.phase)
-
-    def at(self, fraction: float, phase: str) -> None:
-        now = time.monotonic()
-        if now - self.last >= 0.25 or fraction >= 1.0:
-            self.last = now
-            self.write(fraction, phase)
-
-
-@dataclass
-class RunRef:
-    """Another run a job reads from: a fork's parent, or the run an embedding is made of."""
-
-    id: str
-    folder: Path
-    status: str
-
-
-@dataclass
-class Job:
-    """What running one job needs to know, whoever runs it: a local worker reads it from the
-    store, the Ray backend ships it with the task (folders then lie in the node's own home)."""
-
-    id: str
-    kind: str  # 'baselines', 'unlearn', 'embed' or 'audit'
-    method: str
-    preset: str
-    config: dict
-    folder: Path
-    parent: RunRef | None = None  # a fork starts from its weights; an embedding reads it
-    already: int = -1  # the last step whose metrics the store has (they are not sent again)
-    points: list[dict] = field(default_factory=list)  # the telemetry points the store has
-
-
-@dataclass
-class Hooks:
-    """Where a running job reports: straight into the store (a local worker), or to the
-    scheduler on the Ray head, which writes the store (`dimalign.ray_backend`)."""
-
-    device: Callable[[str], None]  # the device it runs on
-    progress: Callable[[float, str], None]  # fraction and phase, a few times a second
-    say: Callable[[str], None]  # what it is doing now
-    telemetry: Callable[[int, dict], None]  # a step's numbers (steps after `already` only)
-    artifact: Callable[[str, str, Path], None]  # (run id, name, path): a file it has written
-    cancelled: Callable[[], bool]  # polled between steps
-
-
-def store_job(store, run) -> Job:
-    """A stored run as a job for this machine."""
-    parent = None
-    if run.parent_id:
-        p = store.get(run.parent_id)
-        parent = RunRef(p.id, p.folder, p.status)
-    already = store.last_step(run.id) if run.kind == "unlearn" else -1
-    points = _points_before(store, run.id, already) if already >= 0 else []
-    return Job(run.id, run.kind, run.method, run.preset, run.config, run.folder, parent,
-               already, points)
-
-
 def _execute(store, run, cancel: threading.Event, gpu: int | None = None) -> dict | None:
     """One stored run in this process, reporting straight into the store."""
+    from dimalign.job import run_job, store_hooks, store_job
 
-    def device(name: str) -> None:
-        # a GPU slot's job names its GPU: should this worker's scheduler die, the one that
-        # replaces it keeps that GPU's slot free until the job ends
-        store.update(run.id, device=f"cuda:{gpu}" if gpu is not None and name.startswith(
-            "cuda") else name)
-
-    def say(text: str) -> None:  # what the run is doing; notes also go to the log
-        store.update(run.id, phase=text.rstrip(" ."))
-        if not text.endswith("..."):
-            _note(f"run {run.id}: {text}")
-
-    hooks = Hooks(
-        device=device,
-        progress=lambda fraction, phase: store.update(run.id, progress=fraction, phase=phase),
-        say=say,
-        telemetry=lambda step, values: store.log_metrics(run.id, step, values),
-        artifact=store.add_artifact,
-        cancelled=cancel.is_set)
+    hooks = store_hooks(store, run.id, cancelled=cancel.is_set, note=_note, gpu=gpu)
     return run_job(store_job(store, run), hooks)
-
-
-def run_job(job: Job, hooks: Hooks) -> dict | None:
-    """Run one job (baselines, unlearning, an embedding or an audit) to its end: the one code
-    path of both backends. Files go into the job's folder; each is handed to
-    `hooks.artifact`."""
-    from dimalign import checked
-    from dimalign.config import config_from_dict
-    from dimalign.runner import run_experiment
-    from dimalign.train import model_from_state, pick_device
-
-    if job.kind == "embed":
-        return _embed(job, hooks)
-    if job.kind == "audit":
-        return _audit(job, hooks)
-    cfg = config_from_dict(job.config)
-    device = pick_device(cfg.device)
-    hooks.device(str(device))
-    progress = Throttle(hooks.progress)
-
-    if job.kind == "baselines":  # train (or load) and evaluate: pages read its metrics
-        _mkdir(job.folder)
-        result = run_experiment(cfg, "retrain", preset=job.preset, progress=progress,
-                                run_dir=job.folder, say=hooks.say)
-        _index(job, hooks)
-        return result
-
-    _mkdir(job.folder)
-    ckpt_path = job.folder / CHECKPOINT
-    resume = _resume_state(ckpt_path, hooks.say)
-    # the points sent up to the checkpoint; the resumed run sends the later ones again
-    earlier = [] if resume is None else [p for p in job.points if p["step"] <= resume["step"]]
-
-    def telemetry(point: dict) -> None:
-        if point["step"] > job.already:  # metrics written before a crash are kept, not redone
-            hooks.telemetry(point["step"], {k: v for k, v in point.items()
-                                            if isinstance(v, int | float) and k != "step"})
-
-    def checkpoint(state: dict) -> None:
-        checked.save_torch(state, ckpt_path)
-        hooks.artifact(job.id, "checkpoint", ckpt_path)
-
-    init = None
-    if job.parent is not None:
-        init = model_from_state(cfg, _parent_state(job.parent), device)
-    result = run_experiment(cfg, job.method, preset=job.preset, progress=progress,
-                            telemetry=telemetry, cancel=hooks.cancelled, run_dir=job.folder,
-                            init=init, checkpoint=checkpoint, resume=resume,
-                            earlier_points=earlier, say=hooks.say)
-    _index(job, hooks)
-    return result
-
-
-def _mkdir(folder) -> None:
-    from dimalign.checked import DiskFull, is_disk_full
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        if is_disk_full(err):
-            raise DiskFull(folder) from None
-        raise
-
-
-def _resume_state(path, say) -> dict | None:
-    """The run's last checkpoint, if it has one. A damaged one is set aside and the run
-    starts again from step 0 (the metrics it wrote before are kept), and says so."""
-    from dimalign import checked
-
-    try:
-        return checked.load_torch(path)
-    except FileNotFoundError:
-        return None
-    except checked.DamagedFile as err:
-        say(f"its checkpoint was damaged ({err.reason}; {err.where}); starting again from "
-            "step 0")
-        return None
-
-
-def _points_before(store, run_id: str, last: int) -> list[dict]:
-    """The telemetry points a run sent up to step `last`, rebuilt from the store."""
-    by_step: dict[int, dict] = {}
-    for key, curve in store.curves(run_id).items():
-        for step, value in curve:
-            if step > last:
-                continue
-            point = by_step.setdefault(step, {"step": step})
-            point[key] = value
-            if key.startswith("phase_"):
-                point["phase"] = key.removeprefix("phase_")
-    return [by_step[s] for s in sorted(by_step)]
-
-
-RESULT_FILES = ("result.json", "geometry.pt", "telemetry.json", "unlearned.pt")
-
-
-def _index(job: Job, hooks: Hooks) -> None:
-    for name in RESULT_FILES:
-        if (job.folder / name).exists():
-            hooks.artifact(job.id, name.split(".")[0], job.folder / name)
-
-
-def _embed(job: Job, hooks: Hooks) -> dict:
-    """UMAP of a finished run's saved features, in one aligned frame, saved beside them."""
-    from dimalign.embed import embed_saved_run
-
-    samples = int(job.config["samples"])
-    hooks.progress(0.0, "umap")
-    path, _ = embed_saved_run(job.parent.folder, samples)
-    hooks.artifact(job.parent.id, f"embedding-{samples}", path)
-    return {"models": {}, "seconds": {}, "device": "cpu"}
-
-
-def _audit(job: Job, hooks: Hooks) -> dict:
-    """The audit of a finished run (layers, membership, relearn attack, classes), saved
-    beside it."""
-    from dimalign.audit import AuditSettings, audit_saved_run
-
-    settings = AuditSettings(**job.config["settings"])
-    progress = Throttle(hooks.progress)
-    path, bundle = audit_saved_run(job.parent.folder, settings, progress.at)
-    hooks.artifact(job.parent.id, path.stem, path)
-    return {"models": {}, "seconds": {"audit": bundle["seconds"]}, "device": bundle["device"]}
-
-
-def _parent_state(parent: RunRef) -> dict:
-    """A fork starts from the parent's final weights, or its last checkpoint if unfinished.
-    Either is checked: a damaged one fails the fork with one line (and is set aside)."""
-    from dimalign import checked
-
-    for name, pick in (("unlearned.pt", lambda state: state),
-                       (CHECKPOINT, lambda state: state["model"])):
-        path = parent.folder / name
-        try:
-            return pick(checked.load_torch(path))
-        except FileNotFoundError:
-            continue
-        except checked.DamagedFile as err:
-            raise RuntimeError(f"cannot fork run {parent.id}: {err}") from None
-    if parent.status == "done":
-        raise RuntimeError(f"cannot fork run {parent.id}: its weights are gone (unlearned.pt "
-                           f"is missing from {parent.folder}); fork another run")
-    raise RuntimeError(f"run {parent.id} has no checkpoint to fork from yet; wait for its "
-                       "first epoch to finish")

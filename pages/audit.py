@@ -32,7 +32,7 @@ def _start(run_id: str, owner: str, wanted: AuditSettings) -> None:
     try:
         submit_audit(ui.store(), run_id, owner, wanted)
     except (ConfigError, StoreError) as err:
-        st.session_state["_audit_error"] = f"{err}."
+        st.session_state["_audit_error"] = f"{ui.said(err)}."
 
 
 if not path.exists():

@@ -31,7 +31,7 @@ if not who.admin:
                                  methods, count, who)
             st.session_state["_compare_error"] = None
         except (ConfigError, StoreError) as err:
-            st.session_state["_compare_error"] = f"Not started: {err}."
+            st.session_state["_compare_error"] = f"Not started: {ui.said(err)}."
 
     c2.button("Run every method", key="run_every_method", type="primary",
               on_click=_run_every_method,

@@ -45,6 +45,7 @@ the recover phase. Raise it again and watch DA and the forget accuracy move toge
 **5. Audit a run.** Is the forgotten gone, or only hidden? The Audit page follows DA and CKA
 through the network's layers, shows what a membership attacker sees, fine-tunes each model on
 a few forget samples to see how fast the forgotten comes back, and breaks accuracy down by
-class. How to read each panel: the *Audit* section of the README (README.md#audit).
+class. How to read each panel: the *Audit* section of docs/dashboard.md
+(docs/dashboard.md#audit).
 """)
 st.page_link("pages/audit.py", label="Open the Audit page", icon=":material/fact_check:")

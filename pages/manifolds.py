@@ -23,7 +23,7 @@ if not path.exists():
     try:
         job = submit_embedding(ui.store(), run.id, samples, who.name)
     except StoreError as err:
-        st.error(f"{err}.")
+        st.error(f"{ui.said(err)}.")
         st.stop()
     ui.ensure_scheduler()
 

@@ -52,7 +52,7 @@ def _sweep() -> None:  # a callback: it runs once per press, before the page red
         ui.remember_sweep(ids, list(knobs))
         st.session_state["_tune_error"] = None
     except (ConfigError, StoreError) as err:
-        st.session_state["_tune_error"] = f"Not started: {err}."
+        st.session_state["_tune_error"] = f"Not started: {ui.said(err)}."
 
 
 if not who.admin:
@@ -83,7 +83,7 @@ def _results() -> None:
                 f"{sum(r.status == 'queued' for r in runs)} queued")
     if bad := [r for r in runs if r.status in ("failed", "cancelled", "interrupted")]:
         st.warning(f"{len(bad)} run(s) did not finish: " + "; ".join(
-            f"{r.id} {r.status}" + (f" ({r.error})" if r.error else "") for r in bad[:3]))
+            f"{r.id} {r.status}" + (f" ({ui.said(r.error)})" if r.error else "") for r in bad[:3]))
     if not done:
         return
     rows = setting_rows([(r.id, r.method, r.config, r.result) for r in done], KEYS)
@@ -129,7 +129,7 @@ def _cancel_sweep() -> None:  # a callback: once per press
         st.session_state["_tune_cancelled"] = (f"Sweep cancelled: {cancelled} queued run(s) "
                                                f"dropped, {asked} running run(s) stopping.")
     except StoreError as err:
-        st.session_state["_tune_error"] = f"Not cancelled: {err}."
+        st.session_state["_tune_error"] = f"Not cancelled: {ui.said(err)}."
 
 
 if any(ui.store().get(i).status in ACTIVE for i in sweep["ids"]):

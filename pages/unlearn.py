@@ -60,7 +60,7 @@ try:
         ui.start_run(preset, overrides, method, who, supersede=True)
 except (ConfigError, StoreError) as err:
     verb = {"fork": "forked", "resume": "resumed", "cancel": "cancelled"}.get(action, "started")
-    st.error(f"Not {verb}: {err}." + ("" if action in ("resume", "cancel") else
+    st.error(f"Not {verb}: {ui.said(err)}." + ("" if action in ("resume", "cancel") else
                                       " Change that setting and try again."))
 
 # every replicate's runs (a sweep's or a Compare page's): each has its own baselines
@@ -114,7 +114,9 @@ def _status_line(run) -> None:
     if run.status == "queued":
         pos = queue_position(ui.store(), run.id)
         wait = f", waiting for its baselines ({run.depends_on})" if run.depends_on else ""
-        st.info(f"Queued: position {pos}{wait}.")
+        ahead = ("the next of your runs to start" if not pos or pos == 1
+                 else f"{pos - 1} of your runs ahead of it")
+        st.info(f"Queued: {ahead} (owners take turns for free workers){wait}.")
     elif run.status == "running":
         st.progress(run.progress or 0.0, text=f"{run.phase or 'running'} — {run.id}")
     elif run.status == "done":

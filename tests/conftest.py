@@ -30,7 +30,7 @@ def dimalign_home(tmp_path_factory):
     old = os.environ.get("DIMALIGN_HOME")
     os.environ["DIMALIGN_HOME"] = str(home)
     yield home
-    from dimalign.jobs import stop_scheduler
+    from dimalign.daemon import stop_scheduler
 
     stop_scheduler()  # a background scheduler some CLI test started
     if old is None:

@@ -23,8 +23,9 @@ from dimalign.config import config_from_dict
 from dimalign.data import build_experiment
 from dimalign.errors import ConfigError
 from dimalign.features import forward_all
-from dimalign.jobs import Scheduler, Slot, audit_key, submit, submit_audit
+from dimalign.jobs import audit_key, submit, submit_audit
 from dimalign.runner import load_result
+from dimalign.scheduler import Scheduler, Slot
 from dimalign.store import Store, new_owner_key
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -227,7 +228,7 @@ def test_learn_page_links_to_the_audit_and_its_reading_guide(audited):
     links = at.get("page_link")
     assert [(link.proto.page, link.proto.label) for link in links] == [
         ("audit", "Open the Audit page")]
-    assert any("README.md#audit" in m.value for m in at.markdown)
+    assert any("docs/dashboard.md#audit" in m.value for m in at.markdown)
 
 
 def test_a_forget_set_too_small_for_the_automatic_m_names_the_m_that_fits():

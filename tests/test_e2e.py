@@ -83,7 +83,7 @@ def server(default_baselines, data_root):
     proc.terminate()
     os.kill(streamlit, 15)
     proc.wait(10)
-    from dimalign.jobs import stop_scheduler
+    from dimalign.daemon import stop_scheduler
 
     stop_scheduler()  # the one the app started: later tests run their own
 
@@ -125,7 +125,7 @@ def wait_idle(page, timeout=60_000):
 
 
 # what the page's status line says of a run in each state (pages/unlearn.py)
-STATUS_LINE = {"queued": "Queued: position", "running": "— {id}", "done": "Run {id} done.",
+STATUS_LINE = {"queued": "Queued: ", "running": "— {id}", "done": "Run {id} done.",
                "cancelled": "Run {id} cancelled", "failed": "Run {id} failed",
                "interrupted": "Run {id} interrupted"}
 
@@ -303,7 +303,8 @@ def open_unlearn(browser, owner: str, server: Served, query: str = "", key: bool
 def test_the_server_stays_cheap_while_a_page_watches_a_run(server, browser):
     """`make app` as shipped, one page on a training run: the server's CPU time over the run
     stays under 15 % of the run's wall time (the file watcher once took 80 % of a core)."""
-    from dimalign.jobs import ensure_scheduler, submit
+    from dimalign.daemon import ensure_scheduler
+    from dimalign.jobs import submit
     from dimalign.store import Store
 
     store = Store()
@@ -448,7 +449,8 @@ def wait_status(store, run_id: str, statuses: tuple[str, ...], timeout: float = 
 
 
 def test_a_damaged_geometry_file_is_a_readable_message_not_a_traceback(server, browser):
-    from dimalign.jobs import ensure_scheduler, submit
+    from dimalign.daemon import ensure_scheduler
+    from dimalign.jobs import submit
     from dimalign.store import Store
 
     store = Store()

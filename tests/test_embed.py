@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dimalign import embed
-from dimalign.jobs import Scheduler
+from dimalign.scheduler import Scheduler
 from dimalign.store import Store
 
 

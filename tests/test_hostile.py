@@ -15,15 +15,9 @@ import pytest
 import torch
 
 from dimalign import paths
-from dimalign.jobs import (
-    Scheduler,
-    Slot,
-    cancel,
-    ensure_scheduler,
-    scheduler_running,
-    stop_scheduler,
-    submit,
-)
+from dimalign.daemon import ensure_scheduler, scheduler_running, stop_scheduler
+from dimalign.jobs import cancel, submit
+from dimalign.scheduler import Scheduler, Slot
 from dimalign.store import ACTIVE, Store, pid_alive
 
 
@@ -604,7 +598,7 @@ def home(tmp_path, monkeypatch):
     """A throw-away DIMALIGN_HOME with its store; no scheduler is started from pages."""
     monkeypatch.setenv("DIMALIGN_HOME", str(tmp_path))
     monkeypatch.delenv("DIMALIGN_ADMIN_KEY", raising=False)
-    monkeypatch.setattr("dimalign.jobs.ensure_scheduler", lambda: None)
+    monkeypatch.setattr("dimalign.daemon.ensure_scheduler", lambda: None)
     store = Store()
     yield store
     store.close()
@@ -1339,7 +1333,8 @@ def test_run_on_a_full_disk_fails_with_one_line_and_leaves_no_temp_files(copied_
 
 def test_a_worker_job_on_a_full_disk_fails_naming_the_file_and_the_scheduler_goes_on(
         copied_home, tiny, drain, monkeypatch):
-    from dimalign.jobs import Scheduler, Slot, submit
+    from dimalign.jobs import submit
+    from dimalign.scheduler import Scheduler, Slot
     from dimalign.store import Store
     from dimalign.worker import work
 
@@ -1383,7 +1378,8 @@ class _FullDb:
 def test_the_scheduler_survives_a_full_disk_and_records_the_dead_worker_after(
         copied_home, tiny, capsys, monkeypatch):
     import dimalign.store
-    from dimalign.jobs import Scheduler, submit
+    from dimalign.jobs import submit
+    from dimalign.scheduler import Scheduler
     from dimalign.store import Store
 
     store = Store()
@@ -1413,7 +1409,8 @@ def test_the_scheduler_survives_a_full_disk_and_records_the_dead_worker_after(
 def test_a_worker_that_cannot_record_its_ending_hands_it_to_the_scheduler(copied_home, tiny,
                                                                           monkeypatch):
     import dimalign.store
-    from dimalign.jobs import Scheduler, Slot, submit
+    from dimalign.jobs import submit
+    from dimalign.scheduler import Scheduler, Slot
     from dimalign.store import Store
     from dimalign.worker import _execute, work
 
@@ -1722,6 +1719,27 @@ def test_an_image_rewritten_with_its_old_size_and_mtime_is_decoded_again(tmp_pat
     np.testing.assert_array_equal(after[0, 0], 255 - before[0, 0])
 
 
+def test_a_chmod_or_a_copy_of_the_same_bytes_keeps_the_folders_fingerprint(tmp_path):
+    """The fingerprint keys the cached baselines: only the bytes count, so a chmod, a restore
+    from a backup or a Ray node's copy at the same path finds the same models."""
+    import shutil
+
+    from dimalign.datasets import scan_folder
+
+    write_images(tmp_path / "a")
+    write_images(tmp_path / "b", seed=1)
+    first = scan_folder(str(tmp_path)).fingerprint
+    for path in (tmp_path / "a").iterdir():
+        path.chmod(0o600)  # a new change time: the file is read again, its bytes the same
+    assert scan_folder(str(tmp_path)).fingerprint == first
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    shutil.rmtree(tmp_path / "a")
+    (tmp_path / "copy").rename(tmp_path / "a")  # new inodes and times, the same bytes
+    assert scan_folder(str(tmp_path)).fingerprint == first
+    (tmp_path / "b" / "0.png").write_bytes((tmp_path / "b" / "1.png").read_bytes())
+    assert scan_folder(str(tmp_path)).fingerprint != first  # other bytes: another experiment
+
+
 def test_an_unreadable_image_exits_alike_found_by_the_scan_or_by_decoding(tmp_path, cli):
     write_images(tmp_path / "a")
     write_images(tmp_path / "b", seed=1)
@@ -1752,6 +1770,14 @@ def test_a_model_that_does_not_fit_the_images_is_refused_naming_the_size(model, 
     ran = cli("run", "--set", f"model=torchvision:{model}", "--set", "train.epochs=2")
     one_error_line(ran, 2, f"invalid setting model: torchvision:{model} needs images of {needs}",
                    "8x8")
+
+
+def test_a_model_that_takes_a_range_of_sizes_names_the_range():
+    from dimalign.models import input_size_problem
+
+    for size in (8, 300):  # MaxViT's windows: 221..224 only, from below and from above
+        assert input_size_problem("torchvision:maxvit_t", size) == \
+            "needs images of 221x221 to 224x224"
 
 
 # ---- CLI plumbing

@@ -83,31 +83,37 @@ def test_every_module_imports_alone():
     print(f"{len(package_modules())} modules imported alone in {seconds:.1f} s")
 
 
-# The layers of README's "Architecture", bottom first: a module imports only from its own layer
-# or below (imports inside functions included), so the engine never reaches up into the app.
-LAYERS = [
-    ("errors", "values", "paths", "memo", "checked", "metric_table", "replicates", "geometry",
-     "models"),
-    ("datasets", "methods", "methods.base", "methods.losses", "methods.baselines",
-     "methods.muda"),
-    ("config",),
-    ("data", "features", "train"),
-    ("metrics", "artifacts", "embed", "plots", "methods.run_state", "methods.telemetry",
-     "methods.loop"),
-    ("runner", "store", "audit", "uploads"),
-    ("export", "jobs", "worker", "sweep", "ray_backend"),
-    ("steer", "ui"),
-    ("cli", "__main__", "app", "pages"),
-]
+# The layers, bottom first, as docs/architecture.md lists them (its one ```layers block: a
+# label, a colon, the layer's modules): a module imports only from its own layer or below
+# (imports inside functions included), so the engine never reaches up into the app.
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def read_layers(path: Path = ARCHITECTURE) -> list[tuple[str, ...]]:
+    """The module names of each layer, bottom first, from the document's ```layers block."""
+    import re
+
+    block = re.search(r"^```layers[ \t]*\n(.*?)^```[ \t]*$", path.read_text(encoding="utf-8"),
+                      re.MULTILINE | re.DOTALL)
+    assert block, f"{path.name} has no ```layers block: the layer list lives there"
+    layers = [tuple(line.partition(":")[2].split()) for line in block.group(1).splitlines()
+              if line.strip()]
+    assert layers and all(layers), f"{path.name}: a line of the layers block names no module"
+    return layers
+
+
+LAYERS = read_layers()
+FOLDERS = ("kinds", "ui", "pages")  # a layer's name for every module in that folder
 
 
 def layer_of(module: str) -> int:
     """The layer of a module ("methods.loop", "ui.widgets", "pages.compare", ...)."""
     for depth, names in enumerate(LAYERS):
         for name in names:
-            if module == name or (name in ("ui", "pages") and module.startswith(name + ".")):
+            if module == name or (name in FOLDERS and module.startswith(name + ".")):
                 return depth
-    raise AssertionError(f"{module} is in no layer: add it to LAYERS and to README's list")
+    raise AssertionError(f"{module} is in no layer: add it to the layers block of "
+                         "docs/architecture.md")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -140,3 +146,38 @@ def test_every_module_imports_only_from_its_layer_or_below():
               for name, path in sorted(files.items())
               for dep in sorted(imported_modules(path)) if layer_of(dep) > layer_of(name)]
     assert not upward, "\n".join(upward)
+
+
+def test_no_module_imports_itself_back_through_others():
+    """No import cycle, imports inside functions included: within a layer, imports may go any
+    way, so a circle (`a` imports `b`, which imports `a`) is looked for here."""
+    files = {m.removeprefix("dimalign."): PACKAGE / Path(*m.split(".")[1:]).with_suffix(".py")
+             for m in package_modules() if m != "dimalign"}
+    files = {name: (path if path.exists() else path.with_suffix("") / "__init__.py")
+             for name, path in files.items()}
+    graph = {name: imported_modules(path) - {name} for name, path in files.items()}
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A path that comes back to its start, if the graph has one."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return path[path.index(node):] + [node]
+        if node in done:
+            return None
+        for dep in sorted(graph.get(node, ())):
+            if (cycle := visit(dep, [*path, node])) is not None:
+                return cycle
+        done.add(node)
+        return None
+
+    return next((c for n in sorted(graph) if (c := visit(n, [])) is not None), None)
+
+
+def test_the_cycle_check_finds_a_circle():
+    assert find_cycle({"jobs": {"worker"}, "worker": {"ray_backend"},
+                       "ray_backend": {"jobs"}}) == ["jobs", "worker", "ray_backend", "jobs"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None

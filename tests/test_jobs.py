@@ -11,17 +11,10 @@ import time
 import pytest
 import torch
 
+from dimalign.daemon import scheduler_running, stop_scheduler
 from dimalign.errors import ConfigError
-from dimalign.jobs import (
-    Scheduler,
-    Slot,
-    cancel,
-    queue_position,
-    resume,
-    scheduler_running,
-    stop_scheduler,
-    submit,
-)
+from dimalign.jobs import cancel, queue_position, resume, submit
+from dimalign.scheduler import Scheduler, Slot
 from dimalign.store import Store, StoreError
 
 

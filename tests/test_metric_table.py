@@ -176,8 +176,8 @@ def test_the_time_fraction_has_one_key_and_one_title_in_rows_and_the_chart():
 
 
 def test_a_new_table_entry_reaches_the_places_that_show_it(monkeypatch):
-    """What the README promises: adding a metric touches the table, its computation and its
-    test; the effect panel, the tables and the gaps pick it up from the table."""
+    """What docs/architecture.md promises: adding a metric touches the table, its computation and
+    its test; the effect panel, the tables and the gaps pick it up from the table."""
     from dimalign.steer import effect
 
     toy = Metric("toy", "Toy", "a metric only this test computes", "representation",

@@ -8,10 +8,12 @@ import pytest
 from conftest import TINY, drain_scheduler
 from streamlit.testing.v1 import AppTest
 
-from dimalign import jobs
-from dimalign.jobs import Scheduler, Slot, cancel, ensure_scheduler, submit
+from dimalign import daemon
+from dimalign.daemon import ensure_scheduler
+from dimalign.jobs import cancel, submit
 from dimalign.methods import REGISTRY
 from dimalign.metric_table import TABLE, TIME_FRACTION, shown
+from dimalign.scheduler import Scheduler, Slot
 from dimalign.store import Store, new_owner_key
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -334,7 +336,7 @@ def test_a_missing_dataset_is_an_error_on_every_data_page(monkeypatch, tmp_path)
     at = AppTest.from_file(APP, default_timeout=60)
     at.query_params["preset"] = "cifar10-class"
     at.run()
-    started = jobs._starting.pop(str(tmp_path), None)  # the page's scheduler, if it started one
+    started = daemon._starting.pop(str(tmp_path), None)  # the page's scheduler, if it started one
     if started:  # else it idles on for ten minutes under this throw-away home
         started[0].terminate()
         started[0].wait(30)

@@ -17,20 +17,11 @@ import pytest
 from dimalign import checked, paths
 from dimalign.audit import AuditSettings, audit_path
 from dimalign.config import build_config
-from dimalign.jobs import (
-    Scheduler,
-    Slot,
-    baselines_cached,
-    cancel,
-    resume,
-    scheduler_running,
-    stop_scheduler,
-    submit,
-    submit_audit,
-    submit_embedding,
-)
+from dimalign.daemon import scheduler_running, stop_scheduler
+from dimalign.jobs import cancel, resume, submit, submit_audit, submit_embedding
+from dimalign.scheduler import Scheduler, Slot
 from dimalign.store import Store
-from dimalign.train import cache_key, cache_path
+from dimalign.train import baselines_cached, cache_key, cache_path
 
 MIB = 2**20
 NODES = ("node_a", "node_b")
@@ -260,15 +251,20 @@ def test_a_lost_node_interrupts_its_run_and_resume_finishes_it(cluster, tiny, dr
 ])
 def test_a_job_larger_than_any_node_fails_in_one_line(cluster, tiny, drain, monkeypatch, env,
                                                       said):
-    # it used to wait for a Ray node forever
+    # it used to wait for a Ray node forever; it now waits DIMALIGN_RAY_WAIT_SECONDS for a
+    # node that fits (an autoscaler's, a restarting one), then fails
     from dimalign.ray_backend import RayScheduler
 
-    for key, value in env.items():
+    for key, value in {**env, "DIMALIGN_RAY_WAIT_SECONDS": "60"}.items():
         monkeypatch.setenv(key, value)
     store = Store()
     scheduler = RayScheduler(store)
     run_id = submit(store, preset="digits-class", overrides=tiny, owner="kim")
     try:
+        for _ in range(5):
+            scheduler.tick()
+        assert store.get(run_id).status == "queued"  # within the wait: still queued
+        scheduler.wait_for_nodes = 0.0  # the wait is over
         drain(scheduler, lambda: store.get(run_id).terminal, timeout=30)
     finally:
         scheduler.close()

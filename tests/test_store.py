@@ -95,6 +95,8 @@ def test_runs_are_filtered_in_sql_and_queue_positions_are_fifo(tmp_path):
     store.update(ids[1], status="done")
     assert [store.queue_position(i) for i in ids] == [1, None, 2, 3]
     assert [r.id for r in store.runs(statuses=("done",))] == [ids[1]]
+    store.update(ids[1], status="queued")  # another owner's queued run stands before no one
+    assert [store.queue_position(i) for i in ids] == [1, 1, 2, 3]
     store.close()
 
 
@@ -137,3 +139,13 @@ def test_find_or_create_in_racing_processes_makes_one_run_per_key(tmp_path, monk
                                     kind="embed", preset="p", method="m",
                                     config={}) == answers[0][0]
     store.close()
+
+
+def test_a_filter_the_store_does_not_know_is_refused_not_ignored(tmp_path, monkeypatch):
+    store = Store(tmp_path / "runs.sqlite")
+    with pytest.raises(TypeError, match="unknown run filter status"):
+        store.count(status="done")  # would count every run if ignored
+    store.close()
+    monkeypatch.setattr("sqlite3.sqlite_version_info", (3, 24, 0))
+    with pytest.raises(StoreError, match="needs SQLite 3.25 or newer"):
+        Store(tmp_path / "other.sqlite")

@@ -163,10 +163,24 @@ def test_an_error_about_an_upload_shows_no_server_folder_on_the_page(area_home, 
         build_experiment(build_config("digits-class", own))  # the machine
     assert str(root) in str(err.value)
     assert hide_server_paths(str(err.value)).count("'your upload/class0/broken.png'") == 2
-    monkeypatch.setattr("dimalign.jobs.ensure_scheduler", lambda: None)
+    monkeypatch.setattr("dimalign.daemon.ensure_scheduler", lambda: None)
     at = AppTest.from_file("../app.py", default_timeout=60)  # relative to this file
     at.session_state["overrides"], at.session_state["overrides_for"] = own, "digits-class"
     at.run()
     shown = " ".join(e.value for e in at.error)
     assert "could not be loaded" in shown and "your upload/class0/broken.png" in shown, shown
     assert str(area_home) not in shown
+
+
+def test_an_upload_is_hidden_however_the_home_is_named(tmp_path, monkeypatch):
+    from dimalign.uploads import hide_server_paths
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.chdir(tmp_path)
+    for home in (tmp_path / "link", "link"):  # a link, and a relative path
+        monkeypatch.setenv("DIMALIGN_HOME", str(home))
+        root = unpack_imagefolder(digits_zip(), "alice")
+        for named in (root, root.resolve()):
+            shown = hide_server_paths(f"dataset_root: '{named}/class0' holds no images")
+            assert shown == "dataset_root: 'your upload/my-images/class0' holds no images", shown

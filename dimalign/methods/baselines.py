@@ -23,7 +23,7 @@ from dimalign.methods.base import (
 from dimalign.methods.losses import distill_kl, random_wrong_labels, teacher_logits
 
 # Where a default is ours, its knob's source says why; the figures behind each choice were
-# measured on digits-class and are in the README's methods table and bench/RESULTS.md.
+# measured on digits-class and are in docs/cli.md's methods table and bench/RESULTS.md.
 GA_SOURCE = ("choice: lr 5e-4, batch 64, no augmentation; the authors' scripts (lr 1e-4, "
              "batch 256, 5 epochs) make 5 steps in all on digits' forget set and leave forget "
              "accuracy at 0.89; lr 1e-3 lost 0.054 retain accuracy on average over 3 replicates, "

@@ -45,10 +45,9 @@ from dimalign.ui.runs import (
     saved_sweep,
     start_run,
     start_sweep,
-    store,
     submit_replicates,
 )
-from dimalign.ui.state import Identity, follow, owner, remember, sticky
+from dimalign.ui.state import Identity, follow, owner, remember, sticky, store
 from dimalign.ui.widgets import (
     chart,
     effect_panel,
@@ -60,6 +59,7 @@ from dimalign.ui.widgets import (
     pick_run,
     result_table,
     run_label,
+    said,
     show_run_error,
     sweep_grid,
 )
@@ -70,7 +70,7 @@ __all__ = [
     "geometry_source", "ghost_runs", "is_log_knob", "knob_groups", "knob_widget", "knobs_moved",
     "load_geometry", "memo_figure", "more_runs_note", "noise_floor", "owner", "page", "pick_run",
     "remember", "remember_sweep", "replicate_results", "replicate_runs", "require_geometry",
-    "reset_settings", "result_table", "resume_run", "run_label", "saved_sweep", "settings_error",
-    "show_run_error", "sidebar_config", "start_run", "start_sweep", "sticky", "store",
-    "submit_replicates", "sweep_grid", "uploaded_paths", "use_own_data",
+    "reset_settings", "result_table", "resume_run", "run_label", "said", "saved_sweep",
+    "settings_error", "show_run_error", "sidebar_config", "start_run", "start_sweep", "sticky",
+    "store", "submit_replicates", "sweep_grid", "uploaded_paths", "use_own_data",
 ]

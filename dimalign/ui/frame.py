@@ -11,6 +11,7 @@ import streamlit as st
 from dimalign.config import DEFAULT_PRESET, Config, build_config, load_preset
 from dimalign.config import preset_names as _preset_names
 from dimalign.errors import ConfigError
+from dimalign.run_files import GEOMETRY
 from dimalign.store import Run
 from dimalign.ui import deeplink
 from dimalign.ui.runs import baselines_run, ensure_scheduler, load_geometry, replicate_runs
@@ -144,7 +145,7 @@ def geometry_source(cfg: Config, who: Identity) -> tuple[Run | None, dict | None
                 "method on the Unlearn page.")
         return None, None
     geometry = load_geometry(run)
-    if geometry is None and not (run.folder / "geometry.pt").exists():
+    if geometry is None and not (run.folder / GEOMETRY).exists():
         st.warning(f"Run {run.id} has no saved geometry; run it again.")
     return run, geometry
 

@@ -46,7 +46,7 @@ def use_own_data(root: str, size: int, model: str, checkpoint: str, *, owner: st
         if upload_checkpoint is not None:
             checkpoint = str(save_checkpoint(upload_checkpoint.getvalue(), owner))
     except (PathError, StoreError) as err:
-        st.session_state["own_error"] = f"Not used: {err}."
+        st.session_state["own_error"] = f"Not used: {hide_server_paths(str(err))}."
         return
     except (OSError, DiskFull) as err:  # a full disk while unpacking: nothing is kept
         why = "the disk is full" if isinstance(err, DiskFull) else err.strerror

@@ -1,6 +1,7 @@
-"""What pages read from the run store and submit to it: this session's store connection, the
-runs of an experiment, its baselines job, a run's saved geometry, runs to draw as ghosts.
-Every filter runs in SQL: a run's experiment key is a column written at submit."""
+"""What pages read from the run store and submit to it, through this session's store
+connection (`ui.state.store`): the runs of an experiment, its baselines job, a run's saved
+geometry, runs to draw as ghosts. Every filter runs in SQL: a run's experiment key is a column
+written at submit."""
 
 from __future__ import annotations
 
@@ -9,31 +10,21 @@ from typing import NamedTuple
 
 import streamlit as st
 
-from dimalign.checked import DamagedFile, DiskFull
+from dimalign.checked import DamagedFile
 from dimalign.config import Config
-from dimalign.store import ACTIVE, Run, Store, StoreError
+from dimalign.kinds import get_kind
+from dimalign.run_files import GEOMETRY
+from dimalign.store import ACTIVE, Run, StoreError
 from dimalign.train import experiment_key
-from dimalign.ui.state import Identity, follow, remember
-
-
-def store() -> Store:
-    """One store connection per browser session. A store that cannot be opened (a damaged
-    file, a full disk) stops the page with its one-line message."""
-    if "_store" not in st.session_state:
-        try:
-            st.session_state["_store"] = Store()
-        except (StoreError, DiskFull) as err:
-            st.error(f"{err}.")
-            st.stop()
-    return st.session_state["_store"]
+from dimalign.ui.state import Identity, follow, remember, store
 
 
 def ensure_scheduler() -> None:
     """Start the background scheduler if none runs: a lock-file check, cheap enough for every
     call (one stops after ten idle minutes, or may have been killed, so a session cannot check
     just once). A setting it cannot start with (DIMALIGN_WORKERS=0) is shown, not raised."""
+    from dimalign.daemon import ensure_scheduler as start
     from dimalign.errors import ConfigError
-    from dimalign.jobs import ensure_scheduler as start
 
     try:
         start()
@@ -112,7 +103,7 @@ def replicate_results(cfg: Config) -> list[dict]:
     for r in range(REPLICATES_SHOWN):
         runs = store().runs(statuses=("done",), experiment=experiment_key(cfg.with_replicate(r)),
                             limit=5)
-        result = next((run.result for run in runs if run.kind in ("unlearn", "baselines")
+        result = next((run.result for run in runs if get_kind(run.kind).experiment
                        and run.result and "models" in run.result), None)
         if result is not None:
             found.append(result)
@@ -136,7 +127,7 @@ def submit_replicates(preset: str, overrides: list[str], methods: list[str], rep
     a queued, running or finished run of that method and config is already there. Over
     `who`'s queue cap: QueueFull before anything is queued."""
     from dimalign.config import build_config
-    from dimalign.jobs import check_queue_room, submit
+    from dimalign.jobs import cancel, check_queue_room, submit
 
     wanted = []
     for r in range(replicates):
@@ -147,8 +138,15 @@ def submit_replicates(preset: str, overrides: list[str], methods: list[str], rep
                 for run in experiment_runs(cfg, who, (*ACTIVE, "done"), limit=None)}
         wanted += [(method, extra) for method in methods if (method, config) not in have]
     check_queue_room(store(), who.name, len(wanted))
-    ids = [submit(store(), preset=preset, overrides=extra, method=method, owner=who.name,
-                  key=who.key) for method, extra in wanted]
+    ids: list[str] = []
+    try:
+        for method, extra in wanted:
+            ids.append(submit(store(), preset=preset, overrides=extra, method=method,
+                              owner=who.name, key=who.key))
+    except BaseException:  # whole or not at all (another tab may have filled the queue)
+        for run_id in ids:
+            cancel(store(), run_id, who.name, who.key)
+        raise
     ensure_scheduler()
     return ids
 
@@ -218,7 +216,7 @@ def load_geometry(run: Run) -> dict | None:
     """A run's saved geometry; None when it has none, or when its file cannot be read
     (damaged, cut short, failing its sha256: then set aside): an error line names the run and
     what to do, on this page and on every later one (the file set aside is the evidence)."""
-    path = run.folder / "geometry.pt"
+    path = run.folder / GEOMETRY
     if not path.exists():
         if any(path.parent.glob(f"{path.name}.damaged-*")):
             _geometry_damaged(run, "DamagedFile", " and was set aside")

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import streamlit as st
 
+from dimalign.checked import DiskFull
 from dimalign.store import (
     ADMIN_OWNER,
     Store,
@@ -20,6 +21,18 @@ from dimalign.store import (
     is_reserved_owner,
     new_owner_key,
 )
+
+
+def store() -> Store:
+    """One store connection per browser session. A store that cannot be opened (a damaged
+    file, a full disk) stops the page with its one-line message."""
+    if "_store" not in st.session_state:
+        try:
+            st.session_state["_store"] = Store()
+        except (StoreError, DiskFull) as err:
+            st.error(f"{err}.")
+            st.stop()
+    return st.session_state["_store"]
 
 
 def sticky(name: str) -> str | None:
@@ -92,8 +105,6 @@ def dismiss_owner_notice() -> None:
 
 
 def _resolve(name: str | None, key: str | None, admin: str | None) -> Identity:
-    from dimalign.ui.runs import store  # runs imports this module
-
     if admin:
         expected = os.environ.get(ADMIN_KEY_ENV, "")
         if expected and hmac.compare_digest(admin.encode(), expected.encode()):

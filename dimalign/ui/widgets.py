@@ -82,6 +82,12 @@ def _picked(key: str) -> None:
         remember("run", st.session_state[key])
 
 
+def said(message) -> str:
+    """An error or message as a page may show it to a participant: an upload's folder on this
+    server is said as "your upload" (`uploads.hide_server_paths`)."""
+    return hide_server_paths(str(message))
+
+
 def show_run_error(run: Run) -> None:
     hints = {"failed": "Change the settings that the message names (often a lower learning "
                        "rate or loss weight) and run again.",
