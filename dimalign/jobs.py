@@ -76,13 +76,14 @@ def check_queue_room(store: Store, owner: str, adding: int) -> None:
 
 def submit(store: Store, *, preset: str, overrides: Iterable[str] = (), method: str = "muda",
            owner: str = "local", parent_id: str | None = None, key: str | None = None,
-           sweep: str | None = None) -> str:
+           sweep: str | None = None, built=None) -> str:
     """Validate and queue a run; returns its id. An invalid config raises ConfigError and
     queues nothing. A fork (`parent_id`) starts from the parent's weights with its config plus
     `overrides`. `key`: the web app's proof that the caller is `owner` (see `_authorize`); a
     fork then must be of one of `owner`'s runs. The shared baselines' owner and the
-    instructor's are not names to submit under. `sweep`: the sweep it belongs to. An owner at
-    the queue cap gets QueueFull."""
+    instructor's are not names to submit under. `sweep`: the sweep it belongs to. `built`: the
+    config `preset` and `overrides` build, when the caller has it already. An owner at the
+    queue cap gets QueueFull."""
     check_owner(owner)
     if owner.lower() in (SHARED_OWNER, ADMIN_OWNER):
         raise OwnerRefused(f"owner {owner!r} is reserved; choose another name")
@@ -94,7 +95,7 @@ def submit(store: Store, *, preset: str, overrides: Iterable[str] = (), method: 
         cfg = override_config(parent.config, overrides)
         preset = parent.preset
     else:
-        cfg = build_config(preset, overrides)
+        cfg = built if built is not None else build_config(preset, overrides)
     experiment = experiment_key(cfg)
     depends_on = submit_baselines(store, cfg, preset)
     kind = "baselines" if method == "retrain" else "unlearn"

@@ -1,13 +1,14 @@
 """Audit: where in the network forgetting happens, what a membership attacker sees, how fast
 the forgotten comes back, and what each class gets (computed by a worker, cached per run)."""
 
+import dataclasses
+
 import streamlit as st
 
 from dimalign import plots, ui
 from dimalign.audit import AuditSettings, attack_table, audit_path, load_audit, score_range
 from dimalign.checked import DamagedFile
 from dimalign.errors import ConfigError
-from dimalign.jobs import audit_key, submit_audit
 from dimalign.store import ACTIVE, StoreError
 
 cfg, who = ui.page("Audit")
@@ -23,14 +24,14 @@ path = audit_path(run.folder, settings)
 
 def _job():
     """The latest audit job of this run with these settings, if any."""
-    found = ui.store().runs(kind="audit", share_key=audit_key(run.id, settings), limit=1)
-    return found[0] if found else None
+    return ui.latest_job("audit", run, {"settings": dataclasses.asdict(settings)})
 
 
-def _start(run_id: str, owner: str, wanted: AuditSettings) -> None:
+def _start(run_id: str, wanted: AuditSettings) -> None:
     """Button callback (it runs before the page, so a rerun cannot lose the click)."""
     try:
-        submit_audit(ui.store(), run_id, owner, wanted)
+        ui.job_on_run("audit", ui.store().get(run_id), {"settings": dataclasses.asdict(wanted)},
+                      who)
     except (ConfigError, StoreError) as err:
         st.session_state["_audit_error"] = f"{ui.said(err)}."
 
@@ -46,7 +47,7 @@ if not path.exists():
                 "features at every block, its outputs on every sample, a relearn attack of "
                 f"{settings.relearn_steps} fine-tuning steps, and its per-class predictions.")
         st.button("Compute the audit", key="audit_start", type="primary", on_click=_start,
-                  args=(run.id, who.name, settings))
+                  args=(run.id, settings))
         st.stop()
 
     @st.fragment(run_every=1.0)

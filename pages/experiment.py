@@ -6,7 +6,6 @@ from dimalign import plots, ui
 from dimalign.data import build_experiment
 from dimalign.datasets import DatasetUnavailable
 from dimalign.errors import ConfigError
-from dimalign.jobs import submit
 from dimalign.metric_table import shown
 from dimalign.paths import DATA_ROOTS_ENV, data_roots
 from dimalign.store import StoreError
@@ -136,11 +135,9 @@ elif active is None:
         st.info(f"Baselines: {status}. Train (or load) and evaluate them in the background.")
         label = "Evaluate baselines" if all(cached.values()) else "Train baselines"
         if st.button(label, key="train_baselines", type="primary"):
-            ui.ensure_scheduler()
             try:
-                submit(ui.store(), preset=ui.sticky("preset"),
-                       overrides=st.session_state.get("overrides", []), method="retrain",
-                       owner=who.name, key=who.key)
+                ui.train_baselines(ui.sticky("preset"), st.session_state.get("overrides", []),
+                                   who)
             except (ConfigError, StoreError) as err:
                 st.error(f"Not started: {hide_server_paths(str(err))}.")
             else:

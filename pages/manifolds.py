@@ -7,7 +7,6 @@ from dimalign.artifacts import load_bundle
 from dimalign.checked import DamagedFile
 from dimalign.data import build_experiment
 from dimalign.embed import embedding_path
-from dimalign.jobs import submit_embedding
 from dimalign.store import StoreError
 
 cfg, who = ui.page("Manifolds")
@@ -21,11 +20,10 @@ path = embedding_path(run.folder, samples)
 job = None
 if not path.exists():
     try:
-        job = submit_embedding(ui.store(), run.id, samples, who.name)
+        job = ui.job_on_run("embed", run, {"samples": samples}, who)
     except StoreError as err:
         st.error(f"{ui.said(err)}.")
         st.stop()
-    ui.ensure_scheduler()
 
 
 def _draw() -> bool:

@@ -12,7 +12,6 @@ from dimalign.methods import ORDER, REGISTRY
 from dimalign.metric_table import TABLE, TIME_FRACTION, shown
 from dimalign.replicates import baseline_rows, setting_rows
 from dimalign.store import ACTIVE, StoreError
-from dimalign.sweep import parse_grid
 
 cfg, who = ui.page("Tune")
 
@@ -39,7 +38,7 @@ for col, name in zip(st.columns(max(1, len(knobs))), knobs, strict=False):
                           help=knob.help)
     grid.append(f"{method}.{name}={text}")
 try:
-    total = len(parse_grid(grid)) * replicates if knobs else 0
+    total = ui.sweep_size(grid, replicates) if knobs else 0
 except ConfigError:  # a box without values: the Sweep press says what is wrong
     total = 0
 st.caption(f"{total} runs: every combination on {replicates} replicate(s), queued with your "

@@ -5,7 +5,6 @@ import streamlit as st
 
 from dimalign import plots, ui
 from dimalign.errors import ConfigError
-from dimalign.jobs import cancel, queue_position
 from dimalign.methods import ORDER, REGISTRY
 from dimalign.metric_table import shown
 from dimalign.store import StoreError
@@ -55,7 +54,7 @@ try:
     elif action == "resume":
         ui.resume_run(run_id, who)
     elif action == "cancel":
-        cancel(ui.store(), run_id, who.name, who.key)  # the engine checks the key
+        ui.cancel_run(run_id, who)  # the engine checks the key
     elif moved:
         ui.start_run(preset, overrides, method, who, supersede=True)
 except (ConfigError, StoreError) as err:
@@ -112,7 +111,7 @@ ui.effect_panel(mine[shown_at:] if selected.status == "done" else mine)
 
 def _status_line(run) -> None:
     if run.status == "queued":
-        pos = queue_position(ui.store(), run.id)
+        pos = ui.queue_place(run)
         wait = f", waiting for its baselines ({run.depends_on})" if run.depends_on else ""
         ahead = ("the next of your runs to start" if not pos or pos == 1
                  else f"{pos - 1} of your runs ahead of it")

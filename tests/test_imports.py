@@ -181,3 +181,12 @@ def test_the_cycle_check_finds_a_circle():
     assert find_cycle({"jobs": {"worker"}, "worker": {"ray_backend"},
                        "ray_backend": {"jobs"}}) == ["jobs", "worker", "ray_backend", "jobs"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_pages_reach_the_engine_only_through_the_ui_package():
+    """One route from pages to the engine: every action a page takes goes through `ui` (its
+    runs module), never `jobs`, the scheduler or a worker directly."""
+    engine = {"jobs", "daemon", "scheduler", "worker", "job", "kinds", "ray_backend", "sweep"}
+    for page in sorted((ROOT / "pages").glob("*.py")):
+        reached = {m for m in imported_modules(page) if m.split(".")[0] in engine}
+        assert not reached, f"{page.name} imports {sorted(reached)}: go through dimalign.ui"

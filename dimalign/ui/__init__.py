@@ -30,14 +30,18 @@ from dimalign.ui.runs import (
     Ghost,
     active_baselines,
     baselines_run,
+    cancel_run,
     cancel_sweep,
     ensure_scheduler,
     experiment_key,
     experiment_runs,
     ghost_runs,
+    job_on_run,
+    latest_job,
     load_geometry,
     more_runs_note,
     noise_floor,
+    queue_place,
     remember_sweep,
     replicate_results,
     replicate_runs,
@@ -46,6 +50,8 @@ from dimalign.ui.runs import (
     start_run,
     start_sweep,
     submit_replicates,
+    sweep_size,
+    train_baselines,
 )
 from dimalign.ui.state import Identity, follow, owner, remember, sticky, store
 from dimalign.ui.widgets import (
@@ -65,12 +71,13 @@ from dimalign.ui.widgets import (
 )
 
 __all__ = [
-    "Ghost", "Identity", "Page", "active_baselines", "baselines_run", "cancel_sweep", "chart",
-    "effect_panel", "ensure_scheduler", "experiment_key", "experiment_runs", "follow",
-    "geometry_source", "ghost_runs", "is_log_knob", "knob_groups", "knob_widget", "knobs_moved",
-    "load_geometry", "memo_figure", "more_runs_note", "noise_floor", "owner", "page", "pick_run",
-    "remember", "remember_sweep", "replicate_results", "replicate_runs", "require_geometry",
-    "reset_settings", "result_table", "resume_run", "run_label", "said", "saved_sweep",
-    "settings_error", "show_run_error", "sidebar_config", "start_run", "start_sweep", "sticky",
-    "store", "submit_replicates", "sweep_grid", "uploaded_paths", "use_own_data",
+    "Ghost", "Identity", "Page", "active_baselines", "baselines_run", "cancel_run", "cancel_sweep",
+    "chart", "effect_panel", "ensure_scheduler", "experiment_key", "experiment_runs", "follow",
+    "geometry_source", "ghost_runs", "is_log_knob", "job_on_run", "knob_groups", "knob_widget",
+    "knobs_moved", "latest_job", "load_geometry", "memo_figure", "more_runs_note", "noise_floor",
+    "owner", "page", "pick_run", "queue_place", "remember", "remember_sweep", "replicate_results",
+    "replicate_runs", "require_geometry", "reset_settings", "result_table", "resume_run",
+    "run_label", "said", "saved_sweep", "settings_error", "show_run_error", "sidebar_config",
+    "start_run", "start_sweep", "sticky", "store", "submit_replicates", "sweep_grid", "sweep_size",
+    "train_baselines", "uploaded_paths", "use_own_data",
 ]

@@ -6,6 +6,8 @@ written at submit."""
 from __future__ import annotations
 
 import json
+import math
+import time
 from typing import NamedTuple
 
 import streamlit as st
@@ -26,10 +28,58 @@ def ensure_scheduler() -> None:
     from dimalign.daemon import ensure_scheduler as start
     from dimalign.errors import ConfigError
 
+    now = time.monotonic()  # once per action: a press's callback and the page it redraws
+    if now - st.session_state.get("_scheduler_checked", -math.inf) < SCHEDULER_CHECK_EVERY:
+        return
+    st.session_state["_scheduler_checked"] = now
     try:
         start()
     except ConfigError as err:
         st.error(f"Runs cannot start: the background scheduler's setting {err}")
+
+
+SCHEDULER_CHECK_EVERY = 1.0  # s: a session's pages and actions look for the scheduler this often
+
+
+def train_baselines(preset: str, overrides: list[str], who: Identity) -> str:
+    """Queue (or join) this experiment's shared baselines job as `who`; returns its id."""
+    from dimalign.jobs import submit
+
+    run_id = submit(store(), preset=preset, overrides=overrides, method="retrain",
+                    owner=who.name, key=who.key)
+    ensure_scheduler()
+    return run_id
+
+
+def cancel_run(run_id: str, who: Identity) -> None:
+    """Cancel `who`'s run (the engine checks the key)."""
+    from dimalign.jobs import cancel
+
+    cancel(store(), run_id, who.name, who.key)
+
+
+def queue_place(run: Run) -> int | None:
+    """A queued run's place among its owner's queued runs (None when it is not queued)."""
+    from dimalign.jobs import queue_position
+
+    return queue_position(store(), run.id)
+
+
+def job_on_run(kind: str, run: Run, settings: dict, who: Identity) -> str:
+    """Queue a job of `kind` on a finished run (an embedding, an audit) as `who`, or the one
+    already queued, running or done (`jobs.submit_job`); returns its id."""
+    from dimalign.jobs import submit_job
+
+    job_id = submit_job(store(), kind, run.id, who.name, settings)
+    ensure_scheduler()
+    return job_id
+
+
+def latest_job(kind: str, run: Run, settings: dict) -> Run | None:
+    """The newest job of `kind` on `run` with these settings, if any."""
+    spec = get_kind(kind)
+    found = store().runs(kind=kind, share_key=spec.share_key(run.id, settings), limit=1)
+    return found[0] if found else None
 
 
 def baselines_run(cfg: Config) -> Run | None:
@@ -136,13 +186,13 @@ def submit_replicates(preset: str, overrides: list[str], methods: list[str], rep
         config = json.dumps(cfg.to_dict(), sort_keys=True)
         have = {(run.method, json.dumps(run.config, sort_keys=True))
                 for run in experiment_runs(cfg, who, (*ACTIVE, "done"), limit=None)}
-        wanted += [(method, extra) for method in methods if (method, config) not in have]
+        wanted += [(method, extra, cfg) for method in methods if (method, config) not in have]
     check_queue_room(store(), who.name, len(wanted))
     ids: list[str] = []
     try:
-        for method, extra in wanted:
+        for method, extra, cfg in wanted:  # each config built once
             ids.append(submit(store(), preset=preset, overrides=extra, method=method,
-                              owner=who.name, key=who.key))
+                              owner=who.name, key=who.key, built=cfg))
     except BaseException:  # whole or not at all (another tab may have filled the queue)
         for run_id in ids:
             cancel(store(), run_id, who.name, who.key)
@@ -168,6 +218,13 @@ def start_sweep(preset: str, overrides: list[str], method: str, grid: list[str],
 
 
 SWEEP_RUNS_KEPT = 200  # runs of a sweep an address may name
+
+
+def sweep_size(grid: list[str], replicates: int) -> int:
+    """The runs a sweep of this grid queues (ConfigError for a grid that does not parse)."""
+    from dimalign.sweep import parse_grid
+
+    return len(parse_grid(grid)) * replicates
 
 
 def cancel_sweep(sweep: str, who: Identity) -> tuple[int, int]:
