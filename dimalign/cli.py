@@ -400,7 +400,7 @@ def _follow_until_done(store, run_id: str, interval: float):
     bar, last_phase, last_progress = ProgressBar(), None, None
     while True:
         run = store.get(run_id)
-        if run.status in ("queued", "running") and run.executor == "local":
+        if run.status in ("queued", "running"):
             ensure_scheduler()  # a lock-file check while one runs
         if run.status == "queued":
             pos = queue_position(store, run.id)
@@ -457,21 +457,29 @@ def cmd_export(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from dimalign.sweep import sweep_local, sweep_ray
+    import os
+
+    from dimalign.daemon import running_backend
+    from dimalign.sweep import queue_sweep
 
     def announce(sweep_id: str) -> None:
         # first, on stderr (stdout stays the run ids): what stops it all, even while it queues
         print(f"sweep {sweep_id} (stop all its runs: dimalign cancel --sweep {sweep_id})",
               file=sys.stderr, flush=True)
 
-    store = _store()
-    if args.backend == "ray":
-        ids = sweep_ray(store, args.preset, args.method, args.grid, args.set, args.owner,
-                        args.gpus_per_trial, args.address, replicates=args.replicates,
-                        announce=announce)
-    else:
-        ids = sweep_local(store, args.preset, args.method, args.grid, args.set, args.owner,
-                          replicates=args.replicates, announce=announce)
+    if args.address and args.backend != "ray":
+        raise ConfigError("--address", "goes with --backend ray")
+    if args.gpus_per_job is not None:  # for the Ray scheduler this starts (checked there)
+        if args.backend != "ray":
+            raise ConfigError("--gpus-per-job", "goes with --backend ray")
+        os.environ["DIMALIGN_RAY_GPUS"] = str(args.gpus_per_job)
+    if args.backend == "ray" and running_backend() is None:  # the scheduler this starts
+        from dimalign.ray_backend import check_reachable  # must find its cluster: said here
+
+        check_reachable(args.address or os.environ.get("DIMALIGN_RAY_ADDRESS"))
+    ids = queue_sweep(_store(), args.preset, args.method, args.grid, args.set, args.owner,
+                      replicates=args.replicates, announce=announce,
+                      backend=args.backend, address=args.address)
     for run_id in ids:
         print(run_id)
     return 0
@@ -664,9 +672,15 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--owner", default="sweep")
     sw.add_argument("--replicates", type=int, default=1, metavar="N",
                     help="every combination on N replicates (each with its own baselines)")
-    sw.add_argument("--backend", choices=("local", "ray"), default="local")
-    sw.add_argument("--gpus-per-trial", type=float, default=0.25)
-    sw.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    sw.add_argument("--backend", choices=("local", "ray"), default=None,
+                    help="the scheduler to start if none serves this home: this machine's "
+                         "workers (local) or jobs as tasks on a Ray cluster (ray); default: "
+                         "DIMALIGN_BACKEND, else local")
+    sw.add_argument("--gpus-per-job", type=float, default=None,
+                    help="with --backend ray: GPUs each job asks for (DIMALIGN_RAY_GPUS; 0.25: "
+                         "four share a GPU)")
+    sw.add_argument("--address", help="with --backend ray: the cluster's address (default: "
+                    "DIMALIGN_RAY_ADDRESS, else RAY_ADDRESS, else a Ray started here)")
     sw.set_defaults(func=cmd_sweep)
     au = sub.add_parser("audit", help="a finished run's layer-wise geometry, membership "
                         "evidence, relearn attack and per-class view (cached beside it)")

@@ -37,18 +37,38 @@ def backend(name: str | None = None) -> str:
     return value.strip().lower()
 
 
-def check_worker_settings() -> None:
+def check_worker_settings(backend_name: str | None = None) -> None:
     """Raise ConfigError for a scheduler setting a background scheduler could not start with
-    (DIMALIGN_WORKERS below 1 or not a number, ...): said here, in the foreground."""
+    (DIMALIGN_WORKERS below 1 or not a number, ...): said here, in the foreground. With
+    `backend_name`, also when a scheduler of another backend already serves this home (its
+    runs would not go where they were asked to)."""
     worker_count()
     recycle_limits()
     worker_threads(1)
-    if backend() == "ray":
+    use = backend(backend_name)
+    if use == "ray":
         from dimalign.ray_backend import job_resources
 
         job_resources()
+    serving = running_backend()
+    if backend_name is not None and serving not in (None, use):
+        raise ConfigError("--backend", f"a {serving} scheduler serves this DIMALIGN_HOME; stop "
+                          f"it first (dimalign scheduler --stop) or use --backend {serving}")
 
 
+def running_backend() -> str | None:
+    """The backend of the scheduler serving this home, None when none is."""
+    if not scheduler_running():
+        return None
+    try:
+        said = _backend_path().read_text().strip()
+    except OSError:
+        return "local"  # a scheduler from before it was written down
+    return said if said in BACKENDS else "local"
+
+
+def _backend_path():
+    return paths.home() / "scheduler.backend"
 
 
 def _lock_path():
@@ -86,6 +106,7 @@ def serve_forever(idle_exit: float | None = 600.0, backend_name: str | None = No
         # it goes unsaid, and the lock still holds)
         with contextlib.suppress(OSError):
             os.write(fh.fileno(), str(os.getpid()).encode())
+            _backend_path().write_text(use)
         store = Store()
         if use == "ray":
             from dimalign.ray_backend import RayScheduler
@@ -119,13 +140,15 @@ _starting: dict[str, tuple[subprocess.Popen, float]] = {}
 _start_lock = threading.Lock()  # the app's sessions are threads of one process
 
 
-def ensure_scheduler() -> subprocess.Popen | None:
+def ensure_scheduler(backend_name: str | None = None,
+                     address: str | None = None) -> subprocess.Popen | None:
     """Start a background scheduler for this home unless one is running; returns the process
     it started, if any. Cheap enough to call often (a lock-file check): a scheduler stops after
     ten idle minutes, or may have been killed. One this process started that is still
     importing (it takes the lock a few seconds after its start) is not started twice.
-    A scheduler setting it could not start with raises ConfigError here."""
-    check_worker_settings()
+    A scheduler setting it could not start with raises ConfigError here. `backend_name`,
+    `address`: the scheduler's --backend and --address (default: DIMALIGN_BACKEND's)."""
+    check_worker_settings(backend_name)
     home = str(paths.home())
     with _start_lock:
         if scheduler_running():
@@ -138,7 +161,9 @@ def ensure_scheduler() -> subprocess.Popen | None:
         paths.home().mkdir(parents=True, exist_ok=True)
         with open(paths.home() / "scheduler.log", "a") as log:  # the child keeps its own copy
             process = subprocess.Popen(
-                [sys.executable, "-m", "dimalign", "scheduler"], stdout=log, stderr=log,
+                [sys.executable, "-m", "dimalign", "scheduler",
+                 *(["--backend", backend_name] if backend_name else []),
+                 *(["--address", address] if address else [])], stdout=log, stderr=log,
                 stdin=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ))
         _starting[home] = (process, time.monotonic())
         return process

@@ -146,7 +146,7 @@ class RayScheduler(Scheduler):
         address = address or os.environ.get("DIMALIGN_RAY_ADDRESS") or None
         self.started_ray = not ray.is_initialized()
         if self.started_ray:
-            _check_reachable(address)
+            check_reachable(address)
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False,
                          configure_logging=False)
@@ -199,7 +199,7 @@ class RayScheduler(Scheduler):
 
     def busy(self) -> bool:
         return bool(self.flight) or bool(self.mail) or bool(
-            self.store.runs(statuses=("queued",), executor="local", limit=1))
+            self.store.runs(statuses=("queued",), limit=1))
 
     # -- handing out jobs
 
@@ -218,8 +218,9 @@ class RayScheduler(Scheduler):
                                   error=self.short)
             return
         if not self.store.transition(run.id, ("queued",), status="running", pid=os.getpid(),
-                                     started=now, heartbeat=now, error=None, finished=None,
-                                     cancel_requested=0, phase="waiting for a Ray node"):
+                                     executor="ray", started=now, heartbeat=now, error=None,
+                                     finished=None, cancel_requested=0,
+                                     phase="waiting for a Ray node"):
             return
         job = store_job(self.store, self.store.get(run.id))
         inputs = self.inputs(run, job)
@@ -452,7 +453,7 @@ ray.shutdown()
 """
 
 
-def _check_reachable(address: str | None) -> None:
+def check_reachable(address: str | None) -> None:
     """A HOST:PORT where no Ray cluster answers is said in one line: at once when nothing
     answers, else within DIMALIGN_RAY_CONNECT_SECONDS, as a child process that joins the
     cluster finds out (Ray itself would keep trying for minutes, logging warnings all along).

@@ -240,7 +240,7 @@ class Scheduler:
         owners.update({i: self.store.get(i).owner for i in handed if i not in owners})
         for owner in owners.values():
             busy[owner] = busy.get(owner, 0) + 1
-        ready = self.store.ready_heads("local", free, skip=handed)
+        ready = self.store.ready_heads(free, skip=handed)
         served = self.store.last_started({r.owner for r in ready})
         picked: list[Run] = []
         while ready and len(picked) < free:
@@ -276,7 +276,7 @@ class Scheduler:
 
     def busy(self) -> bool:
         return any(s.run_id is not None for s in self.slots) or bool(self.exiting) or bool(
-            self.store.runs(statuses=("queued",), executor="local", limit=1))
+            self.store.runs(statuses=("queued",), limit=1))
 
     def close(self, timeout: float = 30.0) -> None:
         """Tell every worker to leave after its current job, and wait for them."""

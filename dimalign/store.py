@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS runs (
     method TEXT NOT NULL,
     config TEXT NOT NULL,             -- JSON of the validated config
     share_key TEXT,                   -- baselines: one job per key, shared by every owner
-    executor TEXT NOT NULL DEFAULT 'local',  -- 'local' (our scheduler) or 'ray' (Ray Tune)
+    executor TEXT NOT NULL DEFAULT 'local',  -- what runs it: 'local' (a worker here) or 'ray'
     status TEXT NOT NULL,
     device TEXT,
     pid INTEGER,
@@ -569,7 +569,7 @@ class Store:
             args.extend(statuses)
         return where, args
 
-    def ready_heads(self, executor: str, each: int, skip: Iterable[str] = ()) -> list[Run]:
+    def ready_heads(self, each: int, skip: Iterable[str] = ()) -> list[Run]:
         """The oldest `each` queued runs of every owner that can start now (no dependency, or
         one that is done), oldest first: what a fair pick across owners chooses from, however
         many runs one owner has queued. `skip`: runs handed to a worker but not yet claimed."""
@@ -577,10 +577,10 @@ class Store:
         rows = self.db.execute(
             "SELECT * FROM (SELECT r.*, ROW_NUMBER() OVER (PARTITION BY r.owner "
             "ORDER BY r.created, r.id) AS place FROM runs AS r LEFT JOIN runs AS d "
-            "ON d.id = r.depends_on WHERE r.status = 'queued' AND r.executor = ? AND "
+            "ON d.id = r.depends_on WHERE r.status = 'queued' AND "
             f"r.id NOT IN ({','.join('?' * len(skip))}) AND "
             "(r.depends_on IS NULL OR d.status = 'done')) WHERE place <= ? "
-            "ORDER BY created, id", (executor, *skip, each)).fetchall()
+            "ORDER BY created, id", (*skip, each)).fetchall()
         return [_row_to_run(row, extra=("place",)) for row in rows]
 
     def last_started(self, owners: Iterable[str]) -> dict[str, float]:

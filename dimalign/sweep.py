@@ -1,7 +1,8 @@
 """Sweeps over knobs: every combination of `--grid key=v1,v2` values becomes one run in the
-store. Backends: `local` (our scheduler's worker processes) and `ray` (Ray Tune trials, with
-fractional GPUs when there are GPUs); both write into the same store, so the dashboard shows
-every trial.
+store, queued through `jobs.submit` like any run (the owner's key and queue cap apply). The
+scheduler runs them: this machine's workers, or with `--backend ray` the Ray-backed scheduler,
+whose jobs are Ray tasks on the cluster's nodes (`dimalign.ray_backend`); either way only the
+scheduler writes the store, so the dashboard shows every run.
 
 A sweep is a batch: its runs carry its id (`new_sweep_id`), which `dimalign cancel --sweep ID`
 and Tune's *Cancel sweep* use to stop all of them at once. Queueing checks the owner's queue
@@ -11,15 +12,11 @@ the runs already queued: a sweep is queued whole or not at all.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import os
 import secrets
-import sys
 from collections.abc import Callable, Iterable
 
-from dimalign import paths
 from dimalign.config import build_config, check_replicates
 from dimalign.errors import ConfigError
 from dimalign.store import Store
@@ -82,20 +79,23 @@ def new_sweep_id() -> str:
     return secrets.token_hex(6)
 
 
-def sweep_local(store: Store, preset: str, method: str, grid: Iterable[str],
+def queue_sweep(store: Store, preset: str, method: str, grid: Iterable[str],
                 fixed: Iterable[str] = (), owner: str = "sweep", *, replicates: int = 1,
                 key: str | None = None, sweep_id: str | None = None,
-                announce: Callable[[str], None] | None = None) -> list[str]:
+                announce: Callable[[str], None] | None = None, backend: str | None = None,
+                address: str | None = None) -> list[str]:
     """Queue every combination (times `replicates`) as `owner` through the shared queue
     (`jobs.submit`; `key`: the web app's owner key), all under one sweep id (`sweep_id`, new if
-    None), and make sure a scheduler serves it. `announce(sweep_id)` is called once the sweep
+    None), and make sure a scheduler serves it (`backend`, `address`: the one to start if
+    none runs; a scheduler of another backend serving the home is refused before anything is
+    queued). `announce(sweep_id)` is called once the sweep
     is checked, before its first run is queued. Over the owner's queue cap: QueueFull before
     anything is queued; interrupted while queueing: what was queued is cancelled and
     SweepInterrupted says so."""
     from dimalign.daemon import check_worker_settings, ensure_scheduler
     from dimalign.jobs import check_queue_room, submit
 
-    check_worker_settings()  # before anything is queued
+    check_worker_settings(backend)  # before anything is queued
     combos, _ = plan(preset, method, grid, fixed, replicates)
     check_queue_room(store, owner, len(combos))
     sweep_id = sweep_id or new_sweep_id()
@@ -112,7 +112,7 @@ def sweep_local(store: Store, preset: str, method: str, grid: Iterable[str],
     except BaseException:
         store.cancel_sweep(sweep_id)  # half a sweep would answer half the question
         raise
-    ensure_scheduler()
+    ensure_scheduler(backend, address)
     return ids
 
 
@@ -123,73 +123,3 @@ class SweepInterrupted(Exception):
         self.sweep_id = sweep_id
         super().__init__(f"interrupted while queueing sweep {sweep_id}: the {queued} run(s) "
                          "it had queued are cancelled")
-
-
-def sweep_ray(store: Store, preset: str, method: str, grid: Iterable[str],
-              fixed: Iterable[str] = (), owner: str = "sweep", gpus_per_trial: float = 0.25,
-              address: str | None = None, *, replicates: int = 1,
-              sweep_id: str | None = None,
-              announce: Callable[[str], None] | None = None) -> list[str]:
-    """Each trial is a Ray Tune trial that runs our worker on one stored run."""
-    try:
-        import ray
-        from ray import tune
-    except ImportError:
-        raise RuntimeError("the ray backend needs Ray: pip install -e '.[ray]'") from None
-    import torch
-
-    from dimalign.jobs import check_queue_room
-    from dimalign.ray_backend import _check_reachable
-    from dimalign.train import experiment_key, get_baselines
-
-    combos, configs = plan(preset, method, grid, fixed, replicates)
-    check_queue_room(store, owner, len(configs))
-    _check_reachable(address)  # a wrong HOST:PORT in one line, before baselines are trained
-    sweep_id = sweep_id or new_sweep_id()
-    if announce:
-        announce(sweep_id)
-    for cfg in {c.replicate: c for c in configs}.values():  # one pair of baselines per replicate
-        get_baselines(cfg)  # trials share them: train them once, here
-    try:  # whole or not at all, as a local sweep: what is left of it is cancelled
-        ids = [store.create_run(owner=owner, kind="unlearn", preset=preset, method=method,
-                                config=cfg.to_dict(), executor="ray", sweep=sweep_id,
-                                experiment=experiment_key(cfg)) for cfg in configs]
-        home = str(paths.home())
-        # "local": a new instance of our own, never whatever cluster this machine last started
-        # (address None would join that one, whose trials could not reach this store)
-        ray.init(address=address or "local", ignore_reinit_error=True, include_dashboard=False,
-                 log_to_driver=False, runtime_env={"env_vars": {"DIMALIGN_HOME": home}})
-        resources = {"cpu": 1, "gpu": gpus_per_trial if torch.cuda.is_available() else 0}
-        trainable = tune.with_resources(_trial, resources)
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"run_id": tune.grid_search(ids), "home": home},
-            run_config=tune.RunConfig(name=f"sweep-{ids[0]}", verbose=0,
-                                      storage_path=os.path.join(home, "ray")),
-        )
-        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the run ids
-            tuner.fit()
-    except KeyboardInterrupt:
-        store.cancel_sweep(sweep_id)
-        raise SweepInterrupted(sweep_id, store.count(sweep=sweep_id)) from None
-    except BaseException:
-        store.cancel_sweep(sweep_id)
-        raise
-    if address is None:
-        ray.shutdown()  # the local instance we started
-    return ids
-
-
-def _trial(config: dict) -> dict:
-    """A Ray Tune trial: our worker on one stored run; reports the unlearned model's metrics."""
-    from ray import tune
-
-    from dimalign.worker import work
-
-    work(config["home"], config["run_id"])
-    run = Store().get(config["run_id"])
-    metrics = ((run.result or {}).get("models") or {}).get("unlearned", {})
-    report = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-    report["status_done"] = float(run.status == "done")
-    tune.report(report)
-    return report

@@ -148,8 +148,8 @@ def work(home: str, run_id: str, gpu: int | None = None) -> dict | None:
         store = Store()
         now = time.time()
         claimed = store.transition(run_id, ("queued",), status="running", pid=os.getpid(),
-                                   started=now, heartbeat=now, error=None, finished=None,
-                                   cancel_requested=0)
+                                   executor="local", started=now, heartbeat=now, error=None,
+                                   finished=None, cancel_requested=0)
     except DiskFull as err:  # it stays queued; the scheduler hands it out again later
         if store is not None:
             store.close()

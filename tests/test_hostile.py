@@ -444,6 +444,17 @@ def test_a_key_repeated_in_grid_is_refused_naming_it_and_nothing_is_queued(bare_
     assert not bare_store.runs(owner="twice") and not scheduler_running()
 
 
+def test_a_ray_sweep_while_a_local_scheduler_serves_is_refused_before_queueing(bare_store,
+                                                                               tiny, cli):
+    background_scheduler()  # its runs would not go to Ray: said, not done silently
+    ran = cli("sweep", "--backend", "ray", "--set", *tiny, "--grid", "muda.lambda_da=1,2",
+              "--owner", "mixed")
+    one_error_line(ran, 2, "a local scheduler serves this DIMALIGN_HOME", "--backend local")
+    assert not bare_store.runs(owner="mixed")
+    one_error_line(cli("sweep", "--address", "10.0.0.1:6379", "--set", *tiny), 2,
+                   "--address: goes with --backend ray")
+
+
 def test_grid_values_equal_after_parsing_make_one_run(tiny):
     from dimalign.sweep import plan
 

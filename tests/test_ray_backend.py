@@ -168,6 +168,30 @@ def test_jobs_land_on_both_nodes_and_store_what_the_local_backend_stores(cluster
     store.close()
 
 
+def test_a_sweep_on_ray_goes_through_the_queue_and_only_the_head_writes_the_store(cluster, cli,
+                                                                                tiny):
+    # the one Ray path: `sweep --backend ray` queues as `submit` does (owner check, cap) and
+    # starts the Ray-backed scheduler, whose tasks run on the nodes and send their mail home
+    ran = cli("sweep", "--backend", "ray", "--address", cluster.cluster.address, "--set",
+              *tiny, "--grid", "muda.lambda_da=1,5", "--owner", "swp")
+    assert ran.returncode == 0, ran.stderr
+    ids = ran.stdout.split()
+    try:
+        for run_id in ids:
+            watched = cli("watch", run_id)
+            assert watched.returncode == 0, watched.stderr
+    finally:
+        _stop_background_scheduler()
+    store = Store()
+    runs = [store.get(i) for i in ids]
+    assert [(r.status, r.executor) for r in runs] == [("done", "ray")] * 2, [r.error for r in runs]
+    assert {r.config["muda"]["lambda_da"] for r in runs} == {1.0, 5.0} and runs[0].sweep
+    assert all(" on Ray node " in r.device and store.curves(r.id)["da"] for r in runs)
+    left = [p.name for p in cluster.scratch.rglob("*")]  # a node never opened the store
+    assert not [name for name in left if name.startswith("runs.sqlite")], left
+    store.close()
+
+
 def test_a_lost_node_interrupts_its_run_and_resume_finishes_it(cluster, tiny, drain):
     from dimalign.ray_backend import RayScheduler
 

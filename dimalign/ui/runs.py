@@ -203,17 +203,17 @@ def submit_replicates(preset: str, overrides: list[str], methods: list[str], rep
 
 def start_sweep(preset: str, overrides: list[str], method: str, grid: list[str],
                 replicates: int, who: Identity) -> list[str]:
-    """A sweep as `who`, through the shared queue (`sweep.sweep_local`: the scheduler runs it,
+    """A sweep as `who`, through the shared queue (`sweep.queue_sweep`: the scheduler runs it,
     with whatever backend it is configured with). A sweep of more runs than its address
     keeps is refused: the page could follow only part of it."""
     from dimalign.errors import ConfigError
-    from dimalign.sweep import parse_grid, sweep_local
+    from dimalign.sweep import parse_grid, queue_sweep
 
     runs = len(parse_grid(grid)) * replicates
     if runs > SWEEP_RUNS_KEPT:
         raise ConfigError("sweep", f"{runs} runs; a sweep here may have at most "
                           f"{SWEEP_RUNS_KEPT}: fewer values or replicates (or `dimalign sweep`)")
-    return sweep_local(store(), preset, method, grid, overrides, owner=who.name,
+    return queue_sweep(store(), preset, method, grid, overrides, owner=who.name,
                        replicates=replicates, key=who.key)
 
 
