@@ -27,6 +27,7 @@ from dimalign.checked import DiskFull, is_disk_full
 from dimalign.config import DEFAULT_PRESET, build_config, load_preset, preset_names
 from dimalign.datasets import DatasetUnavailable
 from dimalign.errors import ConfigError
+from dimalign.kinds import REGISTRY as KINDS
 from dimalign.methods import BUILTIN, get_method  # not ORDER or REGISTRY: they load plugins
 from dimalign.methods.loop import Cancelled
 from dimalign.metric_table import TABLE, TIME_FRACTION, ordered, shown
@@ -331,7 +332,7 @@ def cmd_runs(args) -> int:
         from dimalign.store import check_sweep_id
 
         check_sweep_id(args.sweep)
-    filters = {"owner": args.owner, "sweep": args.sweep}
+    filters = {"owner": args.owner, "sweep": args.sweep, "kind": args.kind}
     runs = store.runs(**filters, limit=None if args.all else args.limit or RUNS_SHOWN)
     more = store.count(**filters) - len(runs)
     if more:  # said on stderr: stdout stays the list (or one JSON array) for scripts
@@ -642,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("runs", help="list runs in the store")
     rs.add_argument("--owner")
     rs.add_argument("--sweep", metavar="ID", help="only the runs of this sweep")
+    rs.add_argument("--kind", choices=list(KINDS), help="only the jobs of this kind")
     rs.add_argument("--limit", type=int, metavar="N",
                     help=f"the newest N runs (default {RUNS_SHOWN}; stderr says how many more)")
     rs.add_argument("--all", action="store_true", help="every run, however many")

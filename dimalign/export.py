@@ -13,10 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dimalign import checked, plots
+from dimalign.kinds import get_kind
 from dimalign.metric_table import TABLE, ordered
 from dimalign.paths import PathError
 from dimalign.run_files import CHECKPOINT, GEOMETRY, RESULT, TELEMETRY, WEIGHTS
-from dimalign.store import Store
+from dimalign.store import Store, StoreError
 
 
 def csv_text(rows: list[dict]) -> str:
@@ -55,6 +56,10 @@ def export_run(store: Store, run_id: str, dest: Path | str,
     that cannot be written raises PathError, naming the file; a run file that fails its sha256
     is set aside, left out and said (`say`)."""
     run = store.get(run_id)
+    kind = get_kind(run.kind)
+    if not kind.experiment:  # its file lies beside the run it worked on: export that one
+        raise StoreError(f"run {run.id} is a {kind.title.lower()} job of run {run.parent_id}; "
+                         f"export that run (dimalign export {run.parent_id} DIR)")
     dest = destination(dest)
     try:
         return _export(store, run, dest, say)

@@ -217,10 +217,7 @@ class RayScheduler(Scheduler):
             self.store.transition(run.id, ("queued",), status="failed", finished=now,
                                   error=self.short)
             return
-        if not self.store.transition(run.id, ("queued",), status="running", pid=os.getpid(),
-                                     executor="ray", started=now, heartbeat=now, error=None,
-                                     finished=None, cancel_requested=0,
-                                     phase="waiting for a Ray node"):
+        if not self.store.claim(run.id, "ray", pid=os.getpid(), phase="waiting for a Ray node"):
             return
         job = store_job(self.store, self.store.get(run.id))
         inputs = self.inputs(run, job)
@@ -318,8 +315,14 @@ class RayScheduler(Scheduler):
             self.mail.pop(0)
         for ref in ended:
             run_id = by_ref[ref]
-            self.endings[run_id] = self.outcome(ref)
-            self.mailbox.forget.remote(self.flight.pop(run_id).token)
+            flight = self.flight.pop(run_id)
+            ending = self.outcome(ref)
+            if flight.cancel_sent is not None and ending["status"] == "failed":
+                # Ray's cancel interrupts the task wherever it is, and torch can turn that into
+                # another error (a TypeError from inside C code): it was cancelled all the same
+                ending = dict(ending, status="cancelled", error="cancelled")
+            self.endings[run_id] = ending
+            self.mailbox.forget.remote(flight.token)
         self.record_endings()
         self.beat()
         self.stop_cancelled()

@@ -650,6 +650,14 @@ class Store:
                                "status = 'running' AND cancel_requested = 0", args).rowcount
         return cancelled, asked
 
+    def claim(self, run_id: str, executor: str, **fields) -> bool:
+        """Take a queued run to run it (`executor`: what runs it, 'local' or 'ray'); False when
+        another took it first. A resumed run starts afresh: no error, no end, no cancel."""
+        now = time.time()
+        return self.transition(run_id, ("queued",), status="running", executor=executor,
+                               started=now, heartbeat=now, error=None, finished=None,
+                               cancel_requested=0, **fields)
+
     def request_cancel(self, run_id: str) -> Run:
         run = self.get(run_id)
         if run.status == "queued":

@@ -146,10 +146,7 @@ def work(home: str, run_id: str, gpu: int | None = None) -> dict | None:
     store = None
     try:
         store = Store()
-        now = time.time()
-        claimed = store.transition(run_id, ("queued",), status="running", pid=os.getpid(),
-                                   executor="local", started=now, heartbeat=now, error=None,
-                                   finished=None, cancel_requested=0)
+        claimed = store.claim(run_id, "local", pid=os.getpid())
     except DiskFull as err:  # it stays queued; the scheduler hands it out again later
         if store is not None:
             store.close()

@@ -99,3 +99,22 @@ def test_a_new_job_kind_is_one_new_file(tmp_path, tiny_baselines):
     assert out["status"] == "done", out["error"]
     assert out["same"] and out["reused"] and out["method"] == "census"
     assert "census-3" in out["artifacts"] and int(out["file"]) > 0
+
+
+def test_export_and_runs_read_the_registry(tmp_path, monkeypatch, cli):
+    from dimalign.store import Store
+
+    monkeypatch.setenv("DIMALIGN_HOME", str(tmp_path))
+    store = Store()
+    parent = store.create_run(owner="ann", kind="unlearn", preset="digits-class", method="muda",
+                              config={}, status="done")
+    job = store.create_run(owner="ann", kind="embed", preset="digits-class", method="umap",
+                           config={"source": parent, "samples": 300}, parent_id=parent)
+    store.close()
+    ran = cli("export", job, str(tmp_path / "out"))  # its file lies beside its source run
+    assert ran.returncode == 2 and "is a manifold embedding job of run" in ran.stderr
+    assert f"export that run (dimalign export {parent} DIR)" in ran.stderr
+    listed = cli("runs", "--kind", "embed", "--json")
+    assert [r["id"] for r in json.loads(listed.stdout)] == [job]
+    unknown = cli("runs", "--kind", "film")
+    assert unknown.returncode == 2 and "invalid choice: 'film'" in unknown.stderr
