@@ -486,9 +486,9 @@ def cmd_sweep(args) -> int:
     return 0
 
 
-def _audited_folder(run: str) -> Path:
-    """The folder of the run to audit: a run id of the store (a finished run), or the folder
-    `dimalign run` printed as its artifacts."""
+def _audited_folder(run: str, what: str = "the audit") -> Path:
+    """The folder of a finished run: a run id of the store, or the folder `dimalign run`
+    printed as its artifacts."""
     from dimalign.store import check_run_id
 
     try:
@@ -499,7 +499,7 @@ def _audited_folder(run: str) -> Path:
         found = _store().get(run)
     if found is not None:
         if found.status != "done":
-            raise StoreError(f"run {run} is {found.status}; the audit needs a finished run")
+            raise StoreError(f"run {run} is {found.status}; {what} needs a finished run")
         return found.folder
     folder = Path(run).expanduser()
     if not (folder / RESULT).is_file():
@@ -533,6 +533,47 @@ def cmd_audit(args) -> int:
     else:
         print_audit(audit)
         print(f"audit: {path}")
+    return 0
+
+
+def cmd_film(args) -> int:
+    """A finished run's film in its linear view: one JSON object, or a self-contained HTML
+    animation (--out)."""
+    from dimalign import checked
+    from dimalign.config import config_from_dict
+    from dimalign.film import linear_view
+    from dimalign.run_files import FILM
+    from dimalign.runner import load_result
+
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None and out.suffix.lower() not in (".html", ".json"):
+        raise ConfigError("--out", f"writes .html or .json, got {out.name!r}")
+    folder = _audited_folder(args.run, "the film")
+    try:
+        bundle = checked.load_torch(folder / FILM)
+    except FileNotFoundError:
+        raise StoreError(f"run {args.run} has no film: it was not an unlearning run, or it ran "
+                         "with eval.film_frames=0 or before films were recorded") from None
+    view = linear_view(bundle, config_from_dict(load_result(folder)["config"]).eval)
+    if out is not None and out.suffix.lower() == ".html":
+        from dimalign.plots import film_figure
+
+        film_figure(view).write_html(out, include_plotlyjs=True)
+    elif out is not None:
+        out.write_text(json.dumps(view))
+    if args.json:
+        json.dump(view, sys.stdout)
+        sys.stdout.write("\n")
+    elif out is None or out.suffix.lower() != ".json":
+        from dimalign.film import mean_residual
+
+        forget, retain = mean_residual(view, "forget"), mean_residual(view, "retain")
+        print(f"{len(view['frames'])} frames, steps {view['frames'][0]['step']}.."
+              f"{view['frames'][-1]['step']}; mean residual outside the retain eigenspace: "
+              f"forget {forget[0]:.3f} -> {forget[-1]:.3f}, retain {retain[0]:.3f} -> "
+              f"{retain[-1]:.3f}")
+    if out is not None:
+        print(f"film: {out}", file=sys.stderr)
     return 0
 
 
@@ -694,6 +735,13 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--relearn-steps", type=int, default=50, metavar="S",
                     help="fine-tuning steps of the relearn attack (default: 50)")
     au.set_defaults(func=cmd_audit)
+    fm = sub.add_parser("film", help="a finished unlearning run's feature-space film: its "
+                        "recorded frames in the linear view, as JSON or an HTML animation")
+    fm.add_argument("run", help="a run id (`dimalign runs`) or a `dimalign run` artifacts folder")
+    fm.add_argument("--json", action="store_true", help="print the film as one JSON object")
+    fm.add_argument("--out", metavar="FILE", help="write it to FILE: .html (an animation that "
+                    "plays in any browser) or .json")
+    fm.set_defaults(func=cmd_film)
     sc = sub.add_parser("scheduler", help="run the job scheduler in the foreground")
     sc.add_argument("--idle-exit", type=float, default=600.0,
                     help="stop after this many idle seconds (0: never)")

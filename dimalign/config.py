@@ -87,6 +87,14 @@ class EvalConfig:
     nmi_samples: int = 5000  # forget + test samples clustered by k-means for NMI
     cka_samples: int = 2000  # forget + test samples CKA compares models on
     feature_samples: int = 500  # per split, features kept for the dashboard (spectra use all)
+    # the film of an unlearning run (dimalign/methods/film.py): a fixed sample of each split,
+    # recorded at least `film_frames` times (every step of a shorter run); 0 = no film. Off by
+    # default until recording fits its budget (issue #26): on digits-class, 17 frames of 750
+    # samples cost 64 % of the run's 0.27 s
+    film_forget: int = 300
+    film_retain: int = 300
+    film_test: int = 150
+    film_frames: int = 0
 
 
 TELEMETRY_POINTS = 50  # live telemetry points a run gets at least with telemetry_every="auto"
@@ -405,6 +413,12 @@ def validate(cfg: Config) -> None:
     for name in ("mia_samples", "nmi_samples", "cka_samples", "feature_samples"):
         if getattr(ev, name) < 10:
             raise ConfigError(f"eval.{name}", f"must be at least 10, got {getattr(ev, name)}")
+    for name in ("film_forget", "film_retain", "film_test"):
+        if not 1 <= getattr(ev, name) <= 5000:
+            raise ConfigError(f"eval.{name}", f"must lie in 1..5000, got {getattr(ev, name)}")
+    if ev.film_frames != 0 and not 2 <= ev.film_frames <= 1000:
+        raise ConfigError("eval.film_frames", f"must be 0 (no film) or lie in 2..1000, got "
+                          f"{ev.film_frames}")
 
 
 def _check_feature_counts(cfg: Config, dim: int) -> None:

@@ -601,3 +601,48 @@ def sweep_figure(rows: list[dict], knobs: list[str], metric: str, reference: flo
                                          f"floor, {floor:.3f})", font=dict(size=13)))
     fig.update_layout(height=440, margin=dict(l=60, r=20, t=50, b=40), clickmode="event+select")
     return fig
+
+
+def film_figure(view: dict) -> go.Figure:
+    """The film (`film.linear_view`) as an animated 3-D scatter: one trace per split, a frame
+    per recorded step, a play button and a step slider. z is each point's residual outside the
+    frame's retain eigenspace: forgetting is the forget points falling onto the retain plane."""
+
+    def traces(frame: dict) -> list[go.Scatter3d]:
+        out = []
+        for split, symbol, size in SPLIT_MARKERS:
+            points = [p for p in frame["points"] if p["split"] == split]
+            out.append(go.Scatter3d(
+                x=[p["x"] for p in points], y=[p["y"] for p in points],
+                z=[p["z"] for p in points], mode="markers", name=split,
+                marker={"size": size / 2, "color": SPLIT_COLOURS[split], "symbol": symbol},
+                customdata=[[p["id"], p["label"], p["confidence"]] for p in points],
+                hovertemplate="sample %{customdata[0]} (label %{customdata[1]})<br>residual "
+                              "%{z:.3f}<br>confidence %{customdata[2]:.3f}<extra>" + split
+                              + "</extra>"))
+        return out
+
+    frames = view["frames"]
+    names = [f"step {f['step']} ({f['phase']})" for f in frames]
+    fig = go.Figure(data=traces(frames[0]),
+                    frames=[go.Frame(data=traces(f), name=n) for f, n in zip(frames, names,
+                                                                              strict=True)])
+    every = [p[axis] for f in frames for p in f["points"] for axis in ("x", "y")
+             if p[axis] is not None]
+    span = (min(every), max(every)) if every else (-1.0, 1.0)
+    fig.update_layout(
+        scene={"xaxis": {"title": "retain direction 1", "range": span},
+               "yaxis": {"title": "retain direction 2", "range": span},
+               "zaxis": {"title": "residual outside retain", "range": [0, 1]}},
+        margin={"l": 0, "r": 0, "t": 30, "b": 0}, legend={"orientation": "h"},
+        updatemenus=[{"type": "buttons", "showactive": False, "x": 0.0, "y": 0.0,
+                      "buttons": [{"label": "Play", "method": "animate",
+                                   "args": [None, {"frame": {"duration": 300},
+                                                   "fromcurrent": True}]},
+                                  {"label": "Pause", "method": "animate",
+                                   "args": [[None], {"mode": "immediate"}]}]}],
+        sliders=[{"active": 0, "currentvalue": {"prefix": ""}, "pad": {"t": 20},
+                  "steps": [{"label": n, "method": "animate",
+                             "args": [[n], {"mode": "immediate", "frame": {"duration": 0}}]}
+                            for n in names]}])
+    return fig

@@ -7,6 +7,7 @@ GEOMETRY = "geometry.pt"  # the three models' features and their spectra and ang
 TELEMETRY = "telemetry.json"  # the live probe's points (DA, angles, accuracies per step)
 WEIGHTS = "unlearned.pt"  # the unlearned model's state dict
 CHECKPOINT = "checkpoint.pt"  # a running job's resumable state, written after every epoch
+FILM = "film.pt"  # an unlearning run's recorded frames (dimalign/methods/film.py)
 
 BESIDE_RESULT = (GEOMETRY, TELEMETRY, WEIGHTS)  # a finished result's other files
-FINISHED = (RESULT, *BESIDE_RESULT)  # everything a finished run keeps
+FINISHED = (RESULT, *BESIDE_RESULT)  # everything a finished run keeps (an unlearning run: FILM too)

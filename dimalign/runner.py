@@ -22,7 +22,15 @@ from dimalign.config import Config, check_replicates
 from dimalign.methods import get_method
 from dimalign.methods.loop import TelemetryFn, UnlearnResult, unlearn
 from dimalign.metric_table import TABLE, TIME_FRACTION, gap_to_retrained
-from dimalign.run_files import BESIDE_RESULT, FINISHED, GEOMETRY, RESULT, TELEMETRY, WEIGHTS
+from dimalign.run_files import (
+    BESIDE_RESULT,
+    FILM,
+    FINISHED,
+    GEOMETRY,
+    RESULT,
+    TELEMETRY,
+    WEIGHTS,
+)
 from dimalign.train import Baselines, ProgressFn, get_baselines
 
 
@@ -154,6 +162,7 @@ def evaluate_and_save(cfg: Config, preset: str, method: str, baselines: Baseline
     if outcome is not None:
         result["telemetry_seconds"] = outcome.telemetry_seconds
         result["steps"] = outcome.steps
+        result["film_seconds"] = outcome.film_seconds
     # write everything into a scratch folder, then move it into place: nothing half-written
     # is ever in the run's folder, and the scratch folder goes whatever happens
     scratch = run_dir.with_name(f"{run_dir.name}.{os.getpid()}.tmp")
@@ -166,11 +175,13 @@ def evaluate_and_save(cfg: Config, preset: str, method: str, baselines: Baseline
         if outcome is not None:
             checked.save_torch({k: v.detach().cpu() for k, v in outcome.model.state_dict().items()},
                                scratch / WEIGHTS)
+        if outcome is not None and outcome.film is not None:
+            checked.save_torch(outcome.film, scratch / FILM)
         # the folder relative to the home: a copied home's results point into the copy
         checked.save_json({**result, "artifacts": paths.relative_to_home(run_dir)},
                           scratch / RESULT, indent=1)
         if run_dir.exists():  # keep what else lives there (a worker's checkpoint), replace ours
-            for name in (*BESIDE_RESULT, RESULT):
+            for name in (*BESIDE_RESULT, FILM, RESULT):
                 if (scratch / name).exists():
                     checked.move(scratch / name, run_dir / name)
                 else:

@@ -547,10 +547,8 @@ def test_cancel_sweep_stops_every_run_of_the_sweep_and_only_those(bare_store, ti
 
 def test_ctrl_c_while_a_sweep_is_queued_cancels_what_it_had_queued(bare_store, tiny):
     values = ",".join(f"{v / 10:g}" for v in range(1, 1501))  # far more than 2 s of queueing
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dimalign", "sweep", "--set", *tiny, "--grid",
-         f"muda.lambda_da={values}", "--owner", "impatient"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = dimalign_process("sweep", "--set", *tiny, "--grid", f"muda.lambda_da={values}",
+                            "--owner", "impatient")
     first = proc.stderr.readline()  # the sweep's id comes first, before any run is queued
     assert first.startswith("sweep "), first
     sweep = first.split()[1]
@@ -1798,8 +1796,14 @@ def test_a_model_that_takes_a_range_of_sizes_names_the_range():
 
 
 def dimalign_process(*args: str) -> subprocess.Popen:
+    """`python -m dimalign ARGS` as a person's terminal starts it: Ctrl-C (SIGINT) reaches it
+    even where this suite runs in the background, whose children inherit SIGINT ignored."""
     return subprocess.Popen([sys.executable, "-m", "dimalign", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default)
+
+
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("args", [("runs", "--owner", "nobody"), ("methods",), ("presets",)])

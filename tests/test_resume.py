@@ -27,7 +27,8 @@ CASES = [(name, ()) for name in ORDER if REGISTRY[name].trains] + [
 def resume_cfg(name: str, *extra: str):
     # a small retain_fraction: a few steps an epoch, three epochs for two boundaries
     return build_config("digits-class", ["train.epochs=2", f"{name}.epochs=3",
-                                         f"{name}.retain_fraction=0.1", *extra])
+                                         f"{name}.retain_fraction=0.1", "eval.film_frames=30",
+                                         *extra])
 
 
 def through_a_file(state: dict) -> dict:
@@ -58,6 +59,16 @@ def test_a_run_resumed_at_an_epoch_boundary_is_bit_identical(name, extra, tiny_b
         assert resumed.steps == whole.steps
         assert same_weights(whole.model, resumed.model), f"resumed after epoch " \
             f"{boundary['epoch']} differs"
+        assert same_film(whole.film, resumed.film), f"the film resumed after epoch " \
+            f"{boundary['epoch']} differs"
+
+
+def same_film(a: dict, b: dict) -> bool:
+    """The same frames at the same steps: those before the checkpoint kept, the rest recorded
+    as the uninterrupted run recorded them."""
+    return (a["steps"] == b["steps"] and len(a["steps"]) >= 2 and a["rows"] == b["rows"]
+            and torch.equal(a["features"], b["features"])
+            and torch.equal(a["confidence"], b["confidence"]))
 
 
 def test_a_run_killed_mid_epoch_resumes_from_its_last_checkpoint(tiny_baselines):

@@ -12,7 +12,7 @@ from dimalign.kinds.base import (
     make_folder,
     register,
 )
-from dimalign.run_files import CHECKPOINT, FINISHED, WEIGHTS
+from dimalign.run_files import CHECKPOINT, FILM, FINISHED, WEIGHTS
 
 
 def run(job: Job, hooks: Hooks) -> dict:
@@ -46,7 +46,7 @@ def run(job: Job, hooks: Hooks) -> dict:
                             cancel=hooks.cancelled, run_dir=job.folder, init=init,
                             checkpoint=checkpoint, resume=resume, earlier_points=earlier,
                             say=hooks.say)
-    index_files(job, hooks, FINISHED)
+    index_files(job, hooks, (*FINISHED, FILM))
     return result
 
 
@@ -84,4 +84,4 @@ def _parent_state(parent: RunRef) -> dict:
 
 register(JobKind("unlearn", "Unlearning", run, experiment=True,
                  parent_files=(WEIGHTS, CHECKPOINT), resumes=True,
-                 writes=(*FINISHED, CHECKPOINT)))
+                 writes=(*FINISHED, FILM, CHECKPOINT)))

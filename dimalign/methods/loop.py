@@ -25,6 +25,7 @@ from dimalign.data import Experiment, normalise
 from dimalign.geometry import DegenerateFeatures
 from dimalign.methods import BUILTIN
 from dimalign.methods.base import Batch, Context, MethodSpec, Phase
+from dimalign.methods.film import Film
 from dimalign.methods.run_state import RunState, Stream
 from dimalign.methods.telemetry import Probe, Telemetry, TelemetryFn
 from dimalign.models import Classifier, build_model
@@ -70,6 +71,8 @@ class UnlearnResult:
     params: dict
     telemetry: list[dict] = field(default_factory=list)
     state: dict = field(default_factory=dict)  # the method's own state (e.g. SalUn's mask)
+    film: dict | None = None  # the recorded frames (Film.bundle), None without a film
+    film_seconds: float = 0.0  # what recording them took
 
 
 @dataclass
@@ -243,9 +246,20 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
         probe = Probe(exp, run.retain_rows, cfg.unlearn.telemetry_samples, device, cfg.seed,
                       cfg.eval)
         tele = Telemetry(telemetry, probe, every, total)
+    film = _film(cfg, exp, run, device, total)
+    if film is not None and resume is not None:
+        film.load_state_dict(resume.get("film", []))
+    film_seconds = 0.0
     cuda = device.type == "cuda"
     began = time.perf_counter() - state.seconds  # the clock runs on across a resume
     log = _LossLog(spec.name, total, progress, tele)
+
+    def shoot(phase: str) -> None:
+        nonlocal film_seconds
+        if film is not None and film.due(state.step):
+            t0 = time.perf_counter()
+            film.record(ctx.model, state.step, phase)
+            film_seconds += time.perf_counter() - t0
 
     def report(epoch: int, phase: str) -> None:
         elapsed = time.perf_counter() - began
@@ -255,6 +269,7 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
 
     if tele is not None and resume is None:
         report(-1, "start")
+    shoot("start")
     for epoch in range(state.epoch, len(run.plan)):
         for phase in run.plan[epoch]:
             for left in range(phase.steps - 1, -1, -1):
@@ -271,6 +286,7 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
                     raise
                 state.step += 1
                 log.add(terms, state.step, f"epoch {epoch + 1}, {phase.name} phase")
+                shoot(phase.name)
                 if tele is not None and tele.due(state.step, left == 0):
                     log.settle()
                     report(epoch, phase.name)
@@ -278,9 +294,23 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
         state.epoch = epoch + 1
         if checkpoint is not None:
             state.seconds = time.perf_counter() - began
-            checkpoint(state.state_dict())
+            saved = state.state_dict()
+            if film is not None:  # the frames so far: a resumed run keeps them
+                saved["film"] = film.state_dict()
+            checkpoint(saved)
     ctx.model.eval()
     if cuda:
         torch.cuda.synchronize()
     return UnlearnResult(ctx.model, time.perf_counter() - began, state.telemetry_seconds,
-                         state.step, run.params, tele.records if tele else [], ctx.state)
+                         state.step, run.params, tele.records if tele else [], ctx.state,
+                         film.bundle() if film is not None and film.frames else None,
+                         film_seconds)
+
+
+def _film(cfg: Config, exp: Experiment, run: Prepared, device: torch.device,
+          total: int) -> Film | None:
+    ev = cfg.eval
+    if not ev.film_frames:
+        return None
+    sizes = {"forget": ev.film_forget, "retain": ev.film_retain, "test": ev.film_test}
+    return Film(exp, run.retain_rows, sizes, device, cfg.seed, total, ev.film_frames)
