@@ -528,12 +528,22 @@ def test_a_two_knob_sweep_on_tune_draws_a_heatmap_whose_cell_opens_its_run(serve
     replicates.fill("1")
     replicates.press("Enter")
     wait_idle(page)
-    for knob, values in (("lambda_da", "1, 5"), ("lambda_sd", "0.5, 1")):
-        box = page.get_by_label(re.compile(f"^{knob}: values"))
-        box.fill(values)
-        box.press("Enter")
-        wait_idle(page)
-    page.get_by_text("4 runs:").wait_for(timeout=30_000)
+
+    def grid(da: str, sd: str, runs: int) -> None:
+        for knob, values in (("lambda_da", da), ("lambda_sd", sd)):
+            box = page.get_by_label(re.compile(f"^{knob}: values"))
+            box.fill(values)
+            box.press("Enter")
+            wait_idle(page)
+        page.get_by_text(f"{runs} runs:").wait_for(timeout=30_000)
+
+    # a sweep too big to wait for: Cancel sweep drops it, and the page says so
+    grid("1, 2, 3, 4, 5, 6, 7, 8", "0.1, 0.2, 0.3, 0.4, 0.5", 40)
+    page.get_by_role("button", name="Sweep").click()
+    page.get_by_role("button", name="Cancel sweep").click(timeout=60_000)
+    page.get_by_text("Sweep cancelled:").wait_for(timeout=30_000)
+    page.get_by_text("did not finish").wait_for(timeout=60_000)  # its runs, cancelled
+    grid("1, 5", "0.5, 1", 4)
     page.get_by_role("button", name="Sweep").click()
     page.get_by_text("Best setting:").wait_for(timeout=240_000)  # every run done
     wait_idle(page)
