@@ -1,8 +1,8 @@
-"""The README's noise-floor tables from `dimalign compare --replicates N --json` output.
+"""The noise-floor tables of docs/cli.md from `dimalign compare --replicates N --json` output.
 
 For each method and metric, whether its mean |gap to its own replicate's retrained model| lies
 within the retrain-vs-retrain noise floor (✓) or not (✗), with the gap beside it; then the
-README's second table, each model's metrics as mean ± sd over the replicates.
+docs/cli.md's second table, each model's metrics as mean ± sd over the replicates.
 
     .venv/bin/dimalign compare --preset digits-class --methods all --replicates 3 --json \\
         > compare.json

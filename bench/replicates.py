@@ -9,7 +9,7 @@ measured in one session, alternated when repeated.
 Each timing is a fresh `python -m dimalign compare ... --json` process on a fresh, empty
 DIMALIGN_HOME (baselines trained inside the timing, as a first compare trains them), wall time
 from start to exit. `--save-json` keeps the replicated run's JSON (`python -m bench
-noise_floor_table FILE` turns it into the README's noise-floor table).
+noise_floor_table FILE` turns it into the noise-floor table in docs/cli.md).
 """
 
 from __future__ import annotations
