@@ -88,6 +88,12 @@ def web_path(text: str, what: str) -> str:
         raise PathError(f"{what}: this server reads no folder or file named on a page; whoever "
                         f"starts it can allow the folders under some with {DATA_ROOTS_ENV}="
                         f"/data/a{os.pathsep}/data/b")
+    own = home().resolve()  # never the server's own files (others' uploads, runs, models)
+    if all(root.is_relative_to(own) for root in roots):  # the server's set-up, said as such
+        raise PathError(f"{what}: this server's data roots ({', '.join(map(str, roots))}) lie "
+                        f"inside dimalign's home ({own}), where no page may read; whoever starts "
+                        f"it must name folders outside it in {DATA_ROOTS_ENV}")
+    roots = [root for root in roots if not root.is_relative_to(own)]
     rule = (f"{what} must lie under this server's data roots ("
             + ", ".join(str(r) for r in roots) + ")")
     typed = text.strip()
@@ -96,7 +102,6 @@ def web_path(text: str, what: str) -> str:
         raise PathError(rule)
     try:
         path = (roots[0] / typed).resolve()  # an absolute `typed` replaces the root
-        own = home().resolve()  # never the server's own files (others' uploads, runs, models)
     except (OSError, RuntimeError):  # a symlink loop, a name too long: refused alike
         raise PathError(rule) from None
     if path.is_relative_to(own) or not any(path.is_relative_to(root) for root in roots):

@@ -45,8 +45,8 @@ if (active := [r for r in every if r.status in ACTIVE]):
     def progress() -> None:
         runs = [ui.store().get(r.id) for r in active]
         going = [r for r in runs if r.status in ACTIVE]
-        if not going:
-            st.rerun()  # all ended: the table takes them in
+        if len(going) < len(active):
+            st.rerun()  # some ended: the table takes them in (the page draws again)
         done = sum(r.progress or 0.0 for r in going) + len(runs) - len(going)
         st.progress(done / len(runs), text=f"{len(going)} of this experiment's runs queued or "
                     "running; the table fills in as they finish")
@@ -117,7 +117,8 @@ def _shade(row: dict, key: str) -> str:
 frame = pd.DataFrame(table)
 if many:  # cells read mean ± sd over the replicates
     for col in COLUMNS:
-        frame[col] = [_cell(row[col], sd.get(col) if sd else None)
+        # a row of one replicate has no spread: its value alone, not "± 0.000"
+        frame[col] = [_cell(row[col], sd.get(col) if sd and row["replicates"] > 1 else None)
                       for row, sd in zip(table, spread, strict=True)]
 styled = frame.style.format(precision=3).apply(
     lambda col: [_shade(source[i], col.name) for i in range(len(col))])

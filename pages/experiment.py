@@ -105,8 +105,9 @@ except DatasetUnavailable as err:
     st.error(hide_server_paths(str(err)))
     st.stop()
 except (OSError, ValueError) as err:  # e.g. an unreadable image in one's own image folder
-    st.error(f"The data could not be loaded ({type(err).__name__}: "
-             f"{hide_server_paths(str(err))}). Change the data settings above.")
+    what = "" if isinstance(err, ConfigError) else f"{type(err).__name__}: "
+    st.error(f"The data could not be loaded ({what}{hide_server_paths(str(err))}). Change the "
+             "data settings above.")
     st.stop()
 
 left, right = st.columns([1, 2])

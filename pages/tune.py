@@ -49,7 +49,7 @@ def _sweep() -> None:  # a callback: it runs once per press, before the page red
         ids = ui.start_sweep(ui.sticky("preset"), st.session_state.get("overrides", []), method,
                              grid, replicates, who)
         ui.remember_sweep(ids, list(knobs))
-        st.session_state["_tune_error"] = None
+        st.session_state["_tune_error"] = st.session_state["_tune_cancelled"] = None
     except (ConfigError, StoreError) as err:
         st.session_state["_tune_error"] = f"Not started: {ui.said(err)}."
 
@@ -58,7 +58,7 @@ if not who.admin:
     st.button("Sweep", type="primary", key="tune_sweep", disabled=not knobs, on_click=_sweep)
 if error := st.session_state.get("_tune_error"):
     st.error(error)
-if said := st.session_state.pop("_tune_cancelled", None):
+if said := st.session_state.get("_tune_cancelled"):  # until the next sweep starts
     st.info(said)
 
 sweep = ui.saved_sweep(who)  # the last sweep, also after a reload (its runs are in the URL)
@@ -76,7 +76,9 @@ def _results() -> None:
     runs = [store.get(i) for i in sweep["ids"]]
     done = [r for r in runs if r.status == "done" and r.result]
     active = [r for r in runs if r.status in ACTIVE]
-    progress = sum(1.0 if r.status not in ACTIVE else (r.progress or 0.0) for r in runs)
+    # a cancelled or failed run is not progress: the bar fills with the runs that finish
+    progress = sum(1.0 if r.status == "done" else (r.progress or 0.0) if r.status in ACTIVE
+                   else 0.0 for r in runs)
     st.progress(progress / len(runs), text=f"{len(done)} of {len(runs)} runs done, "
                 f"{sum(r.status == 'running' for r in runs)} running, "
                 f"{sum(r.status == 'queued' for r in runs)} queued")
@@ -116,9 +118,13 @@ def _results() -> None:
     best = min(rows, key=lambda r: math.inf if r["mean"].get("avg_gap") is None
                else r["mean"]["avg_gap"])
     setting = ", ".join(f"{k}={best['params'][k]:g}" for k in sweep["knobs"])
-    st.success(f"Best setting: {setting} — avg-gap {best['mean']['avg_gap']:.3f} ± "
-               f"{best['sd']['avg_gap']:.3f}, time {best['mean'][TIME_FRACTION.name]:.2f}× "
-               f"retraining (run {best['run']}).")
+    spread = f" ± {best['sd']['avg_gap']:.3f}" if best["replicates"] > 1 else ""
+    found = (f"{setting} — avg-gap {best['mean']['avg_gap']:.3f}{spread}, time "
+             f"{best['mean'][TIME_FRACTION.name]:.2f}× retraining (run {best['run']})")
+    if len(done) < len(runs):  # a sweep cut short: its best is among what finished only
+        st.info(f"Lowest avg-gap among the {len(done)} finished run(s) of {len(runs)}: {found}.")
+    else:
+        st.success(f"Best setting: {found}.")
 
 
 def _cancel_sweep() -> None:  # a callback: once per press

@@ -971,6 +971,10 @@ def test_a_page_path_outside_the_roots_is_refused_alike_whatever_is_there(tmp_pa
     monkeypatch.setenv("DIMALIGN_HOME", str(root / "imgs" / "home"))
     assert refusal(str(root / "imgs" / "home" / "uploads")) == rule
     assert web_path(str(root / "imgs"), "x") == str((root / "imgs").resolve())
+    # roots inside the home can never be read: the server's set-up is named, not the typed path
+    monkeypatch.setenv("DIMALIGN_HOME", str(tmp_path))
+    told = refusal(str(root / "imgs"))
+    assert "lie inside dimalign's home" in told and DATA_ROOTS_ENV in told
 
 
 def test_the_experiment_page_reads_no_path_without_roots_and_says_how(home, monkeypatch):
@@ -982,7 +986,7 @@ def test_the_experiment_page_reads_no_path_without_roots_and_says_how(home, monk
 
 def test_the_experiment_page_refuses_a_server_path_in_one_line_naming_no_folder(home, tmp_path,
                                                                                  monkeypatch):
-    root = tmp_path / "participants"
+    root = tmp_path.with_name(f"{tmp_path.name}-participants")  # outside the home
     root.mkdir()
     monkeypatch.setenv(DATA_ROOTS_ENV, str(root))
     at = app()

@@ -82,6 +82,9 @@ def _picked(key: str) -> None:
         remember("run", st.session_state[key])
 
 
+DATA_ERRORS = ("dataset_root", "original_checkpoint", "cannot read image")  # a run's data at fault
+
+
 def said(message) -> str:
     """An error or message as a page may show it to a participant: an upload's folder on this
     server is said as "your upload" (`uploads.hide_server_paths`)."""
@@ -94,6 +97,9 @@ def show_run_error(run: Run) -> None:
              "interrupted": "Its worker stopped. Resume it to continue from its last "
                             "checkpoint.",
              "cancelled": "Resume continues it from its last checkpoint."}
+    if run.status == "failed" and any(word in (run.error or "") for word in DATA_ERRORS):
+        hints["failed"] = ("Its data are the problem, not its knobs: change them on the "
+                           "Experiment page (Your own data and model).")
     if run.status in hints:
         why = hide_server_paths(run.error or "no message")
         st.error(f"Run {run.id} {run.status}: {why}. {hints[run.status]}")
