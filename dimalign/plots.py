@@ -517,7 +517,12 @@ def _within(value, reference, floor, distance: bool) -> bool:
 
 
 def _axis_values(values: list, log: bool) -> dict:
-    return dict(type="log") if log and all(v > 0 for v in values) else {}
+    """A log axis for a log-spaced knob, its ticks at the swept values, written out in full
+    (plotly's own log ticks write 0.5, 5 and 50 all as "5")."""
+    if not (log and all(v > 0 for v in values)):
+        return {}
+    ticks = sorted(set(values))
+    return dict(type="log", tickvals=ticks, ticktext=[f"{v:g}" for v in ticks])
 
 
 def sweep_figure(rows: list[dict], knobs: list[str], metric: str, reference: float | None,

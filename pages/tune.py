@@ -50,7 +50,11 @@ def _sweep() -> None:  # a callback: it runs once per press, before the page red
                              grid, replicates, who)
         ui.remember_sweep(ids, list(knobs))
         st.session_state["_tune_error"] = st.session_state["_tune_cancelled"] = None
-    except (ConfigError, StoreError) as err:
+    except ConfigError as err:
+        st.session_state["_tune_error"] = ("Not started: a knob has no values; give it one or "
+                                           "more, comma-separated." if err.key == "--grid"
+                                           else f"Not started: {ui.said(err)}.")
+    except StoreError as err:
         st.session_state["_tune_error"] = f"Not started: {ui.said(err)}."
 
 

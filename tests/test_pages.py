@@ -507,3 +507,11 @@ def test_tune_suggests_values_from_the_registry_log_spaced_for_weights():
         if knob.type in (int, float) and not knob.choices:
             for value in sweep_grid(knob, 3):
                 knob.check(name, value)  # every suggestion is a value the registry accepts
+
+
+def test_a_log_spaced_knob_is_labelled_with_its_own_values():
+    from dimalign.plots import _axis_values
+
+    axis = _axis_values([5.0, 0.5, 50.0, 5.0], log=True)  # plotly wrote all three as "5"
+    assert axis == {"type": "log", "tickvals": [0.5, 5.0, 50.0], "ticktext": ["0.5", "5", "50"]}
+    assert _axis_values([0.0, 1.0], log=True) == {} and _axis_values([1.0], log=False) == {}

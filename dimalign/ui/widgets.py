@@ -102,7 +102,8 @@ def show_run_error(run: Run) -> None:
                            "Experiment page (Your own data and model).")
     if run.status in hints:
         why = hide_server_paths(run.error or "no message")
-        st.error(f"Run {run.id} {run.status}: {why}. {hints[run.status]}")
+        show = st.info if run.status == "cancelled" else st.error  # a cancel was asked for
+        show(f"Run {run.id} {run.status}: {why}. {hints[run.status]}")
 
 
 # ---------------------------------------------------------------------------- knob widgets
