@@ -518,7 +518,7 @@ HEATMAP_CELL = """() => {
 def test_a_two_knob_sweep_on_tune_draws_a_heatmap_whose_cell_opens_its_run(server, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{server.url}/tune?{address('tuner')}&preset=digits-class")
-    page.get_by_role("button", name="Sweep").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Sweep", exact=True).wait_for(timeout=60_000)
     wait_idle(page)
     page.locator("[data-testid='stMultiSelect']").click()  # a second knob
     page.get_by_role("option", name="lambda_sd", exact=True).click()
@@ -539,12 +539,12 @@ def test_a_two_knob_sweep_on_tune_draws_a_heatmap_whose_cell_opens_its_run(serve
 
     # a sweep too big to wait for: Cancel sweep drops it, and the page says so
     grid("1, 2, 3, 4, 5, 6, 7, 8", "0.1, 0.2, 0.3, 0.4, 0.5", 40)
-    page.get_by_role("button", name="Sweep").click()
+    page.get_by_role("button", name="Sweep", exact=True).click()
     page.get_by_role("button", name="Cancel sweep").click(timeout=60_000)
     page.get_by_text("Sweep cancelled:").wait_for(timeout=30_000)
     page.get_by_text("did not finish").wait_for(timeout=60_000)  # its runs, cancelled
     grid("1, 5", "0.5, 1", 4)
-    page.get_by_role("button", name="Sweep").click()
+    page.get_by_role("button", name="Sweep", exact=True).click()
     page.get_by_text("Best setting:").wait_for(timeout=240_000)  # every run done
     wait_idle(page)
     page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
