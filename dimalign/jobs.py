@@ -122,10 +122,15 @@ def cancel_sweep(store: Store, sweep: str, owner: str | None = None,
     cancelled, asked = store.cancel_sweep(sweep, owner)
     for run in store.runs(sweep=sweep, owner=owner, statuses=("running",), limit=None):
         if worker_gone(run):  # nobody is left to stop it: cancelled here, as `cancel` does
-            store.transition(run.id, ("running",), status="cancelled", pid=None,
-                             finished=time.time(), error="cancelled with its sweep; its "
-                             "worker had stopped (resume continues from its last checkpoint)")
+            _cancel_orphan(store, run.id, "cancelled with its sweep")
     return cancelled, asked
+
+
+def _cancel_orphan(store: Store, run_id: str, why: str) -> None:
+    """A running run whose worker is gone cannot stop itself: it is cancelled here."""
+    store.transition(run_id, ("running",), status="cancelled", pid=None, finished=time.time(),
+                     error=f"{why}; its worker had stopped (resume continues from its last "
+                           "checkpoint)")
 
 
 def submit_job(store: Store, kind: str, source_id: str, owner: str,
@@ -175,9 +180,7 @@ def cancel(store: Store, run_id: str, owner: str | None = None, key: str | None 
     _authorize(store, owner, "" if key is None and owner is not None else key, run_id)
     run = store.get(run_id)
     if run.status == "running" and worker_gone(run):
-        store.transition(run_id, ("running",), status="cancelled", pid=None,
-                         finished=time.time(), error="cancelled; its worker had stopped (resume "
-                                                     "continues from its last checkpoint)")
+        _cancel_orphan(store, run_id, "cancelled")
         return store.get(run_id)
     return store.request_cancel(run_id)
 

@@ -67,10 +67,9 @@ def prose(text: str) -> str:
     return re.sub(r"(`+)(.+?)\1", "", "\n".join(lines), flags=re.DOTALL)
 
 
-def code_spans(text: str) -> list[str]:
-    """Every inline code span outside fenced blocks."""
-    out, inside = [], None
-    kept = []
+def outside_fences(text: str) -> list[str]:
+    """The lines of `text` outside its fenced code blocks."""
+    kept, inside = [], None
     for line in text.splitlines():
         match = FENCE.match(line)
         if inside is None and match:
@@ -80,7 +79,13 @@ def code_spans(text: str) -> list[str]:
                 inside = None
         else:
             kept.append(line)
-    for match in re.finditer(r"(`+)(.+?)\1", "\n".join(kept), flags=re.DOTALL):
+    return kept
+
+
+def code_spans(text: str) -> list[str]:
+    """Every inline code span outside fenced blocks."""
+    out = []
+    for match in re.finditer(r"(`+)(.+?)\1", "\n".join(outside_fences(text)), flags=re.DOTALL):
         out.append(" ".join(match.group(2).split()))
     return out
 
@@ -261,17 +266,8 @@ def anchors(path: Path) -> set[str]:
 
 def prose_with_headings(text: str) -> list[str]:
     """The ATX headings outside fenced blocks, without their #s."""
-    heads, inside = [], None
-    for line in text.splitlines():
-        match = FENCE.match(line)
-        if inside is None and match:
-            inside = match.group(2)
-        elif inside is not None:
-            if line.strip().startswith(inside[:3]) and line.strip().strip(inside[0]) == "":
-                inside = None
-        elif re.match(r"#{1,6}\s", line):
-            heads.append(line.lstrip("#").strip())
-    return heads
+    return [line.lstrip("#").strip() for line in outside_fences(text)
+            if re.match(r"#{1,6}\s", line)]
 
 
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
