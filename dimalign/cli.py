@@ -538,33 +538,39 @@ def cmd_audit(args) -> int:
 
 def cmd_film(args) -> int:
     """A finished run's film in its linear view: one JSON object, or a self-contained HTML
-    animation (--out)."""
+    animation or an animated GIF (--out)."""
     from dimalign import checked
-    from dimalign.config import config_from_dict
     from dimalign.film import linear_view
     from dimalign.run_files import FILM
-    from dimalign.runner import load_result
 
     out = Path(args.out).expanduser() if args.out else None
-    if out is not None and out.suffix.lower() not in (".html", ".json"):
-        raise ConfigError("--out", f"writes .html or .json, got {out.name!r}")
+    suffix = out.suffix.lower() if out is not None else None
+    if suffix == ".mp4":  # nothing installed encodes MP4 (no ffmpeg, imageio-ffmpeg or av)
+        raise ConfigError("--out", "cannot write .mp4: no video encoder (ffmpeg) is installed; "
+                          "the animated formats are .gif (Pillow) and .html (plotly)")
+    if out is not None and suffix not in (".html", ".json", ".gif"):
+        raise ConfigError("--out", f"writes .html, .json or .gif, got {out.name!r}")
     folder = _audited_folder(args.run, "the film")
     try:
         bundle = checked.load_torch(folder / FILM)
     except FileNotFoundError:
         raise StoreError(f"run {args.run} has no film: it was not an unlearning run, or it ran "
                          "with eval.film_frames=0 or before films were recorded") from None
-    view = linear_view(bundle, config_from_dict(load_result(folder)["config"]).eval)
-    if out is not None and out.suffix.lower() == ".html":
+    view = linear_view(bundle)
+    if suffix == ".html":
         from dimalign.plots import film_figure
 
         film_figure(view).write_html(out, include_plotlyjs=True)
+    elif suffix == ".gif":
+        from dimalign.plots import film_gif
+
+        film_gif(view, out)
     elif out is not None:
         out.write_text(json.dumps(view))
     if args.json:
         json.dump(view, sys.stdout)
         sys.stdout.write("\n")
-    elif out is None or out.suffix.lower() != ".json":
+    elif suffix != ".json":
         from dimalign.film import mean_residual
 
         forget, retain = mean_residual(view, "forget"), mean_residual(view, "retain")
@@ -736,11 +742,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fine-tuning steps of the relearn attack (default: 50)")
     au.set_defaults(func=cmd_audit)
     fm = sub.add_parser("film", help="a finished unlearning run's feature-space film: its "
-                        "recorded frames in the linear view, as JSON or an HTML animation")
+                        "recorded frames in the linear view, as JSON, an HTML animation or a GIF")
     fm.add_argument("run", help="a run id (`dimalign runs`) or a `dimalign run` artifacts folder")
     fm.add_argument("--json", action="store_true", help="print the film as one JSON object")
     fm.add_argument("--out", metavar="FILE", help="write it to FILE: .html (an animation that "
-                    "plays in any browser) or .json")
+                    "plays in any browser), .gif (an animated image) or .json")
     fm.set_defaults(func=cmd_film)
     sc = sub.add_parser("scheduler", help="run the job scheduler in the foreground")
     sc.add_argument("--idle-exit", type=float, default=600.0,

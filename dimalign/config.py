@@ -88,13 +88,12 @@ class EvalConfig:
     cka_samples: int = 2000  # forget + test samples CKA compares models on
     feature_samples: int = 500  # per split, features kept for the dashboard (spectra use all)
     # the film of an unlearning run (dimalign/methods/film.py): a fixed sample of each split,
-    # recorded at least `film_frames` times (every step of a shorter run); 0 = no film. Off by
-    # default until recording fits its budget (issue #26): on digits-class, 17 frames of 750
-    # samples cost 64 % of the run's 0.27 s
+    # recorded at least `film_frames` times (every step of a shorter run); 0 = no film. Frames
+    # are measured on a thread beside the run's steps (bench/film_cost.py: its cost)
     film_forget: int = 300
     film_retain: int = 300
     film_test: int = 150
-    film_frames: int = 0
+    film_frames: int = 30
 
 
 TELEMETRY_POINTS = 50  # live telemetry points a run gets at least with telemetry_every="auto"

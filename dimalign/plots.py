@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas  # noqa: F401 - see below
 import plotly.graph_objects as go
@@ -651,3 +653,136 @@ def film_figure(view: dict) -> go.Figure:
                              "args": [[n], {"mode": "immediate", "frame": {"duration": 0}}]}
                             for n in names]}])
     return fig
+
+
+# The film as a GIF, drawn straight into a fixed palette with Pillow: no browser, no plotly
+# export engine, and no colour quantisation, so the same view always gives the same bytes.
+# Ghosts are their split's colour blended 75 % into white (a GIF has no alpha).
+_GIF_INK = {"bg": "#FFFFFF", "ink": "#333333", "grid": "#E6E6E6", "trail": "#F0A9A9",
+            **SPLIT_COLOURS}
+_GIF_GHOST = {"original": "ring", "retrained": "dot"}
+
+
+def _hex(colour: str, faint: bool = False) -> tuple[int, int, int]:
+    rgb = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    return tuple(round(255 - (255 - c) * 0.25) for c in rgb) if faint else rgb
+
+
+def _film_gif_frames(view: dict, size: tuple[int, int]) -> list:
+    from PIL import Image, ImageDraw, ImageFont
+
+    frames = view["frames"]
+    if not frames:
+        raise ValueError("the film has no frames")
+    names = list(_GIF_INK) + [f"faint {s}" for s in SPLIT_COLOURS]
+    palette = [_hex(c) for c in _GIF_INK.values()]
+    palette += [_hex(c, True) for c in SPLIT_COLOURS.values()]
+    ink = {n: i for i, n in enumerate(names)}
+    splits = [p["split"] for p in frames[0]["points"]]
+
+    def coords(points: list[dict]) -> np.ndarray:  # (N, 2) x, residual; NaN where undefined
+        return np.array([[np.nan if p[k] is None else p[k] for k in ("x", "residual")]
+                         for p in points], dtype=float).reshape(-1, 2)
+
+    xr = np.stack([coords(f["points"]) for f in frames])  # (F, N, 2)
+    ghost_points = {name: (view.get("ghosts") or {}).get(name) or [] for name in _GIF_GHOST}
+    ghosts = {name: coords(points) for name, points in ghost_points.items()}  # older films: none
+    # one x range over every frame and ghost, residual always 0..1 (a share of the norm), so
+    # nothing jumps between frames
+    xs = np.concatenate([xr[..., 0].ravel(), *(g[:, 0] for g in ghosts.values())])
+    xs = xs[np.isfinite(xs)]
+    x0, x1 = (float(xs.min()), float(xs.max())) if xs.size else (-1.0, 1.0)
+    pad = 0.04 * (x1 - x0 or 1.0)
+    x0, x1 = x0 - pad, x1 + pad
+    w, h = size
+    left, right, top, bottom = 44, w - 10, 36, h - 34
+
+    def to_px(c: np.ndarray) -> np.ndarray:
+        px = left + (c[..., 0] - x0) / (x1 - x0) * (right - left)
+        py = bottom - np.clip(c[..., 1], 0.0, 1.0) * (bottom - top)
+        return np.stack([px, py], axis=-1).round()
+
+    font = ImageFont.load_default()
+    base = Image.new("P", size, ink["bg"])
+    base.putpalette([v for rgb in palette for v in rgb])
+    d = ImageDraw.Draw(base)
+    for i in range(6):  # residual grid 0, 0.2, .., 1 and x ticks at the same fractions
+        y = bottom - i / 5 * (bottom - top)
+        d.line([(left, y), (right, y)], fill=ink["grid"])
+        d.text((left - 4, y), f"{i / 5:.1f}", fill=ink["ink"], font=font, anchor="rm")
+        x = left + i / 5 * (right - left)
+        d.text((x, bottom + 4), f"{x0 + i / 5 * (x1 - x0):.2g}", fill=ink["ink"], font=font,
+               anchor="mt")
+    d.rectangle([left, top, right, bottom], outline=ink["ink"])
+    d.text(((left + right) / 2, h - 4), "retain direction 1", fill=ink["ink"], font=font,
+           anchor="md")
+    d.text((left, top - 4), "residual off the retain plane", fill=ink["ink"], font=font,
+           anchor="ld")
+
+    def mark(draw, x: float, y: float, split: str, style: str, faint: bool = False) -> None:
+        colour = ink[f"faint {split}"] if faint else ink[split]
+        if style == "x":
+            draw.line([(x - 3, y - 3), (x + 3, y + 3)], fill=colour, width=2)
+            draw.line([(x - 3, y + 3), (x + 3, y - 3)], fill=colour, width=2)
+        elif style == "ring":
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], outline=colour)
+        else:
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+
+    for name, style in _GIF_GHOST.items():
+        for (x, y), p in zip(to_px(ghosts[name]), ghost_points[name], strict=True):
+            if np.isfinite(x) and np.isfinite(y) and p["split"] in SPLIT_COLOURS:
+                mark(d, x, y, p["split"], style, faint=True)
+    styles = {"test": "ring", "retain": "dot", "forget": "x"}  # drawn in this order
+    entries = [(s, s, styles[s], False) for s in ("forget", "retain", "test")]
+    entries += [("retain", f"{n} model (ghost)", s, True) for n, s in _GIF_GHOST.items()]
+    lx = right - 24 - max(d.textlength(e[1], font=font) for e in entries)
+    d.rectangle([lx - 8, top + 2, right - 2, top + 4 + 13 * len(entries)], fill=ink["bg"],
+                outline=ink["grid"])  # drawn over the ghosts; frames draw over it
+    for i, (split, label, style, faint) in enumerate(entries):  # legend, top right in the axes
+        y = top + 10 + 13 * i
+        mark(d, lx, y, split, style, faint)
+        d.text((lx + 8, y), label, fill=ink["ink"], font=font, anchor="lm")
+
+    px = to_px(xr)  # (F, N, 2)
+    order = [[i for i, s in enumerate(splits) if s == split] for split in styles]
+    forget = order[-1]
+    out = []
+    for t, frame in enumerate(frames):
+        im = base.copy()
+        d = ImageDraw.Draw(im)
+        for i in forget:  # the forget points' path over the last three frames
+            path = [tuple(p) for p in px[max(0, t - 3):t + 1, i] if np.isfinite(p).all()]
+            if len(path) > 1:
+                d.line(path, fill=ink["trail"])
+        for split, idx in zip(styles, order, strict=True):
+            for x, y in px[t, idx]:
+                if np.isfinite(x) and np.isfinite(y):
+                    mark(d, x, y, split, styles[split])
+        # the frame number keeps every frame distinct: Pillow merges identical GIF frames
+        d.text((left, 4), f"step {frame['step']} ({frame['phase']}), frame {t + 1}/"
+               f"{len(frames)}", fill=ink["ink"], font=font, anchor="lt")
+        out.append(im)
+    return out
+
+
+def film_gif_bytes(view: dict, *, size: tuple[int, int] = (640, 480),
+                   ms_per_frame: int = 120) -> bytes:
+    """The film (`film.linear_view`) as an animated GIF, looping: x the starting model's retain
+    direction 1, y each point's residual off the retain plane (0..1), forget points with their
+    last three frames' trail, the original and retrained models' points as faint ghosts."""
+    import io
+
+    frames = _film_gif_frames(view, size)
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:],
+                   duration=ms_per_frame, loop=0)
+    return buf.getvalue()
+
+
+def film_gif(view: dict, path, *, size: tuple[int, int] = (640, 480),
+             ms_per_frame: int = 120) -> Path:
+    """`film_gif_bytes` written to `path`; returns the path."""
+    path = Path(path)
+    path.write_bytes(film_gif_bytes(view, size=size, ms_per_frame=ms_per_frame))
+    return path

@@ -98,14 +98,15 @@ def run_experiment(cfg: Config, method: str = "retrain", *, preset: str = "",
                    say: Callable[[str], None] = _say, run_dir: Path | None = None,
                    init: torch.nn.Module | None = None,
                    checkpoint: Callable[[dict], None] | None = None,
-                   resume: dict | None = None, earlier_points: list[dict] = ()) -> dict:
+                   resume: dict | None = None, earlier_points: list[dict] = (),
+                   on_frame: Callable[[Callable[[], dict]], None] | None = None) -> dict:
     """Baselines (cached), the method (unless retrain), every metric, and the run's folder.
 
     Without `run_dir` the folder is named by a hash of the config and method, and an identical
     earlier result is reused unless `fresh`. `init`, `checkpoint` and `resume` pass through to
     the unlearning loop (forks start from `init`; workers checkpoint and resume); a resumed
     run passes the telemetry points it sent before as `earlier_points`, so its saved telemetry
-    is whole.
+    is whole. `on_frame` receives the film so far after each of its frames (a live page's).
     """
     spec = get_method(method)
     baselines = get_baselines(cfg, progress=progress, say=say)
@@ -127,7 +128,8 @@ def run_experiment(cfg: Config, method: str = "retrain", *, preset: str = "",
 
         outcome = unlearn(cfg, spec, baselines.experiment, baselines.original, baselines.device,
                           progress=progress, telemetry=collect, cancel=cancel, init=init,
-                          checkpoint=checkpoint, resume=resume)
+                          checkpoint=checkpoint, resume=resume, retrained=baselines.retrained,
+                          on_frame=on_frame)
         models["unlearned"] = outcome.model
         seconds["unlearn"] = outcome.seconds
     say("evaluating ...")

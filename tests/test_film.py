@@ -2,10 +2,12 @@
 records its forget, retain and test sample at steps spread over the run, and the linear view
 shows forgetting as the forget points falling onto the retain plane."""
 
+import io
 import json
 import re
 
 import pytest
+from PIL import Image
 
 from dimalign.config import build_config
 from dimalign.film import linear_view, mean_residual
@@ -32,8 +34,9 @@ def films(tiny_baselines):
     out = {}
     for name, extra in (("default", []), ("no_da", ["muda.lambda_da=0"])):
         cfg = build_config("digits-class", [*FILM_RUN, *extra])
-        result = unlearn(cfg, REGISTRY["muda"], b.experiment, b.original, b.device)
-        out[name] = (result, linear_view(result.film, cfg.eval))
+        result = unlearn(cfg, REGISTRY["muda"], b.experiment, b.original, b.device,
+                         retrained=b.retrained)
+        out[name] = (result, linear_view(result.film))
     return out
 
 
@@ -70,10 +73,60 @@ def test_the_film_command_writes_json_and_a_playable_html_animation(tmp_path, cl
     assert drawn.returncode == 0 and "mean residual outside the retain eigenspace" in drawn.stdout
     text = page.read_text()
     assert "addFrames" in text and "animate" in text and "scatter3d" in text
-    bad = cli("film", folder, "--out", str(tmp_path / "film.gif"))
-    assert bad.returncode == 2 and "writes .html or .json" in bad.stderr
+    gif = tmp_path / "film.gif"
+    drawn = cli("film", folder, "--out", str(gif))
+    assert drawn.returncode == 0, drawn.stderr
+    with Image.open(gif) as im:
+        assert im.format == "GIF" and im.n_frames == len(view["frames"])
+    mp4 = cli("film", folder, "--out", str(tmp_path / "film.mp4"))
+    assert mp4.returncode == 2 and ".gif" in mp4.stderr and ".html" in mp4.stderr
+    assert len(mp4.stderr.strip().splitlines()) == 1, mp4.stderr
+    bad = cli("film", folder, "--out", str(tmp_path / "film.png"))
+    assert bad.returncode == 2 and "writes .html, .json or .gif" in bad.stderr
     none = cli("film", str(tmp_path))
     assert none.returncode == 2 and "not a run" in none.stderr
+
+
+def _synthetic_view(frames: int, ghosts: bool) -> dict:
+    """Forget points sliding right and down onto the retain plane; one retain and one test."""
+    def points(t: int) -> list[dict]:
+        return [{"id": i, "row": i, "split": split, "label": i, "x": x + t, "y": 0.0,
+                 "z": r, "residual": r, "confidence": 0.5}
+                for i, (split, x, r) in enumerate((("forget", 0.0, 0.9 - 0.2 * t),
+                                                   ("forget", 1.0, None),  # undefined: skipped
+                                                   ("retain", -1.0, 0.1), ("test", 2.0, 0.2)))]
+
+    view = {"projection": "linear", "k": 2,
+            "frames": [{"step": 5 * t, "phase": "forget", "points": points(t)}
+                       for t in range(frames)]}
+    if ghosts:
+        view["ghosts"] = {"original": points(0), "retrained": points(frames - 1)}
+    return view
+
+
+def test_the_film_gif_has_a_frame_per_step_fixed_axes_and_the_same_bytes_each_time(tmp_path):
+    from dimalign.plots import film_gif, film_gif_bytes
+
+    view = _synthetic_view(4, ghosts=True)
+    data = film_gif_bytes(view)
+    assert data == film_gif_bytes(view)  # deterministic
+    path = film_gif(view, tmp_path / "film.gif", size=(320, 240))
+    with Image.open(path) as im:
+        assert im.size == (320, 240) and im.n_frames == 4
+    old = _synthetic_view(4, ghosts=False)  # a film from before ghosts were recorded
+    with Image.open(io.BytesIO(film_gif_bytes(old))) as im:
+        assert im.n_frames == 4
+        # fixed ranges: the axes (tick labels, frame box, legend) are the same pixels in every
+        # frame; only the plot's contents and the caption change
+        im.seek(0)
+        first = im.convert("RGB")
+        im.seek(3)
+        last = im.convert("RGB")
+    axes_strip = (0, 440, 640, 480)  # x tick labels and axis title below the plot
+    assert first.crop(axes_strip).tobytes() == last.crop(axes_strip).tobytes()
+    assert first.tobytes() != last.tobytes()
+    with pytest.raises(ValueError, match="no frames"):
+        film_gif_bytes({"projection": "linear", "frames": []})
 
 
 def test_film_settings_are_checked_in_one_line():
@@ -83,4 +136,4 @@ def test_film_settings_are_checked_in_one_line():
                            ("eval.film_forget=0", "must lie in 1..5000")):
         with pytest.raises(ConfigError, match=re.escape(words)):
             build_config("digits-class", [setting])
-    assert build_config("digits-class", []).eval.film_frames == 0  # off until it fits its budget
+    assert build_config("digits-class", []).eval.film_frames == 30

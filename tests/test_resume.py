@@ -51,11 +51,12 @@ def test_a_run_resumed_at_an_epoch_boundary_is_bit_identical(name, extra, tiny_b
     cfg = resume_cfg(name, *extra)
     saved: list[dict] = []
     whole = unlearn(cfg, REGISTRY[name], b.experiment, b.original, b.device,
-                    checkpoint=lambda state: saved.append(through_a_file(state)))
+                    checkpoint=lambda state: saved.append(through_a_file(state)),
+                    retrained=b.retrained)
     assert [s["epoch"] for s in saved] == [1, 2, 3]
     for boundary in saved[:2]:
         resumed = unlearn(cfg, REGISTRY[name], b.experiment, b.original, b.device,
-                          resume=boundary)
+                          resume=boundary, retrained=b.retrained)
         assert resumed.steps == whole.steps
         assert same_weights(whole.model, resumed.model), f"resumed after epoch " \
             f"{boundary['epoch']} differs"
@@ -68,7 +69,8 @@ def same_film(a: dict, b: dict) -> bool:
     as the uninterrupted run recorded them."""
     return (a["steps"] == b["steps"] and len(a["steps"]) >= 2 and a["rows"] == b["rows"]
             and torch.equal(a["features"], b["features"])
-            and torch.equal(a["confidence"], b["confidence"]))
+            and torch.equal(a["confidence"], b["confidence"])
+            and all(torch.equal(a["view"][k], b["view"][k]) for k in a["view"]))
 
 
 def test_a_run_killed_mid_epoch_resumes_from_its_last_checkpoint(tiny_baselines):

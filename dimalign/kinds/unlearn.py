@@ -1,6 +1,9 @@
 """Unlearning: a method on an experiment's baselines, from the original model or a fork's
 parent; it checkpoints every epoch and a resumed run continues from its last checkpoint."""
 
+import time
+from collections.abc import Callable
+
 from dimalign import checked
 from dimalign.kinds.base import (
     Hooks,
@@ -38,6 +41,7 @@ def run(job: Job, hooks: Hooks) -> dict:
         checked.save_torch(state, ckpt_path)
         hooks.artifact(job.id, "checkpoint", ckpt_path)
 
+    live = LiveFilm(job, hooks)
     init = None
     if job.parent is not None:
         init = model_from_state(cfg, _parent_state(job.parent), device)
@@ -45,9 +49,27 @@ def run(job: Job, hooks: Hooks) -> dict:
                             progress=Throttle(hooks.progress), telemetry=telemetry,
                             cancel=hooks.cancelled, run_dir=job.folder, init=init,
                             checkpoint=checkpoint, resume=resume, earlier_points=earlier,
-                            say=hooks.say)
+                            say=hooks.say, on_frame=live)
     index_files(job, hooks, (*FINISHED, FILM))
     return result
+
+
+class LiveFilm:
+    """Writes the film so far into the run's folder as it grows, at most once a second (the
+    Unlearn page draws it while the run trains); the finished run's complete film replaces it."""
+
+    EVERY = 1.0  # s
+
+    def __init__(self, job: Job, hooks: Hooks):
+        self.path, self.job, self.hooks, self.last = job.folder / FILM, job, hooks, 0.0
+
+    def __call__(self, film: Callable[[], dict]) -> None:
+        now = time.monotonic()
+        if now - self.last < self.EVERY and self.last:
+            return  # the first frame goes at once: the page shows the film has begun
+        self.last = now
+        checked.save_torch(film(), self.path)
+        self.hooks.artifact(self.job.id, "film", self.path)
 
 
 def _resume_state(path, say) -> dict | None:

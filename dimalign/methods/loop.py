@@ -228,12 +228,17 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
             device: torch.device, *, progress: ProgressFn | None = None,
             telemetry: TelemetryFn | None = None, cancel: Callable[[], bool] | None = None,
             init: Classifier | None = None, checkpoint: Callable[[dict], None] | None = None,
-            resume: dict | None = None) -> UnlearnResult:
+            resume: dict | None = None, retrained: Classifier | None = None,
+            on_frame: Callable[[Callable[[], dict]], None] | None = None) -> UnlearnResult:
     """Run one method from the original model (or from `init`, for forks). The returned model
     is new; `original` is never changed.
 
     `checkpoint` receives the run's whole state (`RunState.state_dict()`) after every epoch;
     passing such a state back as `resume` continues the run from there, bit for bit.
+
+    Given the `retrained` model, the run records its film (`eval.film_frames`, its ghosts being
+    the original and retrained models); `on_frame` then receives, after each frame, a function
+    that makes the film so far (its bundle), for a page to show it live.
     """
     run = prepare(cfg, spec, exp, original, device, init)
     warm_up(original, normalise(exp.x_train[: run.params["batch_size"]].to(device), exp.info))
@@ -246,7 +251,7 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
         probe = Probe(exp, run.retain_rows, cfg.unlearn.telemetry_samples, device, cfg.seed,
                       cfg.eval)
         tele = Telemetry(telemetry, probe, every, total)
-    film = _film(cfg, exp, run, device, total)
+    film = _film(cfg, exp, run, device, total, original, retrained)
     if film is not None and resume is not None:
         film.load_state_dict(resume.get("film", []))
     film_seconds = 0.0
@@ -260,6 +265,8 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
             t0 = time.perf_counter()
             film.record(ctx.model, state.step, phase)
             film_seconds += time.perf_counter() - t0
+            if on_frame is not None:
+                on_frame(lambda: film.bundle(complete=False))
 
     def report(epoch: int, phase: str) -> None:
         elapsed = time.perf_counter() - began
@@ -301,16 +308,19 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
     ctx.model.eval()
     if cuda:
         torch.cuda.synchronize()
-    return UnlearnResult(ctx.model, time.perf_counter() - began, state.telemetry_seconds,
-                         state.step, run.params, tele.records if tele else [], ctx.state,
-                         film.bundle() if film is not None and film.frames else None,
-                         film_seconds)
+    seconds = time.perf_counter() - began
+    t0 = time.perf_counter()  # the frames still being measured beside the last steps
+    reel = film.bundle() if film is not None and film.frames else None
+    film_seconds += time.perf_counter() - t0
+    return UnlearnResult(ctx.model, seconds, state.telemetry_seconds, state.step, run.params,
+                         tele.records if tele else [], ctx.state, reel, film_seconds)
 
 
-def _film(cfg: Config, exp: Experiment, run: Prepared, device: torch.device,
-          total: int) -> Film | None:
+def _film(cfg: Config, exp: Experiment, run: Prepared, device: torch.device, total: int,
+          original: Classifier, retrained: Classifier | None) -> Film | None:
     ev = cfg.eval
-    if not ev.film_frames:
+    if not ev.film_frames or retrained is None:
         return None
     sizes = {"forget": ev.film_forget, "retain": ev.film_retain, "test": ev.film_test}
-    return Film(exp, run.retain_rows, sizes, device, cfg.seed, total, ev.film_frames)
+    return Film(exp, run.retain_rows, sizes, device, cfg.seed, total, ev.film_frames, ev,
+                run.ctx.model, {"original": original, "retrained": retrained})
