@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+import torch
 from PIL import Image
 
 from dimalign.config import build_config
@@ -137,3 +138,46 @@ def test_film_settings_are_checked_in_one_line():
         with pytest.raises(ConfigError, match=re.escape(words)):
             build_config("digits-class", [setting])
     assert build_config("digits-class", []).eval.film_frames == 30
+
+
+def test_a_run_with_a_film_trains_bit_for_bit_as_one_without(tiny_baselines):
+    b = tiny_baselines
+    runs = [unlearn(build_config("digits-class", ["train.epochs=2", "muda.epochs=2",
+                                                  f"eval.film_frames={frames}"]),
+                    REGISTRY["muda"], b.experiment, b.original, b.device, retrained=b.retrained)
+            for frames in (0, 30)]
+    without, with_film = (r.model.state_dict() for r in runs)
+    assert runs[0].film is None and runs[1].film is not None
+    assert all(torch.equal(without[k], with_film[k]) for k in without)
+    film = runs[1].film
+    # the original ghost is the starting model: it sits on frame 0; the retrained one does not
+    assert torch.allclose(film["ghost_view"]["original"]["x"], film["view"]["x"][0], atol=1e-4)
+    assert not torch.equal(film["ghost_view"]["retrained"]["x"], film["view"]["x"][0])
+    assert film["complete"] and film["total"] == runs[1].steps and film["k"] >= 1
+
+
+def test_a_live_run_writes_its_film_at_once_then_at_most_once_a_second(tmp_path):
+    from dimalign import checked
+    from dimalign.kinds.base import Hooks, Job
+    from dimalign.kinds.unlearn import LiveFilm
+
+    handed = []
+    hooks = Hooks(device=print, progress=print, say=print, telemetry=print,
+                  artifact=lambda run, name, path: handed.append((run, name, path)),
+                  cancelled=lambda: False)
+    live = LiveFilm(Job("r1", "unlearn", "muda", "", {}, tmp_path), hooks)
+    made = []
+
+    def film(n):
+        def bundle():
+            made.append(n)
+            return {"steps": list(range(n)), "complete": False}
+        return bundle
+
+    for n in (1, 2, 3):  # three frames within a second: the first is written, the rest wait
+        live(film(n))
+    assert made == [1] and handed == [("r1", "film", tmp_path / "film.pt")]
+    assert checked.load_torch(tmp_path / "film.pt") == {"steps": [0], "complete": False}
+    live.last -= LiveFilm.EVERY
+    live(film(4))
+    assert made == [1, 4] and len(checked.load_torch(tmp_path / "film.pt")["steps"]) == 4
