@@ -1,5 +1,7 @@
 """Learn: a workshop walkthrough of MUDA on the current experiment's live figures."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from dimalign import plots, ui
@@ -34,15 +36,22 @@ st.latex(r"\mathcal{L}_{\text{recover}} = \mathrm{CE}(B_r) + \lambda_{SD}\,\math
 if geometry is not None:
     ui.chart(ui.memo_figure(("spectra", run.id, run.finished, False),
                              lambda: plots.spectra_grid(geometry)), "learn_spectra")
+st.markdown("**4. Watch it happen.** Every unlearning run records a *film* of its features. "
+            "Across: the starting model's first retain direction. Up: each sample's distance "
+            "off the retain eigenspace, the quantity DA measures. Forgetting in MUDA's sense is "
+            "the red forget samples falling onto the blue retain ones:")
+st.image(str(Path(__file__).resolve().parents[1] / "assets" / "film.gif"),
+         caption="A MUDA run on digits, 17 frames (dimalign film RUN --out film.gif). Your own "
+                 "runs' films play on the Unlearn page, live while they train.")
 st.markdown("""
-**4. Judge against retraining, in feature space.** Accuracy and MIA can be matched by bending
+**5. Judge against retraining, in feature space.** Accuracy and MIA can be matched by bending
 the head while the features still encode the forget data. Compare every metric's **gap to the
 retrained model** (Compare page), and look at the spectra, angles and manifolds.
 
 **Try it.** On the Unlearn page, run MUDA with `lambda_da = 0`: forgetting then comes only from
 the recover phase. Raise it again and watch DA and the forget accuracy move together.
 
-**5. Audit a run.** Is the forgotten gone, or only hidden? The Audit page follows DA and CKA
+**6. Audit a run.** Is the forgotten gone, or only hidden? The Audit page follows DA and CKA
 through the network's layers, shows what a membership attacker sees, fine-tunes each model on
 a few forget samples to see how fast the forgotten comes back, and breaks accuracy down by
 class. How to read each panel: the *Audit* section of docs/dashboard.md

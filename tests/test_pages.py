@@ -324,10 +324,13 @@ def test_every_chart_saves_as_png_or_svg_as_the_sidebar_says(finished):
     assert chart_downloads(at) == {("svg", "dimalign-spectra"), ("svg", "dimalign-cumulative")}
 
 
-def test_learn_page_has_the_formulas_and_live_figures(finished):
+def test_learn_page_has_the_formulas_live_figures_and_the_film(finished):
     at = page("pages/learn.py", finished["run"])
     assert len(at.get("latex")) >= 3
     assert len(at.get("plotly_chart")) == 2
+    film = [e for e in at.main if e.type == "image"]  # the animated film, served as a GIF
+    assert len(film) == 1 and film[0].proto.imgs[0].url.endswith(".gif")
+    assert "Watch it happen" in at.markdown[4].value
 
 
 def test_a_missing_dataset_is_an_error_on_every_data_page(monkeypatch, tmp_path):
