@@ -550,13 +550,23 @@ def cmd_film(args) -> int:
                           "the animated formats are .gif (Pillow) and .html (plotly)")
     if out is not None and suffix not in (".html", ".json", ".gif"):
         raise ConfigError("--out", f"writes .html, .json or .gif, got {out.name!r}")
+    if args.umap and out is not None and out.suffix.lower() == ".gif":
+        raise ConfigError("--out", "a GIF draws the linear view (residual up the side); write "
+                          "the UMAP view as .html or .json")
     folder = _audited_folder(args.run, "the film")
     try:
         bundle = checked.load_torch(folder / FILM)
     except FileNotFoundError:
         raise StoreError(f"run {args.run} has no film: it was not an unlearning run, or it ran "
                          "with eval.film_frames=0 or before films were recorded") from None
-    view = linear_view(bundle)
+    if args.umap:  # the aligned-UMAP view: made here first when no job has made it
+        from dimalign.film_umap import umap_saved_run, umap_view
+        from dimalign.run_files import FILM_UMAP
+
+        saved = folder / FILM_UMAP
+        view = umap_view(bundle, saved if saved.exists() else umap_saved_run(folder)[0])
+    else:
+        view = linear_view(bundle)
     if suffix == ".html":
         from dimalign.plots import film_figure
 
@@ -744,6 +754,9 @@ def build_parser() -> argparse.ArgumentParser:
     fm = sub.add_parser("film", help="a finished unlearning run's feature-space film: its "
                         "recorded frames in the linear view, as JSON, an HTML animation or a GIF")
     fm.add_argument("run", help="a run id (`dimalign runs`) or a `dimalign run` artifacts folder")
+    fm.add_argument("--umap", action="store_true",
+                    help="the aligned-UMAP view instead of the linear one (film-umap.pt, "
+                         "made first when missing)")
     fm.add_argument("--json", action="store_true", help="print the film as one JSON object")
     fm.add_argument("--out", metavar="FILE", help="write it to FILE: .html (an animation that "
                     "plays in any browser), .gif (an animated image) or .json")

@@ -88,8 +88,8 @@ class EvalConfig:
     cka_samples: int = 2000  # forget + test samples CKA compares models on
     feature_samples: int = 500  # per split, features kept for the dashboard (spectra use all)
     # the film of an unlearning run (dimalign/methods/film.py): a fixed sample of each split,
-    # recorded at least `film_frames` times (every step of a shorter run); 0 = no film. Frames
-    # are measured on a thread beside the run's steps (bench/film_cost.py: its cost)
+    # recorded at least `film_frames` times (every step of a shorter run); 0 = no film
+    # (bench/film_cost.py: what recording costs a run)
     film_forget: int = 300
     film_retain: int = 300
     film_test: int = 150

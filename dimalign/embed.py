@@ -13,6 +13,7 @@ On a GPU, cuML's UMAP is used when it is installed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -82,33 +83,56 @@ def _distances(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return torch.cdist(a.double(), b.double()).clamp_min(0).float().numpy()
 
 
+class AlignedFrame:
+    """UMAP fitted once on `reference` (N, C) features; `place` puts other features of the
+    same samples or kind into that frame with `transform`. `fitted`: the reference's own (N, 2)
+    positions; `backend`: which UMAP ran (`backend`)."""
+
+    def __init__(self, reference: torch.Tensor, seed: int = 0, n_neighbors: int = 15,
+                 use: str | None = None):
+        n = len(reference)
+        if n < 5:
+            raise ValueError(f"UMAP needs at least 5 samples, got {n}")
+        if n > MAX_POINTS:
+            raise ValueError(f"UMAP of {n} points: at most {MAX_POINTS} are supported")
+        kw = dict(n_neighbors=min(n_neighbors, n - 1), n_components=2, random_state=seed,
+                  n_epochs=EPOCHS, init="spectral" if n > 20 else "random")
+        self.backend, self.reference = backend(use), reference
+        if self.backend == "cuml":
+            self.reducer = _cuml()(**kw)
+            self.fitted = _points(self.reducer.fit_transform(reference.float().cuda()))
+        else:
+            self.reducer = _umap_learn()(metric="precomputed", **kw)
+            with _quiet():
+                self.fitted = _points(self.reducer.fit_transform(_distances(reference,
+                                                                            reference)))
+
+    def place(self, features: torch.Tensor) -> np.ndarray:
+        """(M, C) features -> their (M, 2) positions in the fitted frame."""
+        if self.backend == "cuml":
+            return _points(self.reducer.transform(features.float().cuda()))
+        with _quiet():
+            return _points(self.reducer.transform(_distances(features, self.reference)))
+
+
+@contextlib.contextmanager
+def _quiet():
+    with warnings.catch_warnings():  # the seed (serial layout) and precomputed: both meant
+        warnings.filterwarnings("ignore", message=".*(n_jobs|precomputed metric).*")
+        yield
+
+
+def _points(xy) -> np.ndarray:
+    return np.asarray(xy.get() if hasattr(xy, "get") else xy, dtype=np.float32)  # cuML: cupy
+
+
 def aligned_embedding(features: dict[str, torch.Tensor], seed: int = 0, n_neighbors: int = 15,
                       use: str | None = None) -> dict[str, np.ndarray]:
     """features: model -> (N, C) features of the same N samples. Returns model -> (N, 2)."""
     reference = REFERENCE if REFERENCE in features else next(iter(features))
-    n = len(features[reference])
-    if n < 5:
-        raise ValueError(f"UMAP needs at least 5 samples, got {n}")
-    if n > MAX_POINTS:
-        raise ValueError(f"UMAP of {n} points: at most {MAX_POINTS} are supported")
-    kw = dict(n_neighbors=min(n_neighbors, n - 1), n_components=2, random_state=seed,
-              n_epochs=EPOCHS,
-              init="spectral" if n > 20 else "random")
-    if backend(use) == "cuml":
-        reducer = _cuml()(**kw)
-        out = {reference: reducer.fit_transform(features[reference].float().cuda())}
-        out |= {m: reducer.transform(f.float().cuda()) for m, f in features.items()
-                if m != reference}
-        out = {m: np.asarray(v.get() if hasattr(v, "get") else v) for m, v in out.items()}
-    else:
-        ref = features[reference]
-        reducer = _umap_learn()(metric="precomputed", **kw)
-        with warnings.catch_warnings():  # the seed (serial layout) and precomputed: both meant
-            warnings.filterwarnings("ignore", message=".*(n_jobs|precomputed metric).*")
-            out = {reference: reducer.fit_transform(_distances(ref, ref))}
-            out |= {m: reducer.transform(_distances(f, ref)) for m, f in features.items()
-                    if m != reference}
-    return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
+    frame = AlignedFrame(features[reference], seed, n_neighbors, use)
+    return {reference: frame.fitted} | {m: frame.place(f) for m, f in features.items()
+                                        if m != reference}
 
 
 def warm_marker() -> Path:

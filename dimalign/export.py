@@ -16,7 +16,15 @@ from dimalign import checked, plots
 from dimalign.kinds import get_kind
 from dimalign.metric_table import TABLE, ordered
 from dimalign.paths import PathError
-from dimalign.run_files import CHECKPOINT, FILM, GEOMETRY, RESULT, TELEMETRY, WEIGHTS
+from dimalign.run_files import (
+    CHECKPOINT,
+    FILM,
+    FILM_UMAP,
+    GEOMETRY,
+    RESULT,
+    TELEMETRY,
+    WEIGHTS,
+)
 from dimalign.store import Store, StoreError
 
 
@@ -105,7 +113,7 @@ def _export(store: Store, run, dest: Path, say: Callable[[str], None]) -> list[P
             spectra_fig.write_html(figures / "spectra.html", include_plotlyjs=True)
             written.append(figures / "spectra.html")
 
-    for name in (WEIGHTS, CHECKPOINT, RESULT, TELEMETRY, FILM):
+    for name in (WEIGHTS, CHECKPOINT, RESULT, TELEMETRY, FILM, FILM_UMAP):
         if (run.folder / name).exists():
             try:
                 checked.verify(run.folder / name)

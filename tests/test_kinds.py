@@ -17,7 +17,8 @@ from dimalign.run_files import CHECKPOINT, GEOMETRY, RESULT, WEIGHTS
 
 
 def test_the_built_in_kinds_declare_what_the_backends_read():
-    assert list(REGISTRY) == ["audit", "baselines", "embed", "unlearn"]  # file name order
+    # file name order
+    assert list(REGISTRY) == ["audit", "baselines", "embed", "film_umap", "unlearn"]
     unlearn, embed, audit = get_kind("unlearn"), get_kind("embed"), get_kind("audit")
     assert unlearn.resumes and unlearn.experiment and unlearn.parent_files == (WEIGHTS, CHECKPOINT)
     assert get_kind("baselines").trains_models and not unlearn.trains_models

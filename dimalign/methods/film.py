@@ -16,7 +16,6 @@ trained model keeps its own format, so a run with a film trains bit for bit as o
 from __future__ import annotations
 
 import copy
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
@@ -60,40 +59,29 @@ class Film:
         self.y = torch.tensor(self.labels, device=device)
         self.total, self.steps = total, schedule(total, frames)
         self.shadow = _fast(copy.deepcopy(model)).eval().requires_grad_(False)
-        self.ghosts = {name: self._measure(m) for name, m in ghosts.items()}
+        self.ghosts = {name: self._measure(self._load(m)) for name, m in ghosts.items()}
         retain = torch.tensor([s == "retain" for s in self.splits])
         # the retain eigenspace's size: the retrained model's, the target (docs/method.md)
         reference = self.ghosts.get("retrained", self.ghosts.get("original"))
         self.view = LinearFrame(reference["features"].double(), retain, ev)
-        self._done: list[dict] = []  # {"step", "phase", "features", "confidence", "view"}
-        self.pending: list[Future] = []
+        self.frames: list[dict] = []  # {"step", "phase", "features", "confidence", "view"}
         self.taken: set[int] = set()
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="film")
 
     def due(self, step: int) -> bool:
         return step in self.steps and step not in self.taken
 
     def record(self, model: Classifier, step: int, phase: str) -> None:
-        """Take a frame of `model` now: its weights are copied here (a fraction of a
-        millisecond) and the frame is measured on a thread beside the run's steps."""
-        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self.taken.add(step)
-        self.pending.append(self.pool.submit(self._frame, weights, step, phase))
-
-    def _frame(self, weights: dict, step: int, phase: str) -> dict:
-        self.shadow.load_state_dict(weights)
-        frame = self._measure(self.shadow)
+        """Take a frame of `model` now, on the shadow (see the module's docstring)."""
+        frame = self._measure(self._load(model))
         if self.view.axes is None:  # the starting model's top-2 retain directions: the axes
             self.view.set_axes(frame["features"].double())
-        return {"step": step, "phase": phase, **frame,
-                "view": self.view.place(frame["features"].double())}
+        self.taken.add(step)
+        self.frames.append({"step": step, "phase": phase, **frame,
+                            "view": self.view.place(frame["features"].double())})
 
-    @property
-    def frames(self) -> list[dict]:
-        """Every frame taken so far (waits for those still being measured)."""
-        self._done += [f.result() for f in self.pending]
-        self.pending = []
-        return self._done
+    def _load(self, model: Classifier) -> Classifier:
+        self.shadow.load_state_dict(model.state_dict())
+        return self.shadow
 
     @torch.inference_mode()
     def _measure(self, model: Classifier) -> dict:
@@ -109,7 +97,7 @@ class Film:
         return [dict(f) for f in self.frames]
 
     def load_state_dict(self, frames: list[dict]) -> None:
-        self._done, self.pending = [dict(f) for f in frames], []
+        self.frames = [dict(f) for f in frames]
         self.taken = {f["step"] for f in frames}
         if frames:
             self.view.set_axes(frames[0]["features"].double())
