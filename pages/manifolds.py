@@ -2,10 +2,8 @@
 
 import streamlit as st
 
-from dimalign import plots, ui
-from dimalign.artifacts import load_bundle
+from dimalign import ui
 from dimalign.checked import DamagedFile
-from dimalign.data import build_experiment
 from dimalign.embed import embedding_path
 from dimalign.store import StoreError
 
@@ -30,8 +28,7 @@ def _draw() -> bool:
     if not path.exists():
         return False
     try:
-        fig = ui.memo_figure(("manifolds", str(path), path.stat().st_mtime),
-                             lambda: plots.manifold_figure(load_bundle(path)))
+        panels = ui.manifold_panels(path)
     except DamagedFile:  # set aside: the next run of the page computes it again
         st.error(f"The manifold of run {run.id} ({samples} points) was damaged and set aside; "
                  "reload the page to compute it again.")
@@ -41,19 +38,19 @@ def _draw() -> bool:
                  f"({type(err).__name__}): its file is damaged. Pick another number of points.")
         return True
     plot, picked = st.columns([4, 1])
-    event = ui.chart(fig, "manifolds", plot,
-                     on_select="rerun", selection_mode="points")
+    with plot:  # hover and selection are linked across the panels in the browser
+        event = ui.linked_panels(panels, key=f"manifolds_{run.id}_{samples}")
     plot.caption("UMAP fitted on the retrained model's features; the other models' features "
                  "of the same samples are placed into that frame. Crosses: forget samples; "
-                 "open circles: test samples. Hover for label and predictions; click a point "
-                 "to see its image.")
-    points = (event or {}).get("selection", {}).get("points", []) if event else []
-    if points and points[0].get("customdata"):
-        split, label, predicted, row = points[0]["customdata"][:4]
-        exp = build_experiment(cfg)
-        image = (exp.x_test if split == "test" else exp.x_train)[int(row): int(row) + 1]
-        picked.image(plots.image_montage(image, ncols=1), width=120)
-        picked.markdown(f"**{split}** sample {row}  \nlabel {label}, predicted {predicted}")
+                 "open circles: test samples. Hover a point: the same sample is ringed in "
+                 "every panel; a lasso (or box) in one panel selects the same samples in all "
+                 "three. Click a point to see its image.")
+    clicked = (event or {}).get("clicked")
+    if clicked:
+        split, row = clicked["split"], int(clicked["row"])
+        picked.image(ui.sample_image(cfg, split, row), width=120)
+        picked.markdown(f"**{split}** sample {row}  \nlabel {clicked['label']}, predicted "
+                        f"{clicked['predicted']} ({clicked['model']})")
     else:
         picked.caption("Click a point to see its image.")
     return True

@@ -136,6 +136,23 @@ def _curves(run_id: str) -> None:
     ui.chart(fig, f"curves_{run_id}")
 
 
+def _film(run) -> None:
+    """The run's film, once it has a frame (live: the worker rewrites it as it goes); a click
+    on a sample shows it below."""
+    key = f"film_{run.id}"
+    film = ui.load_film(run, (st.session_state.get(key) or {}).get("frame"))
+    if film is None:
+        return
+    st.subheader("Film")
+    st.caption("The forget samples' penultimate features, frame by frame. Across: the starting "
+               "model's top retain direction; up: the distance off the retain plane (the "
+               "share of a feature outside the retain eigenspace). Forgetting is the forget "
+               "samples falling to 0. Faint: the original and retrained models' features.")
+    event = ui.film_player(film, key)
+    if event and event.get("clicked") is not None:
+        ui.show_film_sample(run, film, event["clicked"])
+
+
 STATUS_EVERY = 0.25  # s: the status line's check, one indexed query (the curves redraw each 1 s)
 
 if selected.status in ("queued", "running"):
@@ -159,11 +176,13 @@ if selected.status in ("queued", "running"):
     @st.fragment(run_every=1.0)
     def live_curves() -> None:
         _curves(selected.id)
+        _film(selected)
 
     live_status()
     live_curves()
 else:
     _status_line(selected)
     _curves(selected.id)
+    _film(selected)
     if selected.status == "done" and selected.result:
         ui.result_table(selected, ghosts, floor)

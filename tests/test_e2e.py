@@ -180,18 +180,43 @@ def newest_run(store, owner: str, other_than: tuple[str, ...] = (), timeout: flo
         time.sleep(0.1)
 
 
+LINKED = "iframe[src*='dimalign.ui.linked']"  # our plotly.js component (dimalign/ui/linked.py)
+
+# the page position of a trace's first drawn point in a plotly chart inside the component's
+# frame (WebGL draws on a canvas: the position comes from plotly's axes), and its index
+POINT_AT = """([plot, trace]) => {
+    const gd = document.getElementById(plot), t = gd._fullData[trace];
+    const xa = gd._fullLayout[t.xaxis.replace('x', 'xaxis')];
+    const ya = gd._fullLayout[t.yaxis.replace('y', 'yaxis')];
+    const box = gd.getBoundingClientRect();
+    let i = 0;
+    while (t.x[i] === null || t.y[i] === null) i++;
+    return [box.left + xa._offset + xa.l2p(t.x[i]), box.top + ya._offset + ya.l2p(t.y[i]), i];
+}"""
+
+
+def linked_frame(page, nth: int = 0, timeout: float = 60_000):
+    """The component's nth frame on the page (Playwright's Frame), once its plot is drawn."""
+    frame = page.locator(LINKED).nth(nth)
+    frame.wait_for(timeout=timeout)
+    inner = frame.element_handle().content_frame()
+    inner.wait_for_function("() => document.querySelector('.js-plotly-plot')", timeout=timeout)
+    return inner
+
+
+def point_on_page(page, frame, nth: int, plot: str, trace: int) -> tuple[float, float, int]:
+    """Where a person clicks the first point of `trace` in `plot`: the frame's offset added."""
+    page.locator(LINKED).nth(nth).scroll_into_view_if_needed()
+    box = page.locator(LINKED).nth(nth).bounding_box()
+    x, y, i = frame.evaluate(POINT_AT, [plot, trace])
+    return box["x"] + x, box["y"] + y, i
+
+
 def click_a_manifold_point_and_see_its_image(page) -> None:
-    """Click the first point of the first UMAP panel (scattergl draws on a canvas, so its
-    pixel position comes from plotly's axes) and expect its image and labels beside it."""
-    plot = page.locator(".js-plotly-plot").first
-    plot.scroll_into_view_if_needed()
-    x, y = page.evaluate("""() => {
-        const gd = document.querySelector('.js-plotly-plot');
-        const t = gd._fullData.find(d => d.xaxis === 'x' && d.x && d.x.length);
-        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
-        const box = gd.getBoundingClientRect();
-        return [box.left + xa._offset + xa.l2p(t.x[0]), box.top + ya._offset + ya.l2p(t.y[0])];
-    }""")
+    """Click the first point of the first UMAP panel and expect its image and labels beside
+    it."""
+    frame = linked_frame(page)
+    x, y, _ = point_on_page(page, frame, 0, "panels-plot", 0)
     page.mouse.click(x, y)
     picked = page.locator("[data-testid='stMarkdownContainer']", has_text="predicted")
     picked.first.wait_for(timeout=60_000)
@@ -203,6 +228,27 @@ def click_a_manifold_point_and_see_its_image(page) -> None:
     }""", timeout=30_000)  # the picked sample's image, loaded and drawn
     wait_idle(page)
     page.screenshot(path=ARTIFACTS / "manifolds-picked.png", full_page=True)
+
+
+def hover_a_manifold_point_and_see_it_ringed_in_every_panel(page) -> None:
+    """Hover a sample in the first panel: the panels name it (data-highlight) and ring the
+    same sample, at its own place, in the other two."""
+    frame = linked_frame(page)
+    x, y, _ = point_on_page(page, frame, 0, "panels-plot", 0)
+    page.mouse.move(x - 3, y)
+    page.mouse.move(x, y)  # the sample under the mouse, or one drawn over it: plotly's pick
+    frame.wait_for_function("() => document.getElementById('panels').dataset.highlight",
+                            timeout=10_000)
+    i = int(frame.evaluate("() => document.getElementById('panels').dataset.highlight"))
+    rings = frame.evaluate("""(i) => {
+        const gd = document.getElementById('panels-plot');
+        const panel = (s) => gd.data[{x: 0, x2: 1, x3: 2}[s.xref]];
+        return gd.layout.shapes.map(s => [s.xref, s.xanchor, s.yanchor, panel(s).x[i],
+                                          panel(s).y[i]]);
+    }""", i)
+    assert sorted(r[0] for r in rings) == ["x", "x2", "x3"], rings
+    assert all(r[1] == r[3] and r[2] == r[4] for r in rings), rings  # on the sample itself
+    page.screenshot(path=ARTIFACTS / "manifolds-linked.png", full_page=True)
 
 
 def compute_the_audit_and_see_its_panels(page) -> None:
@@ -276,7 +322,7 @@ def test_start_a_muda_run_watch_it_live_and_visit_every_page(server, browser):
         page.get_by_role("heading", name=name.split(" (")[0]).first.wait_for(timeout=60_000)
         wait_idle(page)
         if name == "Manifolds":  # the UMAP job runs in a worker; the page waits for it
-            page.locator(".js-plotly-plot").first.wait_for(timeout=240_000)
+            linked_frame(page, timeout=240_000)
             wait_idle(page)
             click_a_manifold_point_and_see_its_image(page)
         if name == "Audit":
@@ -614,4 +660,71 @@ def test_own_data_a_server_path_is_refused_in_one_line_and_an_uploaded_zip_is_us
     assert page.locator("[data-testid='stImage']").count() > 0  # its forget and retain images
     assert page.locator("[data-testid='stException']").count() == 0
     page.screenshot(path=ARTIFACTS / "experiment-uploaded-zip.png", full_page=True)
+    page.close()
+
+
+FILM_STEP = "() => document.getElementById('film-step').dataset.step"
+
+
+def test_a_runs_film_arrives_scrubs_with_its_curves_shows_a_clicked_sample_and_manifolds_link(
+        server, browser):
+    """Unlearn: a MUDA run's film arrives as it runs; scrubbing moves the step label and the
+    curves' marker together (a redraw well under 0.3 s); a clicked sample's image and track
+    appear on the page. Manifolds: hovering a sample rings it in all three panels."""
+    from dimalign.store import Store
+
+    page = open_unlearn(browser, "filmer", server)
+    for group in ("Schedule", "Optimiser"):  # a longer run: frames arrive while it runs
+        page.get_by_text(group, exact=True).click()
+    release(page, "epochs", "End")
+    wait_idle(page)
+    page.get_by_role("button", name="Run", exact=True).click()
+    run_id = newest_run(Store(), "filmer")
+    # a frame while it runs (the page may draw the film anew as the run's status moves: the
+    # locator finds the frame the page holds now)
+    step = page.frame_locator(LINKED).first.locator("#film-step:not([data-step=''])")
+    step.wait_for(timeout=120_000)
+    wait_page_shows(page, run_id, "done", 240)
+    wait_idle(page)
+    step.wait_for(timeout=30_000)
+    film = linked_frame(page)
+    film.wait_for_function("() => Number(document.getElementById('film-scrub').max) >= 10",
+                           timeout=30_000)
+    scrub, redraws = film.locator("#film-scrub"), []
+    scrub.focus()
+    scrub.press("Home")
+    for _ in range(5):  # a person scrubbing with the keyboard: one frame a press
+        film.evaluate("() => { window.__filmRedrawMs = undefined; }")
+        scrub.press("ArrowRight")
+        film.wait_for_function("() => window.__filmRedrawMs !== undefined", timeout=10_000)
+        redraws.append(film.evaluate("() => window.__filmRedrawMs"))
+        step = film.evaluate(FILM_STEP)
+        assert step == film.locator("#film-strip").get_attribute("data-marker-step"), step
+    assert int(step) > 0 and scrub.input_value() == "5"
+    redraw = sorted(redraws)[len(redraws) // 2]
+    print(f"film redraw, median of {len(redraws)} scrubs: {redraw:.1f} ms ({redraws})")
+    assert redraw < 300, redraws
+    wait_idle(page)
+    x, y, _ = point_on_page(page, film, 0, "film-points", 5)  # the first forget sample
+    page.mouse.click(x, y)
+    picked = page.locator("[data-testid='stMarkdownContainer']", has_text="label")
+    picked.filter(has_text=re.compile(r"forget sample \d+")).first.wait_for(timeout=30_000)
+    page.wait_for_function("""() => {
+        const img = document.querySelector("[data-testid='stImage'] img");
+        return img && img.complete && img.naturalWidth > 0;
+    }""", timeout=30_000)
+    page.wait_for_function("""() => [...document.querySelectorAll('.js-plotly-plot')].some(
+        gd => (gd.data || []).some(t => t.name === 'confidence on its label'))""",
+                           timeout=30_000)  # its track, a chart beside a table
+    assert page.locator("[data-testid='stDataFrame']").count() >= 2  # models, track
+    wait_idle(page)
+    page.locator("[data-testid='stImage']").first.scroll_into_view_if_needed()
+    page.screenshot(path=ARTIFACTS / "unlearn-film.png", full_page=True)
+
+    page.get_by_role("link", name="Manifolds", exact=True).click()
+    page.get_by_role("heading", name="Manifolds").first.wait_for(timeout=60_000)
+    linked_frame(page, timeout=240_000)  # the UMAP job runs in a worker first
+    wait_idle(page)
+    hover_a_manifold_point_and_see_it_ringed_in_every_panel(page)
+    assert page.locator("[data-testid='stException']").count() == 0
     page.close()

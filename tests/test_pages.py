@@ -284,15 +284,28 @@ def test_angles_page_reads_out_da_and_angles(finished):
     assert any("DA" in (t.get("name") or "") for t in traces(at))
 
 
+def linked_views(at: AppTest) -> list[dict]:
+    """The args of every linked view on the page (dimalign/ui/linked.py's component)."""
+    return [json.loads(c.proto.json_args) for c in at.get("component_instance")]
+
+
 def test_manifolds_page_shows_the_aligned_umap(finished):
     at = page("pages/manifolds.py", finished["run"])
-    spec = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    assert spec and len(spec[0]["data"]) >= 3
-    titles = [a["text"] for a in spec[0]["layout"]["annotations"]]
-    assert titles == ["original", "retrained", "unlearned"]
-    first = spec[0]["data"][0]["customdata"][0]  # split, label, prediction, sample row
-    assert first[0] in ("retain", "forget", "test") and len(first) == 4
+    (view,) = linked_views(at)
+    panels = view["payload"]
+    assert view["kind"] == "panels" and panels["models"] == ["original", "retrained", "unlearned"]
+    assert len(panels["coords"]["unlearned"]["x"]) == len(panels["rows"]) > 100
+    assert panels["splits"][0] in ("retain", "forget", "test")
     assert any("Click a point" in c.value for c in at.caption)
+
+
+def test_unlearn_page_draws_a_finished_runs_film(finished):
+    at = page("pages/unlearn.py", finished["run"])
+    (view,) = linked_views(at)
+    film = view["payload"]
+    assert view["kind"] == "film" and film["complete"] and len(film["steps"]) >= 2
+    assert len(film["x"]) == len(film["steps"]) and film["curves"]["step"]
+    assert any(h.value == "Film" for h in at.subheader)
 
 
 def test_compare_page_tabulates_runs_with_gaps_and_offers_downloads(finished):

@@ -11,6 +11,8 @@ use `from dimalign import ui` and these names; inside, one concern per module:
               uploads
     frame     page(title), which every page opens with, the sidebar, the geometry source
     deeplink  the private Streamlit patch that keeps deep links inside app.py's frame
+    linked    our plotly.js component (the film player, Manifolds' linked panels) and what it
+              reads: a run's film, an embedding, a sample's image
 
 Nothing heavy runs here: training, metrics and UMAP are jobs; pages read their results from
 the store.
@@ -24,6 +26,14 @@ from dimalign.ui.frame import (
     reset_settings,
     settings_error,
     sidebar_config,
+)
+from dimalign.ui.linked import (
+    film_player,
+    linked_panels,
+    load_film,
+    manifold_panels,
+    sample_image,
+    show_film_sample,
 )
 from dimalign.ui.own_data import uploaded_paths, use_own_data
 from dimalign.ui.runs import (
@@ -72,12 +82,14 @@ from dimalign.ui.widgets import (
 
 __all__ = [
     "Ghost", "Identity", "Page", "active_baselines", "baselines_run", "cancel_run", "cancel_sweep",
-    "chart", "effect_panel", "ensure_scheduler", "experiment_key", "experiment_runs", "follow",
-    "geometry_source", "ghost_runs", "is_log_knob", "job_on_run", "knob_groups", "knob_widget",
-    "knobs_moved", "latest_job", "load_geometry", "memo_figure", "more_runs_note", "noise_floor",
-    "owner", "page", "pick_run", "queue_place", "remember", "remember_sweep", "replicate_results",
+    "chart", "effect_panel", "ensure_scheduler", "experiment_key", "experiment_runs",
+    "film_player", "follow", "geometry_source", "ghost_runs", "is_log_knob", "job_on_run",
+    "knob_groups", "knob_widget", "knobs_moved", "latest_job", "linked_panels", "load_film",
+    "load_geometry", "manifold_panels", "memo_figure", "more_runs_note", "noise_floor", "owner",
+    "page", "pick_run", "queue_place", "remember", "remember_sweep", "replicate_results",
     "replicate_runs", "require_geometry", "reset_settings", "result_table", "resume_run",
-    "run_label", "said", "saved_sweep", "settings_error", "show_run_error", "sidebar_config",
-    "start_run", "start_sweep", "sticky", "store", "submit_replicates", "sweep_grid", "sweep_size",
-    "train_baselines", "uploaded_paths", "use_own_data",
+    "run_label", "said", "sample_image", "saved_sweep", "settings_error", "show_film_sample",
+    "show_run_error", "sidebar_config", "start_run", "start_sweep", "sticky", "store",
+    "submit_replicates", "sweep_grid", "sweep_size", "train_baselines", "uploaded_paths",
+    "use_own_data",
 ]

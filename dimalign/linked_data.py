@@ -1,0 +1,117 @@
+"""What the linked views draw (the browser component in `dimalign/ui/linked.py`): plain,
+JSON-able payloads built from a run's film and from an aligned embedding, and a picked film
+sample's track in numbers. Pure functions: no streamlit, no files."""
+
+from __future__ import annotations
+
+import math
+
+import plotly.graph_objects as go
+
+from dimalign.plots import (
+    PALETTE,
+    PHASE_LABELS_UP_TO,
+    PHASE_SHADES,
+    SHADED_SPANS_UP_TO,
+    SVG_POINTS,
+    phase_spans,
+)
+
+FILM_CURVES = ("da", "acc_forget", "acc_retain")  # the curves strip under the film
+MODELS = ("original", "retrained", "unlearned")
+
+
+def film_payload(arrays: dict, curves: dict[str, list[tuple[int, float]]],
+                 frame: int | None = None) -> dict:
+    """`dimalign.film.arrays(bundle)` plus what the player's curves strip needs: `curves`
+    ({"step": [...], name: [...]}, aligned on the union of the curves' steps; None where a
+    curve has no point) and the shaded phase `spans` ([name, first step, last step, colour]; the
+    name "" when too many to label, none when too many to shade, as on the live curves);
+    `frame`: the frame to show first (the person's last one, kept across a redraw)."""
+    steps = sorted({s for name in FILM_CURVES for s, _ in curves.get(name, ())})
+    strip: dict[str, list] = {"step": steps}
+    for name in FILM_CURVES:
+        if curves.get(name):
+            at = dict(curves[name])
+            strip[name] = [_num(at.get(s)) for s in steps]
+    spans = [s for s in phase_spans(curves) or _frame_spans(arrays)  # the curves' are finer
+             if s[0] in PHASE_SHADES and s[2] > s[1]]
+    if len(spans) > SHADED_SPANS_UP_TO:  # as the live curves: too thin to read
+        spans = []
+    named = len(spans) <= PHASE_LABELS_UP_TO
+    out = {**arrays, "curves": strip,
+           "spans": [[n if named else "", a, b, PHASE_SHADES[n]] for n, a, b in spans]}
+    if frame is not None and arrays["steps"]:
+        out["frame"] = max(0, min(int(frame), len(arrays["steps"]) - 1))
+    return out
+
+
+def _frame_spans(arrays: dict) -> list[tuple[str, int, int]]:
+    """Phase spans from the frames themselves, for a run whose curves carry no phase marks."""
+    marks: dict[str, list[tuple[int, float]]] = {}
+    for s, p in zip(arrays["steps"], arrays["phases"], strict=True):
+        marks.setdefault(f"phase_{p}", []).append((s, 1.0))
+    return phase_spans(marks)
+
+
+def manifold_payload(embedding: dict) -> dict:
+    """An aligned embedding (`dimalign.embed.embed_run`) as the three linked panels draw it:
+    sample i is point i in every panel, so an id links a sample across panels."""
+    models = [m for m in MODELS if m in embedding["coords"]]
+    splits = list(embedding["split"])
+    return {
+        "models": models,
+        "coords": {m: {"x": _list(embedding["coords"][m][:, 0]),
+                       "y": _list(embedding["coords"][m][:, 1])} for m in models},
+        "splits": splits,
+        "labels": [int(v) for v in embedding["labels"].tolist()],
+        "rows": [int(v) for v in embedding["rows"].tolist()],
+        "predictions": {m: [int(v) for v in embedding["predictions"][m].tolist()]
+                        for m in models},
+        "palette": PALETTE,
+        "webgl": len(models) * len(splits) > SVG_POINTS,  # as plots.manifold_figure draws
+    }
+
+
+def sample_track(payload: dict, sample: int) -> list[dict]:
+    """One film sample per frame: {"step", "phase", "residual", "confidence"}."""
+    return [{"step": s, "phase": p, "residual": payload["residual"][t][sample],
+             "confidence": payload["confidence"][t][sample]}
+            for t, (s, p) in enumerate(zip(payload["steps"], payload["phases"], strict=True))]
+
+
+def sample_models(payload: dict, sample: int) -> list[dict]:
+    """The sample under each model: the original and retrained ghosts, and the unlearned
+    model at the film's last frame (its confidence on its own label, and its residual)."""
+    rows = [{"model": name, "confidence": g["confidence"][sample],
+             "residual": g["residual"][sample]} for name, g in payload.get("ghosts", {}).items()]
+    if payload["steps"]:
+        rows.append({"model": f"unlearned (step {payload['steps'][-1]})",
+                     "confidence": payload["confidence"][-1][sample],
+                     "residual": payload["residual"][-1][sample]})
+    return rows
+
+
+def track_figure(track: list[dict]) -> go.Figure:
+    """A picked sample's residual and confidence on its label, frame by frame."""
+    steps = [r["step"] for r in track]
+    fig = go.Figure([go.Scatter(x=steps, y=[r["residual"] for r in track], name="residual",
+                                mode="lines+markers", line_color="#E45756"),
+                     go.Scatter(x=steps, y=[r["confidence"] for r in track],
+                                name="confidence on its label", mode="lines+markers",
+                                line_color="#4C78A8")])
+    fig.update_layout(height=220, margin=dict(l=10, r=10, t=10, b=30), yaxis_range=[0, 1.05],
+                      xaxis_title="step", legend=dict(orientation="h", y=1.15))
+    return fig
+
+
+def _num(value) -> float | None:
+    """JSON has no NaN (the browser's parser refuses it): None instead."""
+    if value is None:
+        return None
+    value = float(value)
+    return round(value, 6) if math.isfinite(value) else None
+
+
+def _list(values) -> list[float | None]:
+    return [_num(v) for v in values.tolist()]

@@ -1,0 +1,181 @@
+"""Our one Streamlit component: views linked in the browser, drawn with plotly.js, that
+st.plotly_chart cannot do without a round trip to the server per hover or frame: the film
+player (Unlearn) and the three linked panels (Manifolds).
+
+The browser side is ours (`linked/index.html`, `linked/linked.js`, the components v1
+postMessage protocol written by hand); plotly.js is the installed plotly package's own
+`plotly.min.js`, not kept in git. Streamlit serves a component from one folder, so the first
+use builds `home/components/linked-<hash>/` from the two (the hash names their contents, so an
+upgrade of either builds a new folder). Built at first use rather than at import: importing
+the dashboard writes nothing, and the home is the one the server runs with.
+
+Also here, the small readers these views need: a run's film as the player's payload, and the
+image of one sample of an experiment.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from dimalign.config import Config
+from dimalign.paths import home
+from dimalign.run_files import FILM
+from dimalign.store import Run
+
+SOURCE = Path(__file__).with_name("linked")  # our files, committed
+OURS = ("index.html", "linked.js")
+PLOTLY_JS = "plotly.min.js"
+
+
+def plotly_js() -> Path:
+    import plotly
+
+    return Path(plotly.__file__).parent / "package_data" / PLOTLY_JS
+
+
+def component_folder() -> Path:
+    """`home/components/linked-<hash>/`: our files and plotly.min.js (hardlinked, else
+    copied), built in a temporary folder and renamed into place. Two servers starting at once
+    may both build it: the first rename wins, the other's folder is thrown away."""
+    import plotly
+
+    js, digest = plotly_js(), hashlib.sha256(plotly.__version__.encode())
+    for name in OURS:
+        digest.update((SOURCE / name).read_bytes())
+    digest.update(str(js.stat().st_size).encode())
+    folder = home() / "components" / f"linked-{digest.hexdigest()[:16]}"
+    if folder.is_dir():  # a rename made it: it is whole
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        for name in OURS:
+            shutil.copyfile(SOURCE / name, tmp / name)
+        try:
+            os.link(js, tmp / PLOTLY_JS)  # 4.8 MB: no copy when the home shares the disk
+        except OSError:
+            shutil.copyfile(js, tmp / PLOTLY_JS)
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide it from a server run as another user
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process renamed its copy first (the folder is not empty)
+            if not folder.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+@functools.cache
+def _folder() -> str:
+    return str(component_folder())
+
+
+def _component(kind: str, payload: dict, key: str):
+    from streamlit.components.v1 import declare_component
+
+    # declared on each call, so it is registered with the runtime serving this script run
+    # (a server started again, a test's AppTest); the same name and folder again is a no-op
+    return declare_component("linked", path=_folder())(kind=kind, payload=payload, key=key,
+                                                        default=None)
+
+
+def film_player(payload: dict, key: str) -> dict | None:
+    """The film of a run (`linked_data.film_payload`): 2-D (or 3-D) points moving frame by
+    frame with trails, ghosts, play, a step slider and a curves strip that scrubs. Returns
+    what the person did last: {"frame": i (on pause or scrub end), "clicked": sample id,
+    "lasso": [ids]}, or None before anything."""
+    return _component("film", payload, key)
+
+
+def linked_panels(payload: dict, key: str) -> dict | None:
+    """Manifolds' three panels (`linked_data.manifold_payload`): hovering a sample rings it in
+    every panel, a lasso selects the same samples in all three. Returns {"clicked": {"split",
+    "label", "predicted", "row", "model"}} after a click, else None."""
+    return _component("panels", payload, key)
+
+
+def load_film(run: Run, frame: int | None = None) -> dict | None:
+    """The run's film as the player draws it (`linked_data.film_payload`), with its curves
+    strip; None while it has no film (none recorded, or no frame written yet). The file is
+    read again only when its mtime moves (a live run rewrites it at most once a second)."""
+    from dimalign.linked_data import film_payload
+    from dimalign.ui.state import store
+
+    path = run.folder / FILM
+    try:
+        arrays = _film_arrays(str(path), path.stat().st_mtime)
+    except FileNotFoundError:
+        return None
+    if not arrays["steps"]:
+        return None
+    return film_payload(arrays, store().curves(run.id), frame)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)  # shared and read-only, like geometry
+def _film_arrays(path: str, mtime: float) -> dict:
+    from dimalign.artifacts import load_bundle
+    from dimalign.film import arrays
+
+    return arrays(load_bundle(Path(path)))
+
+
+def sample_image(cfg: Config, split: str, row: int) -> np.ndarray:
+    """One sample of the experiment (a test row for split "test", else a train row) as an
+    RGB image for st.image."""
+    from dimalign.data import build_experiment
+    from dimalign.plots import image_montage
+
+    exp = build_experiment(cfg)  # its arrays are cached in-process
+    images = exp.x_test if split == "test" else exp.x_train
+    return image_montage(images[int(row): int(row) + 1], ncols=1)
+
+
+def manifold_panels(path: Path) -> dict:
+    """The aligned embedding saved at `path` as `linked_panels` draws it (read again only
+    when its mtime moves). DamagedFile, as `load_bundle`, when the file is damaged."""
+    return _manifold(str(path), Path(path).stat().st_mtime)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _manifold(path: str, mtime: float) -> dict:
+    from dimalign.artifacts import load_bundle
+    from dimalign.linked_data import manifold_payload
+
+    return manifold_payload(load_bundle(Path(path)))
+
+
+def show_film_sample(run: Run, film: dict, sample_id: int) -> None:
+    """A film sample the person clicked: its image and label, its confidence on its label and
+    residual under each model, and its track frame by frame (a chart and a table)."""
+    import pandas as pd
+
+    from dimalign.config import config_from_dict
+    from dimalign.linked_data import sample_models, sample_track, track_figure
+    from dimalign.ui.widgets import chart
+
+    if sample_id not in film["ids"]:  # a click on an earlier film of another sample set
+        return
+    i = film["ids"].index(sample_id)
+    split, row, label = film["splits"][i], film["rows"][i], film["labels"][i]
+    picture, models = st.columns([1, 4])
+    picture.image(sample_image(config_from_dict(run.config), split, row), width=96)
+    picture.markdown(f"**{split}** sample {row}  \nlabel {label}")
+    models.dataframe(pd.DataFrame(sample_models(film, i)), hide_index=True,
+                     column_config={"confidence": st.column_config.NumberColumn(
+                         "confidence on its label", format="%.3f"),
+                         "residual": st.column_config.NumberColumn(format="%.3f")})
+    track = sample_track(film, i)
+    plot, numbers = st.columns([3, 2])
+    chart(track_figure(track), f"film_track_{run.id}", plot)
+    numbers.dataframe(pd.DataFrame(track), hide_index=True, height=220,
+                      column_config={k: st.column_config.NumberColumn(format="%.3f")
+                                     for k in ("residual", "confidence")})
