@@ -70,17 +70,20 @@ def residuals(feats: torch.Tensor, retain: torch.Tensor, k: int, center: bool) -
 
 def arrays(bundle: dict) -> dict:
     """The film as compact plain data for drawing: per-frame arrays (frames x points), rounded
-    to 4 decimals, NaN as None."""
+    to 4 decimals, NaN as None. "plane": what 2-D draws up the side ("residual" here; "xy"
+    for an embedding's second axis, `film_umap.umap_arrays`)."""
     view = bundle["view"]
     ghosts = {name: {**{k: _list(v) for k, v in bundle["ghost_view"][name].items()},
-                     "confidence": _list(g["confidence"].float())}
+                     "confidence": _list(g["confidence"].float()),
+                     "predicted": _ints(g.get("predicted"))}
               for name, g in bundle.get("ghosts", {}).items()}
     return {"projection": PROJECTION, "k": bundle.get("k"), "steps": list(bundle["steps"]),
             "phases": list(bundle["phases"]), "ids": list(range(len(bundle["splits"]))),
             "rows": list(bundle["rows"]), "splits": list(bundle["splits"]),
             "labels": list(bundle["labels"]), "x": _list(view["x"]), "y": _list(view["y"]),
             "residual": _list(view["residual"]),
-            "confidence": _list(bundle["confidence"].float()), "ghosts": ghosts,
+            "confidence": _list(bundle["confidence"].float()),
+            "predicted": _ints(bundle.get("predicted")), "ghosts": ghosts, "plane": "residual",
             "total": bundle.get("total"), "complete": bundle.get("complete", True)}
 
 
@@ -111,6 +114,10 @@ def mean_residual(view: dict, split: str) -> list[float]:
                   if p["split"] == split and p["residual"] is not None]
         out.append(sum(values) / len(values) if values else math.nan)
     return out
+
+
+def _ints(t: torch.Tensor | None) -> list | None:
+    return None if t is None else t.tolist()  # films recorded before predictions have none
 
 
 def _list(t: torch.Tensor) -> list:

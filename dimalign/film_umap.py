@@ -23,7 +23,7 @@ import torch
 
 from dimalign import checked
 from dimalign.embed import AlignedFrame
-from dimalign.film import linear_view
+from dimalign.film import arrays, linear_view
 from dimalign.run_files import FILM, FILM_UMAP
 
 PROJECTION = ("aligned UMAP: fitted once on the original and retrained models' features, each "
@@ -80,3 +80,12 @@ def umap_view(bundle: dict, umap_file: Path | dict) -> dict:
     view = {"x": umap["x"], "y": umap["y"], "residual": residual(bundle.get("view"), umap["x"])}
     return {**linear_view({**bundle, "view": view, "ghost_view": ghost_view}),
             "projection": PROJECTION}
+
+
+def umap_arrays(bundle: dict, umap: dict) -> dict:
+    """`film.arrays` of the film with x and y (frames and ghosts) from its aligned UMAP, and
+    "plane": "xy" (2-D draws UMAP 1 against UMAP 2; the residual stays for 3-D and tracks)."""
+    ghost_view = {g: {**bundle["ghost_view"][g], **xy} for g, xy in umap["ghosts"].items()}
+    out = arrays({**bundle, "view": {**bundle["view"], "x": umap["x"], "y": umap["y"]},
+                  "ghost_view": ghost_view})
+    return {**out, "projection": PROJECTION, "plane": "xy"}

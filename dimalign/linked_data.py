@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import math
 
-import plotly.graph_objects as go
-
 from dimalign.plots import (
     PALETTE,
     PHASE_LABELS_UP_TO,
@@ -82,27 +80,21 @@ def sample_track(payload: dict, sample: int) -> list[dict]:
 
 def sample_models(payload: dict, sample: int) -> list[dict]:
     """The sample under each model: the original and retrained ghosts, and the unlearned
-    model at the film's last frame (its confidence on its own label, and its residual)."""
-    rows = [{"model": name, "confidence": g["confidence"][sample],
-             "residual": g["residual"][sample]} for name, g in payload.get("ghosts", {}).items()]
+    model at the film's last frame (its prediction, its confidence on its own label, and its
+    residual)."""
+    def predicted(values) -> int | None:
+        return values[sample] if values else None  # films recorded before predictions: none
+
+    rows = [{"model": name, "predicted": predicted(g.get("predicted")),
+             "confidence": g["confidence"][sample], "residual": g["residual"][sample]}
+            for name, g in payload.get("ghosts", {}).items()]
     if payload["steps"]:
+        last = payload.get("predicted")
         rows.append({"model": f"unlearned (step {payload['steps'][-1]})",
+                     "predicted": predicted(last[-1] if last else None),
                      "confidence": payload["confidence"][-1][sample],
                      "residual": payload["residual"][-1][sample]})
     return rows
-
-
-def track_figure(track: list[dict]) -> go.Figure:
-    """A picked sample's residual and confidence on its label, frame by frame."""
-    steps = [r["step"] for r in track]
-    fig = go.Figure([go.Scatter(x=steps, y=[r["residual"] for r in track], name="residual",
-                                mode="lines+markers", line_color="#E45756"),
-                     go.Scatter(x=steps, y=[r["confidence"] for r in track],
-                                name="confidence on its label", mode="lines+markers",
-                                line_color="#4C78A8")])
-    fig.update_layout(height=220, margin=dict(l=10, r=10, t=10, b=30), yaxis_range=[0, 1.05],
-                      xaxis_title="step", legend=dict(orientation="h", y=1.15))
-    return fig
 
 
 def _num(value) -> float | None:

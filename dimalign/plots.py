@@ -786,3 +786,16 @@ def film_gif(view: dict, path, *, size: tuple[int, int] = (640, 480),
     path = Path(path)
     path.write_bytes(film_gif_bytes(view, size=size, ms_per_frame=ms_per_frame))
     return path
+
+
+def track_figure(track: list[dict]) -> go.Figure:
+    """A picked sample's residual and confidence on its label, frame by frame."""
+    steps = [r["step"] for r in track]
+    fig = go.Figure([go.Scatter(x=steps, y=[r["residual"] for r in track], name="residual",
+                                mode="lines+markers", line_color="#E45756"),
+                     go.Scatter(x=steps, y=[r["confidence"] for r in track],
+                                name="confidence on its label", mode="lines+markers",
+                                line_color="#4C78A8")])
+    fig.update_layout(height=220, margin=dict(l=10, r=10, t=10, b=30), yaxis_range=[0, 1.05],
+                      xaxis_title="step", legend=dict(orientation="h", y=1.15))
+    return fig

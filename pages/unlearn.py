@@ -7,6 +7,7 @@ from dimalign import plots, ui
 from dimalign.errors import ConfigError
 from dimalign.methods import ORDER, REGISTRY
 from dimalign.metric_table import shown
+from dimalign.run_files import FILM_UMAP
 from dimalign.store import StoreError
 
 cfg, who = ui.page("Unlearn (live)", scheduler=True)  # workers warm up while knobs are set
@@ -136,21 +137,61 @@ def _curves(run_id: str) -> None:
     ui.chart(fig, f"curves_{run_id}")
 
 
-def _film(run) -> None:
+def _film(run, finished: bool = False) -> None:
     """The run's film, once it has a frame (live: the worker rewrites it as it goes); a click
-    on a sample shows it below."""
-    key = f"film_{run.id}"
-    film = ui.load_film(run, (st.session_state.get(key) or {}).get("frame"))
-    if film is None:
+    on a sample shows it below. A finished run's film can be seen in aligned UMAP (a job) and
+    taken away as a GIF or an HTML animation."""
+    if ui.load_film(run) is None:
         return
     st.subheader("Film")
-    st.caption("The forget samples' penultimate features, frame by frame. Across: the starting "
-               "model's top retain direction; up: the distance off the retain plane (the "
-               "share of a feature outside the retain eigenspace). Forgetting is the forget "
-               "samples falling to 0. Faint: the original and retrained models' features.")
+    umap = finished and st.radio(
+        "Projection", ["linear", "aligned UMAP"], horizontal=True, key="film_projection",
+        help="linear: what DA measures, live while the run trains. Aligned UMAP: fitted once "
+             "on the original and retrained models' features, every frame placed into it "
+             "(a background job, a few seconds)") == "aligned UMAP"
+    if umap and not (run.folder / FILM_UMAP).exists():
+        _film_umap_job(run)
+        return
+    key = f"film_{run.id}_{'umap' if umap else 'linear'}"
+    film = ui.load_film(run, (st.session_state.get(key) or {}).get("frame"), umap=umap)
+    st.caption(("Each frame places the film's samples into one UMAP frame fitted on the "
+                "original and retrained models' features (the faint layers). " if umap else
+                "The forget samples' penultimate features, frame by frame. Across: the "
+                "starting model's top retain direction; up: the distance off the retain plane "
+                "(the share of a feature outside the retain eigenspace). Forgetting is the "
+                "forget samples falling to 0. Faint: the original and retrained models' "
+                "features. ") + "Play, scrub, or hover a step on the curves below it.")
     event = ui.film_player(film, key)
+    if finished:
+        files = ui.film_downloads(run)
+        gif, html, _ = st.columns([1, 1, 3])
+        gif.download_button("Film as GIF", files["gif"], f"dimalign-film-{run.id}.gif",
+                            "image/gif", key="film_gif")
+        html.download_button("Film as HTML", files["html"], f"dimalign-film-{run.id}.html",
+                             "text/html", key="film_html")
     if event and event.get("clicked") is not None:
         ui.show_film_sample(run, film, event["clicked"])
+
+
+def _film_umap_job(run) -> None:
+    try:
+        job = ui.job_on_run("film_umap", run, {}, who)
+    except StoreError as err:
+        st.error(f"{ui.said(err)}.")
+        return
+
+    @st.fragment(run_every=1.0)
+    def waiting() -> None:
+        if (run.folder / FILM_UMAP).exists():
+            st.rerun()
+        j = ui.store().get(job)
+        if j.terminal:
+            ui.show_run_error(j)
+        else:
+            st.progress(j.progress or 0.0, text=f"Aligned UMAP of the film: {j.status} "
+                        "(the first one on a machine also compiles UMAP, about a minute)")
+
+    waiting()
 
 
 STATUS_EVERY = 0.25  # s: the status line's check, one indexed query (the curves redraw each 1 s)
@@ -183,6 +224,6 @@ if selected.status in ("queued", "running"):
 else:
     _status_line(selected)
     _curves(selected.id)
-    _film(selected)
+    _film(selected, finished=selected.status == "done")
     if selected.status == "done" and selected.result:
         ui.result_table(selected, ghosts, floor)

@@ -16,9 +16,8 @@ from dimalign.linked_data import (
     manifold_payload,
     sample_models,
     sample_track,
-    track_figure,
 )
-from dimalign.plots import PHASE_SHADES
+from dimalign.plots import PHASE_SHADES, track_figure
 
 
 def fake_arrays(frames: int = 30, sizes=(300, 300, 150), seed: int = 0) -> dict:

@@ -306,6 +306,27 @@ def test_unlearn_page_draws_a_finished_runs_film(finished):
     assert view["kind"] == "film" and film["complete"] and len(film["steps"]) >= 2
     assert len(film["x"]) == len(film["steps"]) and film["curves"]["step"]
     assert any(h.value == "Film" for h in at.subheader)
+    assert film["plane"] == "residual" and film["predicted"] and film["ghosts"]["retrained"]
+    downloads = {b.proto.label for b in at.get("download_button")}
+    assert {"Film as GIF", "Film as HTML"} <= downloads
+
+
+def test_unlearn_page_shows_a_finished_film_in_aligned_umap_once_its_job_is_done(finished):
+    from dimalign.jobs import submit_job
+
+    store = finished["store"]
+    job = submit_job(store, "film_umap", finished["run"], OWNER)
+    scheduler = Scheduler(store, slots=[Slot(None)])
+    drain_scheduler(scheduler, lambda: store.get(job).terminal, 300)
+    scheduler.close()
+    assert store.get(job).status == "done", store.get(job).error
+    at = page("pages/unlearn.py", finished["run"])
+    at.radio(key="film_projection").set_value("aligned UMAP").run()
+    (view,) = linked_views(at)
+    film = view["payload"]
+    assert film["plane"] == "xy" and film["projection"].startswith("aligned UMAP")
+    assert len(film["x"]) == len(film["steps"])
+    assert any("into one UMAP frame" in c.value for c in at.caption)
 
 
 def test_compare_page_tabulates_runs_with_gaps_and_offers_downloads(finished):

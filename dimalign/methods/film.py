@@ -88,10 +88,12 @@ class Film:
         was_training = model.training
         model.eval()  # BatchNorm then treats samples independently: one batch for all
         feats = model.features(self.x).float()  # (N, C)
-        confidence = model.head(feats).softmax(1).gather(1, self.y[:, None])[:, 0]
+        logits = model.head(feats)
+        confidence = logits.softmax(1).gather(1, self.y[:, None])[:, 0]
         model.train(was_training)
         return {"features": feats.to(torch.float16).cpu(),
-                "confidence": confidence.to(torch.float16).cpu()}
+                "confidence": confidence.to(torch.float16).cpu(),
+                "predicted": logits.argmax(1).to(torch.int16).cpu()}
 
     def state_dict(self) -> list[dict]:
         return [dict(f) for f in self.frames]
@@ -112,6 +114,7 @@ class Film:
                 "phases": [f["phase"] for f in frames],
                 "features": torch.stack([f["features"] for f in frames]),
                 "confidence": torch.stack([f["confidence"] for f in frames]),
+                "predicted": torch.stack([f["predicted"] for f in frames]),
                 "view": {k: torch.stack([v[k] for v in views]) for k in views[0]},
                 "ghosts": self.ghosts,
                 "ghost_view": {name: self.view.place_ghost(g["features"].double(),

@@ -28,6 +28,7 @@ from dimalign.ui.frame import (
     sidebar_config,
 )
 from dimalign.ui.linked import (
+    film_downloads,
     film_player,
     linked_panels,
     load_film,
@@ -83,13 +84,13 @@ from dimalign.ui.widgets import (
 __all__ = [
     "Ghost", "Identity", "Page", "active_baselines", "baselines_run", "cancel_run", "cancel_sweep",
     "chart", "effect_panel", "ensure_scheduler", "experiment_key", "experiment_runs",
-    "film_player", "follow", "geometry_source", "ghost_runs", "is_log_knob", "job_on_run",
-    "knob_groups", "knob_widget", "knobs_moved", "latest_job", "linked_panels", "load_film",
-    "load_geometry", "manifold_panels", "memo_figure", "more_runs_note", "noise_floor", "owner",
-    "page", "pick_run", "queue_place", "remember", "remember_sweep", "replicate_results",
-    "replicate_runs", "require_geometry", "reset_settings", "result_table", "resume_run",
-    "run_label", "said", "sample_image", "saved_sweep", "settings_error", "show_film_sample",
-    "show_run_error", "sidebar_config", "start_run", "start_sweep", "sticky", "store",
-    "submit_replicates", "sweep_grid", "sweep_size", "train_baselines", "uploaded_paths",
+    "film_downloads", "film_player", "follow", "geometry_source", "ghost_runs", "is_log_knob",
+    "job_on_run", "knob_groups", "knob_widget", "knobs_moved", "latest_job", "linked_panels",
+    "load_film", "load_geometry", "manifold_panels", "memo_figure", "more_runs_note",
+    "noise_floor", "owner", "page", "pick_run", "queue_place", "remember", "remember_sweep",
+    "replicate_results", "replicate_runs", "require_geometry", "reset_settings", "result_table",
+    "resume_run", "run_label", "said", "sample_image", "saved_sweep", "settings_error",
+    "show_film_sample", "show_run_error", "sidebar_config", "start_run", "start_sweep", "sticky",
+    "store", "submit_replicates", "sweep_grid", "sweep_size", "train_baselines", "uploaded_paths",
     "use_own_data",
 ]

@@ -27,7 +27,7 @@ import streamlit as st
 
 from dimalign.config import Config
 from dimalign.paths import home
-from dimalign.run_files import FILM
+from dimalign.run_files import FILM, FILM_UMAP
 from dimalign.store import Run
 
 SOURCE = Path(__file__).with_name("linked")  # our files, committed
@@ -103,16 +103,18 @@ def linked_panels(payload: dict, key: str) -> dict | None:
     return _component("panels", payload, key)
 
 
-def load_film(run: Run, frame: int | None = None) -> dict | None:
+def load_film(run: Run, frame: int | None = None, umap: bool = False) -> dict | None:
     """The run's film as the player draws it (`linked_data.film_payload`), with its curves
-    strip; None while it has no film (none recorded, or no frame written yet). The file is
-    read again only when its mtime moves (a live run rewrites it at most once a second)."""
+    strip; None while it has no film (none recorded, or no frame written yet), or, with `umap`,
+    while its aligned UMAP (a film_umap job's file) is not there. Files are read again only
+    when their mtime moves (a live run rewrites its film at most once a second)."""
     from dimalign.linked_data import film_payload
     from dimalign.ui.state import store
 
-    path = run.folder / FILM
+    path, placed = run.folder / FILM, run.folder / FILM_UMAP
     try:
-        arrays = _film_arrays(str(path), path.stat().st_mtime)
+        arrays = _film_arrays(str(path), path.stat().st_mtime,
+                              placed.stat().st_mtime if umap else None)
     except FileNotFoundError:
         return None
     if not arrays["steps"]:
@@ -121,11 +123,34 @@ def load_film(run: Run, frame: int | None = None) -> dict | None:
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)  # shared and read-only, like geometry
-def _film_arrays(path: str, mtime: float) -> dict:
+def _film_arrays(path: str, mtime: float, umap_mtime: float | None) -> dict:
     from dimalign.artifacts import load_bundle
     from dimalign.film import arrays
 
-    return arrays(load_bundle(Path(path)))
+    bundle = load_bundle(Path(path))
+    if umap_mtime is None:
+        return arrays(bundle)
+    from dimalign.film_umap import umap_arrays
+
+    return umap_arrays(bundle, load_bundle(Path(path).with_name(FILM_UMAP)))
+
+
+def film_downloads(run: Run) -> dict[str, bytes]:
+    """A finished run's film to take away: an animated GIF and a self-contained HTML
+    animation (the linear view), made once per film file."""
+    path = run.folder / FILM
+    return _film_files(str(path), path.stat().st_mtime)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _film_files(path: str, mtime: float) -> dict[str, bytes]:
+    from dimalign.artifacts import load_bundle
+    from dimalign.film import linear_view
+    from dimalign.plots import film_figure, film_gif_bytes
+
+    view = linear_view(load_bundle(Path(path)))
+    html = film_figure(view).to_html(include_plotlyjs=True, full_html=True)
+    return {"gif": film_gif_bytes(view), "html": html.encode()}
 
 
 def sample_image(cfg: Config, split: str, row: int) -> np.ndarray:
@@ -159,7 +184,8 @@ def show_film_sample(run: Run, film: dict, sample_id: int) -> None:
     import pandas as pd
 
     from dimalign.config import config_from_dict
-    from dimalign.linked_data import sample_models, sample_track, track_figure
+    from dimalign.linked_data import sample_models, sample_track
+    from dimalign.plots import track_figure
     from dimalign.ui.widgets import chart
 
     if sample_id not in film["ids"]:  # a click on an earlier film of another sample set

@@ -71,8 +71,12 @@ function filmPlayer(root) {
   const state = {};  // what goes back to the page: {frame, clicked, lasso}
   const last = () => p.steps.length - 1;
 
-  function at(t, idx) {  // frame t's coordinates of the samples idx: 2-D (x, residual) or 3-D
-    const xs = p.x[t], ys = three ? p.y[t] : p.residual[t], out = {x: [], y: []};
+  // up the side: the residual in the linear view; an embedding's second axis ("plane": "xy",
+  // the aligned UMAP) in 2-D; the 3-D view always adds the residual as z
+  const up = (c) => (three || p.plane === "xy" ? c.y : c.residual);
+
+  function at(t, idx) {  // frame t's coordinates of the samples idx: 2-D (x, up) or 3-D
+    const xs = p.x[t], ys = up(p)[t], out = {x: [], y: []};
     for (const i of idx) { out.x.push(xs[i]); out.y.push(ys[i]); }
     if (three) out.z = idx.map((i) => p.residual[t][i]);
     return out;
@@ -83,7 +87,7 @@ function filmPlayer(root) {
     for (const i of group || bySplit.forget) {
       for (let s = from; s <= t; s++) {
         out.x.push(p.x[s][i]);
-        out.y.push(three ? p.y[s][i] : p.residual[s][i]);
+        out.y.push(up(p)[s][i]);
         out.z.push(p.residual[s][i]);
       }
       out.x.push(null); out.y.push(null); out.z.push(null);
@@ -105,7 +109,7 @@ function filmPlayer(root) {
     for (const [name, colour] of GHOSTS) {
       const g = (p.ghosts || {})[name];
       ts.push({type, mode: "markers", name: `${name} (fixed)`, hoverinfo: "skip",
-               x: g ? g.x : [], y: g ? (three ? g.y : g.residual) : [],
+               x: g ? g.x : [], y: g ? up(g) : [],
                z: g && three ? g.residual : undefined,
                marker: {color: colour, size: three ? 2 : 4, opacity: 0.2}});
     }
@@ -130,17 +134,19 @@ function filmPlayer(root) {
   }
 
   function layout() {
-    const xt = "retain direction 1", rt = "distance off the retain plane (residual)";
+    const xy = p.plane === "xy", xt = xy ? "UMAP 1" : "retain direction 1";
+    const yt = xy ? "UMAP 2" : "retain direction 2";
+    const rt = xy ? yt : "distance off the retain plane (residual)";
     const base = {margin: {l: 55, r: 10, t: 10, b: 40}, uirevision: three ? "3d" : "2d",
                   legend: {orientation: "h", y: 1.1}, hovermode: "closest"};
     if (three) {
       return Object.assign(base, {scene: {
-        xaxis: {title: {text: xt}, range: ranges.x}, yaxis: {title: {text: "retain direction 2"},
+        xaxis: {title: {text: xt}, range: ranges.x}, yaxis: {title: {text: yt},
         range: ranges.y}, zaxis: {title: {text: "residual"}, range: ranges.r}}});
     }
     return Object.assign(base, {dragmode: "lasso",
       xaxis: {title: {text: xt}, range: ranges.x, zeroline: false},
-      yaxis: {title: {text: rt}, range: ranges.r}});
+      yaxis: {title: {text: rt}, range: xy ? ranges.y : ranges.r}});
   }
 
   function extent(arrays) {  // fixed axes over every frame and ghost: the film never jumps
