@@ -100,3 +100,15 @@ def test_the_film_command_prints_the_umap_view_and_refuses_it_as_a_gif(finished,
         finished["umap"]["x"][-1].tolist(), abs=1e-3)
     gif = cli("film", folder, "--umap", "--out", str(tmp_path / "f.gif"))
     assert gif.returncode == 2 and "write the UMAP view as .html or .json" in gif.stderr
+
+
+def test_the_players_umap_arrays_draw_umap_1_against_umap_2_and_keep_the_residual(finished):
+    from dimalign.film import arrays
+    from dimalign.film_umap import umap_arrays
+
+    linear, placed = arrays(finished["bundle"]), umap_arrays(finished["bundle"], finished["umap"])
+    assert linear["plane"] == "residual" and placed["plane"] == "xy"
+    assert placed["x"][-1] == pytest.approx(finished["umap"]["x"][-1].tolist(), abs=1e-3)
+    assert placed["residual"] == linear["residual"]  # the 3-D view and the tracks keep it
+    assert placed["ghosts"]["retrained"]["y"] == pytest.approx(
+        finished["umap"]["ghosts"]["retrained"]["y"].tolist(), abs=1e-3)
