@@ -684,10 +684,13 @@ def test_a_runs_film_arrives_scrubs_with_its_curves_shows_a_clicked_sample_and_m
     # locator finds the frame the page holds now)
     step = page.frame_locator(LINKED).first.locator("#film-step:not([data-step=''])")
     step.wait_for(timeout=120_000)
+    live = int(page.frame_locator(LINKED).first.locator("#film-scrub").get_attribute("max"))
     wait_page_shows(page, run_id, "done", 240)
     wait_idle(page)
     step.wait_for(timeout=30_000)
     film = linked_frame(page)
+    film.wait_for_function(f"() => Number(document.getElementById('film-scrub').max) > {live}",
+                           timeout=30_000)  # it grew: the first frames were drawn live
     film.wait_for_function("() => Number(document.getElementById('film-scrub').max) >= 10",
                            timeout=30_000)
     scrub, redraws = film.locator("#film-scrub"), []
