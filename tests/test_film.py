@@ -22,6 +22,9 @@ def test_a_run_records_at_least_the_frames_asked_or_every_step():
     steps = schedule(1000, 30)
     assert len(steps) == 30 and steps[0] == 0 and steps[-1] == 1000
     assert steps == sorted(set(steps))
+    on_curves = schedule(1000, 30, every=20)  # telemetry every 20 steps: frames on its points
+    assert len(on_curves) == 30 and all(s % 20 == 0 for s in on_curves) and on_curves[-1] == 1000
+    assert schedule(1000, 30, every=400) == steps  # too few points for 30 frames: spread
 
 
 FILM_RUN = ["train.epochs=2", "muda.epochs=4", "eval.film_forget=120", "eval.film_retain=120",

@@ -22,12 +22,12 @@ def finished(tiny_baselines):
     """A MUDA run with a film and its film_umap job, both done by a real worker."""
     store = Store()
     scheduler = Scheduler(store, slots=[Slot(None)])
-    run = submit(store, preset="digits-class", method="muda", owner="ann",
+    run = submit(store, preset="digits-class", method="muda", owner="umap-ann",
                  overrides=[*TINY, "muda.epochs=1", "eval.film_frames=30"])
     drain_scheduler(scheduler, lambda: store.get(run).terminal, 300)
     assert store.get(run).status == "done", store.get(run).error
-    job = submit_job(store, "film_umap", run, "ann")
-    assert submit_job(store, "film_umap", run, "bob") == job  # one job per run
+    job = submit_job(store, "film_umap", run, "umap-ann")
+    assert submit_job(store, "film_umap", run, "umap-bob") == job  # one job per run
     drain_scheduler(scheduler, lambda: store.get(job).terminal, 300)
     scheduler.close()
     assert store.get(job).status == "done", store.get(job).error
@@ -76,10 +76,10 @@ def test_the_embedding_is_reproducible_for_a_seed_and_reports_each_frame(finishe
 
 def test_a_run_without_a_film_or_with_settings_is_refused_in_one_line(tmp_path):
     store = Store()
-    run = store.create_run(owner="ann", kind="unlearn", preset="digits-class", method="retrain",
-                           config={}, status="done")
+    run = store.create_run(owner="umap-ann", kind="unlearn", preset="digits-class",
+                           method="retrain", config={}, status="done")
     with pytest.raises(StoreError, match=f"run {run} has no film: it was not an unlearning"):
-        submit_job(store, "film_umap", run, "ann")
+        submit_job(store, "film_umap", run, "umap-ann")
     assert all(r.parent_id != run for r in store.runs(kind="film_umap"))  # nothing queued
     store.close()
     with pytest.raises(ConfigError, match="takes no settings, got seed"):

@@ -71,16 +71,18 @@ def test_many_owners_asking_for_the_same_baselines_wait_on_one_job(store):
 
 
 def test_scheduler_is_fair_between_owners_and_fifo_within_one(store, tiny):
+    # owners no other test uses: one whose run started elsewhere in the session's home would
+    # rightly be served after one never served
     ids = {who: [submit(store, preset="digits-class", overrides=tiny, owner=who)
-                 for _ in range(n)] for who, n in (("ann", 3), ("ben", 1))}
+                 for _ in range(n)] for who, n in (("fair-ann", 3), ("fair-ben", 1))}
     scheduler = Scheduler(store, slots=[Slot(None), Slot(None)], per_owner=1)
     picked = scheduler.next_runs(2)
-    assert [r.id for r in picked] == [ids["ann"][0], ids["ben"][0]]
-    assert queue_position(store, ids["ann"][1]) < queue_position(store, ids["ann"][2])
+    assert [r.id for r in picked] == [ids["fair-ann"][0], ids["fair-ben"][0]]
+    assert queue_position(store, ids["fair-ann"][1]) < queue_position(store, ids["fair-ann"][2])
     for run_ids in ids.values():
         for run_id in run_ids:
             cancel(store, run_id)
-    assert all(status(store, i) == "cancelled" for i in ids["ann"] + ids["ben"])
+    assert all(status(store, i) == "cancelled" for i in ids["fair-ann"] + ids["fair-ben"])
 
 
 def test_a_run_goes_through_a_worker_process_into_the_store(store, drain, tiny):

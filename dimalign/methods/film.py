@@ -2,10 +2,11 @@
 fixed seeded sample (forget, retain and test), recorded at steps spread over the whole run, and
 each frame placed at once in the film's linear view (`dimalign/film.py`).
 
-Frames are taken at `schedule(total, frames)` steps: at least `frames` of them (every step of a
-shorter run), step 0 being the starting model. Each frame is float16 on the CPU, a few hundred
-kilobytes for 750 samples. The frames taken so far are part of the run's state (`state_dict`),
-so a resumed run keeps them and records the rest exactly as an uninterrupted one would.
+Frames are taken at `schedule(total, frames, every)` steps: at least `frames` of them (every
+step of a shorter run), step 0 being the starting model, on telemetry's points where it can.
+Each frame is float16 on the CPU, a few hundred kilobytes for 750 samples. The frames taken so
+far are part of the run's state (`state_dict`), so a resumed run keeps them and records the rest
+exactly as an uninterrupted one would.
 
 Recording costs one forward pass of the sample per frame. It runs on a shadow copy of the model
 in channels_last, into which each frame copies the weights (about 0.1 ms for the digits CNN):
@@ -27,12 +28,23 @@ from dimalign.models import Classifier
 SPLITS = ("forget", "retain", "test")
 
 
-def schedule(total: int, frames: int) -> list[int]:
+def schedule(total: int, frames: int, every: int = 0) -> list[int]:
     """The steps a run of `total` steps records a frame at: 0, `total` and `frames - 2` spread
-    evenly between them (every step when the run has fewer)."""
+    evenly between them (every step when the run has fewer). With telemetry every `every`
+    steps, each lands on the nearest telemetry point, so frames and curves share steps, unless
+    the points are too few to hold `frames` distinct frames."""
     if total + 1 <= frames:
         return list(range(total + 1))
-    return sorted({round(i * total / (frames - 1)) for i in range(frames)})
+    spread = [i * total / (frames - 1) for i in range(frames)]
+    if every > 0:
+        def nearest(s: float) -> int:  # telemetry's points: multiples of `every`, and `total`
+            m = round(s / every) * every
+            return total if m > total or total - s < abs(m - s) else m
+
+        snapped = sorted({nearest(s) for s in spread})
+        if len(snapped) == frames:
+            return snapped
+    return sorted({round(s) for s in spread})
 
 
 class Film:
@@ -42,7 +54,7 @@ class Film:
 
     def __init__(self, exp: Experiment, retain_rows: torch.Tensor, sizes: dict[str, int],
                  device: torch.device, seed: int, total: int, frames: int, ev: EvalConfig,
-                 model: Classifier, ghosts: dict[str, Classifier]):
+                 model: Classifier, ghosts: dict[str, Classifier], every: int = 0):
         gen = torch.Generator().manual_seed(seed + 2)  # not the probe's draw (seed + 1)
         pools = {"forget": (exp.x_train, exp.y_train, exp.forget_idx),
                  "retain": (exp.x_train, exp.y_train, retain_rows),
@@ -57,7 +69,7 @@ class Film:
             self.splits += [split] * len(rows)
         self.x = _fast(torch.cat(xs))
         self.y = torch.tensor(self.labels, device=device)
-        self.total, self.steps = total, schedule(total, frames)
+        self.total, self.steps = total, schedule(total, frames, every)
         self.shadow = _fast(copy.deepcopy(model)).eval().requires_grad_(False)
         self.ghosts = {name: self._measure(self._load(m)) for name, m in ghosts.items()}
         retain = torch.tensor([s == "retain" for s in self.splits])

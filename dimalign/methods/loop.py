@@ -323,4 +323,5 @@ def _film(cfg: Config, exp: Experiment, run: Prepared, device: torch.device, tot
         return None
     sizes = {"forget": ev.film_forget, "retain": ev.film_retain, "test": ev.film_test}
     return Film(exp, run.retain_rows, sizes, device, cfg.seed, total, ev.film_frames, ev,
-                run.ctx.model, {"original": original, "retrained": retrained})
+                run.ctx.model, {"original": original, "retrained": retrained},
+                cfg.unlearn.cadence(total))
