@@ -676,7 +676,9 @@ def test_a_runs_film_arrives_scrubs_with_its_curves_shows_a_clicked_sample_and_m
     page = open_unlearn(browser, "filmer", server)
     for group in ("Schedule", "Optimiser"):  # a longer run: frames arrive while it runs
         page.get_by_text(group, exact=True).click()
-    release(page, "epochs", "End")
+    release(page, "epochs", "End")  # and every retain sample: a run of several seconds
+    wait_idle(page)
+    release(page, "retain_fraction", "End")
     wait_idle(page)
     page.get_by_role("button", name="Run", exact=True).click()
     run_id = newest_run(Store(), "filmer")
