@@ -50,9 +50,7 @@ class LinearFrame:
 
     def place_ghost(self, feats: torch.Tensor, first: torch.Tensor) -> dict[str, torch.Tensor]:
         u, _, vh = torch.linalg.svd(feats[self.retain].T @ first[self.retain])
-        xy = feats @ (u @ vh) @ self.axes  # the ghost turned onto frame 0, then the axes
-        return {"x": xy[:, 0].float(), "y": xy[:, 1].float(),
-                "residual": residuals(feats, self.retain, self.k, self.center).float()}
+        return self.place(feats @ (u @ vh))  # turned onto frame 0 (residuals do not change)
 
 
 def residuals(feats: torch.Tensor, retain: torch.Tensor, k: int, center: bool) -> torch.Tensor:
@@ -91,7 +89,11 @@ def linear_view(bundle: dict) -> dict:
     """The film as plain data: {"projection", "k", "frames": [{"step", "phase", "points": [{"id",
     "row", "split", "label", "x", "y", "z", "residual", "confidence"}]}], "ghosts": {model:
     [points]}}."""
-    a = arrays(bundle)
+    return view_of(arrays(bundle))
+
+
+def view_of(a: dict) -> dict:
+    """`arrays`' compact form (or `film_umap.umap_arrays`') as points per frame."""
 
     def points(x, y, residual, confidence) -> list[dict]:
         return [{"id": i, "row": a["rows"][i], "split": a["splits"][i], "label": a["labels"][i],

@@ -14,7 +14,6 @@ only where its raw features come near the retrained model's: no map joins the tw
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 
 from dimalign import checked
 from dimalign.embed import AlignedFrame
-from dimalign.film import arrays, linear_view
+from dimalign.film import arrays, view_of
 from dimalign.run_files import FILM, FILM_UMAP
 
 PROJECTION = ("aligned UMAP: fitted once on the original and retrained models' features, each "
@@ -69,17 +68,9 @@ def umap_saved_run(folder: Path, progress: Callable[[float, str], None] | None =
 def umap_view(bundle: dict, umap_file: Path | dict) -> dict:
     """The film in aligned UMAP as `film.linear_view` gives it (the same JSON shape, so the CLI
     and the page draw either): x, y from `umap_file` (its path, or its loaded content), z and
-    residual the linear view's (None where the bundle has none)."""
+    residual the linear view's."""
     umap = checked.load_torch(umap_file) if isinstance(umap_file, str | Path) else umap_file
-
-    def residual(view: dict | None, like: torch.Tensor) -> torch.Tensor:
-        return view["residual"] if view else torch.full_like(like, math.nan)
-
-    ghost_view = {g: {**xy, "residual": residual(bundle.get("ghost_view", {}).get(g), xy["x"])}
-                  for g, xy in umap["ghosts"].items()}
-    view = {"x": umap["x"], "y": umap["y"], "residual": residual(bundle.get("view"), umap["x"])}
-    return {**linear_view({**bundle, "view": view, "ghost_view": ghost_view}),
-            "projection": PROJECTION}
+    return view_of(umap_arrays(bundle, umap))
 
 
 def umap_arrays(bundle: dict, umap: dict) -> dict:

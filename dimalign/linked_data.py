@@ -67,7 +67,7 @@ def manifold_payload(embedding: dict) -> dict:
         "predictions": {m: [int(v) for v in embedding["predictions"][m].tolist()]
                         for m in models},
         "palette": PALETTE,
-        "webgl": len(models) * len(splits) > SVG_POINTS,  # as plots.manifold_figure draws
+        "webgl": len(models) * len(splits) > SVG_POINTS,  # WebGL past SVG_POINTS, as the charts
     }
 
 

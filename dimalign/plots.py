@@ -240,47 +240,6 @@ SVG_POINTS = 4000
 SPLIT_MARKERS = (("retain", "circle", 5), ("test", "circle-open", 5), ("forget", "x", 8))
 
 
-def manifold_figure(embedding: dict) -> go.Figure:
-    """Side-by-side UMAPs in one aligned frame: colour = class, symbol = split (forget points
-    as crosses). One trace per panel and split (colours per point), so the browser draws a
-    handful of traces rather than one per class; the legend keys are point-less traces. SVG up
-    to SVG_POINTS points in all (it draws faster than starting WebGL), WebGL beyond."""
-    from plotly.subplots import make_subplots
-
-    models = [m for m in ("original", "retrained", "unlearned") if m in embedding["coords"]]
-    fig = make_subplots(rows=1, cols=len(models), subplot_titles=models,
-                        horizontal_spacing=0.03)
-    kind = go.Scatter if len(models) * len(embedding["split"]) <= SVG_POINTS else go.Scattergl
-    labels = embedding["labels"].tolist()
-    splits = embedding["split"]
-    rows = embedding["rows"].tolist()
-    for col, model in enumerate(models, start=1):
-        xy = embedding["coords"][model].numpy()
-        preds = embedding["predictions"][model].tolist()
-        for split, symbol, size in SPLIT_MARKERS:
-            idx = [i for i, s in enumerate(splits) if s == split]
-            if not idx:
-                continue
-            fig.add_trace(kind(
-                x=xy[idx, 0], y=xy[idx, 1], mode="markers", name=split, showlegend=False,
-                marker=dict(color=[PALETTE[labels[i] % len(PALETTE)] for i in idx],
-                            symbol=symbol, size=size),
-                customdata=[[split, labels[i], preds[i], rows[i]] for i in idx],
-                hovertemplate="%{customdata[0]} sample %{customdata[3]}<br>label "
-                              "%{customdata[1]}, predicted %{customdata[2]}<extra></extra>"),
-                row=1, col=col)
-    for c in sorted(set(labels)):
-        fig.add_trace(kind(x=[None], y=[None], mode="markers", name=f"class {c}",
-                                   marker=dict(color=PALETTE[c % len(PALETTE)], size=8)))
-    for split, symbol, _ in SPLIT_MARKERS:
-        fig.add_trace(kind(x=[None], y=[None], mode="markers", name=split,
-                                   marker=dict(color="#666666", symbol=symbol, size=8)))
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False)
-    fig.update_layout(height=460, margin=dict(l=10, r=10, t=40, b=10))
-    return fig
-
-
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats on both coordinates (lower is better),
     ordered by the first coordinate."""

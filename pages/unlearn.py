@@ -141,7 +141,12 @@ def _film(run, finished: bool = False) -> None:
     """The run's film, once it has a frame (live: the worker rewrites it as it goes); a click
     on a sample shows it below. A finished run's film can be seen in aligned UMAP (a job) and
     taken away as a GIF or an HTML animation."""
-    if ui.load_film(run) is None:
+    def frame(key: str) -> int | None:  # the frame the person last paused or scrubbed to
+        return (st.session_state.get(key) or {}).get("frame")
+
+    key = f"film_{run.id}_linear"
+    film = ui.load_film(run, frame(key))
+    if film is None:
         return
     st.subheader("Film")
     umap = finished and st.radio(
@@ -152,8 +157,9 @@ def _film(run, finished: bool = False) -> None:
     if umap and not (run.folder / FILM_UMAP).exists():
         _film_umap_job(run)
         return
-    key = f"film_{run.id}_{'umap' if umap else 'linear'}"
-    film = ui.load_film(run, (st.session_state.get(key) or {}).get("frame"), umap=umap)
+    if umap:
+        key = f"film_{run.id}_umap"
+        film = ui.load_film(run, frame(key), umap=True)
     st.caption(("Each frame places the film's samples into one UMAP frame fitted on the "
                 "original and retrained models' features (the faint layers). " if umap else
                 "The forget samples' penultimate features, frame by frame. Across: the "

@@ -78,6 +78,7 @@ class Film:
         self.view = LinearFrame(reference["features"].double(), retain, ev)
         self.frames: list[dict] = []  # {"step", "phase", "features", "confidence", "view"}
         self.taken: set[int] = set()
+        self.ghost_view: dict | None = None  # made by the first `bundle`
 
     def due(self, step: int) -> bool:
         return step in self.steps and step not in self.taken
@@ -118,21 +119,26 @@ class Film:
 
     def bundle(self, complete: bool = True) -> dict:
         """What the run keeps (`run_files.FILM`): the sample, every frame and its linear view,
-        and the ghosts; `complete` is False for the copy a live run writes as it goes."""
+        and the ghosts. `complete` is False for the copy a live run writes as it goes: what the
+        page draws, without the raw features (only a finished film's UMAP job reads those)."""
         frames = self.frames
         views = [f["view"] for f in frames]
-        return {"rows": self.rows, "labels": self.labels, "splits": self.splits,
-                "steps": [f["step"] for f in frames],
-                "phases": [f["phase"] for f in frames],
-                "features": torch.stack([f["features"] for f in frames]),
-                "confidence": torch.stack([f["confidence"] for f in frames]),
-                "predicted": torch.stack([f["predicted"] for f in frames]),
-                "view": {k: torch.stack([v[k] for v in views]) for k in views[0]},
-                "ghosts": self.ghosts,
-                "ghost_view": {name: self.view.place_ghost(g["features"].double(),
+        if self.ghost_view is None:  # fixed once frame 0 is: the ghosts turned onto it
+            self.ghost_view = {name: self.view.place_ghost(g["features"].double(),
                                                            frames[0]["features"].double())
-                               for name, g in self.ghosts.items()},
-                "k": self.view.k, "total": self.total, "complete": complete}
+                               for name, g in self.ghosts.items()}
+        out = {"rows": self.rows, "labels": self.labels, "splits": self.splits,
+               "steps": [f["step"] for f in frames],
+               "phases": [f["phase"] for f in frames],
+               "confidence": torch.stack([f["confidence"] for f in frames]),
+               "predicted": torch.stack([f["predicted"] for f in frames]),
+               "view": {k: torch.stack([v[k] for v in views]) for k in views[0]},
+               "ghosts": self.ghosts, "ghost_view": self.ghost_view,
+               "k": self.view.k, "total": self.total, "complete": complete}
+        if complete:
+            return {**out, "features": torch.stack([f["features"] for f in frames])}
+        return {**out, "ghosts": {name: {k: v for k, v in g.items() if k != "features"}
+                                  for name, g in self.ghosts.items()}}
 
 
 def _fast(t):
