@@ -14,5 +14,6 @@ pages = [
     st.Page("pages/audit.py", title="Audit", icon=":material/fact_check:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
+    st.Page("pages/room.py", title="Room", icon=":material/groups:"),
 ]
 st.navigation(pages).run()

@@ -2,9 +2,11 @@
 without a film, and the unlearning loop's own time, alternating in one process.
 
 The film (`eval.film_frames`, 30 by default) measures a fixed sample of 750 points at each of
-its frames on a thread beside the run's steps; its cost to a person is how much later the run
-is done. Figures: medians of --runs pairs, with their spread; the first pair (warm-up) is left
-out.
+its frames; its cost to a person is how much later the run is done. Three ways, alternating:
+without a film; with one as a worker records it (frames past `methods.film.BUDGET` of the run
+left to the film job, timed apart: "film job after"); and every frame measured inline, as the
+film was first built. Figures: medians of --runs rounds, with their spread; the first round
+(warm-up) is left out.
 
     .venv/bin/python -m bench film_cost [--preset digits-class] [--runs 5] [--set KEY=VALUE]
     .venv/bin/python -m bench film_cost --preset cifar10-class --images 3000 --runs 3 \
@@ -29,7 +31,9 @@ import torch
 from bench.common import cifar10_arrays, header, median, parser, use_arrays
 from dimalign.config import build_config
 from dimalign.methods import REGISTRY
+from dimalign.methods.film import BUDGET, finish_saved
 from dimalign.methods.loop import unlearn
+from dimalign.run_files import FILM_PENDING
 from dimalign.runner import run_experiment
 from dimalign.scheduler import worker_threads
 from dimalign.train import get_baselines
@@ -57,46 +61,61 @@ def main(argv: list[str] | None = None) -> int:
         use_arrays("cifar10", arrays)
     torch.set_num_threads(worker_threads(1))  # as a dashboard's worker runs it (half the cores)
     scratch = Path(tempfile.mkdtemp(prefix="dimalign-film-cost-"))
-    configs = {frames: build_config(args.preset, [*args.set, f"eval.film_frames={frames}"])
-               for frames in (0, args.frames)}
+    off = build_config(args.preset, [*args.set, "eval.film_frames=0"])
+    on = build_config(args.preset, [*args.set, f"eval.film_frames={args.frames}"])
+    # as a worker runs it (frames past the budget left to the film job), every frame at once
+    # (the film as it was first built), and no film at all
+    modes = {"without film": (off, 1.0), "with film": (on, BUDGET), "every frame inline": (on, 1.0)}
     header("film recording cost", {"preset": args.preset, "data": data, "method": "muda",
-                                   "runs": args.runs,
+                                   "runs": args.runs, "budget": f"{BUDGET:.0%} of the run",
                                    "frames": args.frames, "overrides": args.set or "none",
                                    "sample": "300 forget, 300 retain, 150 test (at most)"})
-    rows: dict[int, list[tuple[float, float, float]]] = {0: [], args.frames: []}
+    rows: dict[str, list[tuple[float, float, float, float]]] = {m: [] for m in modes}
     for i in range(args.runs + 1):
-        for frames, cfg in configs.items():
+        for mode, (cfg, budget) in modes.items():
+            folder = scratch / f"{i}-{len(rows[mode])}-{mode.replace(' ', '-')}"
             start = time.perf_counter()
             if args.loop_only:
                 b = get_baselines(cfg)
                 out = unlearn(cfg, REGISTRY["muda"], b.experiment, b.original, b.device,
-                              retrained=b.retrained)
+                              retrained=b.retrained, film_budget=budget)
                 result = {"seconds": {"unlearn": out.seconds}, "steps": out.steps,
                           "film_seconds": out.film_seconds}
+                kept = out.film_kept
             else:
-                result = run_experiment(cfg, "muda", run_dir=scratch / f"{i}-{frames}",
-                                        say=lambda line: None)
-            if i:  # the first pair warms caches and threads
-                rows[frames].append((time.perf_counter() - start, result["seconds"]["unlearn"],
-                                     result.get("film_seconds", 0.0)))
+                result = run_experiment(cfg, "muda", run_dir=folder, say=lambda line: None,
+                                        film_budget=budget)
+                kept = (folder / FILM_PENDING).exists()
+            done = time.perf_counter() - start
+            later = 0.0
+            if kept and not args.loop_only:  # the film job, after the run is done
+                t0 = time.perf_counter()
+                finish_saved(folder)
+                later = time.perf_counter() - t0
+            if i:  # the first round warms caches and threads
+                rows[mode].append((done, result["seconds"]["unlearn"],
+                                   result.get("film_seconds", 0.0), later))
     steps = result["steps"]
-    off, on = rows[0], rows[args.frames]
-    whole_off, whole_on = median([r[0] for r in off]), median([r[0] for r in on])
-    print(f"steps: {steps}  frames recorded: {min(args.frames, steps + 1)}")
-    for name, runs in (("without film", off), ("with film", on)):
+    print(f"steps: {steps}  frames: {min(args.frames, steps + 1)}")
+    for mode, runs in rows.items():
         whole = sorted(r[0] for r in runs)
-        print(f"{name:<13} run {median(whole):.3f} s (min {whole[0]:.3f}, max {whole[-1]:.3f})"
-              f"  loop {median([r[1] for r in runs]):.3f} s  waited for frames "
-              f"{median([r[2] for r in runs]) * 1000:.1f} ms")
+        print(f"{mode:<19} done {median(whole):.3f} s (min {whole[0]:.3f}, max {whole[-1]:.3f})"
+              f"  loop {median([r[1] for r in runs]):.3f} s  recording in the run "
+              f"{median([r[2] for r in runs]) * 1000:.1f} ms  film job after "
+              f"{median([r[3] for r in runs]) * 1000:.0f} ms")
     frames = min(args.frames, steps + 1)
-    step = median([r[1] for r in off]) / steps
-    frame = (median([r[1] for r in on]) - median([r[1] for r in off])) / frames
+    step = median([r[1] for r in rows["without film"]]) / steps
+    frame = (median([r[1] for r in rows["every frame inline"]])
+             - median([r[1] for r in rows["without film"]])) / frames
     print(f"a frame costs {frame * 1000:.1f} ms = {frame / step:.2f} steps of {step * 1000:.1f} "
           f"ms; 30 frames in a run of {args.project} such steps: "
           f"{30 * frame / (args.project * step):.1%} of its loop")
-    pairs = sorted(b[0] / a[0] - 1 for a, b in zip(off, on, strict=True))
-    print(f"recording cost: {whole_on / whole_off - 1:+.1%} of the run's wall time (medians); "
-          f"per pair: median {median(pairs):+.1%}, range {pairs[0]:+.1%} .. {pairs[-1]:+.1%}")
+    base = rows["without film"]
+    for mode in ("with film", "every frame inline"):
+        pairs = sorted(b[0] / a[0] - 1 for a, b in zip(base, rows[mode], strict=True))
+        whole = median([r[0] for r in rows[mode]]) / median([r[0] for r in base]) - 1
+        print(f"{mode}: recording cost {whole:+.1%} of the run's wall time (medians); per "
+              f"round: median {median(pairs):+.1%}, range {pairs[0]:+.1%} .. {pairs[-1]:+.1%}")
     return 0
 
 

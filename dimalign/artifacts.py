@@ -13,7 +13,13 @@ import torch
 from dimalign import checked
 from dimalign.config import EvalConfig
 from dimalign.data import Experiment
-from dimalign.geometry import DegenerateFeatures, angles_between, eigenspectrum, top_basis
+from dimalign.geometry import (
+    DegenerateFeatures,
+    angles_between,
+    effective_rank,
+    eigenspectrum,
+    top_basis,
+)
 from dimalign.memo import LRU
 from dimalign.metrics import Outputs, alignment
 
@@ -46,9 +52,9 @@ def _spectra(feats: torch.Tensor) -> dict[str, torch.Tensor | None]:
     return out
 
 
-def _effective_rank(feats: torch.Tensor) -> float:
+def _effective_rank(feats: torch.Tensor, center: bool) -> float:
     try:
-        return float(eigenspectrum(feats).effective_rank)
+        return effective_rank(feats, center)
     except DegenerateFeatures:
         return float("nan")
 
@@ -69,7 +75,7 @@ def model_geometry(out: Outputs, exp: Experiment, ev: EvalConfig,
     src = {s: src for s, (src, _) in split_rows(exp).items()}
     return {
         "spectra": spectra,
-        "effective_rank": {s: _effective_rank(f) for s, f in split.items()},
+        "effective_rank": {s: _effective_rank(f, ev.center) for s, f in split.items()},
         "angles": angles,
         "k_retain": k_retain,
         "k_forget": k_forget,

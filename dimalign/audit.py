@@ -2,15 +2,20 @@
 attacker sees, how fast the forgotten comes back, and what each class gets.
 
 - Layers: each block's output, global-average-pooled, for every model (original, retrained,
-  unlearned): DA(forget | retain) with the run's eval settings, linear CKA to the retrained
-  model and the effective rank of the retain features. The last entry is the penultimate
-  layer, computed by `features.forward_all` itself, so its DA is the run's `da`.
+  unlearned): DA(forget | retain) and its k, linear CKA to the retrained model and the
+  effective rank (Roy & Vetterli) of the retain features. Inner layers are centred; the last
+  entry is the penultimate layer, computed by `features.forward_all` itself with the run's
+  eval settings, so its DA is the run's `da`.
 - Membership: output entropy and max confidence of forget, retain and test samples
   (histograms of all, and a seeded sample of per-sample scores for the threshold attack), and
   the ROC AUC of confidence as a member score, forget vs matched non-members.
-- Relearn: fine-tune each model on m forget samples for s steps; accuracy on the remaining
-  forget samples after each step.
+- Relearn: fine-tune each model on m forget samples mixed with retain samples for s steps;
+  accuracy on the remaining forget samples after each step, and the steps to relearn over
+  RELEARN_SUBSETS seeded draws of the m (mean ± sd).
 - Classes: per-class test accuracy, the confusion matrix, the backdoor's attack success rate.
+- Samples: per forget sample and model, its residual outside the retain top-k eigenspace, its
+  margin, confidence and membership score on its label; the unlearned model's scored against
+  the retrained models of every cached replicate (`remembered`), most remembered first.
 
 Tensors in, numbers out; `audit_saved_run` loads a run's models and writes the audit beside
 the run as checksummed JSON (the file the Audit page and `dimalign audit` read). Runs in a
@@ -20,9 +25,11 @@ worker or the CLI, never in the Streamlit script thread.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,20 +37,26 @@ import numpy as np
 import torch
 
 from dimalign import checked
-from dimalign.config import Config, EvalConfig
+from dimalign.config import Config, EvalConfig, TrainConfig
 from dimalign.data import Experiment, normalise
 from dimalign.datasets import DatasetInfo
 from dimalign.errors import ConfigError
 from dimalign.features import forward_all
-from dimalign.geometry import DegenerateFeatures, eigenspectrum, linear_cka
-from dimalign.metrics import alignment, entropy, sample_rows
+from dimalign.film import residuals
+from dimalign.geometry import DegenerateFeatures, effective_rank, linear_cka
+from dimalign.metrics import alignment, entropy, retain_basis, sample_rows
 from dimalign.models import Classifier, blocks
+from dimalign.remembered import output_values, ranked, verdicts
 from dimalign.run_files import WEIGHTS
 
 MODELS = ("original", "retrained", "unlearned")
 SCORES = ("entropy", "confidence")  # per-sample outputs a threshold attacker looks at
 RELEARN_THRESHOLD = 0.9  # relearnt: forget accuracy at this fraction of the original model's
 RELEARN_EVAL = 2000  # at most this many samples per set are scored after each relearn step
+RELEARN_SUBSETS = 5  # seeded draws of the m forget samples; steps to relearn is their mean ± sd
+INNER_CENTER = True  # inner layers centred (`layer_eval`); the penultimate keeps eval.center
+VERSION = 3  # in the file name: an audit without per-sample scores (v2) is computed again
+REFERENCE_MODELS = 32  # retrained models at most (the run's own among them) a sample is scored by
 ProgressFn = Callable[[float, str], None]
 
 
@@ -79,7 +92,7 @@ class AuditSettings:
         return self
 
     def file_name(self) -> str:
-        return f"audit-m{self.relearn_samples or 'auto'}-s{self.relearn_steps}.json"
+        return f"audit-v{VERSION}-m{self.relearn_samples or 'auto'}-s{self.relearn_steps}.json"
 
 
 def audit_path(run_folder: Path, settings: AuditSettings) -> Path:
@@ -155,33 +168,71 @@ def fold_last_block(outputs: list[LayerOutputs]) -> list[LayerOutputs]:
             for o in outputs]
 
 
+def model_layers(models: dict[str, Classifier], exp: Experiment,
+                 say: ProgressFn | None = None
+                 ) -> tuple[dict[str, LayerOutputs], dict[str, LayerOutputs]]:
+    """Each model's `layer_outputs` on the training and on the test images, the last block
+    folded (`fold_last_block`) for all of them alike."""
+    train, test = {}, {}
+    for i, (m, model) in enumerate(models.items()):
+        if say is not None:
+            say(0.4 * i / len(models), f"layers: {m}")
+        train[m] = layer_outputs(model, exp.x_train, exp.info)
+        test[m] = layer_outputs(model, exp.x_test, exp.info)
+    folded = fold_last_block([*train.values(), *test.values()])
+    return (dict(zip(train, folded[:len(train)], strict=True)),
+            dict(zip(test, folded[len(train):], strict=True)))
+
+
+def layer_eval(ev: EvalConfig, penultimate: bool, inner_center: bool = True) -> EvalConfig:
+    """The eval settings of one layer: the run's at the penultimate layer (the paper's DA),
+    centred at inner layers. Their ReLU outputs share a large positive mean that uncentred
+    takes as the one retain direction: k = 1 and DA ≈ 0.99 for every model (issue 27)."""
+    return ev if penultimate or not inner_center else dataclasses.replace(ev, center=True)
+
+
+def _da(feats: torch.Tensor, forget: torch.Tensor, retain: torch.Tensor,
+        ev: EvalConfig) -> tuple[float | None, int | None]:
+    """DA(forget | retain) and its k; (None, None) where the layer leaves it undefined."""
+    try:
+        value, basis = alignment(feats[forget], feats[retain], ev)
+    except DegenerateFeatures:
+        return None, None
+    return _finite(value), basis.k
+
+
+def _layer_row(feats: torch.Tensor, mine: torch.Tensor, reference: torch.Tensor | None,
+               exp: Experiment, ev: EvalConfig) -> dict:
+    """One model at one layer: `feats` on the training set, `mine` and `reference` (the
+    retrained model's) on the samples CKA compares."""
+    da, k = _da(feats, exp.forget_idx, exp.retain_idx, ev)
+    return {"da": da, "da_k": k,
+            "cka_retrained": None if reference is None else _defined(
+                lambda: linear_cka(mine, reference)),
+            "effective_rank": _defined(lambda: effective_rank(feats[exp.retain_idx],
+                                                              ev.center))}
+
+
 def layer_geometry(train: dict[str, LayerOutputs], test: dict[str, LayerOutputs],
-                   exp: Experiment, ev: EvalConfig, seed: int) -> list[dict]:
-    """Per layer (input to output) and model: DA(forget | retain) with the eval settings,
-    linear CKA to the retrained model (on the forget + test samples the run's CKA uses) and
-    the effective rank of the retain features. Undefined values (a collapsed layer) are None."""
-    forget, retain = exp.forget_idx, exp.retain_idx
-    n_test = len(exp.y_test)
+                   exp: Experiment, ev: EvalConfig, seed: int,
+                   inner_center: bool = INNER_CENTER) -> list[dict]:
+    """Per layer (input to output) and model: DA(forget | retain) and its k, linear CKA to the
+    retrained model (on the forget + test samples the run's CKA uses) and the effective rank
+    of the retain features, with `layer_eval`'s settings (each layer's "center" says which).
+    Undefined values (a collapsed layer) are None."""
+    forget = exp.forget_idx
     rng = np.random.default_rng(seed)
-    rows = torch.from_numpy(sample_rows(len(forget) + n_test, ev.cka_samples, rng))
+    rows = torch.from_numpy(sample_rows(len(forget) + len(exp.y_test), ev.cka_samples, rng))
     names = list(next(iter(train.values())).layers)
     out = []
-    for layer in names:
+    for i, layer in enumerate(names):
+        lev = layer_eval(ev, i == len(names) - 1, inner_center)
         shared = {m: torch.cat([train[m].layers[layer][forget], test[m].layers[layer]])[rows]
                   for m in train}
-        reference = shared.get("retrained")
-        models = {}
-        for m in train:
-            feats, mine = train[m].layers[layer], shared[m]
-            models[m] = {
-                "da": _defined(lambda f=feats: alignment(f[forget], f[retain], ev)[0]),
-                "cka_retrained": None if reference is None else _defined(
-                    lambda a=mine, b=reference: linear_cka(a, b)),
-                "effective_rank": _defined(lambda f=feats: eigenspectrum(f[retain])
-                                           .effective_rank),
-            }
+        models = {m: _layer_row(train[m].layers[layer], shared[m], shared.get("retrained"),
+                                exp, lev) for m in train}
         out.append({"name": layer, "dim": int(train["retrained"].layers[layer].shape[1]),
-                    "models": models})
+                    "center": lev.center, "models": models})
     return out
 
 
@@ -291,27 +342,39 @@ def membership(logits: dict[str, torch.Tensor], exp: Experiment, settings: Audit
 # ---------------------------------------------------------------------------- relearn attack
 
 
-def relearn(model: Classifier, x_fit: torch.Tensor, y_fit: torch.Tensor,
-            eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]], info: DatasetInfo,
-            steps: int, lr: float, momentum: float, weight_decay: float, batch_size: int,
-            seed: int) -> list[dict]:
-    """Fine-tune a copy of `model` on (x_fit, y_fit) (uint8 images, labels) with SGD for
-    `steps` steps of at most `batch_size` samples (in a seeded order, no augmentation); after
-    each step (and before the first: step 0) the accuracy on each of `eval_sets`. Returns
-    [{"step": 0, "acc_<set>": ...}, ...], s + 1 points."""
-    device = next(model.parameters()).device
-    net = copy.deepcopy(model)
-    cuda = device.type == "cuda"
-    x_fit, y_fit = x_fit.to(device), y_fit.to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
-                          weight_decay=weight_decay, nesterov=momentum > 0)
-    gen = torch.Generator().manual_seed(seed)
-    loss_fn = torch.nn.CrossEntropyLoss()
+def batch_split(n_fit: int, n_pool: int, batch_size: int) -> tuple[int, int]:
+    """(forget, retain) samples in each relearn batch: up to half the batch of the m forget
+    samples (at least one), the rest retain samples."""
+    take = max(1, min(n_fit, batch_size // 2))
+    return take, min(batch_size - take, n_pool)
 
-    x_all = torch.cat([x for x, _ in eval_sets.values()])  # one pass scores every set
+
+def mixed_batches(n_fit: int, n_pool: int, batch_size: int, steps: int,
+                  seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Positions of each relearn step's batch as (in the fit rows, in the pool rows): the fit
+    samples in a seeded cycling order, the pool (D_r) drawn afresh each step. Forget samples
+    alone (one class, in a class scenario) teach "everything is that class": on digits one
+    step of them took the original's forget accuracy from 0.99 to 0.0 on some draws
+    (BatchNorm in train mode); with BatchNorm frozen, kept-class test accuracy fell to 0.
+    Retain samples beside them probe the model instead of wrecking it (docs/method.md)."""
+    take, fill = batch_split(n_fit, n_pool, batch_size)
+    gen = torch.Generator().manual_seed(seed)
+    order, at, out = torch.randperm(n_fit, generator=gen), 0, []
+    for _ in range(steps):
+        if at + take > n_fit:
+            order, at = torch.randperm(n_fit, generator=gen), 0
+        out.append((order[at:at + take], torch.randperm(n_pool, generator=gen)[:fill]))
+        at += take
+    return out
+
+
+def _scorer(net: Classifier, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+            info: DatasetInfo) -> Callable[[int], dict]:
+    """step -> {"step", "acc_<set>": ...}: `net`'s accuracy on each set, in one pass."""
+    x_all = torch.cat([x for x, _ in eval_sets.values()])
     ends = np.cumsum([0, *(len(y) for _, y in eval_sets.values())]).tolist()
 
-    def accuracies(step: int) -> dict:
+    def score(step: int) -> dict:
         hits = forward_all(net, x_all, info)[0].argmax(1)
         point: dict = {"step": step}
         for i, (name, (_, y)) in enumerate(eval_sets.items()):
@@ -319,22 +382,61 @@ def relearn(model: Classifier, x_fit: torch.Tensor, y_fit: torch.Tensor,
             point[f"acc_{name}"] = (part == y).double().mean().item() if len(y) else None
         return point
 
-    curve = [accuracies(0)]
-    order = torch.randperm(len(y_fit), generator=gen)
-    at = 0
-    for step in range(1, steps + 1):
-        if at + min(batch_size, len(y_fit)) > len(order):
-            order, at = torch.randperm(len(y_fit), generator=gen), 0
-        idx = order[at: at + batch_size].to(device)
-        at += len(idx)
-        net.train()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = loss_fn(net(normalise(x_fit[idx], info)), y_fit[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        curve.append(accuracies(step))
+    return score
+
+
+def _fit_step(net: Classifier, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+              info: DatasetInfo) -> None:
+    """One SGD step on uint8 images `x`, BatchNorm in train mode as in training."""
+    device = next(net.parameters()).device
+    net.train()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        loss = torch.nn.functional.cross_entropy(net(normalise(x.to(device), info)),
+                                                 y.to(device))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def relearn(model: Classifier, x: torch.Tensor, y: torch.Tensor, fit: torch.Tensor,
+            pool: torch.Tensor, eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+            info: DatasetInfo, tc: TrainConfig, steps: int, seed: int,
+            until: float | None = None) -> list[dict]:
+    """Fine-tune a copy of `model` on `mixed_batches` of rows `fit` (the m forget samples) and
+    `pool` (D_r) of the training images `x` (uint8) and labels `y`, for `steps` steps with the
+    training's SGD (its lr, held constant; Nesterov momentum; weight decay), no augmentation;
+    the accuracy on each of `eval_sets` before the first step (step 0) and after each.
+    `until`: stop once acc_forget reaches it. Returns [{"step": 0, "acc_<set>": ...}, ...]."""
+    net = copy.deepcopy(model)
+    opt = torch.optim.SGD(net.parameters(), lr=tc.lr, momentum=tc.momentum,
+                          weight_decay=tc.weight_decay, nesterov=tc.momentum > 0)
+    score = _scorer(net, eval_sets, info)
+    curve = [score(0)]
+    for step, (i, j) in enumerate(mixed_batches(len(fit), len(pool), tc.batch_size, steps,
+                                                seed), start=1):
+        if steps_to_relearn(curve[-1:], "acc_forget", until) is not None:
+            break
+        rows = torch.cat([fit[i], pool[j]])
+        _fit_step(net, opt, x[rows], y[rows], info)
+        curve.append(score(step))
     return curve
+
+
+def format_steps(entry: dict) -> str:
+    """A model's steps to relearn over the draws as "mean ± sd" ("never" when no draw did)."""
+    if entry["steps_mean"] is None:
+        return "never"
+    sd = "" if entry["steps_sd"] is None else f" ± {entry['steps_sd']:.1f}"
+    return f"{entry['steps_mean']:.1f}{sd}"
+
+
+def relearn_table(audit: dict) -> list[dict]:
+    """Per model of a saved audit: steps to relearn on the first draw (its curve), their mean
+    ± sd over every draw, and how many draws relearnt within s steps."""
+    n = audit["settings"]["relearn_subsets"]
+    return [{"model": m, "steps to relearn (draw 1)": e["steps_to_relearn"],
+             f"mean ± sd ({n} draws)": format_steps(e), "draws relearnt": f"{e['relearnt']}/{n}"}
+            for m, e in audit["relearn"].items()]
 
 
 def steps_to_relearn(curve: list[dict], key: str, target: float | None) -> int | None:
@@ -360,6 +462,180 @@ def relearn_sets(exp: Experiment, settings: AuditSettings, seed: int
         test, name = torch.arange(len(exp.y_test)), "test"
     cap = lambda rows: rows[torch.from_numpy(sample_rows(len(rows), RELEARN_EVAL, np.random.default_rng(seed)))]  # noqa
     return fit, {"forget": cap(rest.sort().values), name: cap(test)}, name
+
+
+def _target(original: Classifier | None, forget: tuple[torch.Tensor, torch.Tensor],
+            info: DatasetInfo) -> float | None:
+    """Relearnt: forget accuracy at RELEARN_THRESHOLD × the original model's (None without
+    an original)."""
+    if original is None or not len(forget[1]):
+        return None
+    hits = forward_all(original, forget[0], info)[0].argmax(1) == forget[1]
+    return RELEARN_THRESHOLD * hits.double().mean().item()
+
+
+def relearn_draw(models: dict[str, Classifier], exp: Experiment, cfg: Config,
+                 settings: AuditSettings, index: int) -> dict:
+    """Draw `index` (seed cfg.seed + index) of the relearn attack on every model: per model its
+    curve and steps to relearn, with the draw's target and rows. Draw 0 scores both sets for
+    all s steps (the curves the page draws); the others only the forget set, each model until
+    it relearns (the original at step 0): their steps are all they add."""
+    seed = cfg.seed + index
+    fit, sets, second = relearn_sets(exp, settings, seed)
+    scored = {"forget": (exp.x_train[sets["forget"]], exp.y_train[sets["forget"]])}
+    if index == 0:
+        scored[second] = (exp.x_test[sets[second]], exp.y_test[sets[second]])
+    target = _target(models.get("original"), scored["forget"], exp.info)
+    curves = {m: relearn(model, exp.x_train, exp.y_train, fit, exp.retain_idx, scored,
+                         exp.info, cfg.train, settings.relearn_steps, seed,
+                         until=None if index == 0 else target)
+              for m, model in models.items()}
+    return {"seed": seed, "fit": fit, "sets": sets, "second": second, "target": target,
+            "curves": curves,
+            "steps": {m: steps_to_relearn(c, "acc_forget", target) for m, c in curves.items()}}
+
+
+def steps_summary(steps: list[int | None]) -> dict:
+    """Steps to relearn over the draws: each draw's, how many relearnt within s steps, and the
+    mean and sample sd (n − 1) over those (None where too few)."""
+    done = [s for s in steps if s is not None]
+    return {"subsets": steps, "relearnt": len(done),
+            "steps_mean": float(np.mean(done)) if done else None,
+            "steps_sd": float(np.std(done, ddof=1)) if len(done) > 1 else None}
+
+
+def relearn_attack(models: dict[str, Classifier], exp: Experiment, cfg: Config,
+                   settings: AuditSettings, say: ProgressFn) -> tuple[dict, dict]:
+    """The relearn attack over RELEARN_SUBSETS seeded draws of the m forget samples (one
+    without an original model to set the target). Returns (per model: draw 0's curve and
+    steps, and `steps_summary` over every draw; the settings it used)."""
+    count = RELEARN_SUBSETS if "original" in models else 1
+    draws = []
+    for index in range(count):
+        say(0.5 + 0.45 * index / count, f"relearn: draw {index + 1} of {count}")
+        draws.append(relearn_draw(models, exp, cfg, settings, index))
+    first, tc = draws[0], cfg.train
+    out = {m: {"steps_to_relearn": first["steps"][m], "curve": first["curves"][m],
+               **steps_summary([d["steps"][m] for d in draws])} for m in models}
+    take, fill = batch_split(len(first["fit"]), len(exp.retain_idx), tc.batch_size)
+    return out, {
+        "m": len(first["fit"]), "lr": tc.lr, "momentum": tc.momentum,
+        "nesterov": tc.momentum > 0, "weight_decay": tc.weight_decay,
+        "relearn_batch": {"forget": take, "retain": fill}, "relearn_subsets": count,
+        "relearn_seeds": [d["seed"] for d in draws],
+        "relearn_threshold": first["target"],
+        "relearn_thresholds": [d["target"] for d in draws],
+        "relearn_second": first["second"],
+        "relearn_second_title": ("test samples of the forgotten classes"
+                                 if first["second"] == "test_forgotten" else
+                                 "test samples (this scenario forgets no class)"),
+        "relearn_eval_samples": {k: len(v) for k, v in first["sets"].items()}}
+
+
+# ---------------------------------------------------------------------------- samples
+
+
+SAMPLE_ROWS = 100  # the most remembered samples a table shows (the JSON has every scored one)
+
+
+def scored_rows(exp: Experiment, seed: int) -> torch.Tensor:
+    """The training rows of the forget samples scored one by one: the at most FORGET_SCORED
+    seeded ones whose confidences the run's result keeps (`runner.forget_confidence`)."""
+    from dimalign.runner import FORGET_SCORED
+
+    forget = exp.forget_idx
+    return forget[torch.from_numpy(sample_rows(len(forget), FORGET_SCORED,
+                                               np.random.default_rng(seed)))]
+
+
+def model_values(logits: torch.Tensor, feats: torch.Tensor, exp: Experiment,
+                 rows: torch.Tensor, ev: EvalConfig) -> dict[str, np.ndarray]:
+    """One model's values of the training `rows`: the residual of its penultimate features
+    `feats` outside its retain top-k eigenspace (k as its DA's, by the eval settings; NaN
+    where the features span nothing), and `remembered.output_values` of its `logits` on the
+    labels the samples trained under."""
+    retain, feats = exp.retain_idx, feats.double()
+    try:
+        k = retain_basis(feats[retain], ev).k
+        residual = residuals(feats, retain, k, ev.center)[rows].numpy()
+    except DegenerateFeatures:
+        residual = np.full(len(rows), np.nan)
+    return {"residual": residual,
+            **output_values(logits[rows].double().numpy(), exp.y_train[rows].numpy())}
+
+
+def replicate_retrained(cfg: Config, device: torch.device) -> dict[int, Classifier]:
+    """The cached retrained models of the run's other replicates (the same setting with
+    another `replicate`: the same split and forget set), lowest replicate first, at most
+    REFERENCE_MODELS − 1; one damaged or set aside meanwhile is skipped."""
+    from dimalign.config import REPLICATE_LIMIT
+    from dimalign.train import cache_key, cache_path, load_checkpoint
+
+    # one key varied by replicate, as cache_key keys them (replicate 0 without it): a config
+    # per replicate would scan an imagefolder's files each time
+    base = {k: v for k, v in cache_key(cfg, "retrained").items() if k != "replicate"}
+    found: dict[int, Classifier] = {}
+    for r in range(REPLICATE_LIMIT):
+        path = cache_path({**base, "replicate": r} if r else base)
+        if r == cfg.replicate or not os.path.exists(f"{path[:-3]}.json"):  # written last
+            continue
+        try:
+            found[r] = load_checkpoint(cfg, path, device)  # every replicate: one architecture
+        except (FileNotFoundError, checked.DamagedFile):
+            continue
+        if len(found) == REFERENCE_MODELS - 1:
+            break
+    return found
+
+
+def sample_scores(train: dict[str, LayerOutputs], exp: Experiment, cfg: Config,
+                  references: Mapping[int, Classifier]) -> tuple[list[dict], dict]:
+    """Every scored forget sample's values under each model (penultimate features, the run's
+    eval settings) and the unlearned model's verdict against the retrained models, the run's
+    own and `references` (other replicates'), most remembered first; and how it was scored."""
+    rows = scored_rows(exp, cfg.seed)
+    values = {m: model_values(o.logits, list(o.layers.values())[-1], exp, rows, cfg.eval)
+              for m, o in train.items()}
+    others = [model_values(*forward_all(model, exp.x_train, exp.info), exp, rows, cfg.eval)
+              for model in references.values()]
+    scored = verdicts(values, others)
+    how = {"kind": scored["kind"], "retrained_models": scored["retrained_models"],
+           "replicates": sorted([cfg.replicate, *references]), "scored": len(rows),
+           "forget": len(exp.forget_idx),
+           "sd": {q: scored[q]["sd"] for q in ("residual", "membership")
+                  if "sd" in scored.get(q, {})}}
+    return ranked(rows.tolist(), exp.y_train[rows].tolist(), values, scored), how
+
+
+def verdict_text(how: dict) -> str:
+    """What a saved audit's sample scores are, in a sentence."""
+    n = how["retrained_models"]
+    if how["kind"] == "replicates":
+        return (f"score: z of the unlearned model's residual against the {n} retrained "
+                f"models of replicates {', '.join(map(str, how['replicates']))}, positive "
+                "toward the original model; above 2: outside what retraining gives")
+    if how["kind"] == "single":
+        return ("score (one run, a weaker verdict): the unlearned model's residual minus the "
+                "retrained model's, positive toward the original model; no retraining spread "
+                "to judge it by (run replicates for one)")
+    return "no unlearned model: no score"
+
+
+def sample_table(audit: dict, top: int = SAMPLE_ROWS) -> list[dict]:
+    """The `top` most remembered samples of a saved audit as table rows: the sample, its
+    label, its score (and percentile with replicates), the membership score's verdict, and
+    each model's residual and confidence."""
+    replicates = audit["sample_verdict"]["kind"] == "replicates"
+    rows = []
+    for s in audit["samples"][:top]:
+        row = {"sample": s["id"], "label": s["label"], "score": s["score"]}
+        if replicates:
+            row["percentile"] = s["percentile"]
+        row["membership score"] = s["scores"]["membership"]
+        for key in ("residual", "confidence"):
+            row.update({f"{key} ({m})": v[key] for m, v in s["models"].items()})
+        rows.append(row)
+    return rows
 
 
 # ---------------------------------------------------------------------------- classes
@@ -402,44 +678,28 @@ def classwise(logits: dict[str, dict[str, torch.Tensor]], exp: Experiment,
 
 def audit(models: dict[str, Classifier], exp: Experiment, cfg: Config,
           settings: AuditSettings, headline: dict[str, float | None] | None = None,
-          progress: ProgressFn | None = None) -> dict:
+          progress: ProgressFn | None = None,
+          references: Mapping[int, Classifier] | None = None) -> dict:
     """Every panel of the audit for `models` (original, retrained and, for an unlearning run,
-    unlearned). `headline`: the run's own SVC-based `mia` per model, shown with the AUC."""
+    unlearned). `headline`: the run's own SVC-based `mia` per model, shown with the AUC;
+    `references`: other replicates' retrained models, which the per-sample scores use."""
     say = progress or (lambda fraction, phase: None)
     settings.check(int(exp.forget.sum()))
     start = time.perf_counter()
     models = {m: models[m] for m in MODELS if m in models}
-    train, test, logits = {}, {}, {}
-    for i, (m, model) in enumerate(models.items()):
-        say(0.4 * i / len(models), f"layers: {m}")
-        train[m] = layer_outputs(model, exp.x_train, exp.info)
-        test[m] = layer_outputs(model, exp.x_test, exp.info)
-        logits[m] = {"train": train[m].logits, "test": test[m].logits}
-        if exp.x_trigger is not None:
+    train, test = model_layers(models, exp, say)
+    logits = {m: {"train": train[m].logits, "test": test[m].logits} for m in models}
+    if exp.x_trigger is not None:
+        for m, model in models.items():
             logits[m]["trigger"] = forward_all(model, exp.x_trigger, exp.info)[0]
-    folded = fold_last_block([*train.values(), *test.values()])
-    train, test = dict(zip(train, folded[:len(train)], strict=True)), \
-        dict(zip(test, folded[len(train):], strict=True))
     layers = layer_geometry(train, test, exp, cfg.eval, cfg.seed)
     say(0.45, "membership")
     description, _, _ = nonmember_rows(exp)
     mia = {m: {**membership(logits[m], exp, settings, cfg.seed),
                "mia": (headline or {}).get(m)} for m in models}
-    fit, sets, second = relearn_sets(exp, settings, cfg.seed)
-    tc = cfg.train
-    curves = {}
-    for i, (m, model) in enumerate(models.items()):
-        say(0.5 + 0.45 * i / len(models), f"relearn: {m}")
-        curves[m] = relearn(model, exp.x_train[fit], exp.y_train[fit],
-                            {"forget": (exp.x_train[sets["forget"]],
-                                        exp.y_train[sets["forget"]]),
-                             second: (exp.x_test[sets[second]], exp.y_test[sets[second]])},
-                            exp.info, settings.relearn_steps, tc.lr, tc.momentum,
-                            tc.weight_decay, tc.batch_size, cfg.seed)
-    target = curves["original"][0]["acc_forget"] if "original" in curves else None
-    target = None if target is None else RELEARN_THRESHOLD * target
-    relearnt = {m: {"steps_to_relearn": steps_to_relearn(c, "acc_forget", target), "curve": c}
-                for m, c in curves.items()}
+    say(0.47, "per-sample scores")
+    samples, how = sample_scores(train, exp, cfg, references or {})
+    relearnt, relearn_used = relearn_attack(models, exp, cfg, settings, say)
     say(0.97, "classes")
     classes = classwise(logits, exp, cfg.scenario.target
                         if cfg.scenario.kind == "backdoor" else None)
@@ -448,13 +708,11 @@ def audit(models: dict[str, Classifier], exp: Experiment, cfg: Config,
         "relearn": relearnt,
         "mia": mia,
         "classwise": classes,
+        "samples": samples,
+        "sample_verdict": how,
         "settings": {
-            **asdict(settings), "m": len(fit), "seed": cfg.seed, "eval": asdict(cfg.eval),
-            "lr": tc.lr, "relearn_threshold": target, "relearn_second": second,
-            "relearn_second_title": ("test samples of the forgotten classes"
-                                     if second == "test_forgotten" else
-                                     "test samples (this scenario forgets no class)"),
-            "relearn_eval_samples": {k: len(v) for k, v in sets.items()},
+            **asdict(settings), "seed": cfg.seed, "eval": asdict(cfg.eval),
+            "inner_center": INNER_CENTER, **relearn_used,
             "nonmembers": description, "scenario": cfg.scenario.kind,
         },
         "seconds": round(time.perf_counter() - start, 3),
@@ -462,7 +720,8 @@ def audit(models: dict[str, Classifier], exp: Experiment, cfg: Config,
     }
 
 
-SECTIONS = ("layers", "relearn", "mia", "classwise", "settings")
+SECTIONS = ("layers", "relearn", "mia", "classwise", "samples", "sample_verdict",
+            "settings")
 
 
 def load_audit(path: Path) -> dict:
@@ -506,7 +765,8 @@ def audit_saved_run(run_folder: Path, settings: AuditSettings,
     settings.check(int(result["data"]["forget"]))  # before any model is loaded
     cfg, models, exp = run_models(run_folder, result)
     headline = {m: row.get("mia") for m, row in result["models"].items()}
-    bundle = finite(audit(models, exp, cfg, settings, headline, progress))
+    references = replicate_retrained(cfg, next(models["retrained"].parameters()).device)
+    bundle = finite(audit(models, exp, cfg, settings, headline, progress, references))
     path = audit_path(run_folder, settings)
     checked.save_json(bundle, path)
     return path, bundle

@@ -266,7 +266,34 @@ def _print_replicates(result: dict) -> int:
         cell = "-" if floor.get(k) is None else f"{floor[k]:.3f}"
         line += f"{cell:>{widths[k]}}"
     print(line)
+    if "forgetting" in result:
+        _print_forgetting(result)
     return 0
+
+
+def _print_forgetting(result: dict) -> None:
+    """The challenge's scores per method, mean ± bootstrap sd; retrain is the reference."""
+    from dimalign.challenge import SCORES
+
+    block, rows = result["forgetting"], result["methods"]
+    print(f"\nforgetting, the NeurIPS 2023 unlearning challenge's rule: replicates in two "
+          f"halves, {block['models_per_side']} models a side; each cell: value ± sd over "
+          "resampled replicates; retrain = retraining against itself, the reference")
+    print(f"{'method':<13}" + "".join(f"{k:>20}" for k in SCORES))
+    reasons = set()
+    for name, row in rows.items():
+        cells = []
+        for k in SCORES:
+            cell = row.get(k) or {}
+            if cell.get("value") is None:
+                reasons.add(f"{k}: {cell.get('reason', 'not measured')}")
+                cells.append("-")
+            else:
+                sd = "" if cell.get("sd") is None else f" ± {cell['sd']:.3f}"
+                cells.append(f"{cell['value']:.3f}{sd}")
+        print(f"{name:<13}" + "".join(f"{c:>20}" for c in cells))
+    for line in sorted(reasons) + ([f"note: {block['note']}"] if block.get("note") else []):
+        print(line)
 
 
 # ---------------------------------------------------------------------------- runs in the store
@@ -538,22 +565,23 @@ def cmd_audit(args) -> int:
 
 def cmd_film(args) -> int:
     """A finished run's film in its linear view: one JSON object, or a self-contained HTML
-    animation or an animated GIF (--out)."""
+    animation, an animated GIF or an MP4 video (--out)."""
     from dimalign import checked
     from dimalign.film import linear_view
-    from dimalign.run_files import FILM
+    from dimalign.run_files import FILM, FILM_PENDING
 
     out = Path(args.out).expanduser() if args.out else None
     suffix = out.suffix.lower() if out is not None else None
-    if suffix == ".mp4":  # nothing installed encodes MP4 (no ffmpeg, imageio-ffmpeg or av)
-        raise ConfigError("--out", "cannot write .mp4: no video encoder (ffmpeg) is installed; "
-                          "the animated formats are .gif (Pillow) and .html (plotly)")
-    if out is not None and suffix not in (".html", ".json", ".gif"):
-        raise ConfigError("--out", f"writes .html, .json or .gif, got {out.name!r}")
-    if args.umap and out is not None and out.suffix.lower() == ".gif":
-        raise ConfigError("--out", "a GIF draws the linear view (residual up the side); write "
-                          "the UMAP view as .html or .json")
+    if out is not None and suffix not in (".html", ".json", ".gif", ".mp4"):
+        raise ConfigError("--out", f"writes .html, .json, .gif or .mp4, got {out.name!r}")
+    if args.umap and suffix in (".gif", ".mp4"):
+        raise ConfigError("--out", f"a {suffix[1:].upper()} draws the linear view (residual up "
+                          "the side); write the UMAP view as .html or .json")
     folder = _audited_folder(args.run, "the film")
+    if (folder / FILM_PENDING).exists():  # frames its film job has not measured yet: here
+        from dimalign.methods.film import finish_saved
+
+        finish_saved(folder)
     try:
         bundle = checked.load_torch(folder / FILM)
     except FileNotFoundError:
@@ -575,6 +603,10 @@ def cmd_film(args) -> int:
         from dimalign.plots import film_gif
 
         film_gif(view, out)
+    elif suffix == ".mp4":
+        from dimalign.plots import film_mp4
+
+        film_mp4(view, out)
     elif out is not None:
         out.write_text(json.dumps(view))
     if args.json:
@@ -595,6 +627,8 @@ def cmd_film(args) -> int:
 
 def print_audit(audit: dict, stream=None) -> None:
     """The audit's numbers as short tables (what the Audit page draws as figures)."""
+    from dimalign.audit import format_steps
+
     stream = stream or sys.stdout
     models = list(audit["mia"])
     head = "".join(f"{m:>11}" for m in models)
@@ -605,12 +639,21 @@ def print_audit(audit: dict, stream=None) -> None:
             cells = "".join(f"{_fmt(layer['models'][m][key]):>11}" for m in models)
             stream.write(f"  {layer['name'][:24]:<24}{cells}\n")
     s = audit["settings"]
-    stream.write(f"relearn attack: m = {s['m']}, s = {s['relearn_steps']} steps, lr {s['lr']}; "
-                 f"relearnt at forget accuracy >= {_fmt(s['relearn_threshold'])}\n")
+    stream.write("inner layers centred; the penultimate with the run's eval.center "
+                 f"({s['eval']['center']}); effective rank: Roy & Vetterli's\n")
+    batch = s["relearn_batch"]
+    stream.write(f"relearn attack: m = {s['m']} ({batch['forget']} a batch beside "
+                 f"{batch['retain']} retain samples), s = {s['relearn_steps']} steps, lr "
+                 f"{s['lr']}, Nesterov "
+                 f"momentum {s['momentum']}; relearnt at forget accuracy >= "
+                 f"{_fmt(s['relearn_threshold'])}\n")
     steps = audit["relearn"]
     stream.write(f"{'  steps to relearn':<26}" + "".join(
         f"{'never' if steps[m]['steps_to_relearn'] is None else steps[m]['steps_to_relearn']:>11}"
         for m in models) + "\n")
+    spread = f"  mean ± sd ({s['relearn_subsets']} draws)"
+    stream.write(f"{spread:<26}" + "".join(f"{format_steps(steps[m]):>11}" for m in models)
+                 + "\n")
     stream.write(f"membership (forget vs {s['nonmembers']}):\n")
     stream.write(f"{'  ROC AUC (confidence)':<26}" + "".join(
         f"{_fmt(audit['mia'][m]['auc']):>11}" for m in models) + "\n")
@@ -626,6 +669,20 @@ def print_audit(audit: dict, stream=None) -> None:
     if "target" in cw:
         stream.write(f"{'  attack success rate':<26}" + "".join(
             f"{_fmt(cw['models'][m].get('asr')):>11}" for m in models) + "\n")
+    _print_samples(audit, models, stream)
+
+
+def _print_samples(audit: dict, models: list[str], stream, top: int = 5) -> None:
+    """The most remembered forget samples: score, then each model's residual."""
+    from dimalign.audit import verdict_text
+
+    stream.write(f"most remembered forget samples ({verdict_text(audit['sample_verdict'])}):\n")
+    stream.write(f"{'  sample (label)':<18}{'score':>8}" + "".join(
+        f"{'res. ' + m[:6]:>13}" for m in models) + "\n")
+    for s in audit["samples"][:top]:
+        name = f"  {s['id']} ({s['label']})"
+        stream.write(f"{name:<18}{_fmt(s['score']):>8}" + "".join(
+            f"{_fmt(s['models'][m]['residual']):>13}" for m in models) + "\n")
 
 
 def cmd_scheduler(args) -> int:
@@ -752,14 +809,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fine-tuning steps of the relearn attack (default: 50)")
     au.set_defaults(func=cmd_audit)
     fm = sub.add_parser("film", help="a finished unlearning run's feature-space film: its "
-                        "recorded frames in the linear view, as JSON, an HTML animation or a GIF")
+                        "recorded frames in the linear view, as JSON, an HTML animation, a GIF "
+                        "or an MP4")
     fm.add_argument("run", help="a run id (`dimalign runs`) or a `dimalign run` artifacts folder")
     fm.add_argument("--umap", action="store_true",
                     help="the aligned-UMAP view instead of the linear one (film-umap.pt, "
                          "made first when missing)")
     fm.add_argument("--json", action="store_true", help="print the film as one JSON object")
     fm.add_argument("--out", metavar="FILE", help="write it to FILE: .html (an animation that "
-                    "plays in any browser), .gif (an animated image) or .json")
+                    "plays in any browser), .gif (an animated image), .mp4 (an H.264 video) or "
+                    ".json")
     fm.set_defaults(func=cmd_film)
     sc = sub.add_parser("scheduler", help="run the job scheduler in the foreground")
     sc.add_argument("--idle-exit", type=float, default=600.0,

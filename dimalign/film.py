@@ -70,6 +70,7 @@ def arrays(bundle: dict) -> dict:
     """The film as compact plain data for drawing: per-frame arrays (frames x points), rounded
     to 4 decimals, NaN as None. "plane": what 2-D draws up the side ("residual" here; "xy"
     for an embedding's second axis, `film_umap.umap_arrays`)."""
+    bundle = placed(bundle)
     view = bundle["view"]
     ghosts = {name: {**{k: _list(v) for k, v in bundle["ghost_view"][name].items()},
                      "confidence": _list(g["confidence"].float()),
@@ -83,6 +84,25 @@ def arrays(bundle: dict) -> dict:
             "confidence": _list(bundle["confidence"].float()),
             "predicted": _ints(bundle.get("predicted")), "ghosts": ghosts, "plane": "residual",
             "total": bundle.get("total"), "complete": bundle.get("complete", True)}
+
+
+def placed(bundle: dict) -> dict:
+    """A film recorded before frames were placed as they were taken (no "view"), placed now
+    as the worker places them, with the default `eval` settings it did not record; a film
+    already placed, as it is."""
+    if "view" in bundle:
+        return bundle
+    feats, ghosts = bundle["features"].double(), bundle.get("ghosts") or {}
+    retain = torch.tensor([s == "retain" for s in bundle["splits"]])
+    reference = ghosts.get("retrained", ghosts.get("original"))
+    frame = LinearFrame(feats[0] if reference is None else reference["features"].double(),
+                        retain, EvalConfig())
+    frame.set_axes(feats[0])
+    views = [frame.place(f) for f in feats]
+    return {**bundle, "k": frame.k,
+            "view": {k: torch.stack([v[k] for v in views]) for k in views[0]},
+            "ghost_view": {name: frame.place_ghost(g["features"].double(), feats[0])
+                           for name, g in ghosts.items()}}
 
 
 def linear_view(bundle: dict) -> dict:

@@ -40,7 +40,15 @@ class Spectrum:
 
     @property
     def effective_rank(self) -> float:
-        return effective_rank(self.values)
+        """Roy & Vetterli's effective rank of the features behind this spectrum: their
+        singular values are σ_i ∝ √λ_i, so the shares σ_i / Σσ_j need no second solve."""
+        return entropy_rank(singular_shares(self.values))
+
+    @property
+    def effective_rank_energy(self) -> float:
+        """exp H of the energy shares λ_i / Σλ_j = σ_i² / Σσ_j² themselves: what dimalign
+        reported as the effective rank before issue 27 (smaller; kept to compare with it)."""
+        return entropy_rank(self.values)
 
 
 def _check_shape(feats: torch.Tensor, name: str) -> None:
@@ -198,11 +206,27 @@ def eigenspectrum(feats: torch.Tensor, center: bool = False) -> Spectrum:
     return Spectrum(values, values.cumsum(0).clamp(max=1.0))
 
 
-def effective_rank(values: torch.Tensor) -> float:
-    """exp of the entropy of a normalised spectrum (zeros contribute nothing)."""
-    p = values[values > 0].double()
+def entropy_rank(weights: torch.Tensor) -> float:
+    """exp of the entropy of non-negative `weights` normalised to sum 1 (zeros count nothing)."""
+    p = weights[weights > 0].double()
     p = p / p.sum()
     return math.exp(-(p * p.log()).sum().item())
+
+
+ROUND_OFF = 1e-12  # eigenvalues below this share of the largest are fp64 noise of eigh
+
+
+def singular_shares(eigenvalues: torch.Tensor) -> torch.Tensor:
+    """√λ_i of a Gram spectrum (the singular values up to scale), round-off set to zero: √
+    would lift a 1e-16 eigenvalue to a 1e-8 share and count it as a direction."""
+    lam = eigenvalues.double().clamp(min=0)
+    return torch.where(lam > ROUND_OFF * lam.max(), lam, 0.0).sqrt()
+
+
+def effective_rank(feats: torch.Tensor, center: bool = False) -> float:
+    """Roy & Vetterli (2007): exp(H(p)), p_i = σ_i / Σσ_j over the singular values σ of F
+    (N, C), of the centred F if `center`. Between 1 and min(N, C)."""
+    return eigenspectrum(feats, center).effective_rank
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:

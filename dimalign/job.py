@@ -19,10 +19,13 @@ CANCEL_POLL_SECONDS = 0.2  # a cancel request stops the run within this and one 
 
 
 def _summary(result: dict) -> dict:
+    """What the store keeps of a result: its metrics, and the forget confidences the Compare
+    and Tune pages score replicates with (a few kilobytes; at most `FORGET_SCORED` a model)."""
     import json
 
     return json.loads(json.dumps({k: result[k] for k in ("models", "seconds", "device", "params",
-                                                          "samples") if k in result}))
+                                                          "samples", "forget_confidence")
+                                  if k in result}))
 
 
 def ending_of(job: Callable[[], dict | None]) -> tuple[dict, BaseException | None]:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dimalign.config import build_config, override_config
 from dimalign.kinds import get_kind
 from dimalign.methods import get_method
+from dimalign.run_jobs import submit_job  # noqa: F401 - callers import it from here
 from dimalign.scheduler import mark_interrupted, worker_gone
 from dimalign.settings import env_number
 from dimalign.store import (
@@ -131,27 +132,6 @@ def _cancel_orphan(store: Store, run_id: str, why: str) -> None:
     store.transition(run_id, ("running",), status="cancelled", pid=None, finished=time.time(),
                      error=f"{why}; its worker had stopped (resume continues from its last "
                            "checkpoint)")
-
-
-def submit_job(store: Store, kind: str, source_id: str, owner: str,
-               settings: dict | None = None) -> str:
-    """Queue a job of `kind` (`dimalign.kinds`) on a finished run, or return the one already
-    queued, running, or done whose file is still there (one job per its share key). Settings
-    the kind refuses raise ConfigError or StoreError and queue nothing."""
-    spec = get_kind(kind)
-    source = store.get(source_id)
-    if source.status != "done":
-        raise StoreError(f"run {source_id} is {source.status}; {spec.title.lower()} needs a "
-                         "finished run")
-    config = spec.settings(dict(settings or {}), source.folder)
-    output = spec.output(source.folder, config)
-    # a finished job is reused while its file is there (not when it was set aside as damaged)
-    done = ("done",) if output is not None and output.exists() else ()
-    return store.find_or_create_run(
-        share_key=spec.share_key(source_id, config), reuse=(*ACTIVE, *done), owner=owner,
-        kind=kind, preset=source.preset, method=spec.method,
-        config={"source": source_id, **config}, parent_id=source_id,
-        experiment=source.experiment)
 
 
 def submit_embedding(store: Store, source_id: str, samples: int, owner: str) -> str:

@@ -20,12 +20,13 @@ MODELS = ("original", "retrained", "unlearned")
 
 
 def film_payload(arrays: dict, curves: dict[str, list[tuple[int, float]]],
-                 frame: int | None = None) -> dict:
+                 frame: int | None = None, seek: dict | None = None) -> dict:
     """`dimalign.film.arrays(bundle)` plus what the player's curves strip needs: `curves`
     ({"step": [...], name: [...]}, aligned on the union of the curves' steps; None where a
     curve has no point) and the shaded phase `spans` ([name, first step, last step, colour]; the
     name "" when too many to label, none when too many to shade, as on the live curves);
-    `frame`: the frame to show first (the person's last one, kept across a redraw)."""
+    `frame`: the frame to show first (the person's last one, kept across a redraw); `seek`:
+    {"step", "nonce"}, a step clicked on the page's live curves, shown once per nonce."""
     steps = sorted({s for name in FILM_CURVES for s, _ in curves.get(name, ())})
     strip: dict[str, list] = {"step": steps}
     for name in FILM_CURVES:
@@ -41,6 +42,21 @@ def film_payload(arrays: dict, curves: dict[str, list[tuple[int, float]]],
            "spans": [[n if named else "", a, b, PHASE_SHADES[n]] for n, a, b in spans]}
     if frame is not None and arrays["steps"]:
         out["frame"] = max(0, min(int(frame), len(arrays["steps"]) - 1))
+    if seek is not None:
+        out["seek"] = {"step": int(seek["step"]), "nonce": int(seek["nonce"])}
+    return out
+
+
+SERVER_ONLY = ("confidence", "predicted")  # the page reads them for a clicked sample; not drawn
+
+
+def for_browser(payload: dict) -> dict:
+    """The film payload without what the player never draws (every point's confidence and
+    prediction per frame: a third of its size), for the trip to the browser."""
+    out = {k: v for k, v in payload.items() if k not in SERVER_ONLY}
+    if payload.get("ghosts"):
+        out["ghosts"] = {name: {k: v for k, v in g.items() if k not in SERVER_ONLY}
+                         for name, g in payload["ghosts"].items()}
     return out
 
 

@@ -118,8 +118,9 @@ METRICS: tuple[Metric, ...] = (
            "probe", scenarios=CLASS),
     Metric("nmi", "NMI", "k-means (k = classes) on D_f + D_t features: NMI against the labels",
            "representation", shown=_places("cli", "compare")),
-    Metric("effective_rank", "Effective rank", "exp(entropy) of the retain feature spectrum",
-           "representation", low=1, high=None, shown=_places("experiment")),
+    Metric("effective_rank", "Effective rank", "Roy & Vetterli's: exp(entropy) of the retain "
+           "features' normalised singular values (centred with eval.center)", "representation",
+           low=1, high=None, shown=_places("experiment")),
     Metric("cka_retrained", "CKA retrained", "linear CKA of D_f + D_t features to the "
            "retrained model's", "representation", better="higher",
            shown=_places("cli", "compare")),

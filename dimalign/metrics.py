@@ -24,7 +24,7 @@ from dimalign.geometry import (
     Basis,
     DegenerateFeatures,
     dimensional_alignment,
-    eigenspectrum,
+    effective_rank,
     linear_cka,
     top_basis,
 )
@@ -228,7 +228,7 @@ def model_metrics(out: Outputs, exp: Experiment, ev: EvalConfig, seed: int) -> d
     res.update(alignments(out.feats_train[f], out.feats_test, retain, ev))
     res.update(linear_probe(out, exp, seed))
     res["nmi"], _ = nmi(out, exp, ev.nmi_samples, seed)
-    res["effective_rank"] = _defined(lambda: eigenspectrum(retain).effective_rank)
+    res["effective_rank"] = _defined(lambda: effective_rank(retain, ev.center))
     return res
 
 

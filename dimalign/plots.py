@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,7 @@ CURVE_GROUPS = (
 
 
 MARKERS_UP_TO = 25
+STEP_PICKER = "step-picker"  # meta of each panel's curve a click selects a step on
 
 # background of the steps a phase covers on the live curves; other phases are left plain
 PHASE_SHADES = {"forget": "rgba(228, 87, 86, 0.10)", "max": "rgba(228, 87, 86, 0.10)",
@@ -101,12 +103,14 @@ def _grid(titles: list[str], spacing: tuple[float, float] = (0.08, 0.14)) -> dic
 
 def telemetry_figure(curves: dict[str, list[tuple[int, float]]],
                      references: dict[str, dict[str, float]] | None = None,
-                     ghosts: list[tuple[str, dict[str, list[tuple[int, float]]]]] = ()
-                     ) -> go.Figure:
+                     ghosts: list[tuple[str, dict[str, list[tuple[int, float]]]]] = (),
+                     pickable: bool = False) -> go.Figure:
     """A run's live curves in four panels; `references` draws e.g. the retrained and original
     models' values ({"retrained": {"acc_forget": 0.0, "da": 0.97}, ...}) as dashed lines.
     Forget and recover phases (SCRUB's max and min) are shaded, from the `phase_<name>` curves.
-    `ghosts`: earlier runs as (label, curves), newest first, drawn faint and fading behind."""
+    `ghosts`: earlier runs as (label, curves), newest first, drawn faint and fading behind.
+    `pickable`: a click on any panel's first curve selects its step (the film goes there):
+    plotly selects markers only, so that curve gets unseen ones where it has none."""
     layout = _grid([g[0] for g in CURVE_GROUPS])
     traces: list[dict] = []
     dashes = {"retrained": "dash", "original": "dot"}
@@ -142,8 +146,12 @@ def telemetry_figure(curves: dict[str, list[tuple[int, float]]],
             steps, values = zip(*curves[key], strict=True) if curves[key] else ((), ())
             # markers only while few: each is an SVG node, and long runs have hundreds
             mode = "lines+markers" if len(steps) <= MARKERS_UP_TO else "lines"
-            traces.append(dict(type="scatter", x=list(steps), y=list(values), mode=mode,
-                               name=key.removeprefix("loss_"), legendgroup=str(i), **on_axes))
+            trace = dict(type="scatter", x=list(steps), y=list(values), mode=mode,
+                         name=key.removeprefix("loss_"), legendgroup=str(i), **on_axes)
+            if pickable and key == keys[0]:  # unseen markers, where too many to draw
+                trace.update(meta=STEP_PICKER, mode="lines+markers", marker=dict(
+                    size=10, opacity=1 if mode == "lines+markers" else 0))
+            traces.append(trace)
             for ref, values_by_key in (references or {}).items():
                 if values_by_key.get(key) is None:
                     continue
@@ -310,6 +318,55 @@ def tradeoff_figure(rows: list[dict], keys: list[str], retrained: dict,
     fig.update_yaxes(title_text="value − retrained", row=1, col=1)
     fig.update_yaxes(title_text=f"{avg.title} ({avg.better} is better)", row=1, col=2)
     fig.update_layout(height=440, margin=dict(l=60, r=20, t=50, b=40))
+    return fig
+
+
+def room_figure(points: list[dict], box: tuple[float, float] | None = None,
+                large: bool = False) -> go.Figure:
+    """The instructor's room on one Pareto chart: every finished run's forget gap against its
+    retain gap (both |unlearned − retrained|, 0 is retraining), one colour per participant,
+    each participant's best run starred and named, the room's Pareto front, and `box`, the
+    noise floor's (forget, retain) gaps, as the grey corner indistinguishable from retraining.
+    Each point's customdata is [run id], which a click opens. `large`: projector type."""
+    fig = go.Figure()
+    if box is not None:
+        fig.add_shape(type="rect", x0=0, y0=0, x1=box[0], y1=box[1], fillcolor=NOISE_FILL,
+                      line_width=0, layer="below")
+        fig.add_annotation(x=box[0], y=box[1], text=NOISE_LABEL, showarrow=False,
+                           xanchor="left", yanchor="bottom", font=dict(color="#666666"))
+    owners = list(dict.fromkeys(p["participant"] for p in points))
+    colour = {o: PALETTE[i % len(PALETTE)] for i, o in enumerate(owners)}
+    for owner in owners:
+        mine = [p for p in points if p["participant"] == owner]
+        fig.add_trace(go.Scatter(
+            x=[p["forget_gap"] for p in mine], y=[p["retain_gap"] for p in mine],
+            mode="markers", name=owner, legendgroup=owner, marker=dict(size=9,
+                                                                       color=colour[owner]),
+            customdata=[[p["run"]] for p in mine], text=[p["method"] for p in mine],
+            hovertemplate=f"{owner}: %{{customdata[0]}} (%{{text}})<br>forget gap %{{x:.3f}}"
+                          "<br>retain gap %{y:.3f}<extra></extra>"))
+    best = [p for p in points if p["best"]]
+    fig.add_trace(go.Scatter(
+        x=[p["forget_gap"] for p in best], y=[p["retain_gap"] for p in best],
+        mode="markers+text", name="best of each", text=[p["participant"] for p in best],
+        textposition="top center", customdata=[[p["run"]] for p in best],
+        marker=dict(symbol="star", size=20 if large else 16,
+                    color=[colour[p["participant"]] for p in best],
+                    line=dict(color="#222222", width=1.5)),
+        hovertemplate="%{text}'s best: %{customdata[0]}<extra></extra>"))
+    front = [points[i] for i in pareto_front([(p["forget_gap"], p["retain_gap"])
+                                              for p in points])]
+    fig.add_trace(go.Scatter(x=[p["forget_gap"] for p in front],
+                             y=[p["retain_gap"] for p in front], mode="lines",
+                             line=dict(dash="dot", color="#888888"), name="Pareto front",
+                             hoverinfo="skip"))
+    fig.update_xaxes(title_text="forget gap |acc_forget − retrained| (lower is better)",
+                     rangemode="tozero")
+    fig.update_yaxes(title_text="retain gap |acc_retain − retrained| (lower is better)",
+                     rangemode="tozero")
+    fig.update_layout(height=640 if large else 460, margin=dict(l=60, r=20, t=30, b=50),
+                      font=dict(size=20 if large else 13),
+                      legend=dict(title=dict(text="participant")))
     return fig
 
 
@@ -614,8 +671,8 @@ def film_figure(view: dict) -> go.Figure:
     return fig
 
 
-# The film as a GIF, drawn straight into a fixed palette with Pillow: no browser, no plotly
-# export engine, and no colour quantisation, so the same view always gives the same bytes.
+# The film as a GIF or an MP4, drawn straight into a fixed palette with Pillow: no browser, no
+# plotly export engine, and no colour quantisation, so the same view always gives the same GIF.
 # Ghosts are their split's colour blended 75 % into white (a GIF has no alpha).
 _GIF_INK = {"bg": "#FFFFFF", "ink": "#333333", "grid": "#E6E6E6", "trail": "#F0A9A9",
             **SPLIT_COLOURS}
@@ -627,12 +684,18 @@ def _hex(colour: str, faint: bool = False) -> tuple[int, int, int]:
     return tuple(round(255 - (255 - c) * 0.25) for c in rgb) if faint else rgb
 
 
-def _film_gif_frames(view: dict, size: tuple[int, int]) -> list:
+def _film_frames(view: dict, size: tuple[int, int]) -> Iterator:
+    """The film's frames as palette ("P") PIL images, drawn one at a time as they are taken
+    (the GIF and the MP4 both draw these); an empty film raises here, not at the first frame."""
+    if not view["frames"]:
+        raise ValueError("the film has no frames")
+    return _draw_film(view, size)
+
+
+def _draw_film(view: dict, size: tuple[int, int]) -> Iterator:
     from PIL import Image, ImageDraw, ImageFont
 
     frames = view["frames"]
-    if not frames:
-        raise ValueError("the film has no frames")
     names = list(_GIF_INK) + [f"faint {s}" for s in SPLIT_COLOURS]
     palette = [_hex(c) for c in _GIF_INK.values()]
     palette += [_hex(c, True) for c in SPLIT_COLOURS.values()]
@@ -706,7 +769,6 @@ def _film_gif_frames(view: dict, size: tuple[int, int]) -> list:
     px = to_px(xr)  # (F, N, 2)
     order = [[i for i, s in enumerate(splits) if s == split] for split in styles]
     forget = order[-1]
-    out = []
     for t, frame in enumerate(frames):
         im = base.copy()
         d = ImageDraw.Draw(im)
@@ -721,8 +783,7 @@ def _film_gif_frames(view: dict, size: tuple[int, int]) -> list:
         # the frame number keeps every frame distinct: Pillow merges identical GIF frames
         d.text((left, 4), f"step {frame['step']} ({frame['phase']}), frame {t + 1}/"
                f"{len(frames)}", fill=ink["ink"], font=font, anchor="lt")
-        out.append(im)
-    return out
+        yield im
 
 
 def film_gif_bytes(view: dict, *, size: tuple[int, int] = (640, 480),
@@ -732,7 +793,7 @@ def film_gif_bytes(view: dict, *, size: tuple[int, int] = (640, 480),
     last three frames' trail, the original and retrained models' points as faint ghosts."""
     import io
 
-    frames = _film_gif_frames(view, size)
+    frames = list(_film_frames(view, size))
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:],
                    duration=ms_per_frame, loop=0)
@@ -745,6 +806,81 @@ def film_gif(view: dict, path, *, size: tuple[int, int] = (640, 480),
     path = Path(path)
     path.write_bytes(film_gif_bytes(view, size=size, ms_per_frame=ms_per_frame))
     return path
+
+
+def film_mp4_bytes(view: dict, *, size: tuple[int, int] = (640, 480),
+                   ms_per_frame: int = 120) -> bytes:
+    """The GIF's frames (`film_gif_bytes`) as an H.264 MP4 that browsers play: one video frame
+    per film frame at 1000/ms_per_frame frames a second, each side rounded down to even
+    (yuv420p needs it). Encoded by the ffmpeg binary imageio-ffmpeg ships; RuntimeError, in one
+    line, when it cannot."""
+    import tempfile
+
+    w, h = size[0] - size[0] % 2, size[1] - size[1] % 2
+    frames = _film_frames(view, (w, h))
+    with tempfile.TemporaryDirectory(prefix="dimalign-mp4-") as tmp:
+        # a file, not stdout: the mp4 muxer seeks back to write its index (moov) up front
+        out = Path(tmp) / "film.mp4"
+        _encode_mp4(frames, (w, h), ms_per_frame, out, Path(tmp) / "ffmpeg.log")
+        return out.read_bytes()
+
+
+def film_mp4(view: dict, path, *, size: tuple[int, int] = (640, 480),
+             ms_per_frame: int = 120) -> Path:
+    """`film_mp4_bytes` written to `path`; returns the path."""
+    path = Path(path)
+    path.write_bytes(film_mp4_bytes(view, size=size, ms_per_frame=ms_per_frame))
+    return path
+
+
+def _ffmpeg() -> str:
+    try:
+        from imageio_ffmpeg import get_ffmpeg_exe
+
+        return get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        raise RuntimeError("cannot write MP4: imageio-ffmpeg and its ffmpeg are not installed "
+                           "(pip install imageio-ffmpeg)") from None
+
+
+def _encode_mp4(frames: Iterator, size: tuple[int, int], ms_per_frame: int, out: Path,
+                log: Path) -> None:
+    """Pipes each frame's raw RGB into ffmpeg. Its messages go to `log`, not a pipe: a pipe
+    nobody reads while frames are written could fill and stall both processes."""
+    import subprocess
+
+    cmd = [_ffmpeg(), "-hide_banner", "-loglevel", "error", "-f", "rawvideo",
+           "-pix_fmt", "rgb24", "-s", f"{size[0]}x{size[1]}", "-framerate",
+           f"1000/{ms_per_frame}", "-i", "-", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+           "-movflags", "+faststart", "-y", str(out)]
+    with open(log, "wb") as err:
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=err)
+        except OSError as e:
+            raise RuntimeError(f"cannot write MP4: ffmpeg did not start ({e})") from None
+        try:
+            _feed(proc.stdin, frames)
+        except BaseException:  # a frame failed to draw, or ^C: no ffmpeg left behind
+            proc.kill()
+            proc.wait()
+            raise
+        code = proc.wait()
+    if code != 0:
+        said = log.read_text(errors="replace").strip().splitlines() or ["no message"]
+        raise RuntimeError(f"cannot write MP4: ffmpeg exited with status {code}: {said[-1]}")
+
+
+def _feed(stdin, frames: Iterator) -> None:
+    """Writes the frames, then closes stdin (ffmpeg's end of input). A broken pipe means ffmpeg
+    stopped early; its exit status and log say why."""
+    import contextlib
+
+    with contextlib.suppress(BrokenPipeError):
+        for im in frames:
+            stdin.write(im.convert("RGB").tobytes())
+    with contextlib.suppress(BrokenPipeError):
+        stdin.close()
 
 
 def track_figure(track: list[dict]) -> go.Figure:

@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 
+from dimalign.memo import LRU
 from dimalign.metric_table import TABLE, TIME_FRACTION, avg_gap, gap_to_retrained
 
 # measured against another model (CKA) or already a distance (avg-gap): between two retrained
@@ -120,6 +121,83 @@ def aggregate(results: Sequence[dict], retrained: Sequence[dict]) -> dict:
     return out
 
 
+# ------------------------------------------------------- the challenge's forgetting quality
+
+
+def forgetting_block(n: int, reference: dict) -> dict:
+    """What the challenge's scores of a `compare` over n replicates rest on: the rule's
+    constants, the models a side, the largest ε they can show, the buckets, and the retrained
+    reference (retraining against itself)."""
+    from dimalign.challenge import BOOTSTRAP, resolution_note
+    from dimalign.forgetting import DELTA, buckets, max_epsilon
+    from dimalign.ulira import MIN_MODELS
+
+    h = n // 2
+    return {"rule": "NeurIPS 2023 unlearning challenge (Triantafillou et al. 2024)",
+            "replicates": n, "models_per_side": h, "delta": DELTA,
+            "max_epsilon": max_epsilon(h) if h > 2 else None,
+            "buckets": [{"from": lo, "to": hi, "points": p} for lo, hi, p in buckets(h)],
+            "bootstrap": BOOTSTRAP, "ulira_min_replicates": MIN_MODELS,
+            "reference": reference, "note": resolution_note(h)}
+
+
+def with_forgetting(out: dict, rows: Sequence[dict], retrained: Sequence[dict],
+                    confidences: Sequence[dict]) -> dict:
+    """`aggregate`'s result plus, per method, the challenge's scores (`challenge.scores`:
+    forgetting_quality, final_score, tow, ulira_auc, each with its sd, and a note), from each
+    replicate's method rows, retrained metrics and forget confidences (model -> list), and
+    `forgetting` (`forgetting_block`). `retrain`, retraining as a method, is the reference."""
+    import numpy as np
+
+    from dimalign.challenge import scores
+
+    def conf(model: str):
+        return np.array([c[model] for c in confidences], dtype=float)  # null (NaN) -> nan
+
+    ref_conf = conf("retrained")
+    reference = scores(ref_conf, ref_conf, retrained, retrained, reference=True)
+    for name, row in out["methods"].items():
+        if name == "retrain":
+            row.update(reference)
+            continue
+        row.update(scores(conf(name), ref_conf, [r[name] for r in rows], retrained))
+    return {**out, "forgetting": forgetting_block(len(rows), reference)}
+
+
+def score_of(row: dict, key: str) -> tuple[float | None, float | None]:
+    """(value, sd) of one challenge score in a `setting_rows` / `baseline_rows` row."""
+    cell = (row.get("forgetting") or {}).get(key) or {}
+    return cell.get("value"), cell.get("sd")
+
+
+SCORED: LRU[dict | None] = LRU(256)  # stored runs' challenge scores: a page draws them often
+
+
+def stored_scores(key: tuple, results: Sequence[dict], model: str) -> dict | None:
+    """`challenge.scores` of `model` ("unlearned", "original"; "retrained": the reference)
+    over finished results, one per replicate, memoised under `key` (what names those results);
+    None when a result has no forget confidences (saved before they were kept)."""
+    confs = [res.get("forget_confidence") or {} for res in results]
+    if any(model not in c or "retrained" not in c for c in confs):
+        return None
+    if len({len(c["retrained"]) for c in confs}) != 1:  # not one forget subset
+        return None
+
+    def make() -> dict:
+        import numpy as np
+
+        from dimalign.challenge import scores
+
+        def conf(name: str):
+            return np.array([c[name] for c in confs], dtype=float)
+
+        return scores(conf(model), conf("retrained"), [r["models"][model] for r in results],
+                      [r["models"]["retrained"] for r in results],
+                      reference=model == "retrained")
+
+    return SCORED.get_or_make((key, model), make)
+
+
 # ---------------------------------------------------------------------------- stored runs
 
 
@@ -140,8 +218,9 @@ def setting_rows(results: Sequence[tuple[str, str, dict, dict]],
     keeps it) newest first: the newest run of each replicate counts. A row holds `method`,
     `run` (the run of the lowest replicate: the one a click opens), `runs` (replicate -> run
     id), `replicates`,
-    `mean` and `sd` of each key and of the time fraction, and `gap_mean`, `gap_sd` and
-    `abs_gap` (mean |gap|) of each key's gap to *its own replicate's* retrained model."""
+    `mean` and `sd` of each key and of the time fraction, `gap_mean`, `gap_sd` and
+    `abs_gap` (mean |gap|) of each key's gap to *its own replicate's* retrained model, and
+    `forgetting`, the challenge's scores over its replicates (`stored_scores`)."""
     groups: dict[str, dict] = {}
     for run, method, config, result in results:
         group = groups.setdefault(setting_key(method, config),
@@ -162,12 +241,14 @@ def setting_rows(results: Sequence[tuple[str, str, dict, dict]],
         gap_rows = [gaps(u, t, keys) for u, t in paired]
         stats = summarize(values, [*keys, TIME_FRACTION.name])
         gap_stats = summarize(gap_rows, keys)
+        runs = tuple(group["by_replicate"][r][0] for r in reps)
+        scored = stored_scores(runs, [group["by_replicate"][r][1] for r in reps], "unlearned")
         rows.append({"method": group["method"], "params": group["params"],
                      "run": group["by_replicate"][reps[0]][0],
                      "runs": {r: group["by_replicate"][r][0] for r in reps},
                      "replicates": len(reps), **stats,
                      "gap_mean": gap_stats["mean"], "gap_sd": gap_stats["sd"],
-                     "abs_gap": paired_abs_gaps(paired, keys)})
+                     "abs_gap": paired_abs_gaps(paired, keys), "forgetting": scored})
     return rows
 
 
@@ -175,12 +256,15 @@ def baseline_rows(results: Sequence[tuple[dict, dict]],
                   keys: Sequence[str]) -> tuple[list[dict], dict]:
     """The original and retrained models over the replicates that (config, result) pairs
     cover (one result per replicate counts), as `setting_rows` rows (time fraction: training
-    time over retraining time), and the noise floor of those replicates' retrained models."""
+    time over retraining time, and `forgetting`: the challenge's scores, the retrained row's
+    retraining against itself), and the noise floor of those replicates' retrained models."""
     by_replicate: dict[int, dict] = {}
     for config, result in results:
         by_replicate.setdefault(replicate_of(config), result)
     chosen = [by_replicate[r] for r in sorted(by_replicate)]
     retrained = [res["models"]["retrained"] for res in chosen]
+    named = tuple(json.dumps([res.get("checkpoints"), res.get("config")], sort_keys=True,
+                             default=str) for res in chosen)
     rows = []
     for role in ("original", "retrained"):
         models = [res["models"][role] for res in chosen]
@@ -196,5 +280,6 @@ def baseline_rows(results: Sequence[tuple[dict, dict]],
         rows.append({"method": role, "params": {}, "run": role, "runs": {},
                      "replicates": len(chosen), **summarize(values, [*keys, TIME_FRACTION.name]),
                      "gap_mean": gap_stats["mean"], "gap_sd": gap_stats["sd"],
-                     "abs_gap": paired_abs_gaps(paired, keys)})
+                     "abs_gap": paired_abs_gaps(paired, keys),
+                     "forgetting": stored_scores(named, chosen, role)})
     return rows, noise_floor(retrained, keys)

@@ -8,6 +8,7 @@ TELEMETRY = "telemetry.json"  # the live probe's points (DA, angles, accuracies 
 WEIGHTS = "unlearned.pt"  # the unlearned model's state dict
 CHECKPOINT = "checkpoint.pt"  # a running job's resumable state, written after every epoch
 FILM = "film.pt"  # an unlearning run's recorded frames (dimalign/methods/film.py)
+FILM_PENDING = "film-kept.pt"  # frames still to measure, until the run's film job is done
 FILM_UMAP = "film-umap.pt"  # the film in aligned UMAP, a job's (dimalign/film_umap.py)
 
 BESIDE_RESULT = (GEOMETRY, TELEMETRY, WEIGHTS)  # a finished result's other files

@@ -25,6 +25,7 @@ from dimalign.metric_table import TABLE, TIME_FRACTION, gap_to_retrained
 from dimalign.run_files import (
     BESIDE_RESULT,
     FILM,
+    FILM_PENDING,
     FINISHED,
     GEOMETRY,
     RESULT,
@@ -32,6 +33,8 @@ from dimalign.run_files import (
     WEIGHTS,
 )
 from dimalign.train import Baselines, ProgressFn, get_baselines
+
+FORGET_SCORED = 1000  # forget examples whose confidences a result keeps (all, on digits)
 
 
 def result_key(cfg: Config, method: str) -> str:
@@ -99,14 +102,16 @@ def run_experiment(cfg: Config, method: str = "retrain", *, preset: str = "",
                    init: torch.nn.Module | None = None,
                    checkpoint: Callable[[dict], None] | None = None,
                    resume: dict | None = None, earlier_points: list[dict] = (),
-                   on_frame: Callable[[Callable[[], dict]], None] | None = None) -> dict:
+                   on_frame: Callable[[Callable[[], dict]], None] | None = None,
+                   film_budget: float = 1.0) -> dict:
     """Baselines (cached), the method (unless retrain), every metric, and the run's folder.
 
     Without `run_dir` the folder is named by a hash of the config and method, and an identical
     earlier result is reused unless `fresh`. `init`, `checkpoint` and `resume` pass through to
     the unlearning loop (forks start from `init`; workers checkpoint and resume); a resumed
     run passes the telemetry points it sent before as `earlier_points`, so its saved telemetry
-    is whole. `on_frame` receives the film so far after each of its frames (a live page's).
+    is whole. `on_frame` receives the film so far after each of its frames (a live page's);
+    frames beyond `film_budget` are left in the folder for the run's `film` job (`FILM_PENDING`).
     """
     spec = get_method(method)
     baselines = get_baselines(cfg, progress=progress, say=say)
@@ -129,7 +134,7 @@ def run_experiment(cfg: Config, method: str = "retrain", *, preset: str = "",
         outcome = unlearn(cfg, spec, baselines.experiment, baselines.original, baselines.device,
                           progress=progress, telemetry=collect, cancel=cancel, init=init,
                           checkpoint=checkpoint, resume=resume, retrained=baselines.retrained,
-                          on_frame=on_frame)
+                          on_frame=on_frame, film_budget=film_budget)
         models["unlearned"] = outcome.model
         seconds["unlearn"] = outcome.seconds
     say("evaluating ...")
@@ -160,6 +165,8 @@ def evaluate_and_save(cfg: Config, preset: str, method: str, baselines: Baseline
         "samples": sample_sizes(exp, cfg.eval),
         "artifacts": str(run_dir),
         "checkpoints": baselines.checkpoints,
+        # per forget example, what the challenge's forgetting quality compares across replicates
+        "forget_confidence": forget_confidence(outputs, exp, cfg.seed),
     })
     if outcome is not None:
         result["telemetry_seconds"] = outcome.telemetry_seconds
@@ -179,11 +186,13 @@ def evaluate_and_save(cfg: Config, preset: str, method: str, baselines: Baseline
                                scratch / WEIGHTS)
         if outcome is not None and outcome.film is not None:
             checked.save_torch(outcome.film, scratch / FILM)
+        if outcome is not None and outcome.film_kept is not None:
+            checked.save_torch(outcome.film_kept, scratch / FILM_PENDING)
         # the folder relative to the home: a copied home's results point into the copy
         checked.save_json({**result, "artifacts": paths.relative_to_home(run_dir)},
                           scratch / RESULT, indent=1)
         if run_dir.exists():  # keep what else lives there (a worker's checkpoint), replace ours
-            for name in (*BESIDE_RESULT, FILM, RESULT):
+            for name in (*BESIDE_RESULT, FILM, FILM_PENDING, RESULT):
                 if (scratch / name).exists():
                     checked.move(scratch / name, run_dir / name)
                 else:
@@ -195,6 +204,22 @@ def evaluate_and_save(cfg: Config, preset: str, method: str, baselines: Baseline
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return result
+
+
+def forget_confidence(outputs: dict, exp, seed: int) -> dict[str, list[float]]:
+    """Each model's logit-scaled confidence on the label of each forget example (the labels
+    it trained under), 4 decimals, on at most FORGET_SCORED seeded examples: the same ones in
+    every replicate (they share the split and the seed), and a result.json that stays small."""
+    import numpy as np
+
+    from dimalign.forgetting import logit_confidence
+    from dimalign.metrics import sample_rows
+
+    f = exp.forget
+    rows = sample_rows(int(f.sum()), FORGET_SCORED, np.random.default_rng(seed))
+    labels = exp.y_train[f].numpy()[rows]
+    return {name: np.round(logit_confidence(out.logits_train[f].numpy()[rows], labels),
+                           4).tolist() for name, out in outputs.items()}
 
 
 def _mkdir(folder: Path) -> None:
@@ -212,7 +237,7 @@ def compare(cfg: Config, methods: list[str], *, preset: str = "", replicates: in
     metric, its gap to retrained, and its time as a fraction of retraining. With `replicates`
     > 1, the same on replicates 0..N-1 of `cfg` (each with its own baselines), summarised by
     `replicates.aggregate`: mean and sd per method, and the retrain-vs-retrain noise floor."""
-    from dimalign.replicates import aggregate
+    from dimalign.replicates import aggregate, with_forgetting
 
     check_replicates(replicates, cfg.replicate)
     results = []
@@ -221,7 +246,12 @@ def compare(cfg: Config, methods: list[str], *, preset: str = "", replicates: in
             say(f"replicate {r + 1} of {replicates}")
         results.append(_compare_one(cfg.with_replicate(cfg.replicate + r), methods, preset,
                                     progress, say))
-    return finite(aggregate(results, [res.pop("retrained") for res in results]))
+    retrained = [res.pop("retrained") for res in results]
+    confidences = [res.pop("forget_confidence") for res in results]
+    out = aggregate(results, retrained)
+    if replicates > 1:  # the challenge's scores compare models across replicates
+        out = with_forgetting(out, [r["methods"] for r in results], retrained, confidences)
+    return finite(out)
 
 
 def _compare_one(cfg: Config, methods: list[str], preset: str, progress: ProgressFn | None,
@@ -241,7 +271,7 @@ def _compare_one(cfg: Config, methods: list[str], preset: str, progress: Progres
     say("evaluating ...")
     from dimalign.metrics import evaluate
 
-    metrics, _ = evaluate(models, baselines.experiment, cfg.eval, cfg.seed)
+    metrics, outputs = evaluate(models, baselines.experiment, cfg.eval, cfg.seed)
     retrained = metrics["retrained"]
     rows = {}
     for name in ["original", *methods]:
@@ -254,7 +284,9 @@ def _compare_one(cfg: Config, methods: list[str], preset: str, progress: Progres
         rows[name] = row
     return finite({"preset": preset, "config": cfg.to_dict(), "device": str(baselines.device),
                    "methods": rows, "params": {m: cfg.method_params(m) for m in methods},
-                   "retrained_seconds": seconds["retrained"], "retrained": retrained})
+                   "retrained_seconds": seconds["retrained"], "retrained": retrained,
+                   "forget_confidence": forget_confidence(outputs, baselines.experiment,
+                                                          cfg.seed)})
 
 
 def comparison_rows(results: list[tuple[str, str, dict]], keys: list[str]) -> list[dict]:

@@ -136,9 +136,12 @@ class Scheduler:
 
     def record_endings(self) -> None:
         """Record how runs ended that their worker could not write (the store was full)."""
+        from dimalign.run_jobs import queue_then
+
         for run_id, ending in list(self.endings.items()):
             self.store.transition(run_id, ("running",), **ending)
             del self.endings[run_id]
+            queue_then(self.store, run_id)
 
     def spawn(self, slot: Slot) -> None:
         from dimalign.worker import serve

@@ -116,10 +116,12 @@ def _warm_latest_experiment() -> None:
         from dimalign.train import baselines_cached, get_baselines, warm_up
 
         store = Store()
-        latest = store.runs(limit=1)
+        # the newest run of an experiment (jobs on a source run, e.g. a film's frames queued
+        # after each run, have settings of their own instead)
+        latest = [r for r in store.runs(limit=5) if get_kind(r.kind).experiment]
         store.close()
-        if not latest or not get_kind(latest[0].kind).experiment:
-            return  # a job on a source run: its config is its own settings
+        if not latest:
+            return
         cfg = config_from_dict(latest[0].config)
         if not baselines_cached(cfg):
             return
@@ -141,6 +143,7 @@ def work(home: str, run_id: str, gpu: int | None = None) -> dict | None:
     if gpu is not None:  # before torch is imported, so the job sees only its GPU
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     from dimalign.checked import DiskFull
+    from dimalign.run_jobs import queue_then
     from dimalign.store import Store
 
     store = None
@@ -165,6 +168,7 @@ def work(home: str, run_id: str, gpu: int | None = None) -> dict | None:
         beat.join(timeout=5)
     try:
         store.transition(run_id, ("running",), **ending)
+        queue_then(store, run_id)
     except DiskFull as err:
         _note(f"run {run_id} ended {ending['status']}"
               + (f" ({ending['error']})" if ending.get("error") else "")

@@ -1,13 +1,28 @@
 """Audit: where in the network forgetting happens, what a membership attacker sees, how fast
-the forgotten comes back, and what each class gets (computed by a worker, cached per run)."""
+the forgotten comes back, what each class gets, and which samples are still remembered
+(computed by a worker, cached per run)."""
 
+import base64
 import dataclasses
+import io
 
 import streamlit as st
+from PIL import Image
 
 from dimalign import plots, ui
-from dimalign.audit import AuditSettings, attack_table, audit_path, load_audit, score_range
+from dimalign.audit import (
+    AuditSettings,
+    attack_table,
+    audit_path,
+    load_audit,
+    relearn_table,
+    sample_table,
+    score_range,
+    verdict_text,
+)
 from dimalign.checked import DamagedFile
+from dimalign.config import config_from_dict
+from dimalign.data import build_experiment
 from dimalign.errors import ConfigError
 from dimalign.store import ACTIVE, StoreError
 
@@ -50,15 +65,11 @@ if not path.exists():
                   args=(run.id, settings))
         st.stop()
 
-    @st.fragment(run_every=1.0)
-    def waiting() -> None:
+    def _over() -> bool:  # the audit, or why it did not come and the button: the whole page
         j = _job()
-        if path.exists() or j is None or j.status not in ACTIVE:
-            st.rerun()  # the whole page: the audit, or why it did not come and the button
-        st.progress(j.progress or 0.0, text=f"Audit of run {run.id}: {j.status}"
-                    + (f" ({j.phase})" if j.phase and j.status == "running" else ""))
+        return path.exists() or j is None or j.status not in ACTIVE
 
-    waiting()
+    ui.wait_for_job(job.id, _over, f"Audit of run {run.id}")
     st.stop()
 
 try:
@@ -76,10 +87,12 @@ st.subheader("1. Where in the network does the representation change?")
 ui.chart(ui.memo_figure(("audit_layers", *stamp), lambda: plots.layer_profile_figure(audit)),
          "audit_layers")
 st.caption("Each block's output, average-pooled over space, for retain, forget and test "
-           f"samples; DA with the run's eval settings (energy {settings_used['eval']['energy']}"
-           f", k {settings_used['eval']['k'] or 'from energy'}, centred "
-           f"{settings_used['eval']['center']}). The last layer is the penultimate one: its DA "
-           "is the run's DA.")
+           f"samples; DA with energy {settings_used['eval']['energy']}, k "
+           f"{settings_used['eval']['k'] or 'from energy'}. Inner layers are centred on the "
+           "retain mean (uncentred, their shared positive mean is the one retain direction: "
+           "k = 1 and DA ≈ 0.99 for every model). The last layer is the penultimate one, with "
+           f"the run's centring ({settings_used['eval']['center']}): its DA is the run's DA. "
+           "Effective rank: Roy & Vetterli's, centred as DA.")
 
 st.subheader("2. What does a membership attacker see?")
 c1, c2 = st.columns([1, 3])
@@ -104,15 +117,18 @@ st.caption(f"Non-members: {settings_used['nonmembers']}. A good unlearner's TPR 
 st.subheader("3. Does the forgotten come back? (relearn attack)")
 ui.chart(ui.memo_figure(("audit_relearn", *stamp), lambda: plots.relearn_figure(audit)),
          "audit_relearn")
-st.dataframe([{"model": model, "steps to relearn": entry["steps_to_relearn"]}
-              for model, entry in audit["relearn"].items()], hide_index=True,
-             key="audit_steps")
+st.dataframe(relearn_table(audit), hide_index=True, key="audit_steps")
 threshold_text = ("" if settings_used["relearn_threshold"] is None else
                   f"{settings_used['relearn_threshold']:.3f}")
+batch = settings_used["relearn_batch"]
 st.caption(f"Each model fine-tuned on the same {settings_used['m']} forget samples (seed "
-           f"{settings_used['seed']}, lr {settings_used['lr']}) for "
+           f"{settings_used['seed']}), {batch['forget']} of them beside {batch['retain']} "
+           f"retain samples in each batch, with the training's SGD (lr {settings_used['lr']}, "
+           f"{'Nesterov ' * settings_used['nesterov']}momentum {settings_used['momentum']}) for "
            f"{settings_used['relearn_steps']} steps. Relearnt: forget accuracy at least 0.9 × "
-           f"the original model's ({threshold_text}); none = never within the steps.")
+           f"the original model's ({threshold_text}); none = never within the steps. The mean "
+           f"± sd is over {settings_used['relearn_subsets']} seeded draws of the forget "
+           "samples, of the draws that relearnt.")
 
 st.subheader("4. What does each class get?")
 ui.chart(ui.memo_figure(("audit_classes", *stamp), lambda: plots.class_accuracy_figure(audit)),
@@ -126,3 +142,67 @@ if "target" in classwise:
     for col, (model, entry) in zip(st.columns(len(classwise["models"])),
                                    classwise["models"].items(), strict=True):
         col.metric(model, "–" if entry.get("asr") is None else f"{entry['asr']:.3f}")
+
+st.subheader("5. Which forget samples are still remembered?")
+how, run_cfg = audit["sample_verdict"], config_from_dict(run.config)
+
+
+def _thumbnails(rows: list[int]) -> list[str]:
+    """Training images as data-URI PNGs, for the table's image column (one experiment for
+    every row: `ui.sample_image` builds it per call, a backdoor's with a copy of the images)."""
+    images, out = build_experiment(run_cfg).x_train, []
+    for row in rows:
+        png = io.BytesIO()
+        Image.fromarray(plots.image_montage(images[row:row + 1], ncols=1)).save(png, "PNG")
+        out.append("data:image/png;base64," + base64.b64encode(png.getvalue()).decode())
+    return out
+
+
+def _show_sample(sample: dict) -> None:
+    """The picked sample: its image and label, its numbers under each model, and its track in
+    the run's film when the film holds it."""
+    film = ui.load_film(run)
+    at = None if film is None else next(
+        (i for i, (split, row) in enumerate(zip(film["splits"], film["rows"], strict=True))
+         if split == "forget" and row == sample["id"]), None)
+    numbers = [{"model": m, **v} for m, v in sample["models"].items()]
+    if sample.get("reference"):
+        numbers.append({"model": f"retrained (mean of {how['retrained_models']})",
+                        **sample["reference"]})
+    where = st
+    if at is None:
+        picture, where = st.columns([1, 4])
+        picture.image(ui.sample_image(run_cfg, "forget", sample["id"]), width=96)
+        picture.markdown(f"**forget** sample {sample['id']}  \nlabel {sample['label']}")
+    where.dataframe(numbers, hide_index=True, key="audit_sample_models")
+    if at is not None:
+        st.caption("Its track in the run's film (the film's residuals use one k for every "
+                   "frame, the retrained model's; the audit's, each model's own).")
+        ui.show_film_sample(run, film, film["ids"][at])
+
+
+def _table() -> list[dict]:
+    rows = sample_table(audit)
+    return [{"image": image, **row} for image, row in
+            zip(_thumbnails([r["sample"] for r in rows]), rows, strict=True)]
+
+
+table = ui.memo_figure(("audit_samples", *stamp), _table)
+number = st.column_config.NumberColumn
+picked = st.dataframe(
+    table, hide_index=True, key="audit_samples", on_select="rerun",
+    selection_mode="single-row",
+    column_config={"image": st.column_config.ImageColumn("image", width="small"),
+                   "score": number(format="%.2f", help=verdict_text(how)),
+                   "percentile": number(format="%.2f", help="The share of retrained models "
+                                        "less far toward the original (ties count half)"),
+                   "membership score": number(format="%.2f", help="The same score of the "
+                                              "logit-scaled confidence on the label"),
+                   **{c: number(format="%.3f") for c in (table[0] if table else ())
+                      if c.startswith(("residual", "confidence"))}}).selection.rows
+st.caption(f"The {len(table)} forget samples with the highest score of the {how['scored']} "
+           f"scored (of {how['forget']}); {verdict_text(how)}. Residual: the sample's share of "
+           "its penultimate features outside the model's retain top-k eigenspace (k as its "
+           "DA's). Pick a row to see the sample.")
+if picked:
+    _show_sample(audit["samples"][picked[0]])

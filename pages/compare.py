@@ -6,11 +6,12 @@ import pandas as pd
 import streamlit as st
 
 from dimalign import plots, ui
+from dimalign.challenge import DESCRIPTIONS, SCORES
 from dimalign.errors import ConfigError
 from dimalign.export import csv_text
 from dimalign.methods import ORDER, REGISTRY
 from dimalign.metric_table import TABLE, TIME_FRACTION, shown
-from dimalign.replicates import baseline_rows, inside, setting_rows
+from dimalign.replicates import baseline_rows, inside, score_of, setting_rows
 from dimalign.store import ACTIVE, StoreError
 
 cfg, who = ui.page("Compare")
@@ -67,7 +68,14 @@ many = any(row["replicates"] > 1 for row in (*baselines, *settings))
 if not any(v is not None for v in floor.values()):
     floor = None
 show_gaps = st.toggle("Show gaps to retrained instead of values", key="gaps")
-COLUMNS = [*KEYS, TIME_FRACTION.name]
+source = [*baselines, *settings]
+# the unlearning challenge's scores, once some setting has the replicates for them
+scored = [k for k in SCORES if any(score_of(row, k)[0] is not None for row in source)]
+if "final_score" in scored and st.toggle("Rank by final score", key="rank_final",
+                                         help=DESCRIPTIONS["final_score"]):
+    source.sort(key=lambda row: (score_of(row, "final_score")[0] is None,
+                                 -(score_of(row, "final_score")[0] or 0.0)))
+COLUMNS = [*KEYS, TIME_FRACTION.name, *scored]
 
 
 def _flat(row: dict) -> dict:
@@ -76,15 +84,16 @@ def _flat(row: dict) -> dict:
     values = row["gap_mean"] if show_gaps else row["mean"]
     flat = {"run": row["run"], "method": row["method"],
             **{k: values.get(k) for k in KEYS},
-            TIME_FRACTION.name: row["mean"].get(TIME_FRACTION.name)}
+            TIME_FRACTION.name: row["mean"].get(TIME_FRACTION.name),
+            **{k: score_of(row, k)[0] for k in scored}}
     if many:
         flat["replicates"] = row["replicates"]
     return flat
 
 
-source = [*baselines, *settings]
 table = [_flat(row) for row in source]
-spread = [row["gap_sd"] if show_gaps else row["sd"] for row in source]
+spread = [{**(row["gap_sd"] if show_gaps else row["sd"]),
+           **{k: score_of(row, k)[1] for k in scored}} for row in source]
 
 
 def _cell(value, sd) -> str:
@@ -126,6 +135,7 @@ columns = {k: st.column_config.Column(help=f"{TABLE[k].title}: {TABLE[k].descrip
            for k in KEYS}
 columns[TIME_FRACTION.name] = st.column_config.Column(TIME_FRACTION.title,
                                                       help=TIME_FRACTION.description)
+columns.update({k: st.column_config.Column(help=DESCRIPTIONS[k]) for k in scored})
 st.dataframe(styled, hide_index=True, key="compare_table", column_config=columns)
 if mine is not None:
     st.caption(f"Blue run cell: the row of your latest run, {latest}"
@@ -138,6 +148,12 @@ st.caption("Red shading grows with the distance to the retrained model (the gold
 if floor:
     st.caption("Noise floor: " + ", ".join(f"{k} {floor[k]:.3f}" for k in KEYS
                                            if floor.get(k) is not None))
+if scored:
+    note = next((row["forgetting"]["note"] for row in source if row.get("forgetting")
+                 and row["forgetting"].get("note")), None)
+    st.caption("The unlearning challenge's scores (docs/method.md, \"Forgetting quality\"): "
+               "value ± sd over resampled replicates; the retrained row is retraining against "
+               "itself, the reference." + (f" {note}." if note else ""))
 
 
 def _chart_row(row: dict) -> dict:

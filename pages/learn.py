@@ -5,6 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from dimalign import plots, ui
+from dimalign.exercises import EXERCISES, first_met, summary
 
 cfg, who = ui.page("Learn: unlearning in feature space")
 
@@ -20,6 +21,12 @@ st.markdown("**2. Where do forget features live?** Stack features as columns. $U
 st.latex(r"\mathrm{DA}(D_f \mid D_r) = "
          r"\frac{\lVert F_f F_f^\top U_r U_r^\top \rVert_F}{\lVert F_f F_f^\top \rVert_F}"
          r"\in [0, 1]")
+st.markdown("**Move it yourself.** Retain (blue) and forget (red) features in 2-D or 3-D. Turn "
+            "the forget cloud, spread it, or change $k$: DA, the principal angles between the "
+            "forget and retain top-$k$ subspaces, and the retain eigenvectors follow at once "
+            "(your browser computes them). Turned onto the retain eigenvectors, the forget "
+            "features score a high DA; square to them, a low one.")
+ui.playground("learn_playground")
 run, geometry = ui.geometry_source(cfg, who)
 if geometry is not None:
     ui.chart(ui.memo_figure(("angles", run.id, run.finished),
@@ -58,3 +65,27 @@ class. How to read each panel: the *Audit* section of docs/dashboard.md
 (docs/dashboard.md#audit).
 """)
 st.page_link("pages/audit.py", label="Open the Audit page", icon=":material/fact_check:")
+
+st.markdown("**7. Exercises on your own runs.** Each turns ✔ when one of your finished runs "
+            "meets it; the link opens the page where it is done.")
+
+
+def _exercises(watching: bool) -> None:
+    if who.admin:
+        st.caption("The instructor's view has no runs of its own to check.")
+        return
+    attempts = ui.own_attempts(who)
+    for exercise in EXERCISES:
+        done = first_met(exercise, attempts)
+        with st.container(border=True, key=f"exercise_{exercise.key}"):
+            st.markdown(f"{'✔' if done else '○'} **{exercise.goal}**")
+            st.caption(f"Done by {summary(done)}. {exercise.question}" if done
+                       else exercise.question)
+            st.page_link(exercise.page, label="Do it on the Unlearn page",
+                         icon=":material/play_arrow:")
+    if watching and not ui.has_active_runs(who):
+        st.rerun()  # the last run ended: the whole page, without this fragment's timer
+
+
+active = ui.has_active_runs(who)  # checked again every 2 s while a run may finish
+st.fragment(_exercises, run_every=2.0 if active else None)(active)

@@ -59,16 +59,5 @@ def _draw() -> bool:
 if job is None:
     _draw()
 else:
-    @st.fragment(run_every=1.0)
-    def waiting() -> None:
-        if _draw():
-            return
-        j = ui.store().get(job)
-        if j.terminal:
-            ui.show_run_error(j)
-        else:
-            st.progress(0.5 if j.status == "running" else 0.0,
-                        text=f"UMAP of {samples} points: {j.status} (the first one also "
-                             "compiles UMAP, about a minute)")
-
-    waiting()
+    ui.wait_for_job(job, path.exists, f"UMAP of {samples} points",
+                    " (the first one also compiles UMAP, about a minute)")

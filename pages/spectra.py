@@ -21,4 +21,6 @@ c1.markdown("\n".join(f"- **{m}**: k = {k}" for m, k in ks.items()))
 st.dataframe([{"model": m, **{f"effective rank ({s})": round(g["effective_rank"][s], 2)
                               for s in ("retain", "forget", "test")}}
               for m, g in geometry["models"].items()], hide_index=True, key="ranks")
-st.caption(f"Spectra of every sample of each split; run {run.id}.")
+st.caption(f"Spectra of every sample of each split; run {run.id}. Effective rank: Roy & "
+           "Vetterli's, exp(entropy) of the normalised singular values"
+           + (", centred (eval.center)" if geometry["settings"].get("center") else "") + ".")

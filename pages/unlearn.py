@@ -7,7 +7,7 @@ from dimalign import plots, ui
 from dimalign.errors import ConfigError
 from dimalign.methods import ORDER, REGISTRY
 from dimalign.metric_table import shown
-from dimalign.run_files import FILM_UMAP
+from dimalign.run_files import FILM_PENDING, FILM_UMAP
 from dimalign.store import StoreError
 
 cfg, who = ui.page("Unlearn (live)", scheduler=True)  # workers warm up while knobs are set
@@ -133,8 +133,25 @@ def _curves(run_id: str) -> None:
     fig = ui.memo_figure(
         ("curves", run_id, version, str(references), tuple(g.run.id for g in ghosts)),
         lambda: plots.telemetry_figure(store.curves(run_id), references,
-                                       ghosts=[(g.label, store.curves(g.run.id)) for g in ghosts]))
-    ui.chart(fig, f"curves_{run_id}")
+                                       ghosts=[(g.label, store.curves(g.run.id)) for g in ghosts],
+                                       pickable=True))
+    event = ui.chart(fig, f"curves_{run_id}", on_select="rerun", selection_mode="points")
+    _seek_to(run_id, event)
+
+
+def _seek_to(run_id: str, event) -> None:
+    """A step clicked on the curves (an unseen marker on each panel's first curve): the film
+    shows its nearest frame, once per new click."""
+    points = [p for p in ((event or {}).get("selection") or {}).get("points", [])
+              if p.get("x") is not None]
+    if not points:
+        return
+    picked = (points[0]["x"], points[0].get("curve_number"), points[0].get("point_index"))
+    seek = st.session_state.get(f"seek_{run_id}")
+    if seek is None or seek["picked"] != picked:
+        nonce = (seek or {}).get("nonce", 0) + 1
+        st.session_state[f"seek_{run_id}"] = {"step": picked[0], "nonce": nonce,
+                                               "picked": picked}
 
 
 def _film(run, finished: bool = False) -> None:
@@ -145,7 +162,17 @@ def _film(run, finished: bool = False) -> None:
         return (st.session_state.get(key) or {}).get("frame")
 
     key = f"film_{run.id}_linear"
-    film = ui.load_film(run, frame(key))
+    if finished and (run.folder / FILM_PENDING).exists():  # frames the run left for its job
+        st.subheader("Film")
+        try:
+            job = ui.job_on_run("film", run, {}, who)  # the one the run queued as it ended
+        except StoreError:  # measured in the meantime
+            st.rerun()
+        ui.wait_for_job(job, lambda: not (run.folder / FILM_PENDING).exists(),
+                        "Recording the film's last frames",
+                        " (the run left them for after it, to be done sooner)")
+        return
+    film = ui.load_film(run, frame(key), seek=st.session_state.get(f"seek_{run.id}"))
     if film is None:
         return
     st.subheader("Film")
@@ -159,22 +186,22 @@ def _film(run, finished: bool = False) -> None:
         return
     if umap:
         key = f"film_{run.id}_umap"
-        film = ui.load_film(run, frame(key), umap=True)
+        film = ui.load_film(run, frame(key), umap=True, seek=st.session_state.get(f"seek_{run.id}"))
     st.caption(("Each frame places the film's samples into one UMAP frame fitted on the "
                 "original and retrained models' features (the faint layers). " if umap else
                 "The forget samples' penultimate features, frame by frame. Across: the "
                 "starting model's top retain direction; up: the distance off the retain plane "
                 "(the share of a feature outside the retain eigenspace). Forgetting is the "
                 "forget samples falling to 0. Faint: the original and retrained models' "
-                "features. ") + "Play, scrub, or hover a step on the curves below it.")
+                "features. ") + "Play, scrub, hover a step on the curves below it, or click a "
+                "step on the live curves above.")
     event = ui.film_player(film, key)
     if finished:
         files = ui.film_downloads(run)
-        gif, html, _ = st.columns([1, 1, 3])
-        gif.download_button("Film as GIF", files["gif"], f"dimalign-film-{run.id}.gif",
-                            "image/gif", key="film_gif")
-        html.download_button("Film as HTML", files["html"], f"dimalign-film-{run.id}.html",
-                             "text/html", key="film_html")
+        for column, (fmt, (name, mime)) in zip(st.columns([1, 1, 1, 3]),
+                                              ui.FILM_FORMATS.items(), strict=False):
+            column.download_button(f"Film as {name}", files[fmt],
+                                   f"dimalign-film-{run.id}.{fmt}", mime, key=f"film_{fmt}")
     if event and event.get("clicked") is not None:
         ui.show_film_sample(run, film, event["clicked"])
 
@@ -185,19 +212,8 @@ def _film_umap_job(run) -> None:
     except StoreError as err:
         st.error(f"{ui.said(err)}.")
         return
-
-    @st.fragment(run_every=1.0)
-    def waiting() -> None:
-        if (run.folder / FILM_UMAP).exists():
-            st.rerun()
-        j = ui.store().get(job)
-        if j.terminal:
-            ui.show_run_error(j)
-        else:
-            st.progress(j.progress or 0.0, text=f"Aligned UMAP of the film: {j.status} "
-                        "(the first one on a machine also compiles UMAP, about a minute)")
-
-    waiting()
+    ui.wait_for_job(job, (run.folder / FILM_UMAP).exists, "Aligned UMAP of the film",
+                    " (the first one on a machine also compiles UMAP, about a minute)")
 
 
 STATUS_EVERY = 0.25  # s: the status line's check, one indexed query (the curves redraw each 1 s)

@@ -19,7 +19,7 @@ from dimalign.audit import (
     membership_auc,
     threshold_attack,
 )
-from dimalign.config import config_from_dict
+from dimalign.config import build_config, config_from_dict
 from dimalign.data import build_experiment
 from dimalign.errors import ConfigError
 from dimalign.features import forward_all
@@ -60,11 +60,47 @@ def test_layers_run_input_to_output_and_the_last_layers_da_is_the_runs(audited):
     names = [layer["name"] for layer in audit["layers"]]
     assert names == ["block1", "block2", "penultimate (block3)"]  # block3 pooled = penultimate
     assert [layer["dim"] for layer in audit["layers"]] == [16, 32, 64]
+    assert [layer["center"] for layer in audit["layers"]] == [True, True, False]
     for model in ("original", "retrained", "unlearned"):
-        assert audit["layers"][-1]["models"][model]["da"] == pytest.approx(
-            result["models"][model]["da"], abs=1e-6)
+        last, row = audit["layers"][-1]["models"][model], result["models"][model]
+        assert last["da"] == pytest.approx(row["da"], abs=1e-6) and last["da_k"] == row["da_k"]
+        assert last["effective_rank"] == pytest.approx(row["effective_rank"], rel=1e-6)
         assert all(0 <= layer["models"][model]["da"] <= 1 for layer in audit["layers"])
         assert all(layer["models"][model]["effective_rank"] >= 1 for layer in audit["layers"])
+
+
+@pytest.fixture(scope="module")
+def default_layers(default_baselines):
+    """The audit's layers of the embedded default experiment (digits-class, fully trained) for
+    its original, retrained and MUDA-unlearned models: inner layers centred, and not."""
+    from dimalign.audit import layer_geometry, model_layers
+    from dimalign.methods import get_method
+    from dimalign.methods.loop import unlearn
+
+    cfg, b = build_config("digits-class"), default_baselines
+    exp = b.experiment
+    unlearned = unlearn(cfg, get_method("muda"), exp, b.original, b.device).model
+    models = {"original": b.original, "retrained": b.retrained, "unlearned": unlearned}
+    train, test = model_layers(models, exp)
+    return {center: layer_geometry(train, test, exp, cfg.eval, cfg.seed, inner_center=center)
+            for center in (True, False)}
+
+
+def test_centred_inner_layer_da_tells_the_three_models_apart_on_digits(default_layers):
+    """Uncentred, an inner layer's shared positive mean is the one retain direction: k = 1 and
+    DA about 0.99 for every model (issue 27). Centred (the audit's default), block2 separates
+    them (0.872, 0.960, 0.932 when written)."""
+    def da(center: bool, layer: int) -> list[float]:
+        row = default_layers[center][layer]["models"]
+        return [row[m]["da"] for m in ("original", "retrained", "unlearned")]
+
+    assert [layer["name"] for layer in default_layers[True]][:2] == ["block1", "block2"]
+    for layer in (0, 1):
+        assert {r["da_k"] for r in default_layers[False][layer]["models"].values()} == {1}
+        assert min(da(False, layer)) > 0.98
+    assert max(da(True, 1)) - min(da(True, 1)) > 0.05, da(True, 1)
+    assert da(True, 1)[0] < min(da(True, 1)[1:])  # the original least aligned, as at the top
+    assert default_layers[True][-1] == default_layers[False][-1]  # the penultimate: the run's
 
 
 def test_cka_of_the_retrained_model_to_itself_is_one_at_every_layer(audited):
@@ -79,15 +115,60 @@ def test_the_original_model_relearns_in_fewer_steps_than_the_retrained_model(aud
     relearn, settings = audit["relearn"], audit["settings"]
     n_forget = audited["result"]["data"]["forget"]
     assert settings["m"] == max(5, round(0.1 * n_forget))  # the default m
+    assert settings["relearn_seeds"] == [0, 1, 2, 3, 4] and settings["nesterov"]
+    assert settings["relearn_batch"] == {"forget": settings["m"],
+                                         "retain": 64 - settings["m"]}  # digits' batch: 64
     for entry in relearn.values():
         assert [p["step"] for p in entry["curve"]] == list(range(51))  # s = 50, and step 0
         assert {"acc_forget", "acc_test_forgotten"} <= set(entry["curve"][0])
+        assert len(entry["subsets"]) == 5 and entry["subsets"][0] == entry["steps_to_relearn"]
+        done = [s for s in entry["subsets"] if s is not None]
+        assert entry["relearnt"] == len(done)
+        if len(done) > 1:
+            assert entry["steps_mean"] == pytest.approx(sum(done) / len(done))
+            assert entry["steps_sd"] >= 0
+    assert relearn["original"]["subsets"] == [0] * 5 and relearn["original"]["steps_sd"] == 0
     original = relearn["original"]["steps_to_relearn"]
     retrained = relearn["retrained"]["steps_to_relearn"]
     assert original is not None and (retrained is None or original < retrained)
     assert settings["relearn_threshold"] == pytest.approx(
         0.9 * relearn["original"]["curve"][0]["acc_forget"])
     assert relearn["retrained"]["curve"][0]["acc_forget"] < settings["relearn_threshold"]
+
+
+def test_the_relearn_attack_probes_the_trained_original_without_wrecking_it(default_baselines):
+    """One step on each of 5 seeded draws of the m = 13 forget samples leaves the fully trained
+    original's accuracy on the other forget samples where it was. Before issue 27 a batch
+    was the 13 alone (one class), BatchNorm in train mode: one step took it from 0.99 to 0.0
+    on draws 5 and 6, to 0.35 and 0.54 on 7 and 8."""
+    from dimalign.audit import relearn, relearn_sets
+
+    b, tc = default_baselines, build_config("digits-class").train
+    exp = b.experiment
+    for seed in range(5, 10):
+        fit, sets, _ = relearn_sets(exp, AuditSettings(), seed)
+        rest = sets["forget"]
+        curve = relearn(b.original, exp.x_train, exp.y_train, fit, exp.retain_idx,
+                        {"forget": (exp.x_train[rest], exp.y_train[rest])}, exp.info, tc, 1,
+                        seed)
+        before, after = curve[0]["acc_forget"], curve[1]["acc_forget"]
+        assert before > 0.95 and after >= before - 0.05, (seed, before, after)
+
+
+def test_relearn_batches_mix_the_forget_samples_with_retain_samples_and_steps_summarise():
+    from dimalign.audit import mixed_batches, steps_summary
+
+    batches = mixed_batches(13, 100, 64, 3, seed=0)
+    assert all(len(f) == 13 and len(r) == 51 for f, r in batches)
+    assert all(sorted(f.tolist()) == list(range(13)) for f, _ in batches)  # every one a step
+    assert all(len(set(r.tolist())) == 51 and max(r) < 100 for _, r in batches)
+    cycled = mixed_batches(10, 100, 8, 5, seed=0)  # 4 forget samples a batch, cycled
+    assert [len(f) for f, _ in cycled] == [4] * 5
+    assert len(set(torch.cat([cycled[0][0], cycled[1][0]]).tolist())) == 8  # no repeats yet
+    assert steps_summary([3, None, 5, 4]) == {"subsets": [3, None, 5, 4], "relearnt": 3,
+                                              "steps_mean": 4.0, "steps_sd": 1.0}
+    assert steps_summary([None, None])["steps_mean"] is None
+    assert steps_summary([7, None])["steps_sd"] is None
 
 
 def test_confusion_matrix_rows_sum_to_the_class_counts(audited):
@@ -124,6 +205,86 @@ def test_auc_is_one_half_on_identical_distributions_and_threshold_rates_follow(a
     assert len(hist["edges"]) == 31 and sum(hist["forget"]) == audited["result"]["data"]["forget"]
 
 
+def test_every_scored_forget_sample_has_each_models_values_and_the_most_remembered_come_first(
+        audited):
+    """The audit's samples: the forget samples the run's result scores (all, on digits), each
+    with its residual, margin, confidence and membership under every model (the membership
+    is the logit-scaled confidence the result keeps), sorted by score."""
+    from dimalign.audit import sample_table, scored_rows
+
+    audit, result = audited["audit"], audited["result"]
+    exp = build_experiment(config_from_dict(result["config"]))
+    samples, how = audit["samples"], audit["sample_verdict"]
+    rows = scored_rows(exp, result["config"]["seed"]).tolist()
+    assert len(samples) == how["scored"] == result["data"]["forget"] == how["forget"]
+    assert sorted(s["id"] for s in samples) == rows
+    assert all(s["label"] == exp.y_train[s["id"]].item() == 3 for s in samples)
+    scores = [s["score"] for s in samples]
+    assert None not in scores and scores == sorted(scores, reverse=True)
+    assert how["kind"] in ("single", "replicates")  # other tests may cache replicates
+    assert how["retrained_models"] == len(how["replicates"]) and 0 in how["replicates"]
+    position = {row: j for j, row in enumerate(rows)}
+    for s in samples:
+        assert set(s["models"]) == {"original", "retrained", "unlearned"}
+        for model, v in s["models"].items():
+            assert 0 <= v["residual"] <= 1 and 0 <= v["confidence"] <= 1
+            assert v["membership"] == pytest.approx(
+                result["forget_confidence"][model][position[s["id"]]], abs=2e-4)
+            assert v["confidence"] <= 0.5 or v["margin"] > 0  # p > 1/2: the top logit
+    if how["kind"] == "single":  # the residual's gap toward the original
+        top = samples[0]["models"]
+        gap = top["unlearned"]["residual"] - top["retrained"]["residual"]
+        toward = 1 if top["original"]["residual"] >= top["retrained"]["residual"] else -1
+        assert samples[0]["score"] == pytest.approx(toward * gap, abs=2e-6)
+    table = sample_table(audit, top=10)
+    assert [r["sample"] for r in table] == [s["id"] for s in samples[:10]]
+    assert {"score", "membership score", "residual (unlearned)", "confidence (original)"} <= \
+        set(table[0])
+
+
+def test_the_unlearned_model_scored_against_replicates_has_a_known_score_and_percentile(
+        tiny_baselines, tiny_cfg):
+    """Retrained models of two "replicates", the run's own and the original standing in for
+    another, and an unlearned model that is the retrained one: every sample's score is at most
+    0 (the unlearned value is the retrained mean's far side from the original) and its
+    percentile 1/4 (it ties its own retrained model, lies short of the other)."""
+    from dimalign.audit import model_layers, sample_scores
+
+    b = tiny_baselines
+    models = {"original": b.original, "retrained": b.retrained, "unlearned": b.retrained}
+    train, _ = model_layers(models, b.experiment)
+    samples, how = sample_scores(train, b.experiment, tiny_cfg, {7: b.original})
+    assert how["kind"] == "replicates" and how["replicates"] == [0, 7]
+    assert how["retrained_models"] == 2 and how["sd"]["residual"] > 0
+    moved = [s for s in samples
+             if s["models"]["original"]["residual"] != s["models"]["retrained"]["residual"]]
+    assert len(moved) > 0.9 * len(samples)
+    assert all(s["score"] <= 1e-9 for s in samples)
+    assert all(s["percentile"] == 0.25 for s in moved)
+    for s in moved[:20]:
+        m = s["models"]
+        assert s["reference"]["residual"] == pytest.approx(
+            (m["original"]["residual"] + m["retrained"]["residual"]) / 2, abs=2e-6)
+
+
+def test_the_audit_finds_the_cached_retrained_models_of_the_other_replicates(tiny_baselines):
+    """Retrained models cached for replicates 0, 2 and 5 of a setting: an audit of replicate
+    2 scores against 0 and 5, lowest first."""
+    import time as clock
+
+    from dimalign.audit import replicate_retrained
+    from dimalign.train import cache_key, cache_path, save_checkpoint
+
+    cfg = build_config("digits-class", [*TINY, "seed=4242"])  # a setting no other test trains
+    for r in (0, 2, 5):
+        save_checkpoint(tiny_baselines.retrained,
+                        cache_path(cache_key(cfg.with_replicate(r), "retrained")),
+                        {"seconds": 1.0, "created": clock.time()})
+    found = replicate_retrained(cfg.with_replicate(2), torch.device("cpu"))
+    assert list(found) == [0, 5]
+    assert all(isinstance(m, torch.nn.Module) for m in found.values())
+
+
 def test_blocks_of_a_torchvision_model_and_the_penultimate_entry_is_forward_all(tiny_baselines):
     from dimalign.datasets import dataset_info
     from dimalign.models import build_model
@@ -151,13 +312,15 @@ def test_cli_prints_the_audit_as_json_and_refuses_bad_input_in_one_line(audited,
     assert ran.returncode == 0, ran.stderr
     audit = json.loads(ran.stdout)
     assert set(audit) >= {"layers", "relearn", "mia", "classwise"}
-    assert set(audit["layers"][0]["models"]["original"]) == {"da", "cka_retrained",
+    assert set(audit["layers"][0]["models"]["original"]) == {"da", "da_k", "cka_retrained",
                                                              "effective_rank"}
-    assert set(audit["relearn"]["unlearned"]) == {"steps_to_relearn", "curve"}
+    assert set(audit["relearn"]["unlearned"]) == {"steps_to_relearn", "curve", "subsets",
+                                                  "relearnt", "steps_mean", "steps_sd"}
     assert {"auc", "histograms"} <= set(audit["mia"]["retrained"])
     assert audit == audited["audit"]  # the cached file, not a second computation
     table = cli("audit", audited["run"])
     assert "penultimate (block3)" in table.stdout and "steps to relearn" in table.stdout
+    assert "mean ± sd (5 draws)" in table.stdout and "inner layers centred" in table.stdout
     for args, says in ((("audit", audited["run"], "--relearn-samples", "100000"),
                         "relearn_samples"),
                        (("audit", "0123456789ab"), "no run 0123456789ab"),
@@ -199,6 +362,11 @@ def test_audit_page_draws_four_panels_and_the_threshold_slider_moves_the_rates(a
     assert low["FPR (non-members called member)"].iloc[1] == 1.0
     at.radio(key="audit_score").set_value("entropy").run()
     assert not at.exception and at.slider(key="audit_threshold_entropy") is not None
+    assert at.subheader[4].value == "5. Which forget samples are still remembered?"
+    samples = at.dataframe[2].value  # attack rates, steps to relearn, then the samples
+    assert len(samples) == min(100, audited["result"]["data"]["forget"])
+    assert list(samples["sample"]) == [s["id"] for s in audited["audit"]["samples"][:100]]
+    assert samples["image"].str.startswith("data:image/png;base64,").all()
 
 
 def test_audit_page_offers_a_button_that_queues_the_job_and_then_shows_the_audit(audited):
@@ -226,8 +394,8 @@ def test_learn_page_links_to_the_audit_and_its_reading_guide(audited):
     at.switch_page("pages/learn.py").run()
     assert not at.exception
     links = at.get("page_link")
-    assert [(link.proto.page, link.proto.label) for link in links] == [
-        ("audit", "Open the Audit page")]
+    assert [(link.proto.page, link.proto.label) for link in links if link.proto.page == "audit"] \
+        == [("audit", "Open the Audit page")]  # the exercises' links go to Unlearn
     assert any("docs/dashboard.md#audit" in m.value for m in at.markdown)
 
 
@@ -243,7 +411,6 @@ def test_a_forget_set_too_small_for_the_automatic_m_names_the_m_that_fits():
 
 def test_backdoor_and_random_scenarios_pick_their_own_non_members_and_relearn_sets():
     from dimalign.audit import classwise, nonmember_rows, relearn_sets
-    from dimalign.config import build_config
 
     exp = build_experiment(build_config("digits-backdoor", TINY))
     what, source, rows = nonmember_rows(exp)

@@ -59,12 +59,15 @@ def data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("participants-data")
 
 
+ADMIN_KEY = "e2e-instructor"  # the server's DIMALIGN_ADMIN_KEY: `?admin=` opens the room view
+
+
 @pytest.fixture(scope="module")
 def server(default_baselines, data_root):
     """The app exactly as the README starts it: `make app`, on a free port, with one data
-    root (DIMALIGN_DATA_ROOTS)."""
+    root (DIMALIGN_DATA_ROOTS) and an instructor key (DIMALIGN_ADMIN_KEY)."""
     port = free_port()
-    env = {**os.environ, "DIMALIGN_DATA_ROOTS": str(data_root)}
+    env = {**os.environ, "DIMALIGN_DATA_ROOTS": str(data_root), "DIMALIGN_ADMIN_KEY": ADMIN_KEY}
     proc = subprocess.Popen(["make", "app", f"PORT={port}"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -173,7 +176,7 @@ def newest_run(store, owner: str, other_than: tuple[str, ...] = (), timeout: flo
     """The id of `owner`'s newest run that is not one of `other_than`, once it exists."""
     end = time.monotonic() + timeout
     while True:
-        found = [r.id for r in store.runs(owner=owner) if r.id not in other_than]
+        found = [r.id for r in store.runs(owner=owner, kind="unlearn") if r.id not in other_than]
         if found:
             return found[0]
         assert time.monotonic() < end, f"{owner} has no new run"
@@ -258,7 +261,38 @@ def compute_the_audit_and_see_its_panels(page) -> None:
     page.get_by_role("heading", name="4. What does each class get?").wait_for(timeout=180_000)
     wait_idle(page)
     assert page.locator(".js-plotly-plot").count() == 5
-    assert page.locator("[data-testid='stDataFrame']").count() == 2  # attack rates, steps
+    assert page.locator("[data-testid='stDataFrame']").count() == 3  # attack, steps, samples
+
+
+# a row's selector in st.dataframe's grid (a canvas): the row marker column, rows of 35 px
+# under a header row as tall
+ROW_SELECTOR_X, ROW_HEIGHT = 15, 35
+
+
+def click_the_most_remembered_sample_and_see_it(page, run_id: str) -> None:
+    """Section 5's table: a click on its first row's selector shows that sample, the most
+    remembered: its image and its label, and its track in the run's film."""
+    from dimalign.audit import AuditSettings, audit_path, load_audit
+    from dimalign.store import Store
+
+    top = load_audit(audit_path(Store().get(run_id).folder, AuditSettings()))["samples"][0]
+    grid = page.locator("[data-testid='stDataFrame']").nth(2)
+    grid.scroll_into_view_if_needed()
+    grid.locator("canvas").first.click(position={"x": ROW_SELECTOR_X, "y": 1.5 * ROW_HEIGHT})
+    picked = page.locator("[data-testid='stMarkdownContainer']",
+                          has_text=re.compile(rf"forget sample {top['id']}(?!\d)")).first
+    picked.wait_for(timeout=30_000)
+    assert re.search(rf"forget sample {top['id']}\s+label {top['label']}\b",
+                     picked.inner_text()), picked.inner_text()
+    page.wait_for_function("""() => {
+        const img = document.querySelector("[data-testid='stImage'] img");
+        return img && img.complete && img.naturalWidth > 0;
+    }""", timeout=30_000)  # the picked sample's image, loaded and drawn
+    page.wait_for_function("""() => [...document.querySelectorAll('.js-plotly-plot')].some(
+        gd => (gd.data || []).some(t => t.name === 'confidence on its label'))""",
+                           timeout=30_000)  # its track in the film
+    wait_idle(page)
+    page.screenshot(path=ARTIFACTS / "audit-samples.png", full_page=True)
 
 
 def download_the_chart_as_svg(page) -> None:
@@ -327,6 +361,7 @@ def test_start_a_muda_run_watch_it_live_and_visit_every_page(server, browser):
             click_a_manifold_point_and_see_its_image(page)
         if name == "Audit":
             compute_the_audit_and_see_its_panels(page)
+            click_the_most_remembered_sample_and_see_it(page, run_id)
         if name == "Compare":
             download_the_chart_as_svg(page)
         shot = ARTIFACTS / f"{name.lower().split(' (')[0].replace(' ', '-')}.png"
@@ -664,6 +699,19 @@ def test_own_data_a_server_path_is_refused_in_one_line_and_an_uploaded_zip_is_us
 
 
 FILM_STEP = "() => document.getElementById('film-step').dataset.step"
+# where a person clicks a point two thirds along the live curves' first curve (the one a click
+# selects a step on; away from the corner the chart's tool bar takes): page coordinates, step
+CURVES_STEP = """() => {
+    const gd = [...document.querySelectorAll('.js-plotly-plot')].find(
+        g => (g.data || []).some(t => t.meta === 'step-picker'));
+    gd.scrollIntoView({block: 'center'});
+    const t = gd.data.find(t => t.meta === 'step-picker'), i = Math.floor(t.x.length * 2 / 3);
+    const full = gd._fullLayout, box = gd.getBoundingClientRect();
+    const xa = full['xaxis' + (t.xaxis || 'x').slice(1)];
+    const ya = full['yaxis' + (t.yaxis || 'y').slice(1)];
+    return [box.left + xa._offset + xa.l2p(t.x[i]), box.top + ya._offset + ya.l2p(t.y[i]),
+            t.x[i]];
+}"""
 
 
 def test_a_runs_film_arrives_scrubs_with_its_curves_shows_a_clicked_sample_and_manifolds_link(
@@ -710,6 +758,15 @@ def test_a_runs_film_arrives_scrubs_with_its_curves_shows_a_clicked_sample_and_m
     print(f"film redraw, median of {len(redraws)} scrubs: {redraw:.1f} ms ({redraws})")
     assert redraw < 300, redraws
     wait_idle(page)
+    x, y, picked = page.evaluate(CURVES_STEP)  # a click on a step of the live curves
+    page.mouse.click(x, y)
+    film = linked_frame(page)
+    steps = [int(s) for s in film.locator("#film-strip").get_attribute("data-steps").split(",")]
+    shown = str(min(steps, key=lambda s: abs(s - picked)))  # the film goes to its nearest frame
+    film.wait_for_function(f"() => document.getElementById('film-step').dataset.step == "
+                           f"'{shown}'", timeout=30_000)
+    assert film.locator("#film-strip").get_attribute("data-marker-step") == shown
+    wait_idle(page)
     x, y, _ = point_on_page(page, film, 0, "film-points", 5)  # the first forget sample
     page.mouse.click(x, y)
     picked = page.locator("[data-testid='stMarkdownContainer']", has_text="label")
@@ -732,4 +789,166 @@ def test_a_runs_film_arrives_scrubs_with_its_curves_shows_a_clicked_sample_and_m
     wait_idle(page)
     hover_a_manifold_point_and_see_it_ringed_in_every_panel(page)
     assert page.locator("[data-testid='stException']").count() == 0
+    page.close()
+
+
+# in the playground's frame: set a slider, dispatch the input event a move makes, and time from
+# that event to the DA text's change (a MutationObserver sees it as soon as it is written) and
+# to the next frame, the one that paints it
+PLAYGROUND_MOVE = """([id, value]) => new Promise((resolve, reject) => {
+    const da = document.getElementById('pg-da'), before = da.textContent;
+    const slider = document.getElementById(id);
+    let start = 0;
+    const seen = new MutationObserver(() => {
+        if (da.textContent === before) return;
+        seen.disconnect();
+        const written = performance.now() - start;
+        requestAnimationFrame(() => resolve([written, performance.now() - start,
+                                             da.textContent]));
+    });
+    seen.observe(da, {childList: true, characterData: true, subtree: true});
+    setTimeout(() => reject(new Error(`DA still ${before} after 2 s`)), 2000);
+    slider.value = String(value);
+    start = performance.now();
+    slider.dispatchEvent(new Event('input', {bubbles: true}));
+})"""
+
+
+# where the playground's 2-D plot draws the data point (x, y), in its frame
+PLOT_POINT = """([x, y]) => {
+    const gd = document.getElementById('pg-plot'), box = gd.getBoundingClientRect();
+    const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+    return [box.left + xa._offset + xa.l2p(x), box.top + ya._offset + ya.l2p(y)];
+}"""
+
+
+def test_learn_playground_answers_a_slider_at_once_and_an_exercise_ticks_after_a_run(
+        server, browser):
+    """Learn: each move of the DA playground's slider changes its DA text within 0.2 s (it
+    computes in the browser), and a drag turns its forget cloud; a finished MUDA run of the
+    person's with λ_DA = 0 ticks the exercise "Set λ_DA to 0" while the page is open."""
+    from dimalign.daemon import ensure_scheduler
+    from dimalign.jobs import submit
+    from dimalign.store import Store
+
+    who = address("learner")
+    run_id = submit(Store(), preset="digits-class", owner="learner",
+                    overrides=["muda.lambda_da=0", "muda.epochs=1"])
+    ensure_scheduler()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server.url}/learn?{who}&preset=digits-class")
+    page.get_by_role("heading", name="Learn").first.wait_for(timeout=60_000)
+    exercise = page.locator(".st-key-exercise_no_da")
+    first = exercise.inner_text(timeout=60_000)
+    live = Store().get(run_id).status != "done"  # read after: then the page drew it unfinished
+    assert not live or first.startswith("○"), first
+    playground = page.frame_locator(LINKED).first
+    playground.locator("#pg-da:not([data-value=''])").wait_for(timeout=60_000)
+    frame = page.locator(LINKED).first.element_handle().content_frame()
+    written, painted, redrawn, texts = [], [], [], []
+    for turn in (65, 70, 75, 80, 85, 90, -85):  # turned away from the retain axis (25°)
+        frame.evaluate("() => { window.__pgRedrawMs = undefined; }")
+        ms, frame_ms, text = frame.evaluate(PLAYGROUND_MOVE, ["pg-rotate", turn])
+        written.append(ms)
+        painted.append(frame_ms)
+        texts.append(text)
+        frame.wait_for_function("() => window.__pgRedrawMs !== undefined", timeout=10_000)
+        redrawn.append(frame.evaluate("() => window.__pgRedrawMs"))
+
+    def median(xs: list[float]) -> float:
+        return sorted(xs)[len(xs) // 2]
+
+    print(f"playground, medians of {len(texts)} moves: DA text written {median(written):.1f} ms "
+          f"after the input event, its frame {median(painted):.1f} ms, the plot redrawn "
+          f"{median(redrawn):.1f} ms ({written}, {painted}, {redrawn})")
+    assert max(written) < 200 and median(painted) < 200, (written, painted)
+    assert len(set(texts)) == len(texts), texts  # each move gave a new DA
+    page.locator(LINKED).first.scroll_into_view_if_needed()
+    box = page.locator(LINKED).first.bounding_box()
+    for i, (x, y) in enumerate(((5, 5), (5, -2))):  # a drag in the plot turns the forget cloud
+        px, py = frame.evaluate(PLOT_POINT, [x, y])
+        page.mouse.move(box["x"] + px, box["y"] + py)
+        if i == 0:
+            page.mouse.down()
+    page.mouse.up()
+    assert playground.locator("#pg-rotate").input_value() == "-22"  # atan(-2 / 5)
+    k = playground.locator("#pg-k")  # a person's own key press: k 1 -> 2, every angle shown
+    k.focus()
+    k.press("ArrowRight")
+    playground.get_by_text("k = 2").wait_for(timeout=2_000)
+    assert playground.locator("#pg-da").inner_text() == "DA = 1.000"  # U_r spans the plane
+    page.screenshot(path=ARTIFACTS / "learn-playground.png")
+
+    exercise.get_by_text("✔").wait_for(timeout=180_000)  # the page looks again every 2 s
+    run = Store().get(run_id)
+    assert run.status == "done"
+    print(f"exercise: the run took {run.finished - run.created:.1f} s from submit; the page "
+          f"{'saw it finish while open' if live else 'opened after it finished'}")
+    assert f"Done by run {run_id} (muda)" in exercise.inner_text()
+    assert page.locator("[data-testid='stException']").count() == 0
+    exercise.scroll_into_view_if_needed()
+    page.screenshot(path=ARTIFACTS / "learn-exercise.png")
+    page.close()
+
+
+# the room view's leaderboard as text, and every run id its charts draw
+BOARD_TEXT = """() => (document.querySelector('.st-key-room_leaderboard') || {}).innerText || ''"""
+CHART_RUNS = """() => [...document.querySelectorAll('.js-plotly-plot')].flatMap(
+    gd => (gd.data || []).flatMap(t => (t.customdata || []).map(c => c[0])))"""
+# where a person clicks a participant's starred best run on the room's Pareto chart
+BEST_POINT = """(runId) => {
+    const gd = [...document.querySelectorAll('.js-plotly-plot')].find(
+        g => (g.data || []).some(t => t.name === 'best of each'));
+    gd.scrollIntoView({block: 'center'});
+    const t = gd._fullData.find(d => d.name === 'best of each');
+    const i = t.customdata.findIndex(c => c[0] === runId);
+    const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+    return [box.left + xa._offset + xa.l2p(t.x[i]), box.top + ya._offset + ya.l2p(t.y[i])];
+}"""
+
+
+def test_three_participants_runs_reach_the_instructors_board_within_2_s_of_finishing(
+        server, browser):
+    """The instructor's room view on the projector: three participants' runs each show on
+    the leaderboard and the Pareto chart within 2 s of the `finished` time the store gives
+    them; a click on a starred point opens that run read-only on Unlearn."""
+    from dimalign.daemon import ensure_scheduler
+    from dimalign.jobs import submit
+    from dimalign.store import Store
+
+    store = Store()
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(f"{server.url}/room?admin={ADMIN_KEY}&preset=digits-class&projector=1")
+    page.get_by_role("heading", name="Room").first.wait_for(timeout=60_000)
+    wait_idle(page)
+    assert page.locator("[data-testid='stSidebar']").is_hidden()  # projector mode
+    ids = [submit(store, preset="digits-class", owner=f"room-{i}",
+                  overrides=["muda.epochs=1", f"muda.lambda_da={lam}"])
+           for i, lam in enumerate((1, 5, 20))]
+    ensure_scheduler()
+    seen: dict[str, float] = {}
+    end = time.monotonic() + 180
+    while len(seen) < len(ids):
+        board, drawn, now = page.evaluate(BOARD_TEXT), page.evaluate(CHART_RUNS), time.time()
+        seen.update({i: now for i in ids if i not in seen and i in board and i in drawn})
+        errors = page.locator("[data-testid='stException']")
+        assert errors.count() == 0, errors.first.inner_text()
+        assert time.monotonic() < end, f"on the board after 180 s: {sorted(seen)} of {ids}"
+        time.sleep(0.05)
+    lags = {i: seen[i] - store.get(i).finished for i in ids}
+    print("finished -> on the instructor's board: "
+          + ", ".join(f"{i} {lag:.2f} s" for i, lag in lags.items()))
+    assert all(store.get(i).status == "done" for i in ids)
+    assert max(lags.values()) < 2.0, lags
+    wait_idle(page)
+    page.screenshot(path=ARTIFACTS / "room.png", full_page=True)
+    x, y = page.evaluate(BEST_POINT, ids[0])
+    page.mouse.click(x, y)
+    page.get_by_role("heading", name="Unlearn").first.wait_for(timeout=60_000)
+    picker = page.get_by_role("combobox", name="Run")
+    picker.wait_for(timeout=30_000)
+    opened = picker.input_value().split(" · ")[1]  # points may overlap: any room's run
+    assert store.get(opened).status == "done" and store.get(opened).owner != "admin"
+    wait_page_shows(page, opened, "done", 30)
+    assert page.get_by_role("button", name="Run", exact=True).count() == 0  # read-only
     page.close()

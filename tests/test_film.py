@@ -5,7 +5,9 @@ shows forgetting as the forget points falling onto the retain plane."""
 import io
 import json
 import re
+import subprocess
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -82,11 +84,14 @@ def test_the_film_command_writes_json_and_a_playable_html_animation(tmp_path, cl
     assert drawn.returncode == 0, drawn.stderr
     with Image.open(gif) as im:
         assert im.format == "GIF" and im.n_frames == len(view["frames"])
-    mp4 = cli("film", folder, "--out", str(tmp_path / "film.mp4"))
-    assert mp4.returncode == 2 and ".gif" in mp4.stderr and ".html" in mp4.stderr
-    assert len(mp4.stderr.strip().splitlines()) == 1, mp4.stderr
+    mp4 = tmp_path / "film.mp4"
+    drawn = cli("film", folder, "--out", str(mp4))
+    assert drawn.returncode == 0, drawn.stderr
+    assert len(_decoded(mp4.read_bytes(), (640, 480))) == len(view["frames"])
+    umap = cli("film", folder, "--umap", "--out", str(mp4))  # refused before any UMAP is made
+    assert umap.returncode == 2 and "write the UMAP view as .html or .json" in umap.stderr
     bad = cli("film", folder, "--out", str(tmp_path / "film.png"))
-    assert bad.returncode == 2 and "writes .html, .json or .gif" in bad.stderr
+    assert bad.returncode == 2 and "writes .html, .json, .gif or .mp4" in bad.stderr
     none = cli("film", str(tmp_path))
     assert none.returncode == 2 and "not a run" in none.stderr
 
@@ -131,6 +136,60 @@ def test_the_film_gif_has_a_frame_per_step_fixed_axes_and_the_same_bytes_each_ti
     assert first.tobytes() != last.tobytes()
     with pytest.raises(ValueError, match="no frames"):
         film_gif_bytes({"projection": "linear", "frames": []})
+
+
+def _decoded(data: bytes, size: tuple[int, int]) -> np.ndarray:
+    """An MP4 decoded back to RGB frames (F, H, W, 3) by the ffmpeg that encoded it."""
+    from imageio_ffmpeg import get_ffmpeg_exe
+
+    assert data[4:8] == b"ftyp"  # an ISO base media file: its first box is the file type
+    done = subprocess.run([get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", "-",
+                           "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], input=data,
+                          capture_output=True, check=True)
+    w, h = size
+    assert len(done.stdout) % (w * h * 3) == 0, "frames of another size"
+    return np.frombuffer(done.stdout, np.uint8).reshape(-1, h, w, 3)
+
+
+def test_the_film_mp4_has_a_video_frame_per_film_frame_drawn_as_the_gif(tmp_path):
+    from imageio_ffmpeg import get_ffmpeg_exe
+
+    from dimalign.plots import _film_frames, film_mp4, film_mp4_bytes
+
+    view = _synthetic_view(5, ghosts=True)
+    path = film_mp4(view, tmp_path / "film.mp4", size=(321, 241), ms_per_frame=200)
+    video = _decoded(path.read_bytes(), (320, 240))  # rounded down to even for yuv420p
+    assert len(video) == 5
+    drawn = np.stack([np.asarray(im.convert("RGB"), dtype=float)
+                      for im in _film_frames(view, (320, 240))])
+    # each video frame is its own film frame, barely changed by H.264 (the frames differ
+    # from one another by more than the encoding does)
+    error = np.abs(video[:, None] - drawn[None]).mean(axis=(2, 3, 4))  # (video, drawn)
+    assert error[0, 0] < 1.0, error
+    assert (error.argmin(axis=1) == np.arange(5)).all(), error
+    probe = subprocess.run([get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
+                           capture_output=True, text=True)
+    assert re.search(r"h264 .*yuv420p.*, 5 fps", probe.stderr), probe.stderr
+    assert _decoded(film_mp4_bytes(view), (640, 480)).shape == (5, 480, 640, 3)
+
+
+def test_a_failing_video_encoder_says_so_in_one_line(tmp_path, monkeypatch):
+    from dimalign.plots import film_mp4_bytes
+
+    fake = tmp_path / "ffmpeg"
+    fake.write_text("#!/bin/sh\necho \"Unknown encoder 'libx264'\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(fake))  # imageio-ffmpeg's own override
+    with pytest.raises(RuntimeError) as failed:
+        film_mp4_bytes(_synthetic_view(3, ghosts=False))
+    assert str(failed.value) == ("cannot write MP4: ffmpeg exited with status 1: Unknown "
+                                 "encoder 'libx264'")
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(tmp_path / "missing"))
+    with pytest.raises(RuntimeError, match="ffmpeg did not start") as failed:
+        film_mp4_bytes(_synthetic_view(3, ghosts=False))
+    assert "\n" not in str(failed.value)
+    with pytest.raises(ValueError, match="no frames"):
+        film_mp4_bytes({"projection": "linear", "frames": []})
 
 
 def test_film_settings_are_checked_in_one_line():

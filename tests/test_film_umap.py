@@ -12,7 +12,7 @@ from dimalign.film import linear_view
 from dimalign.film_umap import film_umap, umap_view
 from dimalign.jobs import submit, submit_job
 from dimalign.kinds import get_kind
-from dimalign.run_files import FILM, FILM_UMAP
+from dimalign.run_files import FILM, FILM_PENDING, FILM_UMAP
 from dimalign.scheduler import Scheduler, Slot
 from dimalign.store import Store, StoreError
 
@@ -26,6 +26,15 @@ def finished(tiny_baselines):
                  overrides=[*TINY, "muda.epochs=1", "eval.film_frames=30"])
     drain_scheduler(scheduler, lambda: store.get(run).terminal, 300)
     assert store.get(run).status == "done", store.get(run).error
+    # a run this short cannot afford its frames: they are left to the film job it queued
+    frames = [f for f in store.runs(kind="film") if f.parent_id == run]
+    assert [f.owner for f in frames] == ["umap-ann"]
+    if (store.get(run).folder / FILM_PENDING).exists():  # the job may have run already
+        with pytest.raises(StoreError, match="film is still being recorded"):
+            submit_job(store, "film_umap", run, "umap-ann")
+    drain_scheduler(scheduler, lambda: store.get(frames[0].id).terminal, 300)
+    assert store.get(frames[0].id).status == "done", store.get(frames[0].id).error
+    assert not (store.get(run).folder / FILM_PENDING).exists()
     job = submit_job(store, "film_umap", run, "umap-ann")
     assert submit_job(store, "film_umap", run, "umap-bob") == job  # one job per run
     drain_scheduler(scheduler, lambda: store.get(job).terminal, 300)

@@ -9,6 +9,7 @@ from dimalign.geometry import (
     dimensional_alignment,
     effective_rank,
     eigenspectrum,
+    entropy_rank,
     k_for_energy,
     linear_cka,
     principal_angles,
@@ -158,10 +159,35 @@ def test_eigenspectrum_matches_numpy_eigvalsh(center):
 
 
 def test_effective_rank_counts_equal_directions():
-    assert effective_rank(torch.tensor([0.25, 0.25, 0.25, 0.25, 0.0])) == pytest.approx(4.0)
-    assert effective_rank(torch.tensor([1.0, 0.0])) == pytest.approx(1.0)
+    assert entropy_rank(torch.tensor([0.25, 0.25, 0.25, 0.25, 0.0])) == pytest.approx(4.0)
+    assert entropy_rank(torch.tensor([1.0, 0.0])) == pytest.approx(1.0)
     iso = rand(5000, 6, 30)
     assert eigenspectrum(iso).effective_rank == pytest.approx(6.0, rel=0.02)
+    assert eigenspectrum(iso).effective_rank_energy == pytest.approx(6.0, rel=0.02)
+
+
+def test_effective_rank_is_roy_and_vetterlis_on_a_hand_checked_matrix():
+    """F's columns c1 = (1, 1, 1, 1) and c2 = (3, -3, 1, -1) are orthogonal, so its singular
+    values are |c2| = √20 and |c1| = 2. Roy & Vetterli (2007): p = (√20, 2) / (√20 + 2)
+    = (0.690983, 0.309017); H = 0.255415 + 0.362897 = 0.618312; erank = e^H = 1.855793.
+    Centred, c1 is 0 and c2 (mean 0) stays: one singular value, erank 1. The energy form
+    (dimalign's before issue 27) shares σ² = (20, 4): p = (5/6, 1/6), e^H = 1.569193."""
+    f = torch.tensor([[1.0, 3.0], [1.0, -3.0], [1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+    assert effective_rank(f) == pytest.approx(1.855793, abs=1e-6)
+    assert effective_rank(f, center=True) == pytest.approx(1.0, abs=1e-6)
+    assert eigenspectrum(f).effective_rank_energy == pytest.approx(1.569193, abs=1e-6)
+    assert effective_rank(f.float()) == pytest.approx(1.855793, abs=1e-5)
+
+
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize("n", [7, 200])  # fewer samples than dimensions: zero singular values
+def test_effective_rank_matches_singular_values_from_numpy(center, n):
+    f = (rand(n, 16, 34) * torch.linspace(0.1, 3, 16) + 2).numpy()
+    x = f - (f.mean(0) if center else 0)
+    s = np.linalg.svd(x, compute_uv=False)
+    p = s[s > 1e-9 * s[0]] / s.sum()
+    assert effective_rank(torch.from_numpy(f), center) == pytest.approx(
+        np.exp(-(p * np.log(p)).sum()), rel=1e-9)
 
 
 def test_linear_cka_is_one_for_same_features_up_to_rotation_and_scale():

@@ -1075,8 +1075,10 @@ def flip_a_weight(path: Path) -> None:
     import torch
 
     data = bytearray(path.read_bytes())
+    # a weight stored once (a checkpoint also keeps copies of earlier weights for its film)
     weight = next(t for t in tensors(torch.load(path, weights_only=True))
-                  if t.dtype == torch.float32 and t.numel() > 16)
+                  if t.dtype == torch.float32 and t.numel() > 16
+                  and data.count(t.numpy().tobytes()) == 1)
     at = data.find(weight.numpy().tobytes())
     assert at > 0
     data[at] ^= 0x01

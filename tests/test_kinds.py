@@ -13,12 +13,12 @@ import pytest
 import dimalign
 from dimalign.errors import ConfigError
 from dimalign.kinds import REGISTRY, get_kind
-from dimalign.run_files import CHECKPOINT, GEOMETRY, RESULT, WEIGHTS
+from dimalign.run_files import CHECKPOINT, FILM_PENDING, GEOMETRY, RESULT, WEIGHTS
 
 
 def test_the_built_in_kinds_declare_what_the_backends_read():
     # file name order
-    assert list(REGISTRY) == ["audit", "baselines", "embed", "film_umap", "unlearn"]
+    assert list(REGISTRY) == ["audit", "baselines", "embed", "film_umap", "film", "unlearn"]
     unlearn, embed, audit = get_kind("unlearn"), get_kind("embed"), get_kind("audit")
     assert unlearn.resumes and unlearn.experiment and unlearn.parent_files == (WEIGHTS, CHECKPOINT)
     assert get_kind("baselines").trains_models and not unlearn.trains_models
@@ -29,8 +29,9 @@ def test_the_built_in_kinds_declare_what_the_backends_read():
         embed.settings({"samples": 5}, None)
     with pytest.raises(ConfigError, match="unexpected keyword"):
         audit.settings({"settings": {"relearn": 3}}, None)
-    with pytest.raises(ConfigError, match="unknown job kind 'film'"):
-        get_kind("film")
+    assert unlearn.then == ("film",) and get_kind("film").parent_files == (FILM_PENDING,)
+    with pytest.raises(ConfigError, match="unknown job kind 'sketch'"):
+        get_kind("sketch")
 
 
 KIND = '''"""Census: counts the images of a finished run's forget set (a test's kind)."""
@@ -117,5 +118,5 @@ def test_export_and_runs_read_the_registry(tmp_path, monkeypatch, cli):
     assert f"export that run (dimalign export {parent} DIR)" in ran.stderr
     listed = cli("runs", "--kind", "embed", "--json")
     assert [r["id"] for r in json.loads(listed.stdout)] == [job]
-    unknown = cli("runs", "--kind", "film")
-    assert unknown.returncode == 2 and "invalid choice: 'film'" in unknown.stderr
+    unknown = cli("runs", "--kind", "sketch")
+    assert unknown.returncode == 2 and "invalid choice: 'sketch'" in unknown.stderr

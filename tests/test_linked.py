@@ -13,6 +13,7 @@ import torch
 
 from dimalign.linked_data import (
     film_payload,
+    for_browser,
     manifold_payload,
     sample_models,
     sample_track,
@@ -69,6 +70,18 @@ def test_film_payload_adds_the_strip_aligned_on_steps_without_nan_and_the_phase_
                                 ["recover", 80, 120, PHASE_SHADES["recover"]]]
     assert payload["frame"] == len(arrays["steps"]) - 1  # clamped to the film
     json.loads(json.dumps(payload, allow_nan=False))  # what the browser parses
+
+
+def test_the_browser_gets_the_film_without_what_only_the_page_reads_and_a_seek_once():
+    payload = film_payload(fake_arrays(), CURVES, seek={"step": 40.0, "nonce": 3})
+    sent = for_browser(payload)
+    assert "confidence" not in sent and "predicted" not in sent
+    assert all("confidence" not in g and "x" in g for g in sent["ghosts"].values())
+    assert {k: v for k, v in payload.items() if k not in ("confidence", "predicted", "ghosts")} \
+        == {k: v for k, v in sent.items() if k != "ghosts"}
+    assert sent["seek"] == {"step": 40, "nonce": 3}  # a step clicked on the page's curves
+    assert payload["confidence"] and payload["ghosts"]["original"]["confidence"]  # kept here
+    assert len(json.dumps(sent)) < 0.85 * len(json.dumps(payload))
 
 
 def test_film_payload_takes_phases_from_the_frames_when_the_curves_have_none():
@@ -140,7 +153,7 @@ def test_the_component_folder_is_built_once_whole_even_by_racing_builders(tmp_pa
     (folder,) = set(folders)
     assert folder.parent == tmp_path / "components" and folder.name.startswith("linked-")
     assert sorted(p.name for p in folder.iterdir()) == ["index.html", "linked.js",
-                                                        "plotly.min.js"]
+                                                        "playground.js", "plotly.min.js"]
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no half-built left
     js = folder / "plotly.min.js"
     assert js.stat().st_size == linked.plotly_js().stat().st_size

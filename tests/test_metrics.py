@@ -9,7 +9,7 @@ from dimalign.artifacts import SPLITS, geometry_bundle, load_bundle, save_bundle
 from dimalign.config import MIA_FEATURES, EvalConfig
 from dimalign.data import Experiment
 from dimalign.datasets import DATASETS
-from dimalign.geometry import dimensional_alignment
+from dimalign.geometry import dimensional_alignment, effective_rank, eigenspectrum
 from dimalign.metric_table import for_scenario
 from dimalign.metrics import (
     GAP_KEYS,
@@ -174,6 +174,24 @@ def test_retrained_model_aligns_forget_features_with_the_retain_space_more_than_
     # the MIA on the literature's feature (confidence) tells the two apart: issue 17's bar
     assert metrics["original"]["mia"] <= 0.1 and metrics["retrained"]["mia"] >= 0.8
     assert metrics["original"]["mia_sd"] >= 0.0 and metrics["retrained"]["mia_sd"] >= 0.0
+
+
+def test_effective_rank_is_roy_and_vetterlis_of_the_retain_features_centred_with_eval(
+        default_evaluation, default_baselines):
+    """The metric is Roy & Vetterli's (singular values), several times the energy form
+    dimalign reported before issue 27 (22.3 against 6.2 for the original when written); the
+    saved geometry follows eval.center."""
+    metrics, outputs = default_evaluation
+    exp = default_baselines.experiment
+    for name in ("original", "retrained"):
+        retain = outputs[name].feats_train[~exp.forget]
+        assert metrics[name]["effective_rank"] == pytest.approx(effective_rank(retain))
+        assert metrics[name]["effective_rank"] > 3 * eigenspectrum(retain).effective_rank_energy
+    centred = geometry_bundle(outputs, exp, EvalConfig(center=True, feature_samples=50), seed=0)
+    retain = outputs["original"].feats_train[~exp.forget]
+    assert centred["models"]["original"]["effective_rank"]["retain"] == pytest.approx(
+        effective_rank(retain, center=True))
+    assert effective_rank(retain, center=True) != pytest.approx(effective_rank(retain))
 
 
 def test_geometry_bundle_round_trips_and_shares_rows_across_models(default_evaluation,

@@ -36,16 +36,18 @@ def finished(tiny_baselines):
 
     drain([base, run])
     assert store.get(run).status == "done", store.get(run).error
+    drain_scheduler(scheduler, lambda: store.runs(kind="film"), 30)  # queued as the run ended
+    drain([f.id for f in store.runs(kind="film")])  # the film's frames the run left for later
     embed = submit_embedding(store, run, 600, OWNER)  # the page's default size
     drain([embed])
     assert store.get(embed).status == "done", store.get(embed).error
     return {"store": store, "baselines": base, "run": run}
 
 
-def page(path: str, run_id: str | None = None) -> AppTest:
+def page(path: str, run_id: str | None = None, owner: str = OWNER, key: str = KEY) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params["owner"] = OWNER  # the first page claims the name with KEY
-    at.query_params["key"] = KEY
+    at.query_params["owner"] = owner  # the first page claims the name with its key
+    at.query_params["key"] = key
     if run_id:
         at.query_params["run"] = run_id
     at.session_state["overrides"] = TINY
@@ -54,7 +56,7 @@ def page(path: str, run_id: str | None = None) -> AppTest:
     if path != "pages/experiment.py":
         at.switch_page(path).run()
     assert not at.exception, at.exception
-    assert at.session_state["_identity"].name == OWNER  # the key let this session be OWNER
+    assert at.session_state["_identity"].name == owner  # the key let this session be owner
     return at
 
 
@@ -306,9 +308,47 @@ def test_unlearn_page_draws_a_finished_runs_film(finished):
     assert view["kind"] == "film" and film["complete"] and len(film["steps"]) >= 2
     assert len(film["x"]) == len(film["steps"]) and film["curves"]["step"]
     assert any(h.value == "Film" for h in at.subheader)
-    assert film["plane"] == "residual" and film["predicted"] and film["ghosts"]["retrained"]
+    assert film["plane"] == "residual" and film["ghosts"]["retrained"]["x"]
+    assert "predicted" not in film and "confidence" not in film  # read on the page, not drawn
     downloads = {b.proto.label for b in at.get("download_button")}
-    assert {"Film as GIF", "Film as HTML"} <= downloads
+    assert {"Film as GIF", "Film as MP4", "Film as HTML"} <= downloads
+
+
+def test_unlearn_page_waits_for_the_frames_a_run_left_then_draws_its_film(finished,
+                                                                          tiny_baselines):
+    """A run that could not afford its frames leaves them to its film job: the page says the
+    film is being recorded, and draws it once the job is done."""
+    from dimalign import checked
+    from dimalign.config import config_from_dict
+    from dimalign.methods import REGISTRY
+    from dimalign.methods.loop import unlearn
+    from dimalign.run_files import FILM, FILM_PENDING
+
+    store, b = finished["store"], tiny_baselines
+    run = store.get(finished["run"])
+    cfg = config_from_dict(run.config)
+    kept = unlearn(cfg, REGISTRY["muda"], b.experiment, b.original, b.device,
+                   retrained=b.retrained, film_budget=0.0).film_kept
+    film = checked.load_torch(run.folder / FILM)
+    checked.save_torch(kept, run.folder / FILM_PENDING)
+    try:
+        checked.remove(run.folder / FILM)
+        at = page("pages/unlearn.py", run.id)
+        shown = [p.proto.text for p in at.get("progress")]
+        assert any(t.startswith("Recording the film's last frames") for t in shown), shown
+        assert not linked_views(at)
+        job = store.runs(kind="film", limit=1)[0]
+        scheduler = Scheduler(store, slots=[Slot(None)])
+        drain_scheduler(scheduler, lambda: not (run.folder / FILM_PENDING).exists(), 120)
+        scheduler.close()
+        assert store.get(job.id).status in ("running", "done")
+        at = page("pages/unlearn.py", run.id)
+        (view,) = linked_views(at)
+        assert view["payload"]["steps"] == film["steps"]
+    finally:  # the other tests' film, whatever happened
+        checked.save_torch(film, run.folder / FILM)
+        if (run.folder / FILM_PENDING).exists():
+            checked.remove(run.folder / FILM_PENDING)
 
 
 def test_unlearn_page_shows_a_finished_film_in_aligned_umap_once_its_job_is_done(finished):
@@ -358,13 +398,117 @@ def test_every_chart_saves_as_png_or_svg_as_the_sidebar_says(finished):
     assert chart_downloads(at) == {("svg", "dimalign-spectra"), ("svg", "dimalign-cumulative")}
 
 
-def test_learn_page_has_the_formulas_live_figures_and_the_film(finished):
+def test_learn_page_has_the_formulas_live_figures_the_film_and_the_playground(finished):
     at = page("pages/learn.py", finished["run"])
     assert len(at.get("latex")) >= 3
     assert len(at.get("plotly_chart")) == 2
     film = [e for e in at.main if e.type == "image"]  # the animated film, served as a GIF
     assert len(film) == 1 and film[0].proto.imgs[0].url.endswith(".gif")
-    assert "Watch it happen" in at.markdown[4].value
+    assert any("Watch it happen" in m.value for m in at.markdown)
+    (view,) = linked_views(at)  # the playground computes in the browser: only its seed here
+    assert (view["kind"], view["payload"]) == ("playground", {"seed": 28})
+    links = [e.proto.page for e in at.get("page_link")]
+    assert sorted(links) == ["audit", "unlearn", "unlearn", "unlearn"]  # an exercise each
+
+
+def test_learn_page_ticks_an_exercise_once_ones_own_run_meets_it(finished):
+    """A finished MUDA run of the person's with λ_DA = 0 ticks "Set λ_DA to 0"; the runs of
+    another owner never count."""
+    from dimalign.exercises import EXERCISES
+
+    store, goal = finished["store"], EXERCISES[0].goal
+    learner, key = "learner", new_owner_key()
+
+    def mark(at: AppTest) -> str:
+        (line,) = [m.value for m in at.markdown if goal in m.value]
+        return line.split(" ", 1)[0]
+
+    assert mark(page("pages/learn.py", owner=learner, key=key)) == "○"
+    done = store.get(finished["run"])  # its result, recorded again as learner's λ_DA = 0 run
+    config = {**done.config, "muda": {**done.config.get("muda", {}), "lambda_da": 0.0}}
+    run_id = store.create_run(owner=learner, kind="unlearn", preset=done.preset,
+                              method="muda", config=config, status="done")
+    store.update(run_id, result=done.result, finished=time.time())
+    at = page("pages/learn.py", owner=learner, key=key)
+    assert mark(at) == "✔"
+    assert any(f"Done by run {run_id} (muda)" in c.value for c in at.caption)
+    assert mark(page("pages/learn.py", finished["run"])) == "○"  # tester's run: λ_DA 5
+
+
+ADMIN = "instructor-secret"  # DIMALIGN_ADMIN_KEY for the room view's tests
+
+
+def room_page(projector: bool = False) -> AppTest:
+    """The Room page as the instructor (`?admin=`), on the tiny settings."""
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["admin"] = ADMIN
+    if projector:
+        at.query_params["projector"] = "1"
+    at.session_state["overrides"] = TINY
+    at.session_state["overrides_for"] = "digits-class"
+    at.run()
+    at.switch_page("pages/room.py").run()
+    assert not at.exception, at.exception
+    assert at.session_state["_identity"].admin
+    return at
+
+
+def test_room_page_ranks_the_participants_marks_the_floor_and_projects(finished, tiny_cfg,
+                                                                        monkeypatch):
+    """Three participants' finished runs (the module's run's result, recorded again as
+    theirs) and one unfinished: the instructor's board ranks them with the noise floor marked
+    (a second replicate gives it), the chart stars each one's best, the roster shows the
+    unfinished run; projector mode draws large tables and hides the sidebar; a participant sees
+    no board."""
+    import copy
+
+    import pandas as pd
+
+    from dimalign.train import experiment_key
+
+    store = finished["store"]
+    done = store.get(finished["run"])
+    monkeypatch.setenv("DIMALIGN_ADMIN_KEY", ADMIN)
+
+    def record(owner: str, avg: float | None, replicate: int = 0, shift: float = 0.0) -> str:
+        config = {**done.config, "replicate": replicate}
+        run_id = store.create_run(owner=owner, kind="unlearn", preset=done.preset,
+                                  method="muda", config=config,
+                                  status="done" if avg else "interrupted",  # never picked up
+                                  experiment=experiment_key(tiny_cfg.with_replicate(replicate)))
+        if avg is not None:
+            result = copy.deepcopy(done.result)
+            result["models"]["unlearned"]["avg_gap"] = avg
+            result["models"]["retrained"]["acc_forget"] += shift  # another retrained model
+            store.update(run_id, result=result, finished=time.time())
+        return run_id
+
+    made = [record("ann", 1e-4), record("ben", 0.3), record("dan", 0.2, 1, shift=0.2),
+            record("cat", None)]
+    try:
+        at = room_page()
+        board = at.dataframe[0].value
+        order = list(board["participant"])
+        assert order[0] == "ann" and order.index("dan") < order.index("ben"), board
+        assert board.loc[0, "run"] == made[0] and board.loc[0, "retraining"] == "≈ retrain"
+        assert "cat" not in order  # nothing finished yet
+        roster = at.dataframe[1].value.set_index("participant")
+        assert roster.loc["cat", "latest"] == made[3]
+        assert roster.loc["cat", "status"] == "interrupted" and pd.isna(roster.loc["cat", "best"])
+        best = next(t for t in traces(at) if t.get("name") == "best of each")
+        assert {made[0], made[1], made[2]} <= {c[0] for c in best["customdata"]}
+        assert any("within the noise floor" in c.value for c in at.caption)
+        assert [b.proto.label for b in at.get("download_button")] == ["Download the board (CSV)"]
+        at = room_page(projector=True)
+        assert len(at.table) == 2 and not at.dataframe and not at.get("download_button")
+        assert any("stSidebar" in m.value for m in at.markdown)
+        assert at.button(key="room_projector").label == "Leave projector mode"
+        participant = page("pages/room.py")
+        assert any("instructor's" in i.value for i in participant.info)
+        assert not participant.table and not participant.dataframe
+    finally:  # the other tests' pages see none of these runs
+        for run_id in made:
+            store.update(run_id, status="cancelled")
 
 
 def test_a_missing_dataset_is_an_error_on_every_data_page(monkeypatch, tmp_path):

@@ -159,9 +159,18 @@ def test_compare_replicates_json_adds_mean_sd_and_a_positive_noise_floor(cli, ca
     floor = out["noise_floor"]
     assert floor["avg_gap"] > 0 and floor["acc_retain"] > 0  # two retrainings differ
     assert out["methods"]["retrain"]["mean_abs_gap"]["acc_retain"] == 0  # its own replicate's
+    # the challenge's scores: two replicates make one model a side, too few for its ε (a
+    # reason, not a number) but a pair for ToW; retrain is the reference
+    assert out["forgetting"]["models_per_side"] == 1
+    assert ga["forgetting_quality"]["value"] is None
+    assert "6 replicates" in ga["forgetting_quality"]["reason"]
+    assert "8 replicates" in ga["ulira_auc"]["reason"]
+    assert 0 <= ga["tow"]["value"] <= 1 and ga["tow"]["sd"] is not None
+    assert out["methods"]["retrain"]["tow"] == out["forgetting"]["reference"]["tow"]
     _print_replicates(out)
     table = capsys.readouterr().out
     assert "noise floor" in table and "±" in table
+    assert "forgetting_quality" in table and "needs at least 6 replicates" in table
 
 
 

@@ -1,5 +1,6 @@
-"""Audit: a finished run's layer-wise geometry, membership evidence, relearn attack and class
-view (`dimalign.audit`), written beside it; one job per run and settings."""
+"""Audit: a finished run's layer-wise geometry, membership evidence, relearn attack, class
+view and per-sample scores (`dimalign.audit`), written beside it; one job per run and
+settings."""
 
 import dataclasses
 from pathlib import Path
@@ -59,4 +60,4 @@ def output(folder: Path, config: dict) -> Path:
 
 register(JobKind("audit", "Audit", run, settings=settings, share_key=share_key, output=output,
                  parent_files=(RESULT, WEIGHTS), source_baselines=True, method="audit",
-                 writes=("audit-m<samples>-s<steps>.json",)))
+                 writes=("audit-v<version>-m<samples>-s<steps>.json",)))

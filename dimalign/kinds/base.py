@@ -82,6 +82,8 @@ class JobKind:
       sent back to the head's cache).
     - `writes`: the files it leaves, in its own folder or (for a job on a source run) in the
       source's, with <...> where its settings vary.
+    - `then`: kinds of job queued on a run of it as it finishes (`jobs.queue_then`), each
+      where its `settings` accept the run (e.g. the film frames a run left for later).
     """
 
     name: str
@@ -97,6 +99,7 @@ class JobKind:
     resumes: bool = False
     trains_models: bool = False
     writes: tuple[str, ...] = ()
+    then: tuple[str, ...] = ()
 
 
 REGISTRY: dict[str, JobKind] = {}

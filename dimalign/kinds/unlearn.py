@@ -15,11 +15,12 @@ from dimalign.kinds.base import (
     make_folder,
     register,
 )
-from dimalign.run_files import CHECKPOINT, FILM, FINISHED, WEIGHTS
+from dimalign.run_files import CHECKPOINT, FILM, FILM_PENDING, FINISHED, WEIGHTS
 
 
 def run(job: Job, hooks: Hooks) -> dict:
     from dimalign.config import config_from_dict
+    from dimalign.methods.film import BUDGET
     from dimalign.runner import run_experiment
     from dimalign.train import model_from_state, pick_device
 
@@ -49,8 +50,8 @@ def run(job: Job, hooks: Hooks) -> dict:
                             progress=Throttle(hooks.progress), telemetry=telemetry,
                             cancel=hooks.cancelled, run_dir=job.folder, init=init,
                             checkpoint=checkpoint, resume=resume, earlier_points=earlier,
-                            say=hooks.say, on_frame=live)
-    index_files(job, hooks, (*FINISHED, FILM))
+                            say=hooks.say, on_frame=live, film_budget=BUDGET)
+    index_files(job, hooks, (*FINISHED, FILM, FILM_PENDING))
     return result
 
 
@@ -106,4 +107,4 @@ def _parent_state(parent: RunRef) -> dict:
 
 register(JobKind("unlearn", "Unlearning", run, experiment=True,
                  parent_files=(WEIGHTS, CHECKPOINT), resumes=True,
-                 writes=(*FINISHED, FILM, CHECKPOINT)))
+                 writes=(*FINISHED, FILM, FILM_PENDING, CHECKPOINT), then=("film",)))

@@ -73,6 +73,7 @@ class UnlearnResult:
     state: dict = field(default_factory=dict)  # the method's own state (e.g. SalUn's mask)
     film: dict | None = None  # the recorded frames (Film.bundle), None without a film
     film_seconds: float = 0.0  # what recording them took
+    film_kept: dict | None = None  # frames still to measure (Film.saved), for the film job
 
 
 @dataclass
@@ -229,7 +230,8 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
             telemetry: TelemetryFn | None = None, cancel: Callable[[], bool] | None = None,
             init: Classifier | None = None, checkpoint: Callable[[dict], None] | None = None,
             resume: dict | None = None, retrained: Classifier | None = None,
-            on_frame: Callable[[Callable[[], dict]], None] | None = None) -> UnlearnResult:
+            on_frame: Callable[[Callable[[], dict]], None] | None = None,
+            film_budget: float = 1.0) -> UnlearnResult:
     """Run one method from the original model (or from `init`, for forks). The returned model
     is new; `original` is never changed.
 
@@ -238,7 +240,9 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
 
     Given the `retrained` model, the run records its film (`eval.film_frames`, its ghosts being
     the original and retrained models); `on_frame` then receives, after each frame, a function
-    that makes the film so far (its bundle), for a page to show it live.
+    that makes the film so far (its bundle), for a page to show it live. Frames beyond
+    `film_budget` (a share of the run's time; 1 = every frame at once) are left for the `film`
+    job (`methods/film.py`): the result's `film_kept`.
     """
     run = prepare(cfg, spec, exp, original, device, init)
     warm_up(original, normalise(exp.x_train[: run.params["batch_size"]].to(device), exp.info))
@@ -251,22 +255,19 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
         probe = Probe(exp, run.retain_rows, cfg.unlearn.telemetry_samples, device, cfg.seed,
                       cfg.eval)
         tele = Telemetry(telemetry, probe, every, total)
-    film = _film(cfg, exp, run, device, total, original, retrained)
+    film = _film(cfg, exp, run, device, total, original, retrained, film_budget)
     if film is not None and resume is not None:
         film.load_state_dict(resume.get("film", []))
-    film_seconds = 0.0
     cuda = device.type == "cuda"
     began = time.perf_counter() - state.seconds  # the clock runs on across a resume
     log = _LossLog(spec.name, total, progress, tele)
 
     def shoot(phase: str) -> None:
-        nonlocal film_seconds
-        if film is not None and film.due(state.step):
-            t0 = time.perf_counter()
-            film.record(ctx.model, state.step, phase)
-            film_seconds += time.perf_counter() - t0
-            if on_frame is not None:
-                on_frame(lambda: film.bundle(complete=False))
+        if film is None or not film.due(state.step):
+            return
+        work = time.perf_counter() - began - film.seconds
+        if film.take(ctx.model, state.step, phase, work) and on_frame is not None:
+            on_frame(lambda: film.bundle(complete=False))
 
     def report(epoch: int, phase: str) -> None:
         elapsed = time.perf_counter() - began
@@ -309,19 +310,23 @@ def unlearn(cfg: Config, spec: MethodSpec, exp: Experiment, original: Classifier
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - began
-    t0 = time.perf_counter()  # the frames still being measured beside the last steps
-    reel = film.bundle() if film is not None and film.frames else None
-    film_seconds += time.perf_counter() - t0
+    reel, kept, film_seconds = None, None, 0.0
+    if film is not None:
+        t0 = time.perf_counter()
+        if film.frames:  # with frames still kept, what a page draws until the film job's done
+            reel = film.bundle(complete=not film.kept)
+        kept = film.saved(cfg) if film.kept else None
+        film_seconds = film.seconds + time.perf_counter() - t0
     return UnlearnResult(ctx.model, seconds, state.telemetry_seconds, state.step, run.params,
-                         tele.records if tele else [], ctx.state, reel, film_seconds)
+                         tele.records if tele else [], ctx.state, reel, film_seconds, kept)
 
 
 def _film(cfg: Config, exp: Experiment, run: Prepared, device: torch.device, total: int,
-          original: Classifier, retrained: Classifier | None) -> Film | None:
+          original: Classifier, retrained: Classifier | None, budget: float) -> Film | None:
     ev = cfg.eval
     if not ev.film_frames or retrained is None:
         return None
     sizes = {"forget": ev.film_forget, "retain": ev.film_retain, "test": ev.film_test}
-    return Film(exp, run.retain_rows, sizes, device, cfg.seed, total, ev.film_frames, ev,
-                run.ctx.model, {"original": original, "retrained": retrained},
-                cfg.unlearn.cadence(total))
+    return Film.of_run(exp, run.retain_rows, sizes, device, cfg.seed, total, ev.film_frames,
+                       ev, run.ctx.model, {"original": original, "retrained": retrained},
+                       cfg.unlearn.cadence(total), budget)

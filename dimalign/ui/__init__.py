@@ -11,8 +11,8 @@ use `from dimalign import ui` and these names; inside, one concern per module:
               uploads
     frame     page(title), which every page opens with, the sidebar, the geometry source
     deeplink  the private Streamlit patch that keeps deep links inside app.py's frame
-    linked    our plotly.js component (the film player, Manifolds' linked panels) and what it
-              reads: a run's film, an embedding, a sample's image
+    linked    our plotly.js component (the film player, Manifolds' linked panels, Learn's DA
+              playground) and what it reads: a run's film, an embedding, a sample's image
 
 Nothing heavy runs here: training, metrics and UMAP are jobs; pages read their results from
 the store.
@@ -28,11 +28,13 @@ from dimalign.ui.frame import (
     sidebar_config,
 )
 from dimalign.ui.linked import (
+    FILM_FORMATS,
     film_downloads,
     film_player,
     linked_panels,
     load_film,
     manifold_panels,
+    playground,
     sample_image,
     show_film_sample,
 )
@@ -47,16 +49,20 @@ from dimalign.ui.runs import (
     experiment_key,
     experiment_runs,
     ghost_runs,
+    has_active_runs,
     job_on_run,
     latest_job,
     load_geometry,
     more_runs_note,
     noise_floor,
+    own_attempts,
     queue_place,
     remember_sweep,
     replicate_results,
     replicate_runs,
     resume_run,
+    room_experiments,
+    room_version,
     saved_sweep,
     start_run,
     start_sweep,
@@ -64,7 +70,7 @@ from dimalign.ui.runs import (
     sweep_size,
     train_baselines,
 )
-from dimalign.ui.state import Identity, follow, owner, remember, sticky, store
+from dimalign.ui.state import Identity, follow, forget, owner, remember, sticky, store
 from dimalign.ui.widgets import (
     chart,
     effect_panel,
@@ -79,17 +85,22 @@ from dimalign.ui.widgets import (
     said,
     show_run_error,
     sweep_grid,
+    wait_for_job,
 )
 
 __all__ = [
-    "Ghost", "Identity", "Page", "active_baselines", "baselines_run", "cancel_run", "cancel_sweep",
+    "FILM_FORMATS", "Ghost", "Identity", "Page", "active_baselines", "baselines_run",
+    "cancel_run", "cancel_sweep",
     "chart", "effect_panel", "ensure_scheduler", "experiment_key", "experiment_runs",
-    "film_downloads", "film_player", "follow", "geometry_source", "ghost_runs", "is_log_knob",
-    "job_on_run", "knob_groups", "knob_widget", "knobs_moved", "latest_job", "linked_panels",
-    "load_film", "load_geometry", "manifold_panels", "memo_figure", "more_runs_note",
-    "noise_floor", "owner", "page", "pick_run", "queue_place", "remember", "remember_sweep",
+    "film_downloads", "film_player", "wait_for_job", "follow", "forget", "geometry_source",
+    "ghost_runs",
+    "has_active_runs", "is_log_knob", "job_on_run", "knob_groups", "knob_widget", "knobs_moved",
+    "latest_job", "linked_panels", "load_film", "load_geometry", "manifold_panels",
+    "memo_figure", "more_runs_note", "noise_floor", "own_attempts", "owner", "page",
+    "pick_run", "playground", "queue_place", "remember", "remember_sweep",
     "replicate_results", "replicate_runs", "require_geometry", "reset_settings", "result_table",
-    "resume_run", "run_label", "said", "sample_image", "saved_sweep", "settings_error",
+    "resume_run", "room_experiments", "room_version", "run_label", "said", "sample_image",
+    "saved_sweep", "settings_error",
     "show_film_sample", "show_run_error", "sidebar_config", "start_run", "start_sweep", "sticky",
     "store", "submit_replicates", "sweep_grid", "sweep_size", "train_baselines", "uploaded_paths",
     "use_own_data",

@@ -1,6 +1,6 @@
 """Our one Streamlit component: views linked in the browser, drawn with plotly.js, that
 st.plotly_chart cannot do without a round trip to the server per hover or frame: the film
-player (Unlearn) and the three linked panels (Manifolds).
+player (Unlearn), the three linked panels (Manifolds) and the DA playground (Learn).
 
 The browser side is ours (`linked/index.html`, `linked/linked.js`, the components v1
 postMessage protocol written by hand); plotly.js is the installed plotly package's own
@@ -31,7 +31,7 @@ from dimalign.run_files import FILM, FILM_UMAP
 from dimalign.store import Run
 
 SOURCE = Path(__file__).with_name("linked")  # our files, committed
-OURS = ("index.html", "linked.js")
+OURS = ("index.html", "linked.js", "playground.js")
 PLOTLY_JS = "plotly.min.js"
 
 
@@ -93,7 +93,9 @@ def film_player(payload: dict, key: str) -> dict | None:
     frame with trails, ghosts, play, a step slider and a curves strip that scrubs. Returns
     what the person did last: {"frame": i (on pause or scrub end), "clicked": sample id,
     "lasso": [ids]}, or None before anything."""
-    return _component("film", payload, key)
+    from dimalign.linked_data import for_browser
+
+    return _component("film", for_browser(payload), key)
 
 
 def linked_panels(payload: dict, key: str) -> dict | None:
@@ -103,11 +105,19 @@ def linked_panels(payload: dict, key: str) -> dict | None:
     return _component("panels", payload, key)
 
 
-def load_film(run: Run, frame: int | None = None, umap: bool = False) -> dict | None:
+def playground(key: str, seed: int = 28) -> None:
+    """Learn's DA playground (`linked/playground.js`): seeded retain and forget clouds whose
+    DA, principal angles and retain eigenvectors answer each slider move in the browser."""
+    _component("playground", {"seed": seed}, key)
+
+
+def load_film(run: Run, frame: int | None = None, umap: bool = False,
+              seek: dict | None = None) -> dict | None:
     """The run's film as the player draws it (`linked_data.film_payload`), with its curves
     strip; None while it has no film (none recorded, or no frame written yet), or, with `umap`,
     while its aligned UMAP (a film_umap job's file) is not there. Files are read again only
-    when their mtime moves (a live run rewrites its film at most once a second)."""
+    when their mtime moves (a live run rewrites its film at most once a second), the curves
+    only when the run's store version does. `seek`: a step picked on the live curves."""
     from dimalign.linked_data import film_payload
     from dimalign.ui.state import store
 
@@ -119,7 +129,17 @@ def load_film(run: Run, frame: int | None = None, umap: bool = False) -> dict | 
         return None
     if not arrays["steps"]:
         return None
-    return film_payload(arrays, store().curves(run.id), frame)
+    return film_payload(arrays, _curves(run.id, store().version(run.id)), frame, seek)
+
+
+def _curves(run_id: str, version: tuple) -> dict:
+    """The run's curves, read from the store once per version of the run (per session)."""
+    from dimalign.ui.state import store
+
+    memo = st.session_state.setdefault("_film_curves", {})
+    if memo.get(run_id, (None,))[0] != version:
+        memo[run_id] = (version, store().curves(run_id))
+    return memo[run_id][1]
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)  # shared and read-only, like geometry
@@ -135,22 +155,37 @@ def _film_arrays(path: str, mtime: float, umap_mtime: float | None) -> dict:
     return umap_arrays(bundle, load_bundle(Path(path).with_name(FILM_UMAP)))
 
 
-def film_downloads(run: Run) -> dict[str, bytes]:
-    """A finished run's film to take away: an animated GIF and a self-contained HTML
-    animation (the linear view), made once per film file."""
+FILM_FORMATS = {"gif": ("GIF", "image/gif"), "mp4": ("MP4", "video/mp4"),
+                "html": ("HTML", "text/html")}
+
+
+def film_downloads(run: Run) -> dict:
+    """A finished run's film to take away, per format (FILM_FORMATS): an animated GIF, an
+    MP4 video and a self-contained HTML animation (the linear view). Each is made when its
+    button is clicked (a callable, where Streamlit takes one) and once per film file."""
     path = run.folder / FILM
-    return _film_files(str(path), path.stat().st_mtime)
+    stamp = (str(path), path.stat().st_mtime)
+    made = {fmt: functools.partial(_film_file, *stamp, fmt) for fmt in FILM_FORMATS}
+    return made if _deferred_downloads() else {fmt: make() for fmt, make in made.items()}
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _film_files(path: str, mtime: float) -> dict[str, bytes]:
+def _deferred_downloads() -> bool:
+    """st.download_button takes a callable for its data from Streamlit 1.52 on."""
+    from packaging.version import Version
+
+    return Version(st.__version__) >= Version("1.52")
+
+
+@st.cache_resource(show_spinner=False, max_entries=6)
+def _film_file(path: str, mtime: float, fmt: str) -> bytes:
     from dimalign.artifacts import load_bundle
     from dimalign.film import linear_view
-    from dimalign.plots import film_figure, film_gif_bytes
+    from dimalign.plots import film_figure, film_gif_bytes, film_mp4_bytes
 
     view = linear_view(load_bundle(Path(path)))
-    html = film_figure(view).to_html(include_plotlyjs=True, full_html=True)
-    return {"gif": film_gif_bytes(view), "html": html.encode()}
+    if fmt == "html":
+        return film_figure(view).to_html(include_plotlyjs=True, full_html=True).encode()
+    return (film_gif_bytes if fmt == "gif" else film_mp4_bytes)(view)
 
 
 def sample_image(cfg: Config, split: str, row: int) -> np.ndarray:

@@ -138,6 +138,17 @@ def replicate_runs(cfg: Config, who: Identity | None = None,
     return found
 
 
+def room_experiments(cfg: Config) -> tuple[str, ...]:
+    """The experiment keys of every replicate of this experiment (what `replicate_runs`
+    lists): the instructor's room view watches them."""
+    return tuple(experiment_key(cfg.with_replicate(r)) for r in range(REPLICATES_SHOWN))
+
+
+def room_version(experiments: tuple[str, ...]) -> tuple:
+    """Moves whenever a run of these experiments is created, starts or ends (one query)."""
+    return store().room_version(experiments)
+
+
 def more_runs_note(runs: Listing) -> str | None:
     """What a page says under a list that leaves runs out, or None when it shows them all."""
     if not getattr(runs, "more", 0):
@@ -152,7 +163,7 @@ def replicate_results(cfg: Config) -> list[dict]:
     found = []
     for r in range(REPLICATES_SHOWN):
         runs = store().runs(statuses=("done",), experiment=experiment_key(cfg.with_replicate(r)),
-                            limit=5)
+                            limit=10)  # jobs on its runs (a film's frames, ...) share the key
         result = next((run.result for run in runs if get_kind(run.kind).experiment
                        and run.result and "models" in run.result), None)
         if result is not None:
@@ -353,3 +364,31 @@ def resume_run(run_id: str, who: Identity) -> None:
     resume(store(), run_id, who.name, who.key)
     ensure_scheduler()
     follow(run_id)
+
+
+ATTEMPTS_READ = 200  # the newest finished runs Learn's exercises look through
+
+
+def own_attempts(who: Identity) -> list:
+    """`who`'s finished unlearning runs, newest first, as Learn's exercises check them
+    (`exercises.Attempt`), every experiment's; none for the instructor's view."""
+    from dimalign.errors import ConfigError
+    from dimalign.exercises import attempt
+    from dimalign.methods import get_method
+
+    if who.admin:
+        return []
+    found = []
+    for run in store().runs(kind="unlearn", owner=who.name, statuses=("done",),
+                            limit=ATTEMPTS_READ):
+        try:  # the method's own section of the saved config (a finished run's was validated)
+            knobs = get_method(run.method).resolve(run.config.get(run.method) or {})
+        except (ConfigError, KeyError, TypeError, ValueError):  # a run of an older release
+            knobs = {}
+        found.append(attempt(run.id, run.method, knobs, run.result))
+    return [a for a in found if a is not None]
+
+
+def has_active_runs(who: Identity) -> bool:
+    """Whether `who` has an unlearning run queued or running (Learn then checks again)."""
+    return not who.admin and store().count(kind="unlearn", owner=who.name, statuses=ACTIVE) > 0

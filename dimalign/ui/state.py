@@ -147,6 +147,11 @@ def _notice(text: str) -> None:
     st.session_state["_owner_notice"] = f"{previous} {text}" if previous else text
 
 
+def forget(name: str) -> None:
+    """Drop a value `sticky` keeps, from the URL and the session."""
+    _forget(name)
+
+
 def _forget(name: str) -> None:
     st.session_state.pop(f"_sticky_{name}", None)
     if name in st.query_params:

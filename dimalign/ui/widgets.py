@@ -106,6 +106,26 @@ def show_run_error(run: Run) -> None:
         show(f"Run {run.id} {run.status}: {why}. {hints[run.status]}")
 
 
+def wait_for_job(job_id: str, ready, what: str, note: str = "") -> None:
+    """While a job the page needs runs (an embedding, an audit, the film's frames): its
+    progress, checked each second; the whole page is drawn again once `ready()` holds (its
+    file is there), and the job's error is shown if it ended without."""
+    from dimalign.ui.state import store
+
+    @st.fragment(run_every=1.0)
+    def waiting() -> None:
+        if ready():
+            st.rerun()
+        job = store().get(job_id)
+        if job.terminal:
+            show_run_error(job)
+            return
+        phase = f" ({job.phase})" if job.phase and job.status == "running" else ""
+        st.progress(job.progress or 0.0, text=f"{what}: {job.status}{phase}{note}")
+
+    waiting()
+
+
 # ---------------------------------------------------------------------------- knob widgets
 
 

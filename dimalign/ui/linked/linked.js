@@ -26,7 +26,8 @@ let view = null;  // the drawn view: called with each render's payload
 window.addEventListener("message", (event) => {
   if (!event.data || event.data.type !== "streamlit:render") return;
   const {kind, payload} = event.data.args;
-  if (!view) view = (kind === "film" ? filmPlayer : linkedPanels)(document.getElementById("root"));
+  const views = {film: filmPlayer, panels: linkedPanels, playground: PLAYGROUND.view};
+  if (!view) view = views[kind](document.getElementById("root"));
   view(payload);
   fitHeight();
 });
@@ -67,6 +68,7 @@ function filmPlayer(root) {
   const gd = $("film-points"), strip = $("film-strip"), scrub = $("film-scrub");
   const label = $("film-step"), play = $("film-play"), toggle = $("film-3d");
   let p = null, sig = "", frame = 0, playing = false, three = false, timer = null;
+  let seekNonce = null;  // the last step the page's curves sent (each is shown once)
   let bySplit = {}, group = null, clicked = null, ranges = null, scrubStart = null;
   const state = {};  // what goes back to the page: {frame, clicked, lasso}
   const last = () => p.steps.length - 1;
@@ -270,7 +272,7 @@ function filmPlayer(root) {
 
   return function update(next) {
     const s = [next.steps.length, next.complete, (next.curves || {step: []}).step.length,
-               next.ids.length].join("|");
+               next.ids.length, next.seek ? next.seek.nonce : ""].join("|");
     if (s === sig) return;  // a rerun of the page sends the same film again
     if (!next.steps.length) { label.textContent = "no frames yet"; return; }
     const first = p === null;
@@ -282,6 +284,7 @@ function filmPlayer(root) {
     ranges = {x: extent([...p.x, ...g.map((v) => v.x)]), y: extent([...p.y, ...g.map((v) => v.y)]),
               r: extent([...p.residual, ...g.map((v) => v.residual), [0]])};
     scrub.max = last();
+    strip.dataset.steps = p.steps.join(",");  // the frames' steps, for a reader of the page
     if (first) {  // a live film follows its newest frame, unless the page names the frame
       playing = !p.complete && p.frame == null;  // (the one paused on before a redraw)
       play.textContent = playing ? "Pause" : "Play";
@@ -289,11 +292,19 @@ function filmPlayer(root) {
     } else if (playing) {
       frame = last();  // the person's frame is kept only while paused
     }
+    const seek = p.seek && p.seek.nonce !== seekNonce ? p.seek : null;
+    if (seek) {  // a step clicked on the page's live curves: that frame, paused there
+      seekNonce = seek.nonce;
+      playing = false;
+      play.textContent = "Play";
+      frame = nearest(seek.step);
+    }
     frame = Math.min(frame, last());
     Plotly.react(gd, traces(), layout(), CONFIG);
     Plotly.react(strip, stripTraces(), stripLayout(), CONFIG);
     if (first) wire();
     show(frame);
+    if (seek) { state.frame = frame; report(state); }  // kept across the page's redraws
     if (playing) { clearTimeout(timer); tick(); }
   };
 }
