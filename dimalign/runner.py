@@ -138,13 +138,51 @@ def run_experiment(cfg: Config, method: str = "retrain", *, preset: str = "",
         models["unlearned"] = outcome.model
         seconds["unlearn"] = outcome.seconds
     say("evaluating ...")
-    return evaluate_and_save(cfg, preset, method, baselines, models, seconds, run_dir, outcome,
-                             points)
+    kept = KeptFilm(outcome, run_dir)  # written beside the evaluation, not after it
+    try:
+        return evaluate_and_save(cfg, preset, method, baselines, models, seconds, run_dir,
+                                 outcome, points, kept)
+    finally:
+        kept.join()
+
+
+class KeptFilm:
+    """The film frames a run left for its film job (`FILM_PENDING`), written into the run's
+    folder on a thread while the run is evaluated: a couple of megabytes, checksummed and
+    flushed to disk, that would otherwise add to the time until the run is done."""
+
+    def __init__(self, outcome: UnlearnResult | None, run_dir: Path):
+        import threading
+
+        self.error: BaseException | None = None
+        self.thread = None
+        self.wrote = outcome is not None and outcome.film_kept is not None
+        if not self.wrote:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.thread = threading.Thread(target=self._write, daemon=True,
+                                       args=(outcome.film_kept, run_dir / FILM_PENDING))
+        self.thread.start()
+
+    def _write(self, kept: dict, path: Path) -> None:
+        try:
+            checked.save_torch(kept, path)
+        except BaseException as err:  # noqa: BLE001 - raised again by `join`
+            self.error = err
+
+    def join(self) -> None:
+        """Waits for the file; its error (a full disk) is the run's."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+            if self.error is not None:
+                raise self.error
 
 
 def evaluate_and_save(cfg: Config, preset: str, method: str, baselines: Baselines,
                       models: dict, seconds: dict, run_dir: Path,
-                      outcome: UnlearnResult | None, points: list[dict]) -> dict:
+                      outcome: UnlearnResult | None, points: list[dict],
+                      kept: KeptFilm | None = None) -> dict:
     from dimalign.artifacts import geometry_bundle
     from dimalign.metrics import evaluate, sample_sizes
 
@@ -186,13 +224,15 @@ def evaluate_and_save(cfg: Config, preset: str, method: str, baselines: Baseline
                                scratch / WEIGHTS)
         if outcome is not None and outcome.film is not None:
             checked.save_torch(outcome.film, scratch / FILM)
-        if outcome is not None and outcome.film_kept is not None:
-            checked.save_torch(outcome.film_kept, scratch / FILM_PENDING)
         # the folder relative to the home: a copied home's results point into the copy
         checked.save_json({**result, "artifacts": paths.relative_to_home(run_dir)},
                           scratch / RESULT, indent=1)
+        if kept is not None:  # the film job reads it once the run is done: there by then
+            kept.join()
         if run_dir.exists():  # keep what else lives there (a worker's checkpoint), replace ours
-            for name in (*BESIDE_RESULT, FILM, FILM_PENDING, RESULT):
+            if not (kept is not None and kept.wrote):  # one an earlier attempt left
+                checked.remove(run_dir / FILM_PENDING)
+            for name in (*BESIDE_RESULT, FILM, RESULT):
                 if (scratch / name).exists():
                     checked.move(scratch / name, run_dir / name)
                 else:
