@@ -96,3 +96,19 @@ def test_a_film_saved_before_frames_were_placed_is_placed_as_the_worker_places_t
     whole = both[1.0].film
     old = {k: v for k, v in whole.items() if k not in ("view", "ghost_view", "k")}
     assert arrays(old) == arrays(whole)
+
+
+def test_an_export_before_the_film_job_measures_the_kept_frames_first(both, tmp_path):
+    from dimalign.export import export_run
+    from dimalign.store import Store
+
+    store = Store()
+    run = store.get(store.create_run(owner="kept-ann", kind="unlearn", preset="digits-class",
+                                     method="muda", config={}, status="done"))
+    run.folder.mkdir(parents=True, exist_ok=True)
+    checked.save_torch(both[0.0].film_kept, run.folder / FILM_PENDING)
+    written = export_run(store, run.id, tmp_path / "out", say=lambda line: None)
+    store.close()
+    film = checked.load_torch(tmp_path / "out" / FILM)
+    assert tmp_path / "out" / FILM in written and film["pending"] == []
+    assert film["steps"] == both[1.0].film["steps"]
