@@ -19,7 +19,6 @@ from dimalign.paths import PathError
 from dimalign.run_files import (
     CHECKPOINT,
     FILM,
-    FILM_PENDING,
     FILM_UMAP,
     GEOMETRY,
     RESULT,
@@ -114,9 +113,9 @@ def _export(store: Store, run, dest: Path, say: Callable[[str], None]) -> list[P
             spectra_fig.write_html(figures / "spectra.html", include_plotlyjs=True)
             written.append(figures / "spectra.html")
 
-    if (run.folder / FILM_PENDING).exists() and run.status == "done":
-        from dimalign.methods.film import finish_saved  # frames its film job has not measured
+    from dimalign.methods.film import finish_saved, frames_left
 
+    if run.status == "done" and frames_left(run.folder):  # its film job has not run yet
         finish_saved(run.folder)
     for name in (WEIGHTS, CHECKPOINT, RESULT, TELEMETRY, FILM, FILM_UMAP):
         if (run.folder / name).exists():

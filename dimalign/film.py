@@ -83,7 +83,8 @@ def arrays(bundle: dict) -> dict:
             "residual": _list(view["residual"]),
             "confidence": _list(bundle["confidence"].float()),
             "predicted": _ints(bundle.get("predicted")), "ghosts": ghosts, "plane": "residual",
-            "total": bundle.get("total"), "complete": bundle.get("complete", True)}
+            "total": bundle.get("total"), "complete": bundle.get("complete", True),
+            "pending": list(bundle.get("pending", []))}
 
 
 def placed(bundle: dict) -> dict:

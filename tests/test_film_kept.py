@@ -112,3 +112,16 @@ def test_an_export_before_the_film_job_measures_the_kept_frames_first(both, tmp_
     film = checked.load_torch(tmp_path / "out" / FILM)
     assert tmp_path / "out" / FILM in written and film["pending"] == []
     assert film["steps"] == both[1.0].film["steps"]
+
+
+def test_a_kept_file_left_beside_a_whole_film_is_not_frames_left(both, tmp_path):
+    """On a Ray head the job ran on a node: the film it sent back is whole, the kept file the
+    head holds is stale and nothing waits on it."""
+    from dimalign.methods.film import frames_left
+
+    checked.save_torch(both[0.0].film_kept, tmp_path / FILM_PENDING)
+    assert frames_left(tmp_path)  # no film yet
+    checked.save_torch(both[1.0].film, tmp_path / FILM)
+    assert not frames_left(tmp_path)  # the whole film is there
+    checked.save_torch({**both[1.0].film, "pending": [3]}, tmp_path / FILM)
+    assert frames_left(tmp_path)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from dimalign.errors import ConfigError
 from dimalign.kinds.base import Hooks, Job, JobKind, Throttle, register
-from dimalign.run_files import FILM, FILM_PENDING, FILM_UMAP
+from dimalign.run_files import FILM, FILM_UMAP
 from dimalign.store import StoreError
 
 
@@ -28,9 +28,11 @@ def run(job: Job, hooks: Hooks) -> dict:
 
 
 def settings(raw: dict, source: Path | None) -> dict:
+    from dimalign.methods.film import frames_left
+
     if raw:
         raise ConfigError("film_umap", f"takes no settings, got {', '.join(map(str, raw))}")
-    if source is not None and (source / FILM_PENDING).exists():
+    if source is not None and frames_left(source):
         raise StoreError(f"run {source.name}'s film is still being recorded; try again in a "
                          "moment")
     if source is not None and not (source / FILM).exists():

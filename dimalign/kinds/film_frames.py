@@ -27,7 +27,9 @@ def run(job: Job, hooks: Hooks) -> dict:
 def settings(raw: dict, source: Path | None) -> dict:
     if raw:
         raise ConfigError("film", f"takes no settings, got {', '.join(map(str, raw))}")
-    if source is not None and not (source / FILM_PENDING).exists():
+    from dimalign.methods.film import frames_left
+
+    if source is not None and not frames_left(source):
         raise StoreError(f"run {source.name} has no frames left to record")
     return {}
 

@@ -267,6 +267,18 @@ class Film:
                                   for name, g in self.ghosts.items()}}
 
 
+def frames_left(folder: Path) -> bool:
+    """Whether a run's film still has kept frames to measure: its `FILM_PENDING` is there and
+    its film is missing or names steps still pending (on a Ray head the kept file outlives the
+    job, which ran on a node: the film it sent back says it is whole)."""
+    if not (folder / FILM_PENDING).exists():
+        return False
+    try:
+        return bool(checked.load_torch(folder / FILM).get("pending"))
+    except FileNotFoundError:
+        return True
+
+
 def finish_saved(folder: Path, device: torch.device | None = None,
                  progress=None) -> tuple[Path, torch.device]:
     """Measures a finished run's kept frames (`FILM_PENDING`, the `film` job's work) on
