@@ -568,7 +568,7 @@ def cmd_film(args) -> int:
     animation, an animated GIF or an MP4 video (--out)."""
     from dimalign import checked
     from dimalign.film import linear_view
-    from dimalign.run_files import FILM, FILM_PENDING
+    from dimalign.run_files import FILM
 
     out = Path(args.out).expanduser() if args.out else None
     suffix = out.suffix.lower() if out is not None else None
@@ -578,9 +578,9 @@ def cmd_film(args) -> int:
         raise ConfigError("--out", f"a {suffix[1:].upper()} draws the linear view (residual up "
                           "the side); write the UMAP view as .html or .json")
     folder = _audited_folder(args.run, "the film")
-    if (folder / FILM_PENDING).exists():  # frames its film job has not measured yet: here
-        from dimalign.methods.film import finish_saved
+    from dimalign.methods.film import finish_saved, frames_left
 
+    if frames_left(folder):  # frames its film job has not measured yet: here
         finish_saved(folder)
     try:
         bundle = checked.load_torch(folder / FILM)
@@ -676,13 +676,14 @@ def _print_samples(audit: dict, models: list[str], stream, top: int = 5) -> None
     """The most remembered forget samples: score, then each model's residual."""
     from dimalign.audit import verdict_text
 
-    stream.write(f"most remembered forget samples ({verdict_text(audit['sample_verdict'])}):\n")
-    stream.write(f"{'  sample (label)':<18}{'score':>8}" + "".join(
-        f"{'res. ' + m[:6]:>13}" for m in models) + "\n")
+    stream.write(f"most remembered forget samples ({verdict_text(audit['sample_verdict'])}); "
+                 "each model's residual:\n")
+    stream.write(f"{'  sample (label)':<18}{'score':>8}" + "".join(f"{m:>11}" for m in models)
+                 + "\n")
     for s in audit["samples"][:top]:
         name = f"  {s['id']} ({s['label']})"
         stream.write(f"{name:<18}{_fmt(s['score']):>8}" + "".join(
-            f"{_fmt(s['models'][m]['residual']):>13}" for m in models) + "\n")
+            f"{_fmt(s['models'][m]['residual']):>11}" for m in models) + "\n")
 
 
 def cmd_scheduler(args) -> int:

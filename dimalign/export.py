@@ -116,7 +116,10 @@ def _export(store: Store, run, dest: Path, say: Callable[[str], None]) -> list[P
     from dimalign.methods.film import finish_saved, frames_left
 
     if run.status == "done" and frames_left(run.folder):  # its film job has not run yet
-        finish_saved(run.folder)
+        try:
+            finish_saved(run.folder)
+        except checked.DamagedFile as err:  # set aside: the film goes as it is
+            say(f"{err}; the film's last frames are not in the export")
     for name in (WEIGHTS, CHECKPOINT, RESULT, TELEMETRY, FILM, FILM_UMAP):
         if (run.folder / name).exists():
             try:

@@ -360,13 +360,17 @@ def room_figure(points: list[dict], box: tuple[float, float] | None = None,
                              y=[p["retain_gap"] for p in front], mode="lines",
                              line=dict(dash="dot", color="#888888"), name="Pareto front",
                              hoverinfo="skip"))
+    size = 20 if large else 13
+    fig.update_traces(textfont=dict(size=size), selector=dict(mode="markers+text"))
     fig.update_xaxes(title_text="forget gap |acc_forget − retrained| (lower is better)",
-                     rangemode="tozero")
+                     rangemode="tozero", tickfont=dict(size=size), title_font=dict(size=size))
     fig.update_yaxes(title_text="retain gap |acc_retain − retrained| (lower is better)",
-                     rangemode="tozero")
+                     rangemode="tozero", tickfont=dict(size=size), title_font=dict(size=size))
     fig.update_layout(height=640 if large else 460, margin=dict(l=60, r=20, t=30, b=50),
-                      font=dict(size=20 if large else 13),
-                      legend=dict(title=dict(text="participant")))
+                      font=dict(size=size), legend=dict(title=dict(text="participant"),
+                                                        font=dict(size=size)))
+    if large:  # drawn without the page's theme, which would set its own type sizes
+        fig.update_layout(template="plotly_white")
     return fig
 
 

@@ -31,16 +31,27 @@ def submit_job(store: Store, kind: str, source_id: str, owner: str,
         experiment=source.experiment)
 
 
-def queue_then(store: Store, run_id: str) -> list[str]:
+def queue_then(store: Store, run_id: str, note=None) -> list[str]:
     """Queue, as its owner, the jobs a run's kind asks for once it is done (`JobKind.then`),
-    those whose settings accept it; returns their ids. Called where endings are written."""
-    run = store.get(run_id)
-    if run.status != "done":
+    those whose settings accept it; returns their ids. Called where endings are written, so it
+    never raises: what goes wrong is one line to `note` (a page queues the job when it needs
+    it). Each goes first among its owner's queued runs (its `created` is the run's own): a
+    film's frames come before the owner's next sweep, not after it."""
+    try:
+        run = store.get(run_id)
+        if run.status != "done":
+            return []
+        queued = []
+        for kind in get_kind(run.kind).then:
+            try:
+                job = submit_job(store, kind, run_id, run.owner)
+            except (ConfigError, StoreError):  # nothing for it to do on this run
+                continue
+            store.update(job, created=run.created)
+            queued.append(job)
+        return queued
+    except Exception as err:  # noqa: BLE001 - the ending is written; this must not undo it
+        if note is not None:
+            note(f"run {run_id}: its follow-up jobs were not queued ({type(err).__name__}: "
+                 f"{err})")
         return []
-    queued = []
-    for kind in get_kind(run.kind).then:
-        try:
-            queued.append(submit_job(store, kind, run_id, run.owner))
-        except (ConfigError, StoreError):  # nothing for it to do on this run
-            continue
-    return queued

@@ -53,6 +53,12 @@ class Slot:
     retry_at: float = 0.0
 
 
+def _say(line: str) -> None:
+    """One line on the scheduler's stderr, if even that can be written."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"dimalign scheduler: {line}", file=sys.stderr, flush=True)
+
+
 def worker_count(gpus: int = 0) -> int:
     """Worker processes (slots): DIMALIGN_WORKERS, else one per GPU, else one."""
     return env_number("DIMALIGN_WORKERS", int, gpus or 1, low=1)
@@ -141,7 +147,7 @@ class Scheduler:
         for run_id, ending in list(self.endings.items()):
             self.store.transition(run_id, ("running",), **ending)
             del self.endings[run_id]
-            queue_then(self.store, run_id)
+            queue_then(self.store, run_id, _say)
 
     def spawn(self, slot: Slot) -> None:
         from dimalign.worker import serve

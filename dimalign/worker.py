@@ -110,7 +110,7 @@ def _warm_latest_experiment() -> None:
         from dimalign.artifacts import geometry_bundle
         from dimalign.config import config_from_dict
         from dimalign.data import normalise
-        from dimalign.kinds import get_kind
+        from dimalign.kinds import REGISTRY
         from dimalign.metrics import evaluate
         from dimalign.store import Store
         from dimalign.train import baselines_cached, get_baselines, warm_up
@@ -118,7 +118,9 @@ def _warm_latest_experiment() -> None:
         store = Store()
         # the newest run of an experiment (jobs on a source run, e.g. a film's frames queued
         # after each run, have settings of their own instead)
-        latest = [r for r in store.runs(limit=5) if get_kind(r.kind).experiment]
+        latest = sorted((r for kind, spec in REGISTRY.items() if spec.experiment
+                         for r in store.runs(kind=kind, limit=1)),
+                        key=lambda r: r.created, reverse=True)
         store.close()
         if not latest:
             return
@@ -168,12 +170,13 @@ def work(home: str, run_id: str, gpu: int | None = None) -> dict | None:
         beat.join(timeout=5)
     try:
         store.transition(run_id, ("running",), **ending)
-        queue_then(store, run_id)
     except DiskFull as err:
         _note(f"run {run_id} ended {ending['status']}"
               + (f" ({ending['error']})" if ending.get("error") else "")
               + f", but the store could not record it: {err}")
         return ending
+    else:
+        queue_then(store, run_id, _note)
     finally:
         store.close()
         if interrupt is not None:

@@ -104,7 +104,8 @@ else:
 
 st.subheader("The room on one Pareto chart")
 fig = plots.room_figure(summary["points"], summary["box"], large=projector)
-event = ui.chart(fig, "room_pareto", on_select="rerun", selection_mode="points")
+event = ui.chart(fig, "room_pareto", on_select="rerun", selection_mode="points",
+                 theme=None if projector else "streamlit")  # the theme's type is too small
 _open(next((p["customdata"][0] for p in (event.selection.points if event else [])
             if p.get("customdata")), None))
 st.caption("Every finished run, each participant's best starred; the grey corner: "

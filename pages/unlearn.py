@@ -1,6 +1,8 @@
 """Unlearn (live): pick a method, set its knobs, run it in the background and watch it. With
 *Run on change*, releasing a knob runs again; the last runs stay on the charts as ghosts."""
 
+import contextlib
+
 import streamlit as st
 
 from dimalign import plots, ui
@@ -144,10 +146,12 @@ def _seek_to(run_id: str, event) -> None:
     shows its nearest frame, once per new click."""
     points = [p for p in ((event or {}).get("selection") or {}).get("points", [])
               if p.get("x") is not None]
-    if not points:
+    seek = st.session_state.get(f"seek_{run_id}")
+    if not points:  # nothing selected (a second click deselects): the same step may come again
+        if seek is not None:
+            seek["picked"] = None
         return
     picked = (points[0]["x"], points[0].get("curve_number"), points[0].get("point_index"))
-    seek = st.session_state.get(f"seek_{run_id}")
     if seek is None or seek["picked"] != picked:
         nonce = (seek or {}).get("nonce", 0) + 1
         st.session_state[f"seek_{run_id}"] = {"step": picked[0], "nonce": nonce,
@@ -162,17 +166,22 @@ def _film(run, finished: bool = False) -> None:
         return (st.session_state.get(key) or {}).get("frame")
 
     key = f"film_{run.id}_linear"
-    if finished and (run.folder / FILM_PENDING).exists():  # frames the run left for its job
-        st.subheader("Film")
-        try:
-            job = ui.job_on_run("film", run, {}, who)  # the one the run queued as it ended
-        except StoreError:  # measured in the meantime
-            st.rerun()
-        ui.wait_for_job(job, lambda: not (run.folder / FILM_PENDING).exists(),
-                        "Recording the film's last frames",
-                        " (the run left them for after it, to be done sooner)")
-        return
     film = ui.load_film(run, frame(key), seek=st.session_state.get(f"seek_{run.id}"))
+    if finished and (run.folder / FILM_PENDING).exists() and (film is None or film["pending"]):
+        # frames the run left for its film job (on a Ray head the kept file outlives the job)
+        job = ui.latest_job("film", run, {})  # the one the run queued as it ended
+        if job is None or job.status == "done":  # none yet (an older run, queueing failed),
+            # or one done before these frames were kept: queue one (a failed one is shown)
+            with contextlib.suppress(StoreError):  # measured meanwhile: nothing to do
+                ui.job_on_run("film", run, {}, who)
+            job = ui.latest_job("film", run, {})
+        if job is not None and ui.film_frames_left(run):
+            st.subheader("Film")
+            ui.wait_for_job(job.id, lambda: not ui.film_frames_left(run),
+                            "Recording the film's last frames",
+                            " (the run left them for after it, to be done sooner)")
+            return
+        film = ui.load_film(run, frame(key), seek=st.session_state.get(f"seek_{run.id}"))
     if film is None:
         return
     st.subheader("Film")

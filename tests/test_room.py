@@ -130,7 +130,9 @@ def test_the_room_figure_draws_participants_their_best_the_front_and_the_floor()
     (shape,) = fig.layout.shapes
     assert (shape.x0, shape.y0, shape.x1, shape.y1) == (0, 0, 0.04, 0.01)
     assert [a.text for a in fig.layout.annotations] == [NOISE_LABEL]
-    assert room_figure(points, large=True).layout.font.size > fig.layout.font.size
+    big = room_figure(points, large=True)  # projector type, on every part of the chart
+    assert big.layout.xaxis.tickfont.size > fig.layout.xaxis.tickfont.size
+    assert big.layout.legend.font.size > fig.layout.legend.font.size
     assert not room_figure(points).layout.shapes  # no floor: no grey corner
 
 

@@ -6,7 +6,7 @@ Frames are taken at `schedule(total, frames, every)` steps: at least `frames` of
 step of a shorter run), step 0 being the starting model, on telemetry's points where it can.
 Each frame is float16 on the CPU, a few hundred kilobytes for 750 samples.
 
-**The budget** (`eval.film_budget`, 10 % of the run): a frame costs one forward pass of the
+**The budget** (`BUDGET`, 10 % of a worker's run): a frame costs one forward pass of the
 sample, more than a whole step of a short run. A frame is measured at once only while what
 recording has cost so far stays within that share of the run's expected time (its steps so far,
 extrapolated); otherwise only the model's weights are kept (a copy, well under a millisecond for
@@ -125,8 +125,9 @@ class Film:
         try:
             if self._affordable(step, work) or self._kept_bytes(model) > KEEP_CAP:
                 self._ready()
+                t1 = time.perf_counter()  # a frame's own cost, for the next choice
                 self._record(model.state_dict(), step, phase)
-                self.measured.append(time.perf_counter() - t0)
+                self.measured.append(time.perf_counter() - t1)
                 return True
             self.kept.append({"step": step, "phase": phase, "weights": _copy(model)})
             self.taken.add(step)
@@ -286,13 +287,16 @@ def finish_saved(folder: Path, device: torch.device | None = None,
     the kept weights. Returns the film's path and the device."""
     from dimalign.train import pick_device
 
-    saved = checked.load_torch(folder / FILM_PENDING)
+    try:
+        saved = checked.load_torch(folder / FILM_PENDING)
+    except FileNotFoundError:  # measured meanwhile (its job, an export, the CLI): it is whole
+        return folder / FILM, device or torch.device("cpu")
     if device is None:
         device = pick_device(saved["config"].get("device", "auto"))
     film = Film.from_saved(saved, device)
     total = len(film.kept)
     bundle = film.finish(None if progress is None else lambda i: progress(i / max(total, 1)))
-    checked.save_torch(bundle, folder / FILM)
+    checked.save_torch(bundle, folder / FILM)  # the same bytes whoever measured it first
     checked.remove(folder / FILM_PENDING)
     return folder / FILM, device
 

@@ -30,6 +30,7 @@ from dimalign.ui.frame import (
 from dimalign.ui.linked import (
     FILM_FORMATS,
     film_downloads,
+    film_frames_left,
     film_player,
     linked_panels,
     load_film,
@@ -92,7 +93,8 @@ __all__ = [
     "FILM_FORMATS", "Ghost", "Identity", "Page", "active_baselines", "baselines_run",
     "cancel_run", "cancel_sweep",
     "chart", "effect_panel", "ensure_scheduler", "experiment_key", "experiment_runs",
-    "film_downloads", "film_player", "wait_for_job", "follow", "forget", "geometry_source",
+    "film_downloads", "film_frames_left", "film_player", "wait_for_job", "follow", "forget",
+    "geometry_source",
     "ghost_runs",
     "has_active_runs", "is_log_knob", "job_on_run", "knob_groups", "knob_widget", "knobs_moved",
     "latest_job", "linked_panels", "load_film", "load_geometry", "manifold_panels",

@@ -155,6 +155,13 @@ def _film_arrays(path: str, mtime: float, umap_mtime: float | None) -> dict:
     return umap_arrays(bundle, load_bundle(Path(path).with_name(FILM_UMAP)))
 
 
+def film_frames_left(run: Run) -> bool:
+    """Whether the run's film job still has frames to measure (`methods.film.frames_left`)."""
+    from dimalign.methods.film import frames_left
+
+    return frames_left(run.folder)
+
+
 FILM_FORMATS = {"gif": ("GIF", "image/gif"), "mp4": ("MP4", "video/mp4"),
                 "html": ("HTML", "text/html")}
 

@@ -14,6 +14,7 @@ import streamlit as st
 
 from dimalign.checked import DamagedFile
 from dimalign.config import Config
+from dimalign.kinds import REGISTRY as KINDS
 from dimalign.kinds import get_kind
 from dimalign.run_files import GEOMETRY
 from dimalign.store import ACTIVE, Run, StoreError
@@ -162,10 +163,11 @@ def replicate_results(cfg: Config) -> list[dict]:
     its baselines job: they share the replicate's baselines), replicate 0 first."""
     found = []
     for r in range(REPLICATES_SHOWN):
-        runs = store().runs(statuses=("done",), experiment=experiment_key(cfg.with_replicate(r)),
-                            limit=10)  # jobs on its runs (a film's frames, ...) share the key
-        result = next((run.result for run in runs if get_kind(run.kind).experiment
-                       and run.result and "models" in run.result), None)
+        key = experiment_key(cfg.with_replicate(r))  # jobs on its runs share it: not those
+        runs = [run for kind, spec in KINDS.items() if spec.experiment
+                for run in store().runs(statuses=("done",), experiment=key, kind=kind, limit=5)]
+        result = next((run.result for run in sorted(runs, key=lambda r: -r.created)
+                       if run.result and "models" in run.result), None)
         if result is not None:
             found.append(result)
     return found

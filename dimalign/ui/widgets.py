@@ -117,6 +117,9 @@ def wait_for_job(job_id: str, ready, what: str, note: str = "") -> None:
         if ready():
             st.rerun()
         job = store().get(job_id)
+        if job.status == "done":  # and still not ready: its file went (set aside, replaced)
+            st.caption(f"{what}: done. Reload the page to see it.")
+            return
         if job.terminal:
             show_run_error(job)
             return
