@@ -170,6 +170,20 @@ def score_of(row: dict, key: str) -> tuple[float | None, float | None]:
     return cell.get("value"), cell.get("sd")
 
 
+BEST_BY = ("avg_gap", "final_score")
+
+
+def best_row(rows: Sequence[dict], by: str = "avg_gap") -> dict | None:
+    """The best of `setting_rows`: the lowest mean avg-gap, or with `by="final_score"` the
+    highest final score (the unlearning challenge's, over the setting's replicates); rows
+    without the value cannot be best. None when no row has it."""
+    if by == "final_score":
+        scored = [r for r in rows if score_of(r, "final_score")[0] is not None]
+        return max(scored, key=lambda r: score_of(r, "final_score")[0], default=None)
+    gapped = [r for r in rows if r["mean"].get("avg_gap") is not None]
+    return min(gapped, key=lambda r: r["mean"]["avg_gap"], default=None)
+
+
 SCORED: LRU[dict | None] = LRU(256)  # stored runs' challenge scores: a page draws them often
 
 

@@ -2,15 +2,13 @@
 shared queue; see the chosen metric along the knobs with its spread, the retrained value and
 the retrain-vs-retrain noise floor; click a setting to open its run on Unlearn."""
 
-import math
-
 import streamlit as st
 
 from dimalign import plots, ui
 from dimalign.errors import ConfigError
 from dimalign.methods import ORDER, REGISTRY
 from dimalign.metric_table import TABLE, TIME_FRACTION, shown
-from dimalign.replicates import baseline_rows, setting_rows
+from dimalign.replicates import BEST_BY, baseline_rows, best_row, score_of, setting_rows
 from dimalign.store import ACTIVE, StoreError
 
 cfg, who = ui.page("Tune")
@@ -119,14 +117,27 @@ def _results() -> None:
         st.switch_page("pages/unlearn.py")
     if active:
         return
-    best = min(rows, key=lambda r: math.inf if r["mean"].get("avg_gap") is None
-               else r["mean"]["avg_gap"])
+    by = "avg_gap"
+    if any(score_of(r, "final_score")[0] is not None for r in rows):  # 6+ replicates a setting
+        by = st.radio("Best by", BEST_BY, horizontal=True, key="tune_best_by",
+                      format_func={"avg_gap": "avg-gap (lowest)",
+                                   "final_score": "final score (highest)"}.get,
+                      help="The final score is the unlearning challenge's: forgetting quality "
+                           "across replicates times the retain and test accuracy ratios.")
+    best = best_row(rows, by)
+    if best is None:
+        return
     setting = ", ".join(f"{k}={best['params'][k]:g}" for k in sweep["knobs"])
-    spread = f" ± {best['sd']['avg_gap']:.3f}" if best["replicates"] > 1 else ""
-    found = (f"{setting} — avg-gap {best['mean']['avg_gap']:.3f}{spread}, time "
-             f"{best['mean'][TIME_FRACTION.name]:.2f}× retraining (run {best['run']})")
+    if by == "final_score":
+        value, sd = score_of(best, "final_score")
+        measure = f"final score {value:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+    else:
+        spread = f" ± {best['sd']['avg_gap']:.3f}" if best["replicates"] > 1 else ""
+        measure = f"avg-gap {best['mean']['avg_gap']:.3f}{spread}"
+    found = (f"{setting} — {measure}, time {best['mean'][TIME_FRACTION.name]:.2f}× retraining "
+             f"(run {best['run']})")
     if len(done) < len(runs):  # a sweep cut short: its best is among what finished only
-        st.info(f"Lowest avg-gap among the {len(done)} finished run(s) of {len(runs)}: {found}.")
+        st.info(f"Best among the {len(done)} finished run(s) of {len(runs)}: {found}.")
     else:
         st.success(f"Best setting: {found}.")
 

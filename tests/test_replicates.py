@@ -15,6 +15,7 @@ from dimalign.metric_table import TIME_FRACTION
 from dimalign.replicates import (
     aggregate,
     baseline_rows,
+    best_row,
     mean_sd,
     noise_floor,
     setting_rows,
@@ -191,3 +192,15 @@ def test_sweep_replicates_queues_each_combination_on_each_replicate(cli):
     assert len({r.experiment for r in runs}) == 2  # each replicate its own baselines
     bad = cli("sweep", "--method", "ga", "--grid", "ga.lr=0.1", "--replicates", "0")
     assert bad.returncode == 2 and "--replicates" in bad.stderr
+
+
+def test_the_best_setting_is_the_lowest_avg_gap_or_the_highest_final_score():
+    def row(name, gap, final):
+        forgetting = None if final is None else {"final_score": {"value": final, "sd": 0.01}}
+        return {"method": name, "mean": {"avg_gap": gap}, "forgetting": forgetting}
+
+    rows = [row("a", 0.10, 0.20), row("b", 0.05, None), row("c", None, 0.30), row("d", 0.2, 0.1)]
+    assert best_row(rows)["method"] == "b"  # lowest avg-gap; one without it cannot be best
+    assert best_row(rows, "final_score")["method"] == "c"  # highest final score
+    assert best_row([row("x", None, None)]) is None
+    assert best_row([row("x", 0.1, None)], "final_score") is None
