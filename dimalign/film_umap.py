@@ -37,6 +37,9 @@ def film_umap(bundle: dict, seed: int = 0, use: str | None = None,
     if "ghosts" not in bundle:
         raise ValueError("the film has no ghost features (recorded before ghosts were): run "
                          "the unlearning again for its aligned UMAP")
+    if "features" not in bundle or bundle.get("pending"):
+        raise ValueError("the film is not whole yet (frames of it are still to be measured, "
+                         "or it is a running run's): its aligned UMAP needs every frame")
     ghosts = [bundle["ghosts"][g]["features"].float() for g in GHOSTS]
     n = len(ghosts[0])
     start = time.perf_counter()

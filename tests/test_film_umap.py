@@ -95,6 +95,8 @@ def test_a_run_without_a_film_or_with_settings_is_refused_in_one_line(tmp_path):
         get_kind("film_umap").settings({"seed": 1}, tmp_path)
     with pytest.raises(ValueError, match="the film has no ghost features"):
         film_umap({"features": torch.zeros(2, 8, 4)})
+    with pytest.raises(ValueError, match="the film is not whole yet"):
+        film_umap({"ghosts": {}, "pending": [3]})  # a partial film, without raw features
 
 
 def test_the_film_command_prints_the_umap_view_and_refuses_it_as_a_gif(finished, cli, tmp_path):
