@@ -361,11 +361,15 @@ def room_figure(points: list[dict], box: tuple[float, float] | None = None,
                              line=dict(dash="dot", color="#888888"), name="Pareto front",
                              hoverinfo="skip"))
     size = 20 if large else 13
+    for axis, name, edge in ((fig.update_xaxes, "forget_gap", 0), (fig.update_yaxes,
+                                                                   "retain_gap", 1)):
+        top = max([p[name] for p in points] + ([box[edge]] if box else []), default=0.0) or 1.0
+        axis(range=[-0.05 * top, 1.12 * top])  # room for the stars and labels at either end
     fig.update_traces(textfont=dict(size=size), selector=dict(mode="markers+text"))
     fig.update_xaxes(title_text="forget gap |acc_forget − retrained| (lower is better)",
-                     rangemode="tozero", tickfont=dict(size=size), title_font=dict(size=size))
+                     tickfont=dict(size=size), title_font=dict(size=size))
     fig.update_yaxes(title_text="retain gap |acc_retain − retrained| (lower is better)",
-                     rangemode="tozero", tickfont=dict(size=size), title_font=dict(size=size))
+                     tickfont=dict(size=size), title_font=dict(size=size))
     fig.update_layout(height=640 if large else 460, margin=dict(l=60, r=20, t=30, b=50),
                       font=dict(size=size), legend=dict(title=dict(text="participant"),
                                                         font=dict(size=size)))

@@ -72,8 +72,13 @@ board, floor = summary["board"], summary["floor"]
 rows = room.board_rows(board, key)
 
 
+NUMBERS = {key, f"{key} sd", "forget gap", "retain gap", "rank", "best score"}
+
+
 def _table(frame: pd.DataFrame, name: str, column: str, entries: list[dict]) -> None:
     """Large HTML type on the projector; elsewhere a table whose row click opens its run."""
+    for number in set(frame) & NUMBERS:  # a column of None is drawn "None", NaN as empty
+        frame[number] = pd.to_numeric(frame[number])
     styled = frame.style.format(precision=3, na_rep="–").format(
         "{:.0f}", subset=[c for c in ("rank",) if c in frame], na_rep="–")  # None made it float
     if projector:
@@ -121,4 +126,4 @@ if not projector:
                "latest) on Unlearn, read-only.")
     if rows:
         st.download_button("Download the board (CSV)", csv_text(rows), "dimalign-room.csv",
-                           "text/csv", key="room_csv")
+                           "text/csv", key="room_csv", on_click="ignore")  # no redraw
