@@ -417,7 +417,7 @@ def test_learn_page_ticks_an_exercise_once_ones_own_run_meets_it(finished):
     from dimalign.exercises import EXERCISES
 
     store, goal = finished["store"], EXERCISES[0].goal
-    learner, key = "learner", new_owner_key()
+    learner, key = "exercise-ann", new_owner_key()  # a name no other test claims
 
     def mark(at: AppTest) -> str:
         (line,) = [m.value for m in at.markdown if goal in m.value]
