@@ -27,7 +27,11 @@ def finished(tiny_baselines):
     drain_scheduler(scheduler, lambda: store.get(run).terminal, 300)
     assert store.get(run).status == "done", store.get(run).error
     # a run this short cannot afford its frames: they are left to the film job it queued
-    frames = [f for f in store.runs(kind="film") if f.parent_id == run]
+    def queued():  # by the worker, right after it wrote the run's ending
+        return [f for f in store.runs(kind="film") if f.parent_id == run]
+
+    drain_scheduler(scheduler, queued, 30)
+    frames = queued()
     assert [f.owner for f in frames] == ["umap-ann"]
     if (store.get(run).folder / FILM_PENDING).exists():  # the job may have run already
         with pytest.raises(StoreError, match="film is still being recorded"):

@@ -36,8 +36,11 @@ def finished(tiny_baselines):
 
     drain([base, run])
     assert store.get(run).status == "done", store.get(run).error
-    drain_scheduler(scheduler, lambda: store.runs(kind="film"), 30)  # queued as the run ended
-    drain([f.id for f in store.runs(kind="film")])  # the film's frames the run left for later
+    def films():  # the film's frames the run left for later: a job it queued as it ended
+        return [f.id for f in store.runs(kind="film") if f.parent_id == run]
+
+    drain_scheduler(scheduler, films, 30)
+    drain(films())
     embed = submit_embedding(store, run, 600, OWNER)  # the page's default size
     drain([embed])
     assert store.get(embed).status == "done", store.get(embed).error
