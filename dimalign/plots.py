@@ -811,9 +811,7 @@ def film_gif_bytes(view: dict, *, size: tuple[int, int] = (640, 480),
 def film_gif(view: dict, path, *, size: tuple[int, int] = (640, 480),
              ms_per_frame: int = 120) -> Path:
     """`film_gif_bytes` written to `path`; returns the path."""
-    path = Path(path)
-    path.write_bytes(film_gif_bytes(view, size=size, ms_per_frame=ms_per_frame))
-    return path
+    return _written(path, film_gif_bytes(view, size=size, ms_per_frame=ms_per_frame))
 
 
 def film_mp4_bytes(view: dict, *, size: tuple[int, int] = (640, 480),
@@ -836,8 +834,12 @@ def film_mp4_bytes(view: dict, *, size: tuple[int, int] = (640, 480),
 def film_mp4(view: dict, path, *, size: tuple[int, int] = (640, 480),
              ms_per_frame: int = 120) -> Path:
     """`film_mp4_bytes` written to `path`; returns the path."""
+    return _written(path, film_mp4_bytes(view, size=size, ms_per_frame=ms_per_frame))
+
+
+def _written(path, data: bytes) -> Path:
     path = Path(path)
-    path.write_bytes(film_mp4_bytes(view, size=size, ms_per_frame=ms_per_frame))
+    path.write_bytes(data)
     return path
 
 

@@ -104,6 +104,7 @@ class Film:
         self.taken: set[int] = set()
         self.seconds = 0.0  # what recording has cost the run so far
         self.measured: list[float] = []  # each inline frame's cost
+        self.weight_bytes: int | None = None  # one copy of the model's weights
         self.ghost_view: dict | None = None  # made by the first `bundle`
 
     @classmethod
@@ -146,8 +147,10 @@ class Film:
         return self.seconds + passes * frame <= self.budget * work / step * self.total
 
     def _kept_bytes(self, model: Classifier) -> int:
-        size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        return size * (len(self.kept) + 1)
+        if self.weight_bytes is None:  # the model's size does not change during a run
+            self.weight_bytes = sum(t.numel() * t.element_size()
+                                    for t in model.state_dict().values())
+        return self.weight_bytes * (len(self.kept) + 1)
 
     def _ready(self) -> None:
         """Ghosts measured, the view's k set, and frame 0 (its axes) measured."""

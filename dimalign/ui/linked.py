@@ -27,7 +27,7 @@ import streamlit as st
 
 from dimalign.config import Config
 from dimalign.paths import home
-from dimalign.run_files import FILM, FILM_UMAP
+from dimalign.run_files import FILM, FILM_PENDING, FILM_UMAP
 from dimalign.store import Run
 
 SOURCE = Path(__file__).with_name("linked")  # our files, committed
@@ -156,10 +156,15 @@ def _film_arrays(path: str, mtime: float, umap_mtime: float | None) -> dict:
 
 
 def film_frames_left(run: Run) -> bool:
-    """Whether the run's film job still has frames to measure (`methods.film.frames_left`)."""
-    from dimalign.methods.film import frames_left
-
-    return frames_left(run.folder)
+    """Whether the run's film job still has frames to measure: `methods.film.frames_left`'s
+    rule, with the film read through the page's cache (a waiting page asks every second)."""
+    if not (run.folder / FILM_PENDING).exists():
+        return False
+    path = run.folder / FILM
+    try:
+        return bool(_film_arrays(str(path), path.stat().st_mtime, None)["pending"])
+    except FileNotFoundError:
+        return True
 
 
 FILM_FORMATS = {"gif": ("GIF", "image/gif"), "mp4": ("MP4", "video/mp4"),
