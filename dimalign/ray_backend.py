@@ -67,6 +67,7 @@ from dimalign.store import Run, Store, StoreError
 
 CANCEL_GRACE = 5.0  # seconds a cancelled job has to stop by itself before ray.cancel
 RESOURCES_EVERY = 5.0  # seconds between looks at the cluster's size
+STOPPED = "its scheduler stopped; resume it to continue from its last checkpoint that came back"
 LOST = ("its Ray node or worker was lost ({}); resume it to continue from its last "
         "checkpoint that came back")
 
@@ -128,6 +129,7 @@ class Flight:
     cancel_sent: float | None = None
     forced: bool = False
     begun: bool = False  # its first mail came: it runs on a node, not waiting for one
+    stopping: bool = False  # its scheduler stops: however it ends, it is left resumable
 
 
 class RayScheduler(Scheduler):
@@ -317,7 +319,9 @@ class RayScheduler(Scheduler):
             run_id = by_ref[ref]
             flight = self.flight.pop(run_id)
             ending = self.outcome(ref)
-            if flight.cancel_sent is not None and ending["status"] == "failed":
+            if flight.stopping and ending["status"] != "done":
+                ending = dict(status="interrupted", pid=None, error=STOPPED)
+            elif flight.cancel_sent is not None and ending["status"] == "failed":
                 # Ray's cancel interrupts the task wherever it is, and torch can turn that into
                 # another error (a TypeError from inside C code): it was cancelled all the same
                 ending = dict(ending, status="cancelled", error="cancelled")
@@ -397,13 +401,20 @@ class RayScheduler(Scheduler):
 
     def close(self, timeout: float = 30.0) -> None:
         """Let the jobs that have begun on a node finish (their mail written) for up to
-        `timeout` seconds. The rest, and at once those still waiting for a node (which may
-        never come), are cancelled and left `interrupted` (resumable)."""
+        `timeout` seconds. Those not known to have begun are asked to stop at once: one still
+        waiting for a node (which may never come) is dropped from Ray's queue, and one that
+        began after the last mail stops at its first look at its flag, tidying its node's
+        folders (a forced cancel would leave them). All of these, and those still running at
+        the end, are left `interrupted` (resumable)."""
         import ray
 
         with contextlib.suppress(checked.DiskFull):
             self.reap()  # the latest mail: which jobs have begun
-        self.interrupt([run_id for run_id, f in self.flight.items() if not f.begun])
+        for flight in self.flight.values():
+            if not flight.begun:
+                flight.stopping = True
+                self.mailbox.cancel.remote(flight.token)
+                ray.cancel(flight.ref, force=False)
         end = time.monotonic() + timeout
         while self.flight and time.monotonic() < end:
             with contextlib.suppress(checked.DiskFull):
@@ -421,8 +432,7 @@ class RayScheduler(Scheduler):
             ray.cancel(self.flight.pop(run_id).ref, force=True)
             with contextlib.suppress(checked.DiskFull):
                 self.store.transition(run_id, ("running",), status="interrupted", pid=None,
-                                      error="its scheduler stopped; resume it to continue from "
-                                            "its last checkpoint that came back")
+                                      error=STOPPED)
 
 
 def _too_large(asks: dict[str, tuple[float, str]]) -> str | None:
@@ -546,12 +556,12 @@ def remote_job(spec: dict, inputs: dict, mailbox) -> dict:
     for folder in places:  # what an earlier attempt on this node left is not this job's
         shutil.rmtree(folder, ignore_errors=True)
     to_node = {rel: folder for folder, rel in places.items()}
-    received = _receive(home, inputs, to_node)
-    job = Job(run_id, spec["kind"], spec["method"], spec["preset"], spec["config"],
-              home / spec["folder"], parent, spec["already"], spec["points"])
-    hooks = _mail_hooks(run_id, spec["token"], mailbox, home, places,
-                        f" on Ray node {node[:8]} ({ray.util.get_node_ip_address()})")
-    try:
+    try:  # from the first file written here: an unforced cancel leaves no folder behind
+        received = _receive(home, inputs, to_node)
+        job = Job(run_id, spec["kind"], spec["method"], spec["preset"], spec["config"],
+                  home / spec["folder"], parent, spec["already"], spec["points"])
+        hooks = _mail_hooks(run_id, spec["token"], mailbox, home, places,
+                            f" on Ray node {node[:8]} ({ray.util.get_node_ip_address()})")
         ending, interrupt = ending_of(lambda: run_job(job, hooks))
         if interrupt is not None:  # ray.cancel's KeyboardInterrupt: Ray records the cancel
             raise interrupt
