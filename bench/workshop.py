@@ -53,11 +53,14 @@ def train_baselines(env: dict) -> float:
     return time.perf_counter() - start
 
 
-def serve(env: dict, log: Path) -> tuple[subprocess.Popen, str]:
-    """`make app PORT=…` in its own process group (make runs streamlit as its child)."""
+def serve(env: dict, log: Path, cpus: str | None = None) -> tuple[subprocess.Popen, str]:
+    """`make app PORT=…` in its own process group (make runs streamlit as its child), on the
+    CPUs `cpus` (a taskset list) when given: the scheduler and its workers inherit them."""
     port = free_port()
+    pin = ["taskset", "-c", cpus] if cpus else []
     with open(log, "w") as out:
-        proc = subprocess.Popen(["make", "app", f"PORT={port}"], cwd=ROOT, env=env, stdout=out,
+        proc = subprocess.Popen([*pin, "make", "app", f"PORT={port}"], cwd=ROOT, env=env,
+                                stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -120,32 +123,59 @@ def open_page(browser, url: str, owner: str):
     return page
 
 
+# Timed inside each page, so the bench's own round trips to 20 pages (through one Playwright
+# driver, on the browsers' CPUs) are no part of the figure: the click on Run and the first
+# sight of "Run … done." are stamped by the page's clock (this machine's, as the store's).
+WATCH_JS = """() => {
+  const ws = window.__workshop = {click: null, done: null, trouble: null};
+  document.addEventListener("click", (e) => {
+    const button = e.target.closest("button");
+    if (ws.click === null && button && button.innerText.trim() === "Run") ws.click = Date.now();
+  }, true);
+  const look = () => {
+    if (ws.click === null || ws.done !== null) return;
+    for (const box of document.querySelectorAll("[data-testid='stAlertContentSuccess']"))
+      if (/^Run \\w+ done\\./.test(box.innerText.trim())) { ws.done = Date.now(); return; }
+    if (ws.trouble === null) {
+      const bad = document.querySelector(
+        "[data-testid='stException'], [data-testid='stAlertContentError']");
+      if (bad) ws.trouble = bad.innerText.trim().split("\\n")[0].slice(0, 200);
+    }
+  };
+  new MutationObserver(look).observe(document.body, {childList: true, subtree: true,
+                                                     characterData: true});
+  setInterval(look, 50);
+}"""
+
+
+CLICK_AT_JS = """(at) => setTimeout(() => {
+  for (const button of document.querySelectorAll("button"))
+    if (button.innerText.trim() === "Run") { button.click(); return; }
+}, at - Date.now())"""
+
+
 def race(pages: dict, timeout: float) -> tuple[dict, dict, dict]:
-    """Click Run on every page in quick succession, then poll them round robin until each
-    shows "done." or `timeout` passes. Returns click → done seconds (None: never), the wall
-    time of each click, and what else each page showed (exception or error boxes)."""
-    clicks, wall, seconds, trouble = {}, {}, {}, {}
-    for owner, page in pages.items():
-        wall[owner] = time.time()
-        clicks[owner] = time.perf_counter()
-        page.get_by_role("button", name="Run", exact=True).click()
-    pending = dict(pages)
-    end = time.perf_counter() + timeout
-    while pending and time.perf_counter() < end:
-        for owner, page in list(pending.items()):
-            if page.get_by_text("done.").count():
-                seconds[owner] = time.perf_counter() - clicks[owner]
-                del pending[owner]
-                continue
-            shown = [page.locator(f"[data-testid='{box}']").all_inner_texts()
-                     for box in ("stException", "stAlertContentError")]
-            if any(shown) and owner not in trouble:
-                firsts = dict.fromkeys(t.strip().splitlines()[0][:200] for box in shown
-                                       for t in box if t.strip())  # the message, once
-                trouble[owner] = " | ".join(firsts)
-        time.sleep(0.05)
-    for owner in pending:
-        seconds[owner] = None
+    """Click Run on every page in quick succession, then wait until each shows "done." or
+    `timeout` passes. Returns click → done seconds on each page's own clock (None: never),
+    the wall time of each click, and what else each page showed (an exception or error)."""
+    for page in pages.values():
+        page.evaluate(WATCH_JS)
+    # every page clicks at one moment on its own timer: Playwright's clicks, one page after
+    # another, spread 20 presses over many seconds on a busy browser CPU
+    at = time.time() * 1000 + 1000 + 100 * len(pages)
+    for page in pages.values():
+        page.evaluate(CLICK_AT_JS, at)
+    seen: dict[str, dict] = {}
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        seen = {owner: page.evaluate("() => window.__workshop") for owner, page in pages.items()}
+        if all(s["done"] is not None for s in seen.values()):
+            break
+        time.sleep(1.0)
+    seconds = {o: (s["done"] - s["click"]) / 1000 if s["done"] and s["click"] else None
+               for o, s in seen.items()}
+    wall = {o: (s["click"] or 0) / 1000 for o, s in seen.items()}
+    trouble = {o: s["trouble"] for o, s in seen.items() if s["trouble"]}
     return seconds, wall, trouble
 
 
@@ -155,7 +185,8 @@ def store_times(owners: list[str]) -> dict[str, tuple]:
 
     store, out = Store(), {}
     for owner in owners:
-        runs = sorted(store.runs(owner=owner), key=lambda r: r.created)
+        runs = sorted((r for r in store.runs(owner=owner) if r.kind == "unlearn"),
+                      key=lambda r: r.created)
         if not runs:
             continue
         run = runs[-1]
@@ -250,14 +281,120 @@ def app_in_browser(title: str, settings: dict, prepare):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def split_cpus() -> tuple[str, str]:
+    """This machine's CPUs in two halves as taskset lists: (the server's, the browsers')."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("pinning needs two CPUs or more; run with --no-pin")
+    half = len(cpus) // 2
+    return ",".join(map(str, cpus[:half])), ",".join(map(str, cpus[half:]))
+
+
+def cpu_list(text: str) -> set[int]:
+    """A taskset list ("0", "0,2", "1-3") as a set of CPUs."""
+    out: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        out |= set(range(int(low), int(high or low) + 1))
+    return out
+
+
+def cpu_seconds(pids: list[str]) -> float:
+    """User + system CPU seconds the processes have used so far (those still alive)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def descendants(root: int) -> list[str]:
+    """Every process below `root` (the browsers: Playwright's driver and Chromium's tree)."""
+    children: dict[str, list[str]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = stat.read_text().rsplit(")", 1)[1].split()[1]
+        except OSError:
+            continue
+        children.setdefault(ppid, []).append(stat.parent.name)
+    out, todo = [], [str(root)]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def allowed(pid: str) -> str:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                return line.split(":", 1)[1].strip()
+    return "?"
+
+
+def command(pid: str) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    return "?"
+
+
+def sides(proc: subprocess.Popen, home: str) -> tuple[list[str], list[str]]:
+    """(the server side, the browsers): `make app`'s tree and every other process carrying
+    the home (the scheduler and its workers, which start in a session of their own); and the
+    rest of this bench's tree (Playwright's driver and Chromium, which inherit the home from
+    this process's environment too)."""
+    tree = {str(proc.pid), *descendants(proc.pid)}
+    browsers = set(descendants(os.getpid())) - tree
+    browsers |= {pid for pid in leftovers(home) if command(pid).startswith("chrome_")}  # its
+    # crash reporter daemonizes: no longer below this bench
+    server = tree | (set(leftovers(home)) - browsers)
+    return sorted(server, key=int), sorted(browsers, key=int)
+
+
+def wait_quiet(home: str, timeout: float = 120) -> None:
+    """Until no job of the home is queued or running (a run's film job included)."""
+    from dimalign.store import Store
+
+    store, end = Store(), time.monotonic() + timeout
+    try:
+        while store.runs(statuses=("queued", "running")) and time.monotonic() < end:
+            time.sleep(0.5)
+    finally:
+        store.close()
+
+
+def spread(values: list[float]) -> str:
+    return f"{median(values):.2f} / {max(values):.2f}" if values else "—"
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parser(__name__)
-    options.add_argument("--owners", type=int, default=6)
+    options.add_argument("--owners", default="6", help="participants per round, a comma list "
+                         "run in order on one server, e.g. 6,12,20 (default 6)")
     options.add_argument("--timeout", type=float, default=180.0, help="seconds per round")
+    options.add_argument("--server-cpus", help="taskset list for `make app`, its scheduler and "
+                         "workers (default: the first half of this machine's CPUs)")
+    options.add_argument("--browser-cpus", help="taskset list for the simulated participants' "
+                         "Chromium and this bench (default: the other half)")
+    options.add_argument("--no-pin", action="store_true",
+                         help="browsers and server share every CPU (the issue's first figures)")
     args = options.parse_args(argv)
+    counts = [int(n) for n in args.owners.split(",")]
+    server_cpus = browser_cpus = None
+    if not args.no_pin:
+        default_server, default_browser = split_cpus()
+        server_cpus = args.server_cpus or default_server
+        browser_cpus = args.browser_cpus or default_browser
+        if cpu_list(server_cpus) & cpu_list(browser_cpus):
+            raise SystemExit("--server-cpus and --browser-cpus overlap")
     browser_path = chromium()
-    header("workshop: owners press Run on Unlearn (live) at once",
+    header("workshop: participants press Run on Unlearn (live) at once",
            {"owners": args.owners, "preset": PRESET, "timeout": args.timeout,
+            "server cpus": server_cpus or "all", "browser cpus": browser_cpus or "all",
             "browser": browser_path, "server": "make app"})
     tmp = tempfile.mkdtemp(prefix="dimalign-workshop-")
     shots = Path(tempfile.mkdtemp(prefix="workshop-shots-", dir="/tmp"))
@@ -266,9 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".dimalign" / "numba-cache"))
     env = dict(os.environ)
     proc = prober = None
+    rows = []
     try:
         print(f"baselines trained once in the fresh home: {train_baselines(env):.1f} s")
-        proc, url = serve(env, Path(tmp) / "make-app.log")
+        stop_background(home)  # a scheduler `dimalign run` left would not be pinned
+        proc, url = serve(env, Path(tmp) / "make-app.log", server_cpus)
+        if browser_cpus:  # Playwright's driver and Chromium inherit this process's CPUs
+            os.sched_setaffinity(0, cpu_list(browser_cpus))
         prober = Prober(url)
         prober.start()
         from playwright.sync_api import sync_playwright
@@ -284,39 +425,43 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 solo = {"solo": open_page(browser, url, "solo")}
                 base = race(solo, args.timeout)
-                report("baseline: one owner alone", *base, store_times(["solo"]))
-                if base[0]["solo"] is None:
-                    solo["solo"].screenshot(path=shots / "solo.png", full_page=True)
+                report("baseline: one participant alone", *base, store_times(["solo"]))
                 for page in solo.values():
                     page.context.close()
-                owners = [f"ws{i}" for i in range(1, args.owners + 1)]
-                pages = {owner: open_page(browser, url, owner) for owner in owners}
-                round_start = len(prober.samples)
-                seconds, wall, trouble = race(pages, args.timeout)
-                round_probes = prober.samples[round_start:]
-                for owner, page in pages.items():
-                    if seconds[owner] is None or owner == owners[-1]:
-                        page.screenshot(path=shots / f"{owner}.png", full_page=True)
-                report(f"{args.owners} owners at once", seconds, wall, trouble,
-                       store_times(owners))
+                server, browsers = sides(proc, home)
+                for label, pids in (("the server side", server), ("the browsers", browsers)):
+                    where: dict[str, list[str]] = {}
+                    for pid in pids:
+                        where.setdefault(allowed(pid), []).append(command(pid))
+                    print(f"pinning, {label}: " + "; ".join(
+                        f"CPUs {cpus}: {', '.join(sorted(set(names)))} ({len(names)})"
+                        for cpus, names in sorted(where.items())))
+                for n in counts:
+                    wait_quiet(home)
+                    owners = [f"w{n}p{i}" for i in range(1, n + 1)]
+                    pages = {owner: open_page(browser, url, owner) for owner in owners}
+                    server, browsers = sides(proc, home)
+                    cpu0 = cpu_seconds(server), cpu_seconds(browsers), time.perf_counter()
+                    probes0 = len(prober.samples)
+                    seconds, wall, trouble = race(pages, args.timeout)
+                    wait_quiet(home)
+                    server = sides(proc, home)[0]  # workers may have been replaced
+                    busy = (cpu_seconds(server) - cpu0[0], cpu_seconds(browsers) - cpu0[1],
+                            time.perf_counter() - cpu0[2])
+                    probes = prober.samples[probes0:]
+                    for owner, page in pages.items():
+                        if seconds[owner] is None or owner == owners[-1]:
+                            page.screenshot(path=shots / f"{owner}.png", full_page=True)
+                    stored = store_times(owners)
+                    report(f"{n} participants at once", seconds, wall, trouble, stored)
+                    rows.append((n, seconds, wall, stored, probes, busy))
+                    for page in pages.values():
+                        page.context.close()
             finally:
                 browser.close()
         prober.stop.set()
         prober.join(10)
-        for label, samples in (("whole session", prober.samples),
-                               (f"{args.owners}-owner round", round_probes)):
-            answered = [s for s in samples if s is not None]
-            print(f"health probes, {label}: {len(samples)}, max "
-                  f"{fmt(max(answered) if answered else None)} s, over 1 s: "
-                  f"{sum(s > 1 for s in answered)}, no answer within 5 s: "
-                  f"{len(samples) - len(answered)}")
-        done = [s for s in seconds.values() if s is not None]
-        last = max(done) if done else None
-        print(f"\nbaseline (one owner alone) {fmt(base[0]['solo'])} s; last of {args.owners} "
-              f"owners {fmt(last)} s"
-              + (f" ({last / base[0]['solo']:.1f}x)" if last and base[0]["solo"] else ""))
-        print("targets: last owner <= 15 s with 6 owners on 2 cores; every page reaches "
-              "\"done\"; health answers within 1 s throughout")
+        summary(rows, base[0]["solo"])
         print(f"screenshots: {shots}")
     finally:
         if prober is not None:
@@ -328,3 +473,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"killed leftover processes of the home: {', '.join(killed)}")
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def summary(rows: list, solo: float | None) -> None:
+    """One line per round: on-screen and server-side times (median / max), health, CPU."""
+    print(f"\nbaseline: one participant alone {fmt(solo)} s click → done on screen")
+    print("| participants | on screen: click → done (median / max s) | store: click → done | "
+          "queued | running | health max s (> 1 s) | CPU: server / browsers (cores) |")
+    print("|---|---|---|---|---|---|---|")
+    for n, seconds, wall, stored, probes, (server, browsers, span) in rows:
+        shown = [s for s in seconds.values() if s is not None]
+        finished = []
+        for owner in seconds:
+            run = stored.get(owner)
+            if run and run[1] == "done" and run[2] is not None and run[3] is not None:
+                finished.append(run[4] - wall[owner] + run[2] + run[3])
+        queued = [r[2] for r in stored.values() if r[2] is not None]
+        running = [r[3] for r in stored.values() if r[3] is not None]
+        answered = [x for x in probes if x is not None]
+        lost = len(probes) - len(answered)
+        health = (f"{max(answered):.2f} ({sum(x > 1 for x in answered)} > 1 s"
+                  + (f", {lost} unanswered" if lost else "") + ")") if answered else "—"
+        print(f"| {n} ({len(shown)}/{n} done) | {spread(shown)} | {spread(finished)} | "
+              f"{spread(queued)} | {spread(running)} | {health} | "
+              f"{server / span:.2f} / {browsers / span:.2f} |")
+    print("targets at 20 participants: every page within 15 s, median within 8 s, health "
+          "within 1 s throughout")
