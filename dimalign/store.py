@@ -16,6 +16,11 @@ checkpoints live as files in the run's folder; the store indexes them.
 A store file that is empty, truncated or not a database is refused with a StoreError naming it
 and saying how to start afresh; it is never overwritten. On a full disk the store can still be
 read, and a write raises `checked.DiskFull` ("disk full at PATH").
+
+A workshop's challenges live here too: the instructor publishes one (an experiment, the methods
+allowed, the score it ranks by, an optional time budget), participants enter finished runs of
+their own, and the store is where an entry is checked (`entry_refusal`), in the transaction
+that records it.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from pathlib import Path
 from dimalign import paths
 from dimalign.checked import DiskFull, is_disk_full
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MIN_SQLITE = (3, 25)  # ROW_NUMBER() OVER, which `ready_heads` uses
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
@@ -51,6 +56,35 @@ ADMIN_OWNER = "admin"  # the instructor's read-only view of every run (the web a
 LOCAL_OWNER = "local"  # the CLI's default owner: the machine's own user
 SWEEP_OWNER = "sweep"  # `dimalign sweep`'s default owner
 RESERVED_OWNERS = frozenset({SHARED_OWNER, ADMIN_OWNER, LOCAL_OWNER, SWEEP_OWNER})
+
+# a workshop's challenges (schema 5)
+_CHALLENGES = """
+CREATE TABLE IF NOT EXISTS challenges (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    title TEXT NOT NULL,
+    instructions TEXT NOT NULL,       -- markdown
+    preset TEXT NOT NULL,             -- its experiment: a preset and the overrides below
+    overrides TEXT NOT NULL,          -- JSON list of override texts
+    experiments TEXT NOT NULL,        -- JSON list: the experiment keys of every replicate
+    methods TEXT NOT NULL,            -- JSON list: the methods an entry may have run
+    metric TEXT NOT NULL,             -- the score entries are ranked by (room.SCORES)
+    budget REAL,                      -- minutes from opening an entry must be made in, or NULL
+    created REAL NOT NULL,
+    opened REAL NOT NULL,             -- when it opened last (reopening restarts the budget)
+    closed REAL,                      -- NULL while it is open
+    revealed_run TEXT REFERENCES runs(id),  -- the entry whose settings everyone is shown
+    changed REAL NOT NULL             -- moves with every change of the above (the pages watch)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS challenges_one_open ON challenges((closed IS NULL))
+    WHERE closed IS NULL;
+CREATE TABLE IF NOT EXISTS submissions (
+    challenge_id INTEGER NOT NULL REFERENCES challenges(id),
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    owner TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (challenge_id, run_id)
+);
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -102,7 +136,7 @@ CREATE TABLE IF NOT EXISTS owners (
     key_hash TEXT NOT NULL,           -- sha256 of the owner's key (the key itself is not kept)
     created REAL NOT NULL
 );
-"""
+""" + _CHALLENGES
 
 # indexes on columns that a migration adds: created after the migrations have run
 _LATE_SCHEMA = """
@@ -140,9 +174,14 @@ def _add_sweep(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN sweep TEXT")
 
 
+def _add_challenges(db: sqlite3.Connection) -> None:
+    """4 -> 5: the challenges an instructor publishes and the runs entered in them (none yet)."""
+    _run_script(db, _CHALLENGES)
+
+
 # MIGRATIONS[v] upgrades a store at version v to v + 1, inside the opening write transaction
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_experiment,
-                                                               2: _add_owners, 3: _add_sweep}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _add_experiment, 2: _add_owners, 3: _add_sweep, 4: _add_challenges}
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
@@ -245,6 +284,71 @@ def _row_to_run(row: sqlite3.Row, extra: tuple[str, ...] = ()) -> Run:
     d["result"] = json.loads(d["result"]) if d["result"] else None
     d["cancel_requested"] = bool(d["cancel_requested"])
     return Run(**d)
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """A challenge the instructor published: entries are finished runs of `experiments` (its
+    replicates' keys) by one of `methods`, ranked by `metric`; with a `budget` (minutes), only
+    runs made after it opened and finished within the budget."""
+
+    id: int
+    title: str
+    instructions: str  # markdown
+    preset: str
+    overrides: list[str]
+    experiments: list[str]
+    methods: list[str]
+    metric: str
+    budget: float | None
+    created: float
+    opened: float
+    closed: float | None
+    revealed_run: str | None
+    changed: float
+
+    @property
+    def open(self) -> bool:
+        return self.closed is None
+
+    @property
+    def deadline(self) -> float | None:
+        """When the budget runs out (a time.time()), or None without a budget."""
+        return None if self.budget is None else self.opened + 60.0 * self.budget
+
+
+def _row_to_challenge(row: sqlite3.Row) -> Challenge:
+    d = dict(row)
+    for column in ("overrides", "experiments", "methods"):
+        d[column] = json.loads(d[column])
+    return Challenge(**d)
+
+
+def entry_refusal(challenge: Challenge, run: Run, owner: str) -> str | None:
+    """Why `owner` may not enter `run` in `challenge`, in one line; None when it may. The
+    store asks it in the transaction that records an entry (`submit_to_challenge`)."""
+    if not challenge.open:
+        return f"the challenge {challenge.title!r} is closed"
+    if run.owner != owner:
+        return f"run {run.id} is not yours"
+    if run.kind != "unlearn":
+        return f"run {run.id} is not an unlearning run"
+    if run.status != "done":
+        return f"run {run.id} is {run.status}: only a finished run can be entered"
+    if run.method not in challenge.methods:
+        return (f"run {run.id} ran {run.method}; this challenge allows "
+                f"{', '.join(challenge.methods)}")
+    if run.experiment not in challenge.experiments:
+        settings = " ".join(challenge.overrides)
+        return (f"run {run.id} is of another experiment than the challenge's "
+                f"({challenge.preset}{' ' + settings if settings else ''})")
+    if challenge.budget is not None:
+        minutes = f"{challenge.budget:g}-minute"
+        if run.created < challenge.opened:
+            return f"run {run.id} was queued before the challenge's {minutes} budget began"
+        if run.finished is None or run.finished > challenge.deadline:
+            return f"run {run.id} finished after the challenge's {minutes} budget ran out"
+    return None
 
 
 # what SQLite says when the disk is full (at a write, or when it maps its shared memory file)
@@ -707,6 +811,131 @@ class Store:
         if run_id is not None and self.get(run_id).owner != owner:
             raise OwnerRefused(f"run {run_id} belongs to another owner")
 
+    # ------------------------------------------------------------------------ challenges
+
+    def publish_challenge(self, *, title: str, instructions: str, preset: str,
+                          overrides: list[str], experiments: list[str], methods: list[str],
+                          metric: str, budget: float | None = None) -> int:
+        """A new open challenge (the open one, if any, is closed); returns its id. `budget`:
+        minutes from now within which an entry must be made, or None."""
+        title = title.strip()
+        if not title:
+            raise StoreError("a challenge needs a title")
+        if not methods:
+            raise StoreError("a challenge allows one method at least")
+        if not experiments:
+            raise StoreError("a challenge needs an experiment")
+        if budget is not None and not budget > 0:
+            raise StoreError(f"a time budget is a number of minutes above 0, not {budget!r}")
+        now = time.time()
+        with self.write() as db:
+            db.execute("UPDATE challenges SET closed = ?, changed = ? WHERE closed IS NULL",
+                       (now, now))
+            return db.execute(
+                "INSERT INTO challenges (title, instructions, preset, overrides, experiments, "
+                "methods, metric, budget, created, opened, changed) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (title, instructions, preset, json.dumps(list(overrides)),
+                 json.dumps(list(experiments)), json.dumps(list(methods)), metric, budget,
+                 now, now, now)).lastrowid
+
+    def challenge(self, challenge_id: int) -> Challenge:
+        row = self.db.execute("SELECT * FROM challenges WHERE id = ?",
+                              (int(challenge_id),)).fetchone()
+        if row is None:
+            raise StoreError(f"no challenge {challenge_id} in {self.path}")
+        return _row_to_challenge(row)
+
+    def challenges(self) -> list[Challenge]:
+        """Every challenge, newest first."""
+        return [_row_to_challenge(row) for row in
+                self.db.execute("SELECT * FROM challenges ORDER BY id DESC")]
+
+    def current_challenge(self) -> Challenge | None:
+        """The open challenge, else the newest closed one, else None."""
+        row = self.db.execute("SELECT * FROM challenges ORDER BY closed IS NULL DESC, id DESC "
+                              "LIMIT 1").fetchone()
+        return None if row is None else _row_to_challenge(row)
+
+    def close_challenge(self, challenge_id: int) -> bool:
+        """Close a challenge; whether it was open."""
+        self.challenge(challenge_id)  # StoreError when there is none
+        now = time.time()
+        with self.write() as db:
+            return db.execute("UPDATE challenges SET closed = ?, changed = ? WHERE id = ? AND "
+                              "closed IS NULL", (now, now, int(challenge_id))).rowcount == 1
+
+    def open_challenge(self, challenge_id: int) -> None:
+        """Open a closed challenge again (the open one, if another, is closed): its budget
+        starts again from now, and its revealed settings are hidden until revealed again."""
+        self.challenge(challenge_id)
+        now = time.time()
+        with self.write() as db:
+            db.execute("UPDATE challenges SET closed = ?, changed = ? WHERE closed IS NULL AND "
+                       "id != ?", (now, now, int(challenge_id)))
+            db.execute("UPDATE challenges SET closed = NULL, opened = ?, revealed_run = NULL, "
+                       "changed = ? WHERE id = ?", (now, now, int(challenge_id)))
+
+    def reveal_challenge(self, challenge_id: int, run_id: str) -> None:
+        """Show everyone the settings of `run_id`, an entry of this closed challenge (the
+        page picks the best)."""
+        check_run_id(run_id)
+        with self.write() as db:
+            row = db.execute("SELECT closed FROM challenges WHERE id = ?",
+                             (int(challenge_id),)).fetchone()
+            if row is None:
+                raise StoreError(f"no challenge {challenge_id} in {self.path}")
+            if row[0] is None:
+                raise StoreError("close the challenge before revealing its best settings")
+            if db.execute("SELECT 1 FROM submissions WHERE challenge_id = ? AND run_id = ?",
+                          (int(challenge_id), run_id)).fetchone() is None:
+                raise StoreError(f"run {run_id} is not an entry of this challenge")
+            db.execute("UPDATE challenges SET revealed_run = ?, changed = ? WHERE id = ?",
+                       (run_id, time.time(), int(challenge_id)))
+
+    def submit_to_challenge(self, challenge_id: int, run_id: str, owner: str,
+                            key: str | None = None) -> None:
+        """Enter `owner`'s finished run in a challenge. `key`: the web app's proof that the
+        caller is `owner` (None: the machine's own user). Refused with a StoreError of one
+        line (`entry_refusal`, or an entry made already); nothing is written then."""
+        check_run_id(run_id)
+        check_owner(owner)
+        if key is not None:
+            self.check_owner_key(owner, key, run_id)
+        with self.write() as db:
+            row = db.execute("SELECT * FROM challenges WHERE id = ?",
+                             (int(challenge_id),)).fetchone()
+            if row is None:
+                raise StoreError(f"no challenge {challenge_id} in {self.path}")
+            run = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if run is None:
+                raise StoreError(f"no run {run_id} in {self.path}")
+            challenge = _row_to_challenge(row)
+            why = entry_refusal(challenge, _row_to_run(run), owner)
+            if why is not None:
+                raise StoreError(why)
+            if db.execute("SELECT 1 FROM submissions WHERE challenge_id = ? AND run_id = ?",
+                          (challenge.id, run_id)).fetchone() is not None:
+                raise StoreError(f"run {run_id} is entered in {challenge.title!r} already")
+            db.execute("INSERT INTO submissions VALUES (?,?,?,?)",
+                       (challenge.id, run_id, owner, time.time()))
+
+    def submissions(self, challenge_id: int, owner: str | None = None) -> list[Run]:
+        """The runs entered in a challenge (`owner`: that owner's), the newest entry first."""
+        where, args = "s.challenge_id = ?", [int(challenge_id)]
+        if owner is not None:
+            where, args = where + " AND s.owner = ?", [*args, owner]
+        return [_row_to_run(row) for row in self.db.execute(
+            "SELECT r.* FROM submissions AS s JOIN runs AS r ON r.id = s.run_id "
+            f"WHERE {where} ORDER BY s.created DESC, s.rowid DESC", args)]
+
+    def challenge_version(self) -> tuple:
+        """(challenges, their last change, entries): the first two move when a challenge is
+        published, opened, closed or revealed, the last with every entry (one query)."""
+        return tuple(self.db.execute(
+            "SELECT (SELECT COUNT(*) FROM challenges), (SELECT MAX(changed) FROM challenges), "
+            "(SELECT COUNT(*) FROM submissions)").fetchone())
+
     # ------------------------------------------------------------------------ metrics
 
     def log_metrics(self, run_id: str, step: int, values: dict[str, float]) -> None:
@@ -744,14 +973,17 @@ class Store:
 
     def room_version(self, experiments: Iterable[str], kind: str = "unlearn") -> tuple:
         """Changes whenever a run of `kind` in these experiments is created, starts, ends or
-        changes status (not with its progress): the instructor's room view rereads its runs
-        only then (one indexed query)."""
+        changes status (not with its progress), and with every change of the challenges and
+        their entries (`challenge_version`): the instructor's room view rereads its runs only
+        then (one indexed query)."""
         keys = list(experiments)
-        return self.db.execute(
+        return tuple(self.db.execute(
             "SELECT COUNT(*), MAX(created), MAX(started), MAX(finished), "
-            "SUM(status = 'queued'), SUM(status = 'running'), SUM(status = 'done') FROM runs "
+            "SUM(status = 'queued'), SUM(status = 'running'), SUM(status = 'done'), "
+            "(SELECT COUNT(*) FROM challenges), (SELECT MAX(changed) FROM challenges), "
+            "(SELECT COUNT(*) FROM submissions) FROM runs "
             f"WHERE kind = ? AND experiment IN ({','.join('?' * len(keys))})",
-            (kind, *keys)).fetchone()
+            (kind, *keys)).fetchone())
 
     def last_step(self, run_id: str) -> int:
         row = self.db.execute("SELECT MAX(step) FROM metrics WHERE run_id = ?",

@@ -1,17 +1,23 @@
-"""Room: the instructor's view of a workshop (`?admin=<key>`), live. Every participant's runs of
-this experiment: a roster, a leaderboard by a score the instructor picks with the noise floor
-marked, and one Pareto chart; a click on an entry opens its run read-only on Unlearn.
-`?projector=1`: large type, no sidebar."""
+"""Room: the instructor's view of a workshop (`?admin=<key>`), live. The challenge: publish
+one on this experiment, its entries' standings, close it, reveal the best settings. Every
+participant's runs of this experiment: a roster, a leaderboard by a score the instructor picks
+with the noise floor marked, and one Pareto chart; a click on an entry opens its run read-only
+on Unlearn. `?projector=1`: large type, no sidebar."""
+
+import time
 
 import pandas as pd
 import streamlit as st
 
-from dimalign import plots, room, ui
+from dimalign import contest, plots, room, ui
+from dimalign.errors import ConfigError
 from dimalign.export import csv_text
+from dimalign.methods import ORDER, REGISTRY
 from dimalign.plots import NOISE_LABEL
 from dimalign.replicates import AVG_GAP
+from dimalign.store import StoreError
 
-cfg, who = ui.page("Room")
+cfg, who = ui.page("Room", banner=False)  # the challenge is drawn below, with its controls
 if not who.admin:
     st.info("The room view is the instructor's: the server's instructor key opens it, as "
             "`?admin=<DIMALIGN_ADMIN_KEY>` in the address.")
@@ -54,6 +60,100 @@ def watch() -> None:
 watch()
 
 
+def _challenge_action(action: str, challenge_id: int | None = None) -> None:  # a callback
+    """Publish (the form's values), close, open again or reveal; what happened is said
+    under the challenge's heading (this draw already shows its effect)."""
+    state = st.session_state
+    try:
+        if action == "publish":
+            budget = state["challenge_budget"]
+            ui.publish_challenge(cfg, ui.sticky("preset"), state.get("overrides", []), who,
+                                 title=state["challenge_title"],
+                                 instructions=state["challenge_instructions"],
+                                 methods=state["challenge_methods"],
+                                 metric=state["challenge_metric"], budget=budget or None)
+            said = ("success", f"Published *{state['challenge_title'].strip()}*: every "
+                               "participant's pages show it.")
+        elif action == "close":
+            ui.close_challenge(challenge_id, who)
+            said = ("success", "Closed: no more entries. *Reveal the best settings* shows "
+                               "everyone the winning run's method and knobs.")
+        elif action == "open":
+            ui.reopen_challenge(challenge_id, who)
+            said = ("success", "Open again" + (", its time budget from now."
+                                               if ui.current_challenge().budget else "."))
+        else:
+            run_id = ui.reveal_best(ui.current_challenge(), who)
+            said = ("success", f"Revealed run {run_id}'s settings on every page.")
+    except (ConfigError, StoreError, ValueError) as err:
+        said = ("error", f"{ui.said(err)}.")
+    state["_room_challenge_said"] = said
+
+
+st.subheader("Challenge")
+challenge = ui.current_challenge()
+if said := st.session_state.pop("_room_challenge_said", None):
+    (st.success if said[0] == "success" else st.error)(said[1])
+if challenge is not None:
+    left = contest.time_left(challenge, time.time())
+    st.markdown(f"**{challenge.title}** — {'open' if challenge.open else 'closed'}"
+                + (f", {left}" if left else "") + f". Ranked by {room.SCORES[challenge.metric]}; "
+                f"methods allowed: {', '.join(challenge.methods)}; experiment: "
+                f"{contest.experiment_text(challenge)}.")
+    counts = ui.entry_counts(challenge)
+    standings = contest.board_rows(ui.challenge_board(challenge), challenge.metric)
+    with st.container(key="room_challenge"):
+        if standings:
+            st.table(pd.DataFrame(standings).set_index("rank"))
+        else:
+            st.info("No entries yet: a participant enters a finished run with *Submit this "
+                    "run* on the Unlearn page." if not counts else
+                    "No entry has this score yet: the final score needs six replicates of "
+                    "one setting.")
+    st.caption(f"{contest.entries_text(counts)}; each participant's best entry is ranked.")
+    if (revealed := ui.revealed_settings(challenge)) is not None:
+        st.markdown(revealed)
+    if not projector:
+        if challenge.open:
+            st.button("Close the challenge", key="challenge_close", on_click=_challenge_action,
+                      args=("close", challenge.id))
+        else:
+            left_col, right_col = st.columns(2)
+            left_col.button("Reveal the best settings", key="challenge_reveal",
+                            on_click=_challenge_action, args=("reveal", challenge.id),
+                            disabled=challenge.revealed_run is not None or not standings,
+                            help="Every page's banner then shows the winning run's method "
+                                 "and knobs")
+            right_col.button("Open it again", key="challenge_open", on_click=_challenge_action,
+                             args=("open", challenge.id))
+PUBLISH = "Publish a challenge" + (" (closes the open one)" if challenge and challenge.open
+                                   else "")
+if not projector:
+    with st.expander(PUBLISH, expanded=challenge is None), \
+            st.form("challenge_form", border=False):
+        st.text_input("Title", key="challenge_title", placeholder="Part 2: forget like retraining")
+        st.text_area("Instructions (markdown)", key="challenge_instructions",
+                     placeholder="Reach the lowest avg-gap with MUDA: try λ_DA first.")
+        st.multiselect("Methods allowed", [m for m in ORDER if REGISTRY[m].trains],
+                       default=["muda"], key="challenge_methods")
+        st.radio("Ranked by", list(room.SCORES), format_func=room.SCORES.get, horizontal=True,
+                 key="challenge_metric")
+        st.number_input("Time budget in minutes (0: none)", min_value=0, value=0, step=5,
+                        key="challenge_budget",
+                        help="Entries must be runs queued after the challenge opens and "
+                             "finished within this many minutes of it")
+        st.caption("On this page's experiment, every replicate: "
+                   f"`{ui.sticky('preset')}`"
+                   + "".join(f" `{o}`" for o in st.session_state.get("overrides", []))
+                   + " (change it in the sidebar and on the Experiment page).")
+        st.form_submit_button("Publish", type="primary", on_click=_challenge_action,
+                              args=("publish",))
+    past = [c for c in ui.challenges() if challenge is None or c.id != challenge.id]
+    if past:
+        st.caption("Earlier challenges: " + "; ".join(
+            f"*{c.title}* ({'open' if c.open else 'closed'})" for c in past) + ".")
+
+
 def _open(run_id: str | None) -> None:
     """An entry clicked: its run on Unlearn, read-only (the instructor's view)."""
     if run_id:
@@ -62,14 +162,26 @@ def _open(run_id: str | None) -> None:
 
 
 runs = ui.replicate_runs(cfg, who)  # every participant's, every replicate's, newest first
+# the challenge's entries, where it is on this experiment: marked on the board, or the board
+entered = ui.entry_ids(challenge) if challenge and set(challenge.experiments) == set(
+    experiments) else None
+only_entries = entered is not None and st.toggle(
+    f"Only the entries in *{challenge.title}*", key="room_entries_only",
+    help="The leaderboard, the chart and the roster of the challenge's entries alone")
+if only_entries:
+    runs = [r for r in runs if r.id in entered]
 if not runs:
-    st.info("No participant has run this experiment yet: the board fills in as they do.")
+    st.info("No entries yet." if only_entries else
+            "No participant has run this experiment yet: the board fills in as they do.")
     st.stop()
 key = st.radio("Rank by", list(room.SCORES), format_func=room.SCORES.get, horizontal=True,
                key="room_score")
 summary = room.summary(runs, key, ui.replicate_results(cfg))  # baselines jobs' replicates too
 board, floor = summary["board"], summary["floor"]
 rows = room.board_rows(board, key)
+if entered is not None:
+    for row in rows:
+        row["entered"] = "✔" if row["run"] in entered else ""
 
 
 NUMBERS = {key, f"{key} sd", "forget gap", "retain gap", "rank", "best score"}

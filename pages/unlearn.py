@@ -1,5 +1,6 @@
 """Unlearn (live): pick a method, set its knobs, run it in the background and watch it. With
-*Run on change*, releasing a knob runs again; the last runs stay on the charts as ghosts."""
+*Run on change*, releasing a knob runs again; the last runs stay on the charts as ghosts. While
+a challenge is open, *Submit this run* enters a finished run of one's own in it."""
 
 import contextlib
 
@@ -58,19 +59,24 @@ try:
         ui.resume_run(run_id, who)
     elif action == "cancel":
         ui.cancel_run(run_id, who)  # the engine checks the key
+    elif action == "enter":  # the store checks the key, the run and the challenge
+        st.success(f"Run {run_id} entered in the challenge "
+                   f"*{ui.enter_challenge(run_id, who).title}*: your standing is in the "
+                   "banner above.")
     elif moved:
         ui.start_run(preset, overrides, method, who, supersede=True)
 except (ConfigError, StoreError) as err:
-    verb = {"fork": "forked", "resume": "resumed", "cancel": "cancelled"}.get(action, "started")
-    st.error(f"Not {verb}: {ui.said(err)}." + ("" if action in ("resume", "cancel") else
-                                      " Change that setting and try again."))
+    verb = {"fork": "forked", "resume": "resumed", "cancel": "cancelled",
+            "enter": "entered"}.get(action, "started")
+    st.error(f"Not {verb}: {ui.said(err)}." + ("" if action in ("resume", "cancel", "enter")
+                                                else " Change that setting and try again."))
 
 # every replicate's runs (a sweep's or a Compare page's): each has its own baselines
 runs = ui.replicate_runs(cfg, who)  # newest first
 selected = ui.pick_run(runs, key="run", with_owner=who.admin) if runs else None
 status = selected.status if selected is not None else None
 if not who.admin:
-    b_run, b_cancel, b_fork = st.columns([1, 1, 2])
+    b_run, b_cancel, b_fork, b_enter = st.columns([1, 1, 2, 2])
     b_run.button("Run", type="primary", key="run_button", on_click=_press, args=("run",))
     if status in ("running", "done"):
         b_fork.button("Fork from here", key="fork_button", on_click=_press,
@@ -83,6 +89,13 @@ if not who.admin:
     if status in ("queued", "running"):
         b_cancel.button("Cancel", key="cancel_button", on_click=_press,
                         args=("cancel", selected.id))
+    challenge = ui.current_challenge()
+    if status == "done" and selected.owner == who.name and challenge and challenge.open:
+        done = selected.id in ui.entered(challenge, who)
+        b_enter.button("Entered ✔" if done else "Submit this run", key="enter_button",
+                       on_click=_press, args=("enter", selected.id), disabled=done,
+                       help=f"Enter this run in the challenge {challenge.title!r} (the banner "
+                            "above says what it asks)")
 
 if selected is None:
     st.info("No runs of this experiment yet." if who.admin else

@@ -977,3 +977,99 @@ def test_three_participants_runs_reach_the_instructors_board_within_2_s_of_finis
     assert second in csv.splitlines()[2], (second, csv)  # the board's second row
     wait_page_shows(page, second, "done", 30)
     page.close()
+
+
+BANNER = ".st-key-challenge_banner"  # the challenge banner under every page's title
+
+
+def test_a_challenge_the_instructor_publishes_shows_on_a_participants_open_page(server,
+                                                                                browser):
+    """The instructor fills in Room's form and publishes a challenge; a participant's page,
+    open all along, shows it as a banner (it looks every 2 s) with their standing."""
+    import secrets
+
+    title = f"Part 1: forget class 3 ({secrets.token_hex(2)})"
+    participant = browser.new_page(viewport={"width": 1400, "height": 1000})
+    participant.goto(f"{server.url}/learn?{address('challenger')}&preset=digits-class")
+    participant.get_by_role("heading", name="Learn").first.wait_for(timeout=60_000)
+    wait_idle(participant)
+    assert participant.locator(BANNER, has_text=title).count() == 0
+    room = browser.new_page(viewport={"width": 1400, "height": 1000})
+    room.goto(f"{server.url}/room?admin={ADMIN_KEY}&preset=digits-class")
+    room.get_by_role("heading", name="Room").first.wait_for(timeout=60_000)
+    wait_idle(room)
+    field = room.get_by_label("Title", exact=True)
+    if not field.is_visible():  # the form is folded away while a challenge is shown
+        room.get_by_text("Publish a challenge").click()
+    field.fill(title)
+    room.get_by_label("Instructions (markdown)").fill("The lowest **avg-gap** wins.")
+    room.get_by_role("button", name="Publish").click()
+    clicked = time.monotonic()
+    room.get_by_text(f"Published {title}").wait_for(timeout=30_000)
+    banner = participant.locator(BANNER, has_text=f"Challenge: {title}")
+    banner.wait_for(timeout=15_000)
+    print(f"published -> on the participant's open page: {time.monotonic() - clicked:.1f} s")
+    assert "open" in banner.inner_text() and "You have no entry yet" in banner.inner_text()
+    errors = participant.locator("[data-testid='stException']")
+    assert errors.count() == 0, errors.first.inner_text()
+    wait_idle(participant)
+    participant.screenshot(path=ARTIFACTS / "challenge-banner.png")
+    room.close()
+    participant.close()
+
+
+def test_a_participants_entry_reaches_the_instructors_board_and_the_reveal_every_banner(
+        server, browser):
+    """A participant's finished run, entered with *Submit this run* on Unlearn, shows in the
+    challenge's standings on the instructor's open Room page; the instructor closes the
+    challenge and reveals the best settings, and the participant's banner shows them."""
+    import secrets
+
+    from dimalign.config import build_config
+    from dimalign.daemon import ensure_scheduler
+    from dimalign.jobs import submit
+    from dimalign.store import Store
+    from dimalign.train import experiment_key
+    from dimalign.ui.runs import REPLICATES_SHOWN
+
+    store = Store()
+    cfg = build_config("digits-class")
+    title = f"Part 2: lowest avg-gap ({secrets.token_hex(2)})"
+    store.publish_challenge(  # as Room's form does (the test above): on every replicate
+        title=title, instructions="", preset="digits-class", overrides=[],
+        experiments=[experiment_key(cfg.with_replicate(r)) for r in range(REPLICATES_SHOWN)],
+        methods=["muda"], metric="avg_gap")
+    who = address("entrant")
+    run_id = submit(store, preset="digits-class", owner="entrant",
+                    overrides=["muda.epochs=1", "muda.lambda_da=3"])
+    ensure_scheduler()
+    room = browser.new_page(viewport={"width": 1400, "height": 1000})
+    room.goto(f"{server.url}/room?admin={ADMIN_KEY}&preset=digits-class")
+    room.get_by_role("heading", name="Room").first.wait_for(timeout=60_000)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server.url}/unlearn?{who}&preset=digits-class&run={run_id}")
+    wait_page_shows(page, run_id, "done", 180)
+    wait_idle(page)
+    page.get_by_role("button", name="Submit this run").click()
+    clicked = time.monotonic()
+    room.locator(".st-key-room_challenge", has_text=run_id).wait_for(timeout=15_000)
+    print(f"entered -> on the instructor's board: {time.monotonic() - clicked:.1f} s")
+    page.get_by_text(f"Run {run_id} entered in the challenge").wait_for(timeout=15_000)
+    page.locator(BANNER, has_text="You are 1st of 1").wait_for(timeout=15_000)
+    room.screenshot(path=ARTIFACTS / "challenge-board.png", full_page=True)
+
+    wait_idle(room)
+    room.get_by_role("button", name="Close the challenge").click()
+    room.get_by_text("Closed: no more entries").wait_for(timeout=30_000)
+    wait_idle(room)
+    room.get_by_role("button", name="Reveal the best settings").click()
+    revealed = page.locator(BANNER, has_text="Best settings")
+    revealed.wait_for(timeout=15_000)
+    text = revealed.inner_text()
+    assert f"entrant's run {run_id}" in text and "lambda_da = 3" in text, text
+    assert page.get_by_role("button", name="Submit this run").count() == 0  # closed
+    for seen in (page, room):
+        errors = seen.locator("[data-testid='stException']")
+        assert errors.count() == 0, errors.first.inner_text()
+    page.close()
+    room.close()

@@ -514,6 +514,87 @@ def test_room_page_ranks_the_participants_marks_the_floor_and_projects(finished,
             store.update(run_id, status="cancelled")
 
 
+def texts(at: AppTest) -> str:
+    """Every markdown text on the page, the challenge banner's included."""
+    return "\n".join(m.value for m in at.markdown)
+
+
+def test_a_challenge_is_published_shown_entered_ranked_closed_and_revealed(
+        finished, tiny_cfg, monkeypatch, tmp_path):
+    """In a room of its own (a fresh home; the module's run's result recorded as a
+    participant's two runs): the instructor publishes a challenge on Room; the participant's
+    pages show its banner; *Submit this run* enters their MUDA run and refuses their FT run in
+    one line (FT is not allowed), entering nothing; the instructor's board ranks the entry and
+    marks it; closed and revealed, every banner shows the winning settings. A participant on
+    another experiment is offered the challenge's."""
+    import copy
+
+    from dimalign.train import experiment_key
+
+    done = finished["store"].get(finished["run"])
+    monkeypatch.setenv("DIMALIGN_HOME", str(tmp_path))
+    monkeypatch.setenv("DIMALIGN_ADMIN_KEY", ADMIN)
+    monkeypatch.setattr(daemon, "ensure_scheduler", lambda *a, **k: None)  # nothing runs here
+    store = Store()
+
+    def record(method: str, avg: float, knobs: dict) -> str:
+        result = copy.deepcopy(done.result)
+        result["models"]["unlearned"]["avg_gap"] = avg
+        run_id = store.create_run(owner=OWNER, kind="unlearn", preset=done.preset,
+                                  method=method, config={**done.config, method: knobs},
+                                  status="done", experiment=experiment_key(tiny_cfg))
+        store.update(run_id, result=result, started=time.time(), finished=time.time())
+        return run_id
+
+    mine, other = record("muda", 0.01, {"lambda_da": 2.0}), record("ft", 0.5, {})
+    at = room_page()
+    at.text_input(key="challenge_title").input("Beat the gap")
+    at.text_area(key="challenge_instructions").input("Lowest **avg-gap** wins.")
+    next(b for b in at.button if b.label == "Publish").click().run()
+    assert not at.exception, at.exception
+    assert any("Published *Beat the gap*" in s.value for s in at.success)
+    assert "**Beat the gap** — open" in texts(at)
+    assert any("No entries yet" in i.value for i in at.info)
+
+    participant = page("pages/unlearn.py", other)
+    assert "Challenge: Beat the gap** — open" in texts(participant)
+    assert "You have no entry yet" in texts(participant)
+    participant.button(key="enter_button").click().run()
+    assert [e.value for e in participant.error] == [
+        f"Not entered: run {other} ran ft; this challenge allows muda."]
+    participant = page("pages/unlearn.py", mine)
+    assert participant.button(key="enter_button").label == "Submit this run"
+    participant.button(key="enter_button").click().run()
+    assert any(f"Run {mine} entered in the challenge" in s.value for s in participant.success)
+    assert [r.id for r in store.submissions(store.current_challenge().id)] == [mine]
+    participant.run()
+    assert "You are **1st of 1** with avg-gap 0.0100" in texts(participant)
+    assert participant.button(key="enter_button").disabled  # entered: once
+
+    at = room_page()
+    (table,) = at.table
+    assert list(table.value["participant"]) == [OWNER] and list(table.value["run"]) == [mine]
+    board = at.dataframe[0].value
+    assert board.set_index("run").loc[mine, "entered"] == "✔"
+    at.button(key="challenge_close").click().run()
+    at.button(key="challenge_reveal").click().run()
+    assert not at.exception, at.exception
+    assert f"**Best settings**, {OWNER}'s run {mine}, avg-gap 0.0100: **muda**: " \
+           "**lambda_da = 2** (default 5)" in texts(at)
+    participant = page("pages/learn.py")
+    assert "Challenge: Beat the gap** — closed" in texts(participant)
+    assert f"**Best settings**, {OWNER}'s run {mine}" in texts(participant)
+
+    at.button(key="challenge_open").click().run()  # open again, for a participant elsewhere
+    away = AppTest.from_file(APP, default_timeout=60)
+    away.query_params["owner"], away.query_params["key"] = "away", new_owner_key()
+    away.run()  # the preset's own settings: another experiment than the challenge's
+    away.button(key="challenge_experiment").click().run()
+    assert not away.exception, away.exception
+    assert away.session_state["overrides"] == TINY
+    assert not [b for b in away.button if b.key == "challenge_experiment"]
+
+
 def test_a_missing_dataset_is_an_error_on_every_data_page(monkeypatch, tmp_path):
     monkeypatch.setenv("DIMALIGN_HOME", str(tmp_path))
     monkeypatch.setenv("DIMALIGN_OFFLINE", "1")

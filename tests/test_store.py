@@ -11,12 +11,19 @@ import pytest
 from dimalign.store import SCHEMA_VERSION, Store, StoreError
 
 V1 = Path(__file__).parent / "data" / "store-v1.sqlite"  # see data/make_store_v1.py
+V4 = Path(__file__).parent / "data" / "store-v4.sqlite"  # see data/make_store_v4.py
+V4_KEYS = {"alice": "alice-key-0123456789abcdef", "bob": "bob-key-0123456789abcdefgh"}
 TINY = ["train.epochs=2"]
 
 
 def columns(path: Path) -> list[str]:
     with sqlite3.connect(path) as db:
         return [row[1] for row in db.execute("PRAGMA table_info(runs)")]
+
+
+def tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as db:
+        return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 def version(path: Path) -> int:
@@ -70,6 +77,38 @@ def test_a_schema_1_store_keeps_its_runs_and_gets_the_experiment_column(old_stor
     kept = {r.id: r.experiment for r in again.runs()}
     assert {i: kept[i] for i in [r.id for r in every] + [new]} == {
         **{r.id: r.experiment for r in every}, new: tiny}
+    again.close()
+
+
+def test_a_schema_4_store_keeps_its_runs_and_owners_and_gets_the_challenge_tables(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    shutil.copy(V4, path)
+    assert version(path) == 4 and not {"challenges", "submissions"} & tables(path)
+    store = Store(path)
+    assert version(path) == SCHEMA_VERSION == 5
+    assert {"challenges", "submissions"} <= tables(path)
+    every = store.runs()
+    assert sorted((r.owner, r.kind, r.status) for r in every) == [
+        ("alice", "unlearn", "done"), ("bob", "unlearn", "queued"),
+        ("shared", "baselines", "done")]  # nothing lost
+    runs = {r.owner: r for r in every}
+    alice = runs["alice"]
+    assert alice.result["models"]["unlearned"]["avg_gap"] == 0.02
+    assert [s for s, _ in store.curve(alice.id, "acc_forget")] == [0, 1, 2]
+    assert runs["bob"].sweep == "5eeb5eeb5eeb" and alice.experiment == runs["shared"].experiment
+    for owner, key in V4_KEYS.items():  # the owners' keys still open their runs
+        store.check_owner_key(owner, key, runs[owner].id)
+    assert store.challenges() == [] and store.challenge_version() == (0, None, 0)
+
+    # a challenge on the upgraded store takes alice's finished run
+    cid = store.publish_challenge(title="Part 1", instructions="", preset="digits-class",
+                                  overrides=TINY, experiments=[alice.experiment],
+                                  methods=["muda"], metric="avg_gap")
+    store.submit_to_challenge(cid, alice.id, "alice", V4_KEYS["alice"])
+    store.close()
+    again = Store(path)  # opening an upgraded store changes nothing
+    assert [r.id for r in again.submissions(cid)] == [alice.id]
+    assert {r.id for r in again.runs()} == {r.id for r in every}
     again.close()
 
 

@@ -10,6 +10,8 @@ use `from dimalign import ui` and these names; inside, one concern per module:
     own_data  a person's own image folder and checkpoint: paths under the server's roots, or
               uploads
     frame     page(title), which every page opens with, the sidebar, the geometry source
+    contest   a workshop's challenges: the banner `page` draws, entering a run, the
+              instructor's publish, close, open and reveal, the standings
     deeplink  the private Streamlit patch that keeps deep links inside app.py's frame
     linked    our plotly.js component (the film player, Manifolds' linked panels, Learn's DA
               playground) and what it reads: a run's film, an embedding, a sample's image
@@ -18,6 +20,20 @@ Nothing heavy runs here: training, metrics and UMAP are jobs; pages read their r
 the store.
 """
 
+from dimalign.ui.contest import (
+    challenge_board,
+    challenges,
+    close_challenge,
+    current_challenge,
+    enter_challenge,
+    entered,
+    entry_counts,
+    entry_ids,
+    publish_challenge,
+    reopen_challenge,
+    reveal_best,
+    revealed_settings,
+)
 from dimalign.ui.frame import (
     Page,
     geometry_source,
@@ -64,6 +80,7 @@ from dimalign.ui.runs import (
     resume_run,
     room_experiments,
     room_version,
+    run_knobs,
     saved_sweep,
     start_run,
     start_sweep,
@@ -91,7 +108,9 @@ from dimalign.ui.widgets import (
 
 __all__ = [
     "FILM_FORMATS", "Ghost", "Identity", "Page", "active_baselines", "baselines_run",
-    "cancel_run", "cancel_sweep",
+    "cancel_run", "cancel_sweep", "challenge_board", "challenges", "close_challenge",
+    "current_challenge", "enter_challenge", "entered", "entry_counts", "entry_ids",
+    "publish_challenge", "reopen_challenge", "reveal_best", "revealed_settings", "run_knobs",
     "chart", "effect_panel", "ensure_scheduler", "experiment_key", "experiment_runs",
     "film_downloads", "film_frames_left", "film_player", "wait_for_job", "follow", "forget",
     "geometry_source",

@@ -1,6 +1,6 @@
 """What every page opens with: `page(title)` (app.py's frame on a deep link, the shared
-sidebar, the title, the experiment's validated config and the session's identity), and, for
-the geometry pages, the run whose saved geometry they draw."""
+sidebar, the title, the challenge banner, the experiment's validated config and the session's
+identity), and, for the geometry pages, the run whose saved geometry they draw."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from dimalign.errors import ConfigError
 from dimalign.run_files import GEOMETRY
 from dimalign.store import Run
 from dimalign.ui import deeplink
+from dimalign.ui.contest import banner as challenge_banner
 from dimalign.ui.runs import baselines_run, ensure_scheduler, load_geometry, replicate_runs
 from dimalign.ui.state import (
     Identity,
@@ -33,9 +34,11 @@ class Page(NamedTuple):
     who: Identity  # the owner (name and key, kept in the URL) or the instructor's view
 
 
-def page(title: str, *, scheduler: bool = True, settings: bool = False) -> Page:
+def page(title: str, *, scheduler: bool = True, settings: bool = False,
+         banner: bool = True) -> Page:
     """A page's frame: app.py's navigation (on a deep link to a fresh server), the sidebar,
-    the title, a notice when the session's owner is not the one its address asked for.
+    the title, a notice when the session's owner is not the one its address asked for, and
+    the workshop's challenge banner (`banner`: the Room page draws its challenge itself).
     Stops the page with a message when the session's settings do not validate, except on the
     page that edits them (`settings`): that one gets a config to draw its controls from
     (`settings_error()` says what is wrong). `scheduler`: start the background scheduler
@@ -50,6 +53,8 @@ def page(title: str, *, scheduler: bool = True, settings: bool = False) -> Page:
     if notice:
         st.warning(notice, icon=":material/badge:")
         st.button("Understood", key="owner_notice_ok", on_click=dismiss_owner_notice)
+    if banner:
+        challenge_banner(cfg, who)
     if cfg is None:
         error = settings_error()
         if not settings:

@@ -374,21 +374,28 @@ ATTEMPTS_READ = 200  # the newest finished runs Learn's exercises look through
 def own_attempts(who: Identity) -> list:
     """`who`'s finished unlearning runs, newest first, as Learn's exercises check them
     (`exercises.Attempt`), every experiment's; none for the instructor's view."""
-    from dimalign.errors import ConfigError
     from dimalign.exercises import attempt
-    from dimalign.methods import get_method
 
     if who.admin:
         return []
-    found = []
-    for run in store().runs(kind="unlearn", owner=who.name, statuses=("done",),
-                            limit=ATTEMPTS_READ):
-        try:  # the method's own section of the saved config (a finished run's was validated)
-            knobs = get_method(run.method).resolve(run.config.get(run.method) or {})
-        except (ConfigError, KeyError, TypeError, ValueError):  # a run of an older release
-            knobs = {}
-        found.append(attempt(run.id, run.method, knobs, run.result))
+    found = [attempt(run.id, run.method, run_knobs(run)[0], run.result)
+             for run in store().runs(kind="unlearn", owner=who.name, statuses=("done",),
+                                     limit=ATTEMPTS_READ)]
     return [a for a in found if a is not None]
+
+
+def run_knobs(run: Run) -> tuple[dict, dict]:
+    """(every knob of a run's method as it ran, defaults filled in; those defaults), from the
+    method's own section of its saved config; ({}, {}) for a run of an older release whose
+    knobs no longer check."""
+    from dimalign.errors import ConfigError
+    from dimalign.methods import get_method
+
+    try:  # a finished run's config was validated when it was submitted
+        knobs = get_method(run.method).resolve(run.config.get(run.method) or {})
+        return knobs, get_method(run.method).defaults(knobs.get("variant"))
+    except (ConfigError, KeyError, TypeError, ValueError):
+        return {}, {}
 
 
 def has_active_runs(who: Identity) -> bool:
