@@ -238,12 +238,15 @@ def _film_umap_job(run) -> None:
                     " (the first one on a machine also compiles UMAP, about a minute)")
 
 
-STATUS_EVERY = 0.25  # s: the status line's check, one indexed query (the curves redraw each 1 s)
+# s: the status line's check, one indexed query (the curves redraw each 1 s). A queued run is
+# looked at less often: in a room of 20 most runs wait, and 20 pages each checking 4 times a
+# second took the server's core from the worker that would end their wait
+STATUS_EVERY = {"queued": 1.0, "running": 0.25}
 
 if selected.status in ("queued", "running"):
     st.session_state.pop("_redraw", None)
 
-    @st.fragment(run_every=STATUS_EVERY)
+    @st.fragment(run_every=STATUS_EVERY[selected.status])
     def live_status() -> None:
         # the picker and the buttons above were drawn for the status the run had then (Cancel
         # while running, Fork once it runs): a new status redraws the whole page. An ending is
@@ -264,7 +267,8 @@ if selected.status in ("queued", "running"):
         _film(selected)
 
     live_status()
-    live_curves()
+    if selected.status == "running":  # a queued run has nothing to draw: its start redraws all
+        live_curves()
 else:
     _status_line(selected)
     _curves(selected.id)
