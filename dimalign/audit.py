@@ -15,7 +15,8 @@ attacker sees, how fast the forgotten comes back, and what each class gets.
 - Classes: per-class test accuracy, the confusion matrix, the backdoor's attack success rate.
 - Samples: per forget sample and model, its residual outside the retain top-k eigenspace, its
   margin, confidence and membership score on its label; the unlearned model's scored against
-  the retrained models of every cached replicate (`remembered`), most remembered first.
+  the retrained models of every cached replicate (`remembered`), most remembered first; on a
+  random forget set, each sample's stratum (`strata`) and the scores' mean per stratum.
 
 Tensors in, numbers out; `audit_saved_run` loads a run's models and writes the audit beside
 the run as checksummed JSON (the file the Audit page and `dimalign audit` read). Runs in a
@@ -604,7 +605,28 @@ def sample_scores(train: dict[str, LayerOutputs], exp: Experiment, cfg: Config,
            "forget": len(exp.forget_idx),
            "sd": {q: scored[q]["sd"] for q in ("residual", "membership")
                   if "sd" in scored.get(q, {})}}
-    return ranked(rows.tolist(), exp.y_train[rows].tolist(), values, scored), how
+    samples = ranked(rows.tolist(), exp.y_train[rows].tolist(), values, scored)
+    if exp.strata is not None:  # a random forget set: each sample's stratum, scores per stratum
+        how["strata"] = strata_scores(samples, exp.strata)
+    return samples, how
+
+
+def strata_scores(samples: list[dict], strata: torch.Tensor) -> dict:
+    """Each sample's `stratum` (easy, medium, hard: `dimalign.strata`) set in place; per
+    stratum, its scored samples and the mean of each score over them (None where none)."""
+    from dimalign.strata import STRATA
+
+    out = {}
+    for s in samples:
+        s["stratum"] = STRATA[int(strata[s["id"]])]
+    for name in STRATA:
+        mine = [s["scores"] for s in samples if s["stratum"] == name]
+        row = {"samples": len(mine)}
+        for q in ("residual", "membership"):
+            values = [scores[q] for scores in mine if scores[q] is not None]
+            row[f"mean_{q}"] = float(np.mean(values)) if values else None
+        out[name] = row
+    return out
 
 
 def verdict_text(how: dict) -> str:
@@ -623,8 +645,8 @@ def verdict_text(how: dict) -> str:
 
 def sample_table(audit: dict, top: int = SAMPLE_ROWS) -> list[dict]:
     """The `top` most remembered samples of a saved audit as table rows: the sample, its
-    label, its score (and percentile with replicates), the membership score's verdict, and
-    each model's residual and confidence."""
+    label, its score (and percentile with replicates), the membership score's verdict, each
+    model's residual and confidence, and a random forget set's stratum."""
     replicates = audit["sample_verdict"]["kind"] == "replicates"
     rows = []
     for s in audit["samples"][:top]:
@@ -634,6 +656,8 @@ def sample_table(audit: dict, top: int = SAMPLE_ROWS) -> list[dict]:
         row["membership score"] = s["scores"]["membership"]
         for key in ("residual", "confidence"):
             row.update({f"{key} ({m})": v[key] for m, v in s["models"].items()})
+        if "stratum" in s:  # a random forget set's (dimalign/strata.py)
+            row["stratum"] = s["stratum"]
         rows.append(row)
     return rows
 

@@ -95,7 +95,34 @@ def print_table(result: dict, stream=None) -> None:
         stream.write(f"(from the cache: {', '.join(cached)}; seconds are training time)\n")
     if result["cached"].get("result"):
         stream.write("(this exact run was saved before: its result is shown; --fresh reruns it)\n")
+    if result.get("strata"):
+        print_strata_of_run(result["strata"], stream)
     stream.write(f"artifacts: {result['artifacts']}\n")
+
+
+def _strata_heading(block: dict) -> str:
+    """One line: what the strata of a random forget set are and how they were made."""
+    what = ("the original model's margin" if block["by"] == "margin" else
+            "the original's minus the retrained model's confidence")
+    ranges = {name: f" [{r[0]:.2f}, {r[1]:.2f}]" if (r := block["range"].get(name)) else ""
+              for name in block["names"]}
+    parts = [f"{name} {block['sizes'][name]}{ranges[name]}" for name in block["names"]]
+    return (f"forget set in strata by {what} (replicate {block['replicate']}'s models); "
+            f"size [range]: {', '.join(parts)}")
+
+
+def print_strata_of_run(block: dict, stream=None) -> None:
+    """A run's per-stratum forget metrics: a row per stratum and metric, a column per model."""
+    stream = stream or sys.stdout
+    models = block["models"]
+    names = list(models)
+    stream.write(_strata_heading(block) + "\n")
+    stream.write(f"{'stratum':<8}{'metric':<12}" + "".join(f"{n:>12}" for n in names) + "\n")
+    for stratum in block["names"]:
+        keys = ordered(k for m in names for k in models[m][stratum])
+        for key in keys:
+            stream.write(f"{stratum:<8}{key:<12}" + "".join(
+                f"{_fmt(models[n][stratum].get(key)):>12}" for n in names) + "\n")
 
 
 def cmd_presets(args) -> int:
@@ -238,6 +265,8 @@ def cmd_compare(args) -> int:
                     cell += f" ({gap:+.3f})"
             line += f"{cell:>{widths[k]}}"
         print(line + f"{row[cost.name]:>19.2f}")
+    if "strata" in result:
+        _print_strata(result)
     return 0
 
 
@@ -268,7 +297,54 @@ def _print_replicates(result: dict) -> int:
     print(line)
     if "forgetting" in result:
         _print_forgetting(result)
+    if "strata" in result:
+        _print_strata(result)
     return 0
+
+
+def _print_strata(result: dict) -> None:
+    """compare on a random forget set: per metric a table of methods × strata; with
+    replicates each cell mean ± sd (the challenge's scores: value ± bootstrap sd), and a last
+    row, how far the unlearning methods lie apart in each stratum (range of their mean |gap|,
+    or of their score)."""
+    from dimalign.challenge import SCORES
+    from dimalign.metric_table import per_stratum
+
+    block, rows = result["strata"], result["methods"]
+    names = block["names"]
+    many = result["replicates"] > 1
+    print("\n" + _strata_heading(block))
+    keys = [k for k in per_stratum() if not TABLE[k].spread_of]
+    scored = [k for k in SCORES if many and any(
+        (row["strata"][s].get(k) or {}).get("value") is not None
+        for row in rows.values() for s in names)]
+    for key in [*keys, *scored]:
+        print(f"\n{key} per stratum" + (" (value (gap to retrained))" if not many else ""))
+        print(f"{'method':<13}" + "".join(f"{s:>22}" for s in names))
+        for method, row in rows.items():
+            cells = []
+            for s in names:
+                cell = row["strata"][s]
+                if key in SCORES:
+                    value, sd = (cell.get(key) or {}).get("value"), (cell.get(key) or {}).get("sd")
+                elif many:
+                    value, sd = cell["mean"].get(key), cell["sd"].get(key)
+                else:
+                    value, sd = cell.get(key), None
+                text = "-" if value is None else f"{value:.3f}"
+                if value is not None and sd is not None:
+                    text += f" ± {sd:.3f}"
+                if not many and value is not None and (gap := cell["gaps"].get(key)) is not None \
+                        and not TABLE[key].distance:
+                    text += f" ({gap:+.3f})"
+                cells.append(text)
+            print(f"{method:<13}" + "".join(f"{c:>22}" for c in cells))
+        between = block.get("between_methods")
+        if between:
+            cells = ["-" if between[s].get(key) is None else f"{between[s][key]:.3f}"
+                     for s in names]
+            label = "methods apart" if key in SCORES else "|gap| apart"
+            print(f"{label:<13}" + "".join(f"{c:>22}" for c in cells))
 
 
 def _print_forgetting(result: dict) -> None:
@@ -684,6 +760,11 @@ def _print_samples(audit: dict, models: list[str], stream, top: int = 5) -> None
         name = f"  {s['id']} ({s['label']})"
         stream.write(f"{name:<18}{_fmt(s['score']):>8}" + "".join(
             f"{_fmt(s['models'][m]['residual']):>11}" for m in models) + "\n")
+    strata = audit["sample_verdict"].get("strata")
+    if strata:  # a random forget set: the mean score in each stratum
+        stream.write("mean score per stratum (residual, membership): " + ", ".join(
+            f"{name} {_fmt(row['mean_residual'])}, {_fmt(row['mean_membership'])}"
+            for name, row in strata.items()) + "\n")
 
 
 def cmd_scheduler(args) -> int:

@@ -27,6 +27,7 @@ from dimalign.datasets import (
 )
 from dimalign.errors import ConfigError
 from dimalign.models import TORCHVISION_PREFIX, feature_dim, input_size_problem, is_torchvision
+from dimalign.strata import STRATIFY_BY
 from dimalign.values import from_text
 
 SCENARIO_KINDS = ("class", "random", "backdoor")
@@ -56,6 +57,10 @@ class ScenarioConfig:
     fraction: float = 0.1  # random/backdoor: fraction of training samples in the forget set
     target: int = 0  # backdoor: the label the trigger maps to
     trigger_size: int = 0  # backdoor: side of the square trigger in pixels; 0 = 1/8 of the image
+    # random: what splits D_f into easy, medium and hard thirds (dimalign/strata.py): the
+    # original model's margin, or the original's minus the retrained model's confidence;
+    # to_dict leaves it out while it is the default, so every other config keeps its identity
+    stratify_by: str = "margin"
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,8 @@ class Config:
         for name in (*OWN_DATA_KEYS, "replicate"):
             if d[name] == getattr(Config, name):
                 del d[name]
+        if d["scenario"]["stratify_by"] == ScenarioConfig.stratify_by:
+            del d["scenario"]["stratify_by"]
         return d
 
 
@@ -363,6 +370,10 @@ def validate(cfg: Config) -> None:
                               f"{info.n_train} samples); use at least {1 / info.n_train:.2g}")
         if n_forget >= info.n_train:
             raise ConfigError("scenario.fraction", "retain set is empty; use a smaller fraction")
+    _one_of("scenario.stratify_by", sc.stratify_by, STRATIFY_BY)
+    if sc.kind != "random" and sc.stratify_by != ScenarioConfig.stratify_by:
+        raise ConfigError("scenario.stratify_by", f"applies to scenario.kind=random only "
+                          f"(scenario.kind is {sc.kind!r})")
     if sc.kind == "backdoor":
         if not 0 <= sc.target < n:
             raise ConfigError("scenario.target",

@@ -5,6 +5,9 @@ Scenarios (all deterministic from the seed):
 - random: D_f = a uniformly drawn fraction of training samples;
 - backdoor: D_f = a fraction of non-target samples, stamped with a trigger patch and relabelled
   to the target class. D (what the original model sees) holds them stamped; D_r is the rest.
+
+A random D_f's strata (easy, medium, hard: `Experiment.strata`) need trained models; the
+baselines add how hard each sample is (`train.get_baselines`).
 """
 
 from __future__ import annotations
@@ -32,11 +35,27 @@ class Experiment:
     y_clean: torch.Tensor  # (N,) true labels (differ from y_train for backdoor)
     x_trigger: torch.Tensor | None = None  # backdoor: stamped test samples of other classes
     y_trigger: torch.Tensor | None = None  # their true labels
+    # random: (N,) float64, how hard each forget sample is to forget by the config's
+    # scenario.stratify_by (dimalign/strata.py; NaN for retain samples); it needs trained
+    # models, so `train.get_baselines` sets it, not `build_experiment`
+    hardness: torch.Tensor | None = None
 
     @property
     def forgotten_classes(self) -> list[int]:
         """Classes forgotten whole (class scenario); empty otherwise."""
         return sorted(set(self.y_test[self.test_forgotten].tolist()))
+
+    @property
+    def strata(self) -> torch.Tensor | None:
+        """(N,) int64: each forget sample's stratum, 0 (easy) .. 2 (hard), -1 for retain
+        samples; None without `hardness` (not a random scenario, or no models yet)."""
+        if self.hardness is None:
+            return None
+        from dimalign.strata import OTHER, tertiles
+
+        out = torch.full((len(self.y_train),), OTHER, dtype=torch.int64)
+        out[self.forget] = torch.from_numpy(tertiles(self.hardness[self.forget].numpy()))
+        return out
 
     @property
     def retain_idx(self) -> torch.Tensor:

@@ -14,6 +14,8 @@ Places a metric can be shown (`Metric.shown`):
     "effect"      the Unlearn page's effect panel (what the last change did)
     "curves"      the live curves, on the panel of the metric's group
 `dimalign run`'s table and an exported report list every metric a run has, in table order.
+An entry marked `per_stratum` is also reported on each stratum of a random forget set
+(`metrics.stratum_metrics`, `dimalign/strata.py`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ class Metric:
     # the value is the spread (sd) of another metric, shown beside it; it has no gap
     spread_of: str | None = None
     shown: frozenset[str] = frozenset()  # places of PLACES that show it
+    # also reported per stratum of a random forget set, on the stratum's samples alone
+    # (`metrics.stratum_metrics`; dimalign/strata.py)
+    per_stratum: bool = False
 
     def __post_init__(self) -> None:
         where = f"metric {self.name!r}"
@@ -82,7 +87,7 @@ METRICS: tuple[Metric, ...] = (
            shown=_places("cli", "compare", "experiment", "unlearn", "curves")),
     Metric("acc_forget", "Acc. forget", "accuracy on the forget set D_f (retraining sets the "
            "target: near test accuracy when forgetting random samples)", "accuracy",
-           in_avg_gap=True,
+           in_avg_gap=True, per_stratum=True,
            shown=_places("cli", "compare", "experiment", "unlearn", "effect", "curves")),
     Metric("acc_test", "Acc. test", "accuracy on the test set D_t", "accuracy",
            better="higher", in_avg_gap=True,
@@ -98,19 +103,20 @@ METRICS: tuple[Metric, ...] = (
     Metric("mia", "MIA", "MIA-efficacy: an RBF SVC on one output feature (eval.mia_feature, "
            "default confidence; retain = members, test of kept classes = non-members) applied "
            "to D_f; the fraction predicted non-member, mean over eval.mia_repeats draws",
-           "privacy", in_avg_gap=True, shown=_places("cli", "compare", "experiment", "unlearn")),
+           "privacy", in_avg_gap=True, per_stratum=True,
+           shown=_places("cli", "compare", "experiment", "unlearn")),
     Metric("mia_sd", "MIA sd", "standard deviation of MIA over its eval.mia_repeats draws of "
-           "the shadow sets", "privacy", spread_of="mia",
+           "the shadow sets", "privacy", spread_of="mia", per_stratum=True,
            shown=_places("compare", "experiment", "unlearn")),
     Metric("da", "DA", "Dimensional Alignment of D_f features with the top-k retain "
-           "eigenspace", "alignment", better="higher",
+           "eigenspace", "alignment", better="higher", per_stratum=True,
            shown=_places("cli", "compare", "experiment", "unlearn", "effect", "curves")),
     Metric("da_test", "DA test", "Dimensional Alignment of D_t features with the same retain "
            "eigenspace (a reference)", "alignment"),
     Metric("da_k", "k of DA", "the number k of retain eigenvectors DA used", "alignment",
            low=1, high=None),
     Metric("lp_forget", "LP forget", "linear probe (fitted on half the test set, frozen "
-           "features): accuracy on D_f", "probe",
+           "features): accuracy on D_f", "probe", per_stratum=True,
            shown=_places("cli", "compare", "experiment")),
     Metric("lp_test", "LP test", "linear probe: accuracy on the other half of the test set",
            "probe", better="higher"),
@@ -128,7 +134,7 @@ METRICS: tuple[Metric, ...] = (
            "model's", "representation"),
     Metric("avg_gap", "avg-gap", "mean |model - retrained| over the metrics marked in avg-gap "
            "(the accuracies on D_r, D_f, D_t and MIA)", "summary", better="lower",
-           distance=True, shown=_places("cli", "compare", "unlearn", "effect")),
+           distance=True, per_stratum=True, shown=_places("cli", "compare", "unlearn", "effect")),
 )
 TABLE: dict[str, Metric] = {m.name: m for m in METRICS}
 if len(TABLE) != len(METRICS):
@@ -156,6 +162,11 @@ def for_scenario(kind: str) -> tuple[str, ...]:
     if kind not in SCENARIOS:
         raise ValueError(f"unknown scenario {kind!r}; known: {', '.join(sorted(SCENARIOS))}")
     return tuple(m.name for m in METRICS if kind in m.scenarios)
+
+
+def per_stratum() -> tuple[str, ...]:
+    """Names of the metrics reported per stratum of a random forget set, in table order."""
+    return tuple(m.name for m in METRICS if m.per_stratum)
 
 
 def avg_gap_keys() -> tuple[str, ...]:

@@ -11,7 +11,7 @@ to the numbers they produced.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -50,6 +50,15 @@ class Outputs:
     logits_test: torch.Tensor  # (M, K)
     feats_test: torch.Tensor  # (M, C)
     logits_trigger: torch.Tensor | None = None  # backdoor: stamped test samples
+    # fits made on these outputs (the MIA's calls, the linear probe), by their settings: the
+    # per-stratum metrics reuse the whole set's (`stratum_metrics`)
+    fitted: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def fit(self, key: tuple, make):
+        """make(), once per key for these outputs."""
+        if key not in self.fitted:
+            self.fitted[key] = make()
+        return self.fitted[key]
 
 
 def model_outputs(model: Classifier, exp: Experiment) -> Outputs:
@@ -127,23 +136,52 @@ def mia_efficacy(members: tuple[torch.Tensor, torch.Tensor],
     learns members from non-members, balanced; applied to D_f, the fraction it calls
     non-member. Each argument is (logits, labels). The shadow sets are drawn `repeats` times
     (seeded): one draw's value is not a finding, so the mean and sd over draws are reported."""
+    n, calls = mia_calls(members, non_members, forget, feature=feature, samples=samples,
+                         repeats=repeats, seed=seed)
+    if calls is None:  # a diverged model
+        return MiaResult(NAN, NAN, n, ())
+    return _mia_result(calls, n)
+
+
+def mia_of(out: Outputs, exp: Experiment, ev: EvalConfig, seed: int
+           ) -> tuple[int, np.ndarray | None]:
+    """`mia_calls` of a model's outputs with the eval settings (fitted once per outputs)."""
+    return out.fit(("mia", split_key(exp), ev.mia_feature, ev.mia_samples, ev.mia_repeats, seed),
+                   lambda: mia_calls(**mia_sets(out, exp), feature=ev.mia_feature,
+                                     samples=ev.mia_samples, repeats=ev.mia_repeats, seed=seed))
+
+
+def _mia_result(calls: np.ndarray, n: int) -> MiaResult:
+    """MIA-efficacy from the (repeats, samples) non-member calls of each draw's SVC."""
+    values = [float(v) for v in calls.mean(1)]
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return MiaResult(float(np.mean(values)), sd, n, tuple(values))
+
+
+def mia_calls(members: tuple[torch.Tensor, torch.Tensor],
+              non_members: tuple[torch.Tensor, torch.Tensor],
+              forget: tuple[torch.Tensor, torch.Tensor], *, feature: str = "confidence",
+              samples: int = 1000, repeats: int = 5, seed: int = 0
+              ) -> tuple[int, np.ndarray | None]:
+    """The attack of `mia_efficacy`, per target sample: (the members and non-members each SVC
+    was fitted on, a (repeats, N_f) bool array, True where draw i's SVC calls forget sample j
+    a non-member); None for the calls where a model's outputs are not finite."""
     from sklearn.svm import SVC
 
     n = min(samples, len(members[1]), len(non_members[1]))
-    if not _finite(members[0], non_members[0], forget[0]):  # a diverged model
-        return MiaResult(NAN, NAN, n, ())
+    if not _finite(members[0], non_members[0], forget[0]):
+        return n, None
     rng = np.random.default_rng(seed)
     inside, outside = mia_score(*members, feature), mia_score(*non_members, feature)
     target = mia_score(*forget, feature)[:, None]
-    values = []
-    for _ in range(repeats):
+    calls = np.zeros((repeats, len(target)), dtype=bool)
+    for i in range(repeats):
         x = np.concatenate([inside[sample_rows(len(inside), n, rng)],
                             outside[sample_rows(len(outside), n, rng)]])[:, None]
         y = np.concatenate([np.ones(n), np.zeros(n)])
         svc = SVC(C=3, gamma="auto", kernel="rbf").fit(x, y)
-        values.append(float((svc.predict(target) == 0).mean()))
-    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return MiaResult(float(np.mean(values)), sd, n, tuple(values))
+        calls[i] = svc.predict(target) == 0
+    return n, calls
 
 
 def mia_sets(out: Outputs, exp: Experiment) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -166,21 +204,13 @@ def linear_probe(out: Outputs, exp: Experiment, seed: int) -> dict[str, float]:
     """Multinomial logistic regression on frozen, standardised features, fitted on half of the
     test split (every class present); accuracy on D_f (true labels) and the other half, and the
     forgotten classes' F1 on that half (class scenario)."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
 
-    fit_idx, score_idx = probe_halves(exp.y_test, seed)
+    _, score_idx = probe_halves(exp.y_test, seed)
     if not _finite(out.feats_train, out.feats_test):  # a diverged model: nothing to fit
         return {"lp_forget": NAN, "lp_test": NAN,
                 **({"f1_forget": NAN} if exp.forgotten_classes else {})}
-    x_fit = out.feats_test[fit_idx].double()
-    mean, std = x_fit.mean(0), x_fit.std(0).clamp(min=1e-8)
-
-    def scaled(x: torch.Tensor) -> np.ndarray:
-        return ((x.double() - mean) / std).numpy()
-
-    probe = LogisticRegression(max_iter=2000, C=1.0)
-    probe.fit(scaled(x_fit), exp.y_test[fit_idx].numpy())
+    probe, scaled = out.fit(("probe", seed), lambda: fit_probe(out, exp, seed))
     f = exp.forget
     res = {"lp_forget": float(probe.score(scaled(out.feats_train[f]), exp.y_clean[f].numpy())),
            "lp_test": float(probe.score(scaled(out.feats_test[score_idx]),
@@ -191,6 +221,23 @@ def linear_probe(out: Outputs, exp: Experiment, seed: int) -> dict[str, float]:
                                           labels=exp.forgotten_classes, average="macro",
                                           zero_division=0))
     return res
+
+
+def fit_probe(out: Outputs, exp: Experiment, seed: int):
+    """The linear probe fitted on its half of the test set, and the scaling its inputs need:
+    (probe, scaled), scaled(features) -> standardised numpy rows."""
+    from sklearn.linear_model import LogisticRegression
+
+    fit_idx, _ = probe_halves(exp.y_test, seed)
+    x_fit = out.feats_test[fit_idx].double()
+    mean, std = x_fit.mean(0), x_fit.std(0).clamp(min=1e-8)
+
+    def scaled(x: torch.Tensor) -> np.ndarray:
+        return ((x.double() - mean) / std).numpy()
+
+    probe = LogisticRegression(max_iter=2000, C=1.0)
+    probe.fit(scaled(x_fit), exp.y_test[fit_idx].numpy())
+    return probe, scaled
 
 
 def forget_and_test(out: Outputs, exp: Experiment) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,8 +268,8 @@ def model_metrics(out: Outputs, exp: Experiment, ev: EvalConfig, seed: int) -> d
     """Every single-model metric."""
     f, r = exp.forget, ~exp.forget
     res = split_accuracies(out, exp)
-    mia = mia_efficacy(**mia_sets(out, exp), feature=ev.mia_feature, samples=ev.mia_samples,
-                       repeats=ev.mia_repeats, seed=seed)
+    n, calls = mia_of(out, exp, ev, seed)
+    mia = MiaResult(NAN, NAN, n, ()) if calls is None else _mia_result(calls, n)
     res["mia"], res["mia_sd"] = mia.mean, mia.sd
     retain = out.feats_train[r]
     res.update(alignments(out.feats_train[f], out.feats_test, retain, ev))
@@ -298,7 +345,9 @@ def evaluate(models: dict[str, Classifier], exp: Experiment, ev: EvalConfig, see
         out = model_outputs(model, exp)
         return out, model_metrics(out, exp, ev, seed)
 
-    measured = {name: EVALUATED.get_or_make((ids[name], ev, seed), lambda m=m: measure(m))
+    split = split_key(exp)  # one original serves every class and random forget set
+    measured = {name: EVALUATED.get_or_make((ids[name], ev, seed, split),
+                                            lambda m=m: measure(m))
                 if name in ids else measure(m) for name, m in models.items()}
     outs = {name: out for name, (out, _) in measured.items()}
     result = {name: dict(row) for name, (_, row) in measured.items()}
@@ -315,8 +364,93 @@ def evaluate(models: dict[str, Classifier], exp: Experiment, ev: EvalConfig, see
     return result, outs
 
 
+def split_key(exp: Experiment) -> str:
+    """The identity of an experiment's split (its forget set and forgotten test samples): the
+    same model, e.g. the original every class and random scenario shares, has other metrics
+    under another split."""
+    import hashlib
+
+    blob = exp.forget.numpy().tobytes() + exp.test_forgotten.numpy().tobytes()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 def avg_gap(row: dict[str, float], reference: dict[str, float]) -> float:
     """Mean |model - retrained| over GAP_KEYS (the accuracies and MIA); missing or NaN
     entries are skipped."""
     value = table_avg_gap(row, reference)
     return float("nan") if value is None else value
+
+
+# ------------------------------------------------------------- strata of a random forget set
+
+
+STRATIFIED: LRU[dict] = LRU(8)  # baselines' per-stratum metrics, in a warm worker
+
+
+def stratum_metrics(out: Outputs, exp: Experiment, ev: EvalConfig, seed: int
+                    ) -> dict[str, dict[str, float]]:
+    """One model's forget metrics on each stratum of a random forget set (`exp.strata`;
+    dimalign/strata.py): the metric table's `per_stratum` entries but avg-gap, which needs
+    the retrained model (`evaluate_strata`). Each is its whole-set protocol restricted to the
+    stratum's samples: accuracy; MIA from the same shadow draws and SVCs as `mia`, so the
+    strata's MIA, weighted by size, is `mia` (`mia_sd` over those draws); DA against the
+    same retain basis as `da`; the linear probe of `lp_forget`. NaN on an empty stratum."""
+    from dimalign.strata import STRATA
+
+    f = exp.forget
+    strata = exp.strata[f].numpy()
+    logits, labels, feats = out.logits_train[f], exp.y_train[f], out.feats_train[f]
+    retain = out.feats_train[~f]
+    n, calls = mia_of(out, exp, ev, seed)
+    try:
+        basis = retain_basis(retain, ev)
+    except DegenerateFeatures:
+        basis = None
+    probe = (out.fit(("probe", seed), lambda: fit_probe(out, exp, seed))
+             if _finite(out.feats_train, out.feats_test) else None)
+    rows = {}
+    for s, name in enumerate(STRATA):
+        idx = np.flatnonzero(strata == s)
+        row = {"acc_forget": _acc(logits[idx], labels[idx]), "mia": NAN, "mia_sd": NAN,
+               "da": NAN, "lp_forget": NAN}
+        if len(idx):
+            if calls is not None:
+                mia = _mia_result(calls[:, idx], n)
+                row["mia"], row["mia_sd"] = mia.mean, mia.sd
+            if basis is not None:
+                row["da"] = _defined(lambda i=idx: alignment(feats[i], retain, ev,
+                                                             basis=basis)[0])
+            if probe is not None:
+                fitted, scaled = probe
+                row["lp_forget"] = float(fitted.score(scaled(feats[idx]),
+                                                      exp.y_clean[f][idx].numpy()))
+        rows[name] = row
+    return rows
+
+
+def evaluate_strata(outputs: dict[str, Outputs], metrics: dict[str, dict[str, float]],
+                    exp: Experiment, ev: EvalConfig, seed: int = 0,
+                    ids: dict[str, str] | None = None) -> dict[str, dict[str, dict]] | None:
+    """`stratum_metrics` of every model, and per stratum the avg-gap of each model but the
+    retrained one (its forget accuracy and MIA on the stratum, retain and test accuracy on
+    their whole sets, `metrics` as `evaluate` returned them): {model: {stratum: {metric:
+    value}}}. None when the experiment has no strata. `ids` as in `evaluate`."""
+    if exp.strata is None:
+        return None
+    ids = ids or {}
+    marks = exp.strata.numpy().tobytes()
+    rows = {name: STRATIFIED.get_or_make((ids[name], ev, seed, marks),
+                                         lambda o=out: stratum_metrics(o, exp, ev, seed))
+            if name in ids else stratum_metrics(out, exp, ev, seed)
+            for name, out in outputs.items()}
+    rows = {name: {s: dict(row) for s, row in strata.items()} for name, strata in rows.items()}
+    if "retrained" in rows:
+        whole = {name: {k: metrics[name].get(k) for k in ("acc_retain", "acc_test")}
+                 for name in rows}
+        for name, strata in rows.items():
+            if name == "retrained":
+                continue
+            for s, row in strata.items():
+                row["avg_gap"] = avg_gap({**whole[name], **row},
+                                         {**whole["retrained"], **rows["retrained"][s]})
+    return rows

@@ -276,11 +276,12 @@ class RayScheduler(Scheduler):
         """The cached baselines of a config, weights and metadata (nothing when the config no
         longer builds: the job then fails with the reason)."""
         from dimalign.config import config_from_dict
-        from dimalign.train import cache_key, cache_path
+        from dimalign.train import baseline_models, cache_key, cache_path
 
         try:
             cfg = config_from_dict(config)
-            files = [Path(cache_path(cache_key(cfg, role))) for role in ("original", "retrained")]
+            # and the models that decide a random forget set's strata (replicate 0's)
+            files = [Path(cache_path(cache_key(c, role))) for c, role in baseline_models(cfg)]
         except Exception:  # noqa: BLE001 - the job reports the config's error itself
             return []
         return [f for path in files for f in (path, path.with_suffix(".json"))]
@@ -617,11 +618,11 @@ def _send_models(job: Job, home: Path, received: set[str], mailbox) -> None:
     import ray
 
     from dimalign.config import config_from_dict
-    from dimalign.train import cache_key, cache_path
+    from dimalign.train import baseline_models, cache_key, cache_path
 
     cfg = config_from_dict(job.config)
-    for role in ("original", "retrained"):
-        weights = Path(cache_path(cache_key(cfg, role)))
+    for c, role in baseline_models(cfg):
+        weights = Path(cache_path(cache_key(c, role)))
         for path in (weights, weights.with_suffix(".json")):
             rel = PurePosixPath(path.relative_to(home)).as_posix()
             if rel not in received and path.exists():

@@ -184,12 +184,13 @@ def evaluate_and_save(cfg: Config, preset: str, method: str, baselines: Baseline
                       outcome: UnlearnResult | None, points: list[dict],
                       kept: KeptFilm | None = None) -> dict:
     from dimalign.artifacts import geometry_bundle
-    from dimalign.metrics import evaluate, sample_sizes
+    from dimalign.metrics import evaluate, evaluate_strata, sample_sizes
 
     exp = baselines.experiment
     known = {role: baselines.checkpoints[role] for role in ("original", "retrained")
              if models.get(role) is getattr(baselines, role)}
     metrics, outputs = evaluate(models, exp, cfg.eval, cfg.seed, ids=known)
+    strata = evaluate_strata(outputs, metrics, exp, cfg.eval, cfg.seed, ids=known)
     result = finite({
         "preset": preset,
         "config": cfg.to_dict(),
@@ -206,6 +207,8 @@ def evaluate_and_save(cfg: Config, preset: str, method: str, baselines: Baseline
         # per forget example, what the challenge's forgetting quality compares across replicates
         "forget_confidence": forget_confidence(outputs, exp, cfg.seed),
     })
+    if strata is not None:  # a random forget set: its forget metrics per stratum
+        result["strata"] = finite(strata_block(exp, cfg, strata))
     if outcome is not None:
         result["telemetry_seconds"] = outcome.telemetry_seconds
         result["steps"] = outcome.steps
@@ -262,6 +265,23 @@ def forget_confidence(outputs: dict, exp, seed: int) -> dict[str, list[float]]:
                            4).tolist() for name, out in outputs.items()}
 
 
+def strata_block(exp, cfg: Config, models: dict[str, dict]) -> dict:
+    """What a result keeps of a random forget set's strata (dimalign/strata.py): how they were
+    made (`strata.describe`), each model's per-stratum metrics, and `forget`, the stratum of
+    each example of `forget_confidence` (the same seeded examples), which lets the
+    challenge's scores be taken per stratum."""
+    import numpy as np
+
+    from dimalign.metrics import sample_rows
+    from dimalign.strata import describe
+
+    f = exp.forget
+    strata, hardness = exp.strata[f].numpy(), exp.hardness[f].numpy()
+    rows = sample_rows(int(f.sum()), FORGET_SCORED, np.random.default_rng(cfg.seed))
+    return {**describe(strata, hardness, cfg.scenario.stratify_by), "models": models,
+            "forget": strata[rows].tolist()}
+
+
 def _mkdir(folder: Path) -> None:
     try:
         folder.mkdir(parents=True)
@@ -288,9 +308,14 @@ def compare(cfg: Config, methods: list[str], *, preset: str = "", replicates: in
                                     progress, say))
     retrained = [res.pop("retrained") for res in results]
     confidences = [res.pop("forget_confidence") for res in results]
+    strata = [res.pop("strata") for res in results]
     out = aggregate(results, retrained)
     if replicates > 1:  # the challenge's scores compare models across replicates
         out = with_forgetting(out, [r["methods"] for r in results], retrained, confidences)
+    if strata[0] is not None:  # a random forget set: every forget metric per stratum
+        from dimalign.strata import with_strata
+
+        out = with_strata(out, strata, [r["methods"] for r in results], retrained, confidences)
     return finite(out)
 
 
@@ -309,9 +334,11 @@ def _compare_one(cfg: Config, methods: list[str], preset: str, progress: Progres
                           progress=progress)
         models[name], seconds[name] = outcome.model, outcome.seconds
     say("evaluating ...")
-    from dimalign.metrics import evaluate
+    from dimalign.metrics import evaluate, evaluate_strata
 
-    metrics, outputs = evaluate(models, baselines.experiment, cfg.eval, cfg.seed)
+    exp = baselines.experiment
+    metrics, outputs = evaluate(models, exp, cfg.eval, cfg.seed)
+    strata = evaluate_strata(outputs, metrics, exp, cfg.eval, cfg.seed)
     retrained = metrics["retrained"]
     rows = {}
     for name in ["original", *methods]:
@@ -325,8 +352,8 @@ def _compare_one(cfg: Config, methods: list[str], preset: str, progress: Progres
     return finite({"preset": preset, "config": cfg.to_dict(), "device": str(baselines.device),
                    "methods": rows, "params": {m: cfg.method_params(m) for m in methods},
                    "retrained_seconds": seconds["retrained"], "retrained": retrained,
-                   "forget_confidence": forget_confidence(outputs, baselines.experiment,
-                                                          cfg.seed)})
+                   "forget_confidence": forget_confidence(outputs, exp, cfg.seed),
+                   "strata": None if strata is None else strata_block(exp, cfg, strata)})
 
 
 def comparison_rows(results: list[tuple[str, str, dict]], keys: list[str]) -> list[dict]:

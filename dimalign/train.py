@@ -15,6 +15,7 @@ again.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -296,8 +297,9 @@ def cached_meta(cfg: Config, role: str,
 
 
 def baselines_cached(cfg: Config) -> bool:
-    """Whether both of this config's baselines (original and retrained) are in the cache."""
-    return all(cached_meta(cfg, role) is not None for role in ("original", "retrained"))
+    """Whether this config's baselines (original and retrained, and the models that decide a
+    random forget set's strata: `baseline_models`) are in the cache."""
+    return all(cached_meta(c, role) is not None for c, role in baseline_models(cfg))
 
 
 def baseline_model(cfg: Config, exp: Experiment, role: str, device: torch.device,
@@ -422,11 +424,12 @@ def get_baselines(cfg: Config, progress: ProgressFn | None = None,
     """Original and retrained models of a config, from the cache when they are there (and from
     memory when this process loaded the same checkpoints lately: callers never change them)."""
     device = pick_device(cfg.device)
-    metas = [cached_meta(cfg, role, say) for role in ("original", "retrained")]
+    wanted = baseline_models(cfg)
+    metas = [cached_meta(c, role, say) for c, role in wanted]
     if all(metas):
-        key = (str(device), *(f"{cache_path(cache_key(cfg, role))}@{meta['created']}"
-                              for role, meta in zip(("original", "retrained"), metas,
-                                                    strict=True)))
+        key = (str(device), cfg.scenario.stratify_by,
+               *(f"{cache_path(cache_key(c, role))}@{meta['created']}"
+                 for (c, role), meta in zip(wanted, metas, strict=True)))
         return LOADED.get_or_make(key, lambda: _load_or_train(cfg, device, progress, say))
     return _load_or_train(cfg, device, progress, say)
 
@@ -440,4 +443,49 @@ def _load_or_train(cfg: Config, device: torch.device, progress: ProgressFn | Non
                                                                    progress, say)
         path = cache_path(cache_key(cfg, role))
         ids[role] = f"{os.path.basename(path)}@{cached_meta(cfg, role)['created']}"
+    if cfg.scenario.kind == "random":
+        exp = dataclasses.replace(exp, hardness=forget_hardness(cfg, exp, models, device,
+                                                                progress, say))
     return Baselines(exp, models["original"], models["retrained"], device, seconds, cached, ids)
+
+
+def strata_models(cfg: Config) -> list[tuple[Config, str]]:
+    """The baselines that decide a random forget set's strata (`dimalign.strata`): those of
+    replicate 0, the seed's own (the strata, like D_f, are the same in every replicate): its
+    original, and with scenario.stratify_by=gap its retrained model too. None otherwise."""
+    from dimalign.strata import SOURCE_REPLICATE
+
+    if cfg.scenario.kind != "random":
+        return []
+    source = cfg.with_replicate(SOURCE_REPLICATE)
+    roles = ("original", "retrained") if cfg.scenario.stratify_by == "gap" else ("original",)
+    return [(source, role) for role in roles]
+
+
+def baseline_models(cfg: Config) -> list[tuple[Config, str]]:
+    """Every cached model `get_baselines` reads for a config, as (config, role): its original
+    and retrained models, and `strata_models` of another replicate."""
+    own = [(cfg, "original"), (cfg, "retrained")]
+    return own + [(c, role) for c, role in strata_models(cfg) if c.replicate != cfg.replicate]
+
+
+def forget_hardness(cfg: Config, exp: Experiment, models: dict[str, Classifier],
+                    device: torch.device, progress: ProgressFn | None,
+                    say: Callable[[str], None]) -> torch.Tensor:
+    """(N,) how hard each forget sample is to forget (`strata.difficulty`; NaN for retain
+    samples), from `strata_models`: this replicate's own `models` for replicate 0, else
+    replicate 0's, loaded (or trained) from the cache."""
+    from dimalign.features import forward_all
+    from dimalign.strata import difficulty
+
+    rows = exp.forget_idx
+    logits = {}
+    for source, role in strata_models(cfg):
+        model = (models[role] if source.replicate == cfg.replicate
+                 else baseline_model(source, exp, role, device, progress, say)[0])
+        logits[role] = forward_all(model, exp.x_train[rows], exp.info)[0].double().numpy()
+    hard = difficulty(cfg.scenario.stratify_by, logits["original"],
+                      exp.y_train[rows].numpy(), logits.get("retrained"))
+    out = torch.full((len(exp.y_train),), float("nan"), dtype=torch.float64)
+    out[rows] = torch.from_numpy(hard)
+    return out

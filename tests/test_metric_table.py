@@ -20,9 +20,10 @@ from dimalign.metric_table import (
     for_scenario,
     gap_to_retrained,
     ordered,
+    per_stratum,
     shown,
 )
-from dimalign.metrics import GAP_KEYS, avg_gap, evaluate
+from dimalign.metrics import GAP_KEYS, avg_gap, evaluate, evaluate_strata
 
 SMALL = EvalConfig(mia_samples=100, nmi_samples=200, cka_samples=200, feature_samples=20)
 NAN = float("nan")
@@ -67,20 +68,26 @@ def evaluated(request, tiny_baselines):
 
     cfg = build_config(request.param, ["train.epochs=2"])
     b = tiny_baselines if request.param == "digits-class" else get_baselines(cfg)
-    metrics, _ = evaluate({"original": b.original, "retrained": b.retrained}, b.experiment,
-                          SMALL, seed=0)
-    return cfg.scenario.kind, metrics
+    metrics, outputs = evaluate({"original": b.original, "retrained": b.retrained},
+                                b.experiment, SMALL, seed=0)
+    return cfg.scenario.kind, metrics, evaluate_strata(outputs, metrics, b.experiment, SMALL)
 
 
 def test_evaluate_reports_exactly_the_table_entries_of_its_scenario_in_table_order(evaluated):
-    kind, metrics = evaluated
+    kind, metrics, strata = evaluated
+    # a random forget set's strata: exactly the table's per-stratum entries
+    if kind == "random":
+        assert list(strata["original"]["hard"]) == list(per_stratum())
+        assert set(strata["retrained"]["easy"]) == set(per_stratum()) - {"avg_gap"}
+    else:
+        assert strata is None
     # the original model has every metric (CKA to both, avg-gap to the retrained model)
     assert list(metrics["original"]) == list(for_scenario(kind))
     assert set(metrics["retrained"]) == set(for_scenario(kind)) - {"avg_gap"}
 
 
 def test_evaluated_values_lie_in_their_table_ranges(evaluated):
-    _, metrics = evaluated
+    _, metrics, _ = evaluated
     for row in metrics.values():
         for key, value in row.items():
             low, high = TABLE[key].range

@@ -237,3 +237,24 @@ def test_a_warm_process_evaluates_cached_baselines_once_and_gets_the_same_number
     two = geometry_bundle(outs, b.experiment, ev, 0, ids=b.checkpoints)
     assert GEOMETRY.hits == geometry_hits + 2
     assert one["models"]["retrained"]["da"] == two["models"]["retrained"]["da"]
+
+
+def test_a_model_evaluated_on_two_splits_gets_each_splits_metrics(tiny_baselines):
+    """The original model serves every class and random forget set (one checkpoint): in one
+    process its metrics on a random split are not the class split's, remembered."""
+    from dimalign.config import build_config
+    from dimalign.data import build_experiment
+    from dimalign.features import forward_all
+    from dimalign.metrics import evaluate
+
+    b, ev = tiny_baselines, EvalConfig(mia_samples=100, mia_repeats=1, nmi_samples=100,
+                                       cka_samples=100)
+    ids = {"original": b.checkpoints["original"]}
+    random = build_experiment(build_config("digits-random", ["train.epochs=2"]))
+    by_class, _ = evaluate({"original": b.original}, b.experiment, ev, ids=ids)
+    by_random, _ = evaluate({"original": b.original}, random, ev, ids=ids)
+    assert "acc_test_kept" in by_class["original"]
+    assert "acc_test_kept" not in by_random["original"]
+    logits = forward_all(b.original, random.x_train[random.forget], random.info)[0]
+    right = (logits.argmax(1) == random.y_train[random.forget]).double().mean().item()
+    assert by_random["original"]["acc_forget"] == pytest.approx(right)
