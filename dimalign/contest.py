@@ -5,16 +5,19 @@ a participant's place among them, the time its budget leaves, and the winning se
 A challenge itself lives in the store (`store.Challenge`: its experiment, the methods it
 allows, its score, an optional budget in minutes); the store checks each entry
 (`store.entry_refusal`). Entries are ranked as the room's leaderboard ranks runs
-(`room.leaderboard`): each participant's best setting, replicates of one setting together.
-Pure Python: no streamlit, no SQL.
+(`room.leaderboard`): each participant's best setting, replicates of one setting together, and
+"≈ retrain" against the same reference (the baselines of every replicate of the experiment).
+Every participant-provided string these texts put into markdown is a code span (`literal`): a
+name such as www.example.com stays a name, never a link. Pure Python: no streamlit, no SQL.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 
-from dimalign.room import FINAL, SCORES, leaderboard
+from dimalign.room import FINAL, SCORES, leaderboard, reference
 
 PLACES = {1: "1st", 2: "2nd", 3: "3rd"}
 
@@ -26,10 +29,28 @@ def check_metric(metric: str) -> str:
     return metric
 
 
-def standings(entries: Sequence, metric: str) -> list[dict]:
+def score_name(metric: str) -> str:
+    """"avg-gap" or "final score": the score's name without its direction."""
+    return SCORES[metric].split(" (")[0]
+
+
+def literal(text) -> str:
+    """`text` as a markdown code span: shown as typed, never a link, emphasis or directive
+    (for what a participant typed: a name, a setting)."""
+    text = str(text)
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text[:1] == "`" or text[-1:] == "`" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def standings(entries: Sequence, metric: str, results: Sequence[dict] | None = None
+              ) -> list[dict]:
     """The board of a challenge: `room.leaderboard` over its entered runs (each
-    participant's best entry), by its score; entries without that score are left out."""
-    return leaderboard(entries, check_metric(metric))
+    participant's best entry), by its score; entries without that score are left out.
+    `results`: one finished result per replicate of the challenge's experiment (its baselines,
+    `ui.replicate_results`), the reference of "≈ retrain" that the room's leaderboard uses; by
+    default the entries' own."""
+    return leaderboard(entries, check_metric(metric), reference(entries, results))
 
 
 def place(rank: int) -> str:
@@ -52,14 +73,27 @@ def standing_text(board: Sequence[dict], owner: str, metric: str, entered: int) 
     mine = standing(board, owner)
     if mine is not None:
         return (f"You are **{place(mine['rank'])} of {mine['of']}** with "
-                f"{SCORES[metric].split(' (')[0]} {score_text(mine['score'])} (run {mine['run']}).")
+                f"{score_name(metric)} {score_text(mine['score'])} (run {mine['run']}).")
     if entered:
         return (f"Your {entered} {'entry has' if entered == 1 else 'entries have'} no "
-                f"{SCORES[metric].split(' (')[0]} yet" + (
-                    ": the final score needs six replicates of one setting." if metric == FINAL
-                    else "."))
+                f"{score_name(metric)} yet" + (f": {FINAL_NEEDS}." if metric == FINAL else "."))
     return ("You have no entry yet: finish a run of this experiment and press *Submit this "
-            "run* on the Unlearn page.")
+            "run* on the Unlearn page" + (f" ({FINAL_NEEDS})." if metric == FINAL else "."))
+
+
+# what a participant must enter to be ranked by the final score (`room.score`: six replicates)
+FINAL_NEEDS = ("the final score ranks a setting entered on six replicates or more: run one "
+               "setting on six replicates (Tune, *Replicates* 6) and enter each of its runs")
+
+
+def no_standings_text(metric: str, entries: int) -> str:
+    """What the instructor's board says while no entry is ranked (`entries`: how many runs
+    are entered)."""
+    if not entries:
+        return ("No entries yet: a participant enters a finished run with *Submit this run* on "
+                "the Unlearn page.")
+    return f"No entry has {'a final score' if metric == FINAL else 'an avg-gap'} yet" + (
+        f": {FINAL_NEEDS}." if metric == FINAL else ".")
 
 
 def entries_text(counts: Mapping[str, int]) -> str:
@@ -70,8 +104,10 @@ def entries_text(counts: Mapping[str, int]) -> str:
 
 
 def score_text(value: float | None) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) \
-        else f"{value:.4f}"
+    """A score with four decimals; "–" for none (None, or NaN of any float type)."""
+    if value is None or math.isnan(float(value)):
+        return "–"
+    return f"{float(value):.4f}"
 
 
 def time_left(challenge, now: float) -> str | None:
@@ -81,7 +117,18 @@ def time_left(challenge, now: float) -> str | None:
     seconds = challenge.deadline - now
     if seconds <= 0:
         return "time is up"
+    if math.ceil(seconds) < 60:  # the last minute, by the second (the projector's countdown)
+        return f"{math.ceil(seconds):.0f} s left"
     return f"{math.ceil(seconds / 60):.0f} min left"
+
+
+def budget_text(challenge) -> str:
+    """"; entries: runs queued after it was published and finished within 10 minutes of it"
+    (the rule `store.entry_refusal` checks), or "" without a budget."""
+    if challenge.budget is None:
+        return ""
+    return (f"; entries: runs queued after it was published and finished within "
+            f"{challenge.budget:g} minute{'' if challenge.budget == 1 else 's'} of it")
 
 
 def experiment_text(challenge) -> str:
@@ -101,14 +148,18 @@ def settings_text(method: str, knobs: Mapping, defaults: Mapping) -> str:
 
 
 def _value(value) -> str:
-    return str(value).lower() if isinstance(value, bool) else f"{value:g}" \
-        if isinstance(value, float) else str(value)
+    """A knob's value as the settings line shows it: true/false, 2.5 (not 2.50000), a text
+    as a code span."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value) if isinstance(value, int) else literal(value)  # a text: as typed
 
 
 def board_rows(board: Sequence[dict], metric: str) -> list[dict]:
-    """A challenge's board as a table shows it: rank, participant, the best entry, its
-    method and score."""
-    name = SCORES[metric].split(" (")[0]
-    return [{"rank": r["rank"], "participant": r["participant"], "run": r["run"],
-             "method": r["method"], name: score_text(r["score"]),
+    """A challenge's board as a table shows it (st.table: its cells are markdown): rank,
+    participant (a code span, `literal`), the best entry, its method and score."""
+    return [{"rank": r["rank"], "participant": literal(r["participant"]), "run": r["run"],
+             "method": r["method"], score_name(metric): score_text(r["score"]),
              "≈ retrain": "≈ retrain" if r["retraining"] else ""} for r in board]

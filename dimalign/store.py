@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import secrets
@@ -70,7 +71,8 @@ CREATE TABLE IF NOT EXISTS challenges (
     metric TEXT NOT NULL,             -- the score entries are ranked by (room.SCORES)
     budget REAL,                      -- minutes from opening an entry must be made in, or NULL
     created REAL NOT NULL,
-    opened REAL NOT NULL,             -- when it opened last (reopening restarts the budget)
+    opened REAL NOT NULL,             -- when it was published: its budget's start (opening it
+                                      -- again does not move it)
     closed REAL,                      -- NULL while it is open
     revealed_run TEXT REFERENCES runs(id),  -- the entry whose settings everyone is shown
     changed REAL NOT NULL             -- moves with every change of the above (the pages watch)
@@ -175,8 +177,11 @@ def _add_sweep(db: sqlite3.Connection) -> None:
 
 
 def _add_challenges(db: sqlite3.Connection) -> None:
-    """4 -> 5: the challenges an instructor publishes and the runs entered in them (none yet)."""
-    _run_script(db, _CHALLENGES)
+    """4 -> 5: the challenges an instructor publishes and the runs entered in them (none yet).
+    Nothing is left to do here: schema 5 adds two new tables and no column to an old one, and
+    `_SCHEMA` (which holds them, `CREATE ... IF NOT EXISTS`) runs at every opening before the
+    migrations, so a schema 4 store has them by now. The step stays so that every version has
+    its migration and the version moves 4 -> 5 in the same transaction."""
 
 
 # MIGRATIONS[v] upgrades a store at version v to v + 1, inside the opening write transaction
@@ -290,7 +295,8 @@ def _row_to_run(row: sqlite3.Row, extra: tuple[str, ...] = ()) -> Run:
 class Challenge:
     """A challenge the instructor published: entries are finished runs of `experiments` (its
     replicates' keys) by one of `methods`, ranked by `metric`; with a `budget` (minutes), only
-    runs made after it opened and finished within the budget."""
+    runs queued after it was published (`opened`) and finished within the budget. Closing and
+    opening it again moves neither: one rule for every entry, whenever it is made."""
 
     id: int
     title: str
@@ -327,6 +333,9 @@ def _row_to_challenge(row: sqlite3.Row) -> Challenge:
 def entry_refusal(challenge: Challenge, run: Run, owner: str) -> str | None:
     """Why `owner` may not enter `run` in `challenge`, in one line; None when it may. The
     store asks it in the transaction that records an entry (`submit_to_challenge`)."""
+    from dimalign.contest import score_name  # pure Python, imported here only: the board's
+    from dimalign.room import FINAL, complete  # rules of a result it can rank
+
     if not challenge.open:
         return f"the challenge {challenge.title!r} is closed"
     if run.owner != owner:
@@ -335,6 +344,16 @@ def entry_refusal(challenge: Challenge, run: Run, owner: str) -> str | None:
         return f"run {run.id} is not an unlearning run"
     if run.status != "done":
         return f"run {run.id} is {run.status}: only a finished run can be entered"
+    if not complete(run):
+        return (f"run {run.id} has no complete result to rank: it lacks the unlearned or "
+                "retrained model's evaluation, or its times")
+    result = run.result
+    if challenge.metric == FINAL:
+        if not {"unlearned", "retrained"} <= set(result.get("forget_confidence") or {}):
+            return f"run {run.id} kept no forget confidences: it cannot have a final score"
+    elif not _finite(result["models"]["unlearned"].get(challenge.metric)):
+        return (f"run {run.id} has no {score_name(challenge.metric)} to rank: its result "
+                "holds none that is a number")
     if run.method not in challenge.methods:
         return (f"run {run.id} ran {run.method}; this challenge allows "
                 f"{', '.join(challenge.methods)}")
@@ -349,6 +368,11 @@ def entry_refusal(challenge: Challenge, run: Run, owner: str) -> str | None:
         if run.finished is None or run.finished > challenge.deadline:
             return f"run {run.id} finished after the challenge's {minutes} budget ran out"
     return None
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and \
+        math.isfinite(value)
 
 
 # what SQLite says when the disk is full (at a write, or when it maps its shared memory file)
@@ -827,6 +851,10 @@ class Store:
             raise StoreError("a challenge needs an experiment")
         if budget is not None and not budget > 0:
             raise StoreError(f"a time budget is a number of minutes above 0, not {budget!r}")
+        from dimalign.room import SCORES  # every page's banner names the score by it
+
+        if metric not in SCORES:
+            raise StoreError(f"a challenge ranks by {' or '.join(SCORES)}, not {metric!r}")
         now = time.time()
         with self.write() as db:
             db.execute("UPDATE challenges SET closed = ?, changed = ? WHERE closed IS NULL",
@@ -865,16 +893,25 @@ class Store:
             return db.execute("UPDATE challenges SET closed = ?, changed = ? WHERE id = ? AND "
                               "closed IS NULL", (now, now, int(challenge_id))).rowcount == 1
 
-    def open_challenge(self, challenge_id: int) -> None:
-        """Open a closed challenge again (the open one, if another, is closed): its budget
-        starts again from now, and its revealed settings are hidden until revealed again."""
-        self.challenge(challenge_id)
+    def open_challenge(self, challenge_id: int) -> bool:
+        """Open a closed challenge again, while no challenge is open; whether it did (False:
+        it is open, or another one is: the page that asked was out of date). Its budget keeps
+        its start (`Challenge.opened`, when it was published): its entries stay ranked, and a
+        run qualifies by the same rule whenever it is entered. One whose budget has run out
+        is refused (StoreError: publish it anew for another round). Its revealed settings are
+        hidden until revealed again."""
+        challenge = self.challenge(challenge_id)  # StoreError when there is none
         now = time.time()
+        if challenge.closed is not None and challenge.deadline is not None \
+                and challenge.deadline <= now:
+            raise StoreError(f"the challenge's {challenge.budget:g}-minute budget has run out: "
+                             "publish it again for another round")
         with self.write() as db:
-            db.execute("UPDATE challenges SET closed = ?, changed = ? WHERE closed IS NULL AND "
-                       "id != ?", (now, now, int(challenge_id)))
-            db.execute("UPDATE challenges SET closed = NULL, opened = ?, revealed_run = NULL, "
-                       "changed = ? WHERE id = ?", (now, now, int(challenge_id)))
+            return db.execute(
+                "UPDATE challenges SET closed = NULL, revealed_run = NULL, changed = ? "
+                "WHERE id = ? AND closed IS NOT NULL AND NOT EXISTS "
+                "(SELECT 1 FROM challenges WHERE closed IS NULL)",
+                (now, int(challenge_id))).rowcount == 1
 
     def reveal_challenge(self, challenge_id: int, run_id: str) -> None:
         """Show everyone the settings of `run_id`, an entry of this closed challenge (the
@@ -931,7 +968,8 @@ class Store:
 
     def challenge_version(self) -> tuple:
         """(challenges, their last change, entries): the first two move when a challenge is
-        published, opened, closed or revealed, the last with every entry (one query)."""
+        published, opened, closed or revealed, the last with every entry (one statement over the
+        two challenge tables, which a workshop keeps small)."""
         return tuple(self.db.execute(
             "SELECT (SELECT COUNT(*) FROM challenges), (SELECT MAX(changed) FROM challenges), "
             "(SELECT COUNT(*) FROM submissions)").fetchone())

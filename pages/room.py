@@ -24,6 +24,7 @@ if not who.admin:
     st.stop()
 
 ROOM_EVERY = 0.5  # s: one indexed query; the page is read and drawn again only on a change
+COUNTDOWN_EVERY = 5.0  # s: the challenge's time left, redrawn on its own (no query)
 PROJECTOR_CSS = """<style>
 [data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"],
 [data-testid="stExpandSidebarButton"] {display: none !important;}
@@ -75,15 +76,18 @@ def _challenge_action(action: str, challenge_id: int | None = None) -> None:  # 
             said = ("success", f"Published *{state['challenge_title'].strip()}*: every "
                                "participant's pages show it.")
         elif action == "close":
-            ui.close_challenge(challenge_id, who)
             said = ("success", "Closed: no more entries. *Reveal the best settings* shows "
-                               "everyone the winning run's method and knobs.")
+                               "everyone the winning run's method and knobs.") \
+                if ui.close_challenge(challenge_id, who) else \
+                ("info", "Not closed: it was closed already (this page was out of date).")
         elif action == "open":
-            ui.reopen_challenge(challenge_id, who)
-            said = ("success", "Open again" + (", its time budget from now."
-                                               if ui.current_challenge().budget else "."))
+            said = ("success", "Open again: entries are taken by the same rules as before "
+                               "(its time budget, if any, counts from its publication).") \
+                if ui.reopen_challenge(challenge_id, who) else \
+                ("info", "Not opened: it, or another challenge, is open already (this page "
+                         "was out of date).")
         else:
-            run_id = ui.reveal_best(ui.current_challenge(), who)
+            run_id = ui.reveal_best(challenge_id, who)
             said = ("success", f"Revealed run {run_id}'s settings on every page.")
     except (ConfigError, StoreError, ValueError) as err:
         said = ("error", f"{ui.said(err)}.")
@@ -93,31 +97,41 @@ def _challenge_action(action: str, challenge_id: int | None = None) -> None:  # 
 st.subheader("Challenge")
 challenge = ui.current_challenge()
 if said := st.session_state.pop("_room_challenge_said", None):
-    (st.success if said[0] == "success" else st.error)(said[1])
-if challenge is not None:
+    {"success": st.success, "info": st.info}.get(said[0], st.error)(said[1])
+
+
+@st.fragment(run_every=COUNTDOWN_EVERY)
+def headline(challenge) -> None:
+    """The challenge's line with its time left: redrawn every few seconds on its own (the
+    page itself is drawn again only when the room's runs or the challenges change)."""
     left = contest.time_left(challenge, time.time())
     st.markdown(f"**{challenge.title}** — {'open' if challenge.open else 'closed'}"
-                + (f", {left}" if left else "") + f". Ranked by {room.SCORES[challenge.metric]}; "
-                f"methods allowed: {', '.join(challenge.methods)}; experiment: "
+                + (f", {left}" if left else "") + f". Ranked by {room.SCORES[challenge.metric]}"
+                + contest.budget_text(challenge) + "; methods allowed: "
+                f"{', '.join(challenge.methods)}; experiment: "
                 f"{contest.experiment_text(challenge)}.")
-    counts = ui.entry_counts(challenge)
-    standings = contest.board_rows(ui.challenge_board(challenge), challenge.metric)
+
+
+if challenge is not None:
+    headline(challenge)
+    version = ui.store().challenge_version()  # read once: the entries and the revealed text
+    entries = ui.challenge_entries(challenge, version)
+    standings = contest.board_rows(entries.board, challenge.metric)
     with st.container(key="room_challenge"):
         if standings:
             st.table(pd.DataFrame(standings).set_index("rank"))
         else:
-            st.info("No entries yet: a participant enters a finished run with *Submit this "
-                    "run* on the Unlearn page." if not counts else
-                    "No entry has this score yet: the final score needs six replicates of "
-                    "one setting.")
-    st.caption(f"{contest.entries_text(counts)}; each participant's best entry is ranked.")
-    if (revealed := ui.revealed_settings(challenge)) is not None:
+            st.info(contest.no_standings_text(challenge.metric, len(entries.ids)))
+    st.caption(f"{contest.entries_text(entries.counts)}; each participant's best entry is "
+               "ranked.")
+    if (revealed := ui.revealed_settings(challenge, version)) is not None:
         st.markdown(revealed)
     if not projector:
         if challenge.open:
             st.button("Close the challenge", key="challenge_close", on_click=_challenge_action,
                       args=("close", challenge.id))
         else:
+            spent = challenge.deadline is not None and challenge.deadline <= time.time()
             left_col, right_col = st.columns(2)
             left_col.button("Reveal the best settings", key="challenge_reveal",
                             on_click=_challenge_action, args=("reveal", challenge.id),
@@ -125,7 +139,10 @@ if challenge is not None:
                             help="Every page's banner then shows the winning run's method "
                                  "and knobs")
             right_col.button("Open it again", key="challenge_open", on_click=_challenge_action,
-                             args=("open", challenge.id))
+                             args=("open", challenge.id), disabled=spent,
+                             help="Its time budget has run out: publish it again for another "
+                                  "round" if spent else
+                                  "Entries are taken again, by the same rules")
 PUBLISH = "Publish a challenge" + (" (closes the open one)" if challenge and challenge.open
                                    else "")
 if not projector:
@@ -140,14 +157,15 @@ if not projector:
                  key="challenge_metric")
         st.number_input("Time budget in minutes (0: none)", min_value=0, value=0, step=5,
                         key="challenge_budget",
-                        help="Entries must be runs queued after the challenge opens and "
-                             "finished within this many minutes of it")
+                        help="Entries must be runs queued after the challenge is published "
+                             "and finished within this many minutes of it (closing and "
+                             "opening it again does not move that)")
         st.caption("On this page's experiment, every replicate: "
                    f"`{ui.sticky('preset')}`"
                    + "".join(f" `{o}`" for o in st.session_state.get("overrides", []))
                    + " (change it in the sidebar and on the Experiment page).")
         st.form_submit_button("Publish", type="primary", on_click=_challenge_action,
-                              args=("publish",))
+                              args=("publish",), key="challenge_publish")
     past = [c for c in ui.challenges() if challenge is None or c.id != challenge.id]
     if past:
         st.caption("Earlier challenges: " + "; ".join(
@@ -163,7 +181,7 @@ def _open(run_id: str | None) -> None:
 
 runs = ui.replicate_runs(cfg, who)  # every participant's, every replicate's, newest first
 # the challenge's entries, where it is on this experiment: marked on the board, or the board
-entered = ui.entry_ids(challenge) if challenge and set(challenge.experiments) == set(
+entered = entries.ids if challenge and set(challenge.experiments) == set(
     experiments) else None
 only_entries = entered is not None and st.toggle(
     f"Only the entries in *{challenge.title}*", key="room_entries_only",
@@ -191,6 +209,8 @@ def _table(frame: pd.DataFrame, name: str, column: str, entries: list[dict]) -> 
     """Large HTML type on the projector; elsewhere a table whose row click opens its run."""
     for number in set(frame) & NUMBERS:  # a column of None is drawn "None", NaN as empty
         frame[number] = pd.to_numeric(frame[number])
+    if projector and "participant" in frame:  # st.table's cells are markdown: a name as
+        frame["participant"] = frame["participant"].map(contest.literal)  # typed, a code span
     styled = frame.style.format(precision=3, na_rep="–").format(
         "{:.0f}", subset=[c for c in ("rank",) if c in frame], na_rep="–")  # None made it float
     if projector:

@@ -45,6 +45,18 @@ def _press(action: str, run_id: str | None = None) -> None:  # a button's callba
     st.session_state["_press"] = (action, run_id)
 
 
+def _enter(run_id: str, who: ui.Identity) -> None:  # *Submit this run*'s callback
+    """Enter the run here, before the page is drawn: the banner under the title then shows
+    the new standing in this very draw (the store checks the key, the run, the challenge)."""
+    try:
+        title = ui.enter_challenge(run_id, who).title
+        said = ("success", f"Run {run_id} entered in the challenge *{title}*: your standing "
+                           "is in the banner above.")
+    except (ConfigError, StoreError) as err:
+        said = ("error", f"Not entered: {ui.said(err)}.")
+    st.session_state["_entered"] = said
+
+
 # Every action is taken here, before the run picker is drawn, so this very draw shows the run
 # it made; a press is taken here too, with this draw's knobs (its callback would hold the knobs
 # of the draw before, which a knob released just before the press may have changed).
@@ -59,17 +71,14 @@ try:
         ui.resume_run(run_id, who)
     elif action == "cancel":
         ui.cancel_run(run_id, who)  # the engine checks the key
-    elif action == "enter":  # the store checks the key, the run and the challenge
-        st.success(f"Run {run_id} entered in the challenge "
-                   f"*{ui.enter_challenge(run_id, who).title}*: your standing is in the "
-                   "banner above.")
     elif moved:
         ui.start_run(preset, overrides, method, who, supersede=True)
 except (ConfigError, StoreError) as err:
-    verb = {"fork": "forked", "resume": "resumed", "cancel": "cancelled",
-            "enter": "entered"}.get(action, "started")
-    st.error(f"Not {verb}: {ui.said(err)}." + ("" if action in ("resume", "cancel", "enter")
-                                                else " Change that setting and try again."))
+    verb = {"fork": "forked", "resume": "resumed", "cancel": "cancelled"}.get(action, "started")
+    st.error(f"Not {verb}: {ui.said(err)}." + ("" if action in ("resume", "cancel") else
+                                      " Change that setting and try again."))
+if entered := st.session_state.pop("_entered", None):  # *Submit this run*, taken in `_enter`
+    (st.success if entered[0] == "success" else st.error)(entered[1])
 
 # every replicate's runs (a sweep's or a Compare page's): each has its own baselines
 runs = ui.replicate_runs(cfg, who)  # newest first
@@ -91,9 +100,9 @@ if not who.admin:
                         args=("cancel", selected.id))
     challenge = ui.current_challenge()
     if status == "done" and selected.owner == who.name and challenge and challenge.open:
-        done = selected.id in ui.entered(challenge, who)
+        done = selected.id in ui.challenge_entries(challenge).ids
         b_enter.button("Entered ✔" if done else "Submit this run", key="enter_button",
-                       on_click=_press, args=("enter", selected.id), disabled=done,
+                       on_click=_enter, args=(selected.id, who), disabled=done,
                        help=f"Enter this run in the challenge {challenge.title!r} (the banner "
                             "above says what it asks)")
 

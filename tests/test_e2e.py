@@ -984,16 +984,31 @@ BANNER = ".st-key-challenge_banner"  # the challenge banner under every page's t
 
 def test_a_challenge_the_instructor_publishes_shows_on_a_participants_open_page(server,
                                                                                 browser):
-    """The instructor fills in Room's form and publishes a challenge; a participant's page,
-    open all along, shows it as a banner (it looks every 2 s) with their standing."""
+    """The instructor fills in Room's form and publishes a challenge with a one-minute
+    budget; a participant's page, open all along and showing no open challenge before, shows
+    it as an open banner (it looks every 2 s, every 5 s while there is none) with their
+    standing; the Room page's countdown goes on by itself (its own fragment), with nothing else
+    in the room changing."""
     import secrets
 
+    from dimalign.store import Store
+
+    store = Store()
+    earlier = store.current_challenge()
+    if earlier is not None and earlier.open:  # this page must start with none open
+        store.close_challenge(earlier.id)
+    store.close()
     title = f"Part 1: forget class 3 ({secrets.token_hex(2)})"
     participant = browser.new_page(viewport={"width": 1400, "height": 1000})
     participant.goto(f"{server.url}/learn?{address('challenger')}&preset=digits-class")
     participant.get_by_role("heading", name="Learn").first.wait_for(timeout=60_000)
     wait_idle(participant)
-    assert participant.locator(BANNER, has_text=title).count() == 0
+    before = participant.locator(BANNER)
+    if earlier is None:
+        assert before.count() == 0, before.first.inner_text()  # no challenge: no banner
+    else:
+        assert "— closed" in before.inner_text(), before.inner_text()
+    assert participant.locator(BANNER, has_text="— open").count() == 0
     room = browser.new_page(viewport={"width": 1400, "height": 1000})
     room.goto(f"{server.url}/room?admin={ADMIN_KEY}&preset=digits-class")
     room.get_by_role("heading", name="Room").first.wait_for(timeout=60_000)
@@ -1002,6 +1017,7 @@ def test_a_challenge_the_instructor_publishes_shows_on_a_participants_open_page(
     if not field.is_visible():  # the form is folded away while a challenge is shown
         room.get_by_text("Publish a challenge").click()
     field.fill(title)
+    room.get_by_label("Time budget in minutes (0: none)", exact=True).fill("1")  # not its help
     room.get_by_label("Instructions (markdown)").fill("The lowest **avg-gap** wins.")
     room.get_by_role("button", name="Publish").click()
     clicked = time.monotonic()
@@ -1009,11 +1025,22 @@ def test_a_challenge_the_instructor_publishes_shows_on_a_participants_open_page(
     banner = participant.locator(BANNER, has_text=f"Challenge: {title}")
     banner.wait_for(timeout=15_000)
     print(f"published -> on the participant's open page: {time.monotonic() - clicked:.1f} s")
-    assert "open" in banner.inner_text() and "You have no entry yet" in banner.inner_text()
+    text = banner.inner_text()
+    assert f"{title} — open" in text and "You have no entry yet" in text, text
     errors = participant.locator("[data-testid='stException']")
     assert errors.count() == 0, errors.first.inner_text()
     wait_idle(participant)
     participant.screenshot(path=ARTIFACTS / "challenge-banner.png")
+
+    # the Room's countdown, by the second in the last minute: it moves on its own
+    countdown = room.get_by_text(re.compile(rf"{re.escape(title)} — open, \d+ s left"))
+    countdown.wait_for(timeout=15_000)
+    first = re.search(r"(\d+) s left", countdown.inner_text()).group(1)
+    end = time.monotonic() + 15
+    while (now := re.search(r"(\d+) s left", countdown.inner_text()).group(1)) == first:
+        assert time.monotonic() < end, f"the Room's countdown stayed at {first} s left"
+        time.sleep(0.5)
+    assert int(now) < int(first), (first, now)
     room.close()
     participant.close()
 

@@ -504,6 +504,8 @@ def test_room_page_ranks_the_participants_marks_the_floor_and_projects(finished,
         assert [b.proto.label for b in at.get("download_button")] == ["Download the board (CSV)"]
         at = room_page(projector=True)
         assert len(at.table) == 2 and not at.dataframe and not at.get("download_button")
+        # its cells are markdown: each name as typed, a code span (never a link or emphasis)
+        assert list(at.table[0].value["participant"])[0] == "`ann`"
         assert any("stSidebar" in m.value for m in at.markdown)
         assert at.button(key="room_projector").label == "Leave projector mode"
         participant = page("pages/room.py")
@@ -526,7 +528,8 @@ def test_a_challenge_is_published_shown_entered_ranked_closed_and_revealed(
     pages show its banner; *Submit this run* enters their MUDA run and refuses their FT run in
     one line (FT is not allowed), entering nothing; the instructor's board ranks the entry and
     marks it; closed and revealed, every banner shows the winning settings. A participant on
-    another experiment is offered the challenge's."""
+    another experiment is offered the challenge's. The banner drawn with an entry shows its
+    standing at once; a stale Room tab's *Open it again* says it changed nothing."""
     import copy
 
     from dimalign.train import experiment_key
@@ -550,7 +553,7 @@ def test_a_challenge_is_published_shown_entered_ranked_closed_and_revealed(
     at = room_page()
     at.text_input(key="challenge_title").input("Beat the gap")
     at.text_area(key="challenge_instructions").input("Lowest **avg-gap** wins.")
-    next(b for b in at.button if b.label == "Publish").click().run()
+    at.button(key="challenge_publish").click().run()
     assert not at.exception, at.exception
     assert any("Published *Beat the gap*" in s.value for s in at.success)
     assert "**Beat the gap** — open" in texts(at)
@@ -567,25 +570,33 @@ def test_a_challenge_is_published_shown_entered_ranked_closed_and_revealed(
     participant.button(key="enter_button").click().run()
     assert any(f"Run {mine} entered in the challenge" in s.value for s in participant.success)
     assert [r.id for r in store.submissions(store.current_challenge().id)] == [mine]
-    participant.run()
-    assert "You are **1st of 1** with avg-gap 0.0100" in texts(participant)
+    assert "You are **1st of 1** with avg-gap 0.0100" in texts(participant)  # this very draw
     assert participant.button(key="enter_button").disabled  # entered: once
 
     at = room_page()
     (table,) = at.table
-    assert list(table.value["participant"]) == [OWNER] and list(table.value["run"]) == [mine]
+    assert list(table.value["participant"]) == [f"`{OWNER}`"]  # markdown cells: as typed
+    assert list(table.value["run"]) == [mine]
     board = at.dataframe[0].value
     assert board.set_index("run").loc[mine, "entered"] == "✔"
     at.button(key="challenge_close").click().run()
     at.button(key="challenge_reveal").click().run()
     assert not at.exception, at.exception
-    assert f"**Best settings**, {OWNER}'s run {mine}, avg-gap 0.0100: **muda**: " \
+    assert f"**Best settings**, `{OWNER}`'s run {mine}, avg-gap 0.0100: **muda**: " \
            "**lambda_da = 2** (default 5)" in texts(at)
     participant = page("pages/learn.py")
     assert "Challenge: Beat the gap** — closed" in texts(participant)
-    assert f"**Best settings**, {OWNER}'s run {mine}" in texts(participant)
+    assert f"**Best settings**, `{OWNER}`'s run {mine}" in texts(participant)
 
+    stale = room_page()  # a second tab of the instructor's, showing it closed
     at.button(key="challenge_open").click().run()  # open again, for a participant elsewhere
+    assert any(s.value.startswith("Open again") for s in at.success)
+    opened = store.current_challenge()
+    assert opened.open and opened.revealed_run is None
+    stale.button(key="challenge_open").click().run()  # changes nothing, says so in one line
+    assert [i.value for i in stale.info if i.value.startswith("Not opened")] == [
+        "Not opened: it, or another challenge, is open already (this page was out of date)."]
+    assert store.current_challenge() == opened
     away = AppTest.from_file(APP, default_timeout=60)
     away.query_params["owner"], away.query_params["key"] = "away", new_owner_key()
     away.run()  # the preset's own settings: another experiment than the challenge's

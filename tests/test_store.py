@@ -100,11 +100,23 @@ def test_a_schema_4_store_keeps_its_runs_and_owners_and_gets_the_challenge_table
         store.check_owner_key(owner, key, runs[owner].id)
     assert store.challenges() == [] and store.challenge_version() == (0, None, 0)
 
-    # a challenge on the upgraded store takes alice's finished run
+    # a challenge on the upgraded store takes alice's finished run (given the times a real
+    # run records, which the fixture's hand-made result lacks: the board ranks none without)
+    store.update(alice.id, result={**alice.result, "seconds": {"retrained": 2.0, "unlearn": 1.0}})
     cid = store.publish_challenge(title="Part 1", instructions="", preset="digits-class",
                                   overrides=TINY, experiments=[alice.experiment],
                                   methods=["muda"], metric="avg_gap")
     store.submit_to_challenge(cid, alice.id, "alice", V4_KEYS["alice"])
+    # and keeps one challenge open, as a new store does: its index refuses a second even
+    # from raw SQL
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT sql FROM sqlite_master WHERE name = 'challenges_one_open'"
+                          ).fetchone()[0].startswith("CREATE UNIQUE INDEX")
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"), store.write() as db:
+        db.execute("INSERT INTO challenges (title, instructions, preset, overrides, "
+                   "experiments, methods, metric, created, opened, changed) VALUES "
+                   "('Part 2', '', 'digits-class', '[]', '[]', '[]', 'avg_gap', 0, 0, 0)")
+    assert [c.title for c in store.challenges()] == ["Part 1"]
     store.close()
     again = Store(path)  # opening an upgraded store changes nothing
     assert [r.id for r in again.submissions(cid)] == [alice.id]

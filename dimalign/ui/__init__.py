@@ -21,14 +21,11 @@ the store.
 """
 
 from dimalign.ui.contest import (
-    challenge_board,
+    challenge_entries,
     challenges,
     close_challenge,
     current_challenge,
     enter_challenge,
-    entered,
-    entry_counts,
-    entry_ids,
     publish_challenge,
     reopen_challenge,
     reveal_best,
@@ -108,8 +105,8 @@ from dimalign.ui.widgets import (
 
 __all__ = [
     "FILM_FORMATS", "Ghost", "Identity", "Page", "active_baselines", "baselines_run",
-    "cancel_run", "cancel_sweep", "challenge_board", "challenges", "close_challenge",
-    "current_challenge", "enter_challenge", "entered", "entry_counts", "entry_ids",
+    "cancel_run", "cancel_sweep", "challenge_entries", "challenges", "close_challenge",
+    "current_challenge", "enter_challenge",
     "publish_challenge", "reopen_challenge", "reveal_best", "revealed_settings", "run_knobs",
     "chart", "effect_panel", "ensure_scheduler", "experiment_key", "experiment_runs",
     "film_downloads", "film_frames_left", "film_player", "wait_for_job", "follow", "forget",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import streamlit as st
@@ -17,7 +18,7 @@ from dimalign.config import Config
 from dimalign.kinds import REGISTRY as KINDS
 from dimalign.kinds import get_kind
 from dimalign.run_files import GEOMETRY
-from dimalign.store import ACTIVE, Run, StoreError
+from dimalign.store import ACTIVE, Run, Store, StoreError
 from dimalign.train import experiment_key
 from dimalign.ui.state import Identity, follow, remember, store
 
@@ -161,11 +162,17 @@ def more_runs_note(runs: Listing) -> str | None:
 def replicate_results(cfg: Config) -> list[dict]:
     """One finished result per replicate of this experiment that has one (any owner's run or
     its baselines job: they share the replicate's baselines), replicate 0 first."""
+    return experiment_results(room_experiments(cfg))
+
+
+def experiment_results(keys: Iterable[str], db: Store | None = None) -> list[dict]:
+    """`replicate_results` of the experiments `keys` (one per replicate, in order: a
+    challenge keeps its experiment's so), from `db` (by default the session's store)."""
+    db = db or store()
     found = []
-    for r in range(REPLICATES_SHOWN):
-        key = experiment_key(cfg.with_replicate(r))  # jobs on its runs share it: not those
+    for key in keys:  # jobs on its runs share the key: not those kinds
         runs = [run for kind, spec in KINDS.items() if spec.experiment
-                for run in store().runs(statuses=("done",), experiment=key, kind=kind, limit=5)]
+                for run in db.runs(statuses=("done",), experiment=key, kind=kind, limit=5)]
         result = next((run.result for run in sorted(runs, key=lambda r: -r.created)
                        if run.result and "models" in run.result), None)
         if result is not None:
