@@ -355,6 +355,58 @@ def sides(proc: subprocess.Popen, home: str) -> tuple[list[str], list[str]]:
     return sorted(server, key=int), sorted(browsers, key=int)
 
 
+class CpuTimeline(threading.Thread):
+    """Each second, the CPU the server side and the browsers used (in cores), from the
+    moment it starts: where a round's seconds went. A process's CPU counts from its first
+    sighting (a worker that started between two looks brings its whole history)."""
+
+    def __init__(self, proc: subprocess.Popen, home: str):
+        super().__init__(daemon=True)
+        self.proc, self.home, self.stop = proc, home, threading.Event()
+        self.samples: list[tuple[float, float, float]] = []  # (s since start, server, browsers)
+        self.last: dict[str, float] = {}
+
+    def used(self, pids: list[str]) -> float:
+        total = 0.0
+        for pid in pids:
+            now = cpu_seconds([pid])
+            total += max(0.0, now - self.last.get(pid, 0.0))
+            self.last[pid] = now
+        return total
+
+    def run(self) -> None:
+        start = prev = time.perf_counter()
+        self.used([p for side in sides(self.proc, self.home) for p in side])  # the history
+        while not self.stop.wait(1.0):
+            server, browsers = sides(self.proc, self.home)
+            now = time.perf_counter()
+            span = now - prev
+            self.samples.append((now - start, self.used(server) / span,
+                                 self.used(browsers) / span))
+            prev = now
+
+    def busiest(self) -> str:
+        """Each side's mean over the round, in cores, and how long each was over 0.9."""
+        if not self.samples:
+            return "—"
+        server = [x[1] for x in self.samples]
+        browsers = [x[2] for x in self.samples]
+        return (f"{sum(server) / len(server):.2f} / {sum(browsers) / len(browsers):.2f} "
+                f"(over 0.9: {sum(x > 0.9 for x in server)} s / "
+                f"{sum(x > 0.9 for x in browsers)} s of {len(server)} s)")
+
+    def windows(self, width: float = 5.0) -> str:
+        """The timeline in `width`-second windows: "0-5 s 0.98/1.00" (server/browsers)."""
+        out, bins = [], {}
+        for t, server, browsers in self.samples:
+            bins.setdefault(int((t - 1e-9) // width), []).append((server, browsers))
+        for b, values in sorted(bins.items()):
+            server = sum(v[0] for v in values) / len(values)
+            browsers = sum(v[1] for v in values) / len(values)
+            out.append(f"{b * width:.0f}-{(b + 1) * width:.0f} s {server:.2f}/{browsers:.2f}")
+        return ", ".join(out)
+
+
 def wait_quiet(home: str, timeout: float = 120) -> None:
     """Until no job of the home is queued or running (a run's film job included)."""
     from dimalign.store import Store
@@ -440,21 +492,22 @@ def main(argv: list[str] | None = None) -> int:
                     wait_quiet(home)
                     owners = [f"w{n}p{i}" for i in range(1, n + 1)]
                     pages = {owner: open_page(browser, url, owner) for owner in owners}
-                    server, browsers = sides(proc, home)
-                    cpu0 = cpu_seconds(server), cpu_seconds(browsers), time.perf_counter()
+                    timeline = CpuTimeline(proc, home)
+                    timeline.start()
                     probes0 = len(prober.samples)
                     seconds, wall, trouble = race(pages, args.timeout)
-                    wait_quiet(home)
-                    server = sides(proc, home)[0]  # workers may have been replaced
-                    busy = (cpu_seconds(server) - cpu0[0], cpu_seconds(browsers) - cpu0[1],
-                            time.perf_counter() - cpu0[2])
+                    timeline.stop.set()
+                    timeline.join(10)
                     probes = prober.samples[probes0:]
+                    wait_quiet(home)  # the runs' film jobs
                     for owner, page in pages.items():
                         if seconds[owner] is None or owner == owners[-1]:
                             page.screenshot(path=shots / f"{owner}.png", full_page=True)
                     stored = store_times(owners)
                     report(f"{n} participants at once", seconds, wall, trouble, stored)
-                    rows.append((n, seconds, wall, stored, probes, busy))
+                    print("CPU in cores, server side / browsers, from the round's start: "
+                          + timeline.windows())
+                    rows.append((n, seconds, wall, stored, probes, timeline))
                     for page in pages.values():
                         page.context.close()
             finally:
@@ -479,9 +532,9 @@ def summary(rows: list, solo: float | None) -> None:
     """One line per round: on-screen and server-side times (median / max), health, CPU."""
     print(f"\nbaseline: one participant alone {fmt(solo)} s click → done on screen")
     print("| participants | on screen: click → done (median / max s) | store: click → done | "
-          "queued | running | health max s (> 1 s) | CPU: server / browsers (cores) |")
+          "queued | running | health max s (> 1 s) | CPU: server / browsers (cores, mean) |")
     print("|---|---|---|---|---|---|---|")
-    for n, seconds, wall, stored, probes, (server, browsers, span) in rows:
+    for n, seconds, wall, stored, probes, timeline in rows:
         shown = [s for s in seconds.values() if s is not None]
         finished = []
         for owner in seconds:
@@ -496,6 +549,6 @@ def summary(rows: list, solo: float | None) -> None:
                   + (f", {lost} unanswered" if lost else "") + ")") if answered else "—"
         print(f"| {n} ({len(shown)}/{n} done) | {spread(shown)} | {spread(finished)} | "
               f"{spread(queued)} | {spread(running)} | {health} | "
-              f"{server / span:.2f} / {browsers / span:.2f} |")
+              f"{timeline.busiest()} |")
     print("targets at 20 participants: every page within 15 s, median within 8 s, health "
           "within 1 s throughout")
