@@ -20,6 +20,7 @@ Nothing heavy runs here: training, metrics and UMAP are jobs; pages read their r
 the store.
 """
 
+from dimalign.ui import rerun_guard
 from dimalign.ui.contest import (
     challenge_entries,
     challenges,
@@ -123,3 +124,5 @@ __all__ = [
     "store", "submit_replicates", "sweep_grid", "sweep_size", "train_baselines", "uploaded_paths",
     "use_own_data",
 ]
+
+rerun_guard.install()  # the server process's Streamlit, once: see the module
