@@ -488,9 +488,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"pinning, {label}: " + "; ".join(
                         f"CPUs {cpus}: {', '.join(sorted(set(names)))} ({len(names)})"
                         for cpus, names in sorted(where.items())))
-                for n in counts:
-                    wait_quiet(home)
-                    owners = [f"w{n}p{i}" for i in range(1, n + 1)]
+                for round_no, n in enumerate(counts, 1):
+                    wait_quiet(home)  # names of this round alone: a name is its owner's
+                    owners = [f"r{round_no}n{n}p{i}" for i in range(1, n + 1)]
                     pages = {owner: open_page(browser, url, owner) for owner in owners}
                     timeline = CpuTimeline(proc, home)
                     timeline.start()
