@@ -67,6 +67,7 @@ from dimalign.store import Run, Store, StoreError
 
 CANCEL_GRACE = 5.0  # seconds a cancelled job has to stop by itself before ray.cancel
 RESOURCES_EVERY = 5.0  # seconds between looks at the cluster's size
+NOT_BEGUN_GRACE = 5.0  # s a stopping scheduler gives a job with no mail yet to say it has begun
 STOPPED = "its scheduler stopped; resume it to continue from its last checkpoint that came back"
 LOST = ("its Ray node or worker was lost ({}); resume it to continue from its last "
         "checkpoint that came back")
@@ -402,24 +403,33 @@ class RayScheduler(Scheduler):
 
     def close(self, timeout: float = 30.0) -> None:
         """Let the jobs that have begun on a node finish (their mail written) for up to
-        `timeout` seconds. Those not known to have begun are asked to stop at once: one still
-        waiting for a node (which may never come) is dropped from Ray's queue, and one that
-        began after the last mail stops at its first look at its flag, tidying its node's
-        folders (a forced cancel would leave them). All of these, and those still running at
-        the end, are left `interrupted` (resumable)."""
+        `timeout` seconds. Those not known to have begun are asked to stop at once, by their
+        flag: one that began after the last mail stops at its first look at it, tidying its
+        node's folders (a cancel by Ray would kill it with this driver, leaving them); one
+        still without mail after NOT_BEGUN_GRACE is waiting for a node (which may never come)
+        and is dropped from Ray's queue. All of these, and those still running at the end, are
+        left `interrupted` (resumable)."""
         import ray
 
         with contextlib.suppress(checked.DiskFull):
             self.reap()  # the latest mail: which jobs have begun
         for flight in self.flight.values():
-            if not flight.begun:
+            if not flight.begun:  # its flag: a job that starts now returns before any file
                 flight.stopping = True
                 self.mailbox.cancel.remote(flight.token)
-                ray.cancel(flight.ref, force=False)
         end = time.monotonic() + timeout
+        dropped_at = time.monotonic() + min(NOT_BEGUN_GRACE, timeout)
         while self.flight and time.monotonic() < end:
             with contextlib.suppress(checked.DiskFull):
                 self.reap()
+            if dropped_at is not None and time.monotonic() >= dropped_at:
+                # still no mail: waiting for a node. Out of Ray's queue. (Cancelled sooner, a
+                # job that had just begun was marked cancelled at once and killed with the
+                # driver before its `finally` tidied the node's folders.)
+                for flight in self.flight.values():
+                    if flight.stopping and not flight.begun:
+                        ray.cancel(flight.ref, force=False)
+                dropped_at = None
             time.sleep(0.2)
         self.interrupt(list(self.flight))
         if self.started_ray:
