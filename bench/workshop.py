@@ -5,7 +5,11 @@ seconds from the click until the page shows the run as done ("Run … done."), a
 health probe of the server every 0.5 s. Baseline from the same
 session: one owner alone pressing Run on the same warm server, before the N-owner round.
 
-    .venv/bin/python -m bench workshop [--owners 6] [--timeout 180]
+    .venv/bin/python -m bench workshop [--owners 6,12,20] [--watch 4] [--timeout 180]
+
+With `--watch K`, K participants of each round are Chromium pages (on screen) and the rest
+speak Streamlit's protocol without drawing (bench/wire.py: on the wire): the server has the
+whole room, while the browsers' CPUs draw K pages, as K laptops would, not twenty on one core.
 
 Starts the app exactly as the README does (`make app PORT=<free port>`) in a throw-away
 DIMALIGN_HOME whose digits-class baselines were trained once before (`dimalign run`), so every
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -30,6 +35,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.common import ROOT, chromium, header, median, parser
+from bench.wire import WireParticipant
 
 PRESET = "digits-class"
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -154,21 +160,29 @@ CLICK_AT_JS = """(at) => setTimeout(() => {
 }, at - Date.now())"""
 
 
-def race(pages: dict, timeout: float) -> tuple[dict, dict, dict]:
-    """Click Run on every page in quick succession, then wait until each shows "done." or
-    `timeout` passes. Returns click → done seconds on each page's own clock (None: never),
-    the wall time of each click, and what else each page showed (an exception or error)."""
+def race(pages: dict, wires: dict, timeout: float, spread_s: float = 0.0,
+         seed: int = 0) -> tuple[dict, dict, dict]:
+    """Every participant clicks Run within `spread_s` seconds (each at a moment drawn
+    uniformly, seeded), then wait until each shows "done." (a page on screen, a wire
+    participant on the wire) or `timeout` passes. Returns click → done seconds (None: never),
+    the wall time of each click, and what else each was shown (an exception or an error)."""
     for page in pages.values():
         page.evaluate(WATCH_JS)
-    # every page clicks at one moment on its own timer: Playwright's clicks, one page after
-    # another, spread 20 presses over many seconds on a busy browser CPU
+    # every page clicks on its own timer: Playwright's clicks, one page after another,
+    # spread 20 presses over many seconds on a busy browser CPU
     at = time.time() * 1000 + 1000 + 100 * len(pages)
-    for page in pages.values():
-        page.evaluate(CLICK_AT_JS, at)
+    draw = random.Random(seed)
+    moments = {owner: at + 1000 * spread_s * draw.random() for owner in [*pages, *wires]}
+    for owner, page in pages.items():
+        page.evaluate(CLICK_AT_JS, moments[owner])
+    for owner, wire in wires.items():
+        wire.click_at(moments[owner] / 1000)
     seen: dict[str, dict] = {}
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         seen = {owner: page.evaluate("() => window.__workshop") for owner, page in pages.items()}
+        seen |= {owner: {"click": w.click and w.click * 1000, "done": w.done and w.done * 1000,
+                         "trouble": w.trouble} for owner, w in wires.items()}
         if all(s["done"] is not None for s in seen.values()):
             break
         time.sleep(1.0)
@@ -177,6 +191,27 @@ def race(pages: dict, timeout: float) -> tuple[dict, dict, dict]:
     wall = {o: (s["click"] or 0) / 1000 for o, s in seen.items()}
     trouble = {o: s["trouble"] for o, s in seen.items() if s["trouble"]}
     return seconds, wall, trouble
+
+
+def open_wires(url: str, owners: list[str], timeout: float = 120) -> dict:
+    """Participants on the wire (bench/wire.py), each on Unlearn with its first run drawn."""
+    wires = {owner: WireParticipant(url, "unlearn", f"owner={owner}&preset={PRESET}")
+             for owner in owners}
+    for wire in wires.values():
+        wire.start()
+    end = time.monotonic() + timeout
+    for owner, wire in wires.items():
+        if not wire.ready.wait(max(0.0, end - time.monotonic())):
+            raise SystemExit(f"{owner} on the wire never saw its page's Run button "
+                             f"({wire.trouble or 'no answer'})")
+    return wires
+
+
+def watched(owners: list[str], count: int) -> list[str]:
+    """`count` owners spread evenly through the round's list: those seen in Chromium."""
+    if count >= len(owners):
+        return list(owners)
+    return [owners[round(i * len(owners) / count)] for i in range(count)]
 
 
 def store_times(owners: list[str]) -> dict[str, tuple]:
@@ -200,15 +235,17 @@ def fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}"
 
 
-def report(label: str, seconds: dict, wall: dict, trouble: dict, store: dict) -> None:
+def report(label: str, seconds: dict, wall: dict, trouble: dict, store: dict,
+           wires: set = frozenset()) -> None:
     print(f"\n{label}")
-    print(f"{'owner':<8}{'click→done s':>14}{'click→queued s':>16}{'queued s':>10}"
+    print(f"{'owner':<10}{'seen':<8}{'click→done s':>14}{'click→queued s':>16}{'queued s':>10}"
           f"{'running s':>11}  run (status)")
     for owner, s in seconds.items():
         run_id, status, queued, ran, created, error = store.get(owner, ("—", "none", None, None,
                                                                         None, None))
         lag = created - wall[owner] if created else None
-        print(f"{owner:<8}{fmt(s):>14}{fmt(lag):>16}{fmt(queued):>10}{fmt(ran):>11}  "
+        seen = "wire" if owner in wires else "screen"
+        print(f"{owner:<10}{seen:<8}{fmt(s):>14}{fmt(lag):>16}{fmt(queued):>10}{fmt(ran):>11}  "
               f"{run_id} ({status})")
         if error:
             print(f"         run error: {error.strip()[:300]}")
@@ -348,7 +385,8 @@ def sides(proc: subprocess.Popen, home: str) -> tuple[list[str], list[str]]:
     rest of this bench's tree (Playwright's driver and Chromium, which inherit the home from
     this process's environment too)."""
     tree = {str(proc.pid), *descendants(proc.pid)}
-    browsers = set(descendants(os.getpid())) - tree
+    browsers = ({str(os.getpid())} | set(descendants(os.getpid()))) - tree  # this process:
+    # the participants on the wire
     browsers |= {pid for pid in leftovers(home) if command(pid).startswith("chrome_")}  # its
     # crash reporter daemonizes: no longer below this bench
     server = tree | (set(leftovers(home)) - browsers)
@@ -434,6 +472,13 @@ def main(argv: list[str] | None = None) -> int:
                          "Chromium and this bench (default: the other half)")
     options.add_argument("--no-pin", action="store_true",
                          help="browsers and server share every CPU (the issue's first figures)")
+    options.add_argument("--spread", type=float, default=1.0, help="the participants press "
+                         "Run within this many seconds, each at a moment drawn uniformly "
+                         "(default 1, the issue's room; 0: all at one moment)")
+    options.add_argument("--watch", type=int, help="participants per round seen in Chromium, "
+                         "spread through the round; the rest speak Streamlit's protocol "
+                         "without drawing (bench/wire.py), so the server has the whole room "
+                         "while the browsers' CPUs draw only these (default: all in Chromium)")
     args = options.parse_args(argv)
     counts = [int(n) for n in args.owners.split(",")]
     server_cpus = browser_cpus = None
@@ -446,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     browser_path = chromium()
     header("workshop: participants press Run on Unlearn (live) at once",
            {"owners": args.owners, "preset": PRESET, "timeout": args.timeout,
+            "in Chromium per round": "all" if args.watch is None else args.watch,
+            "clicks within s": args.spread,
             "server cpus": server_cpus or "all", "browser cpus": browser_cpus or "all",
             "browser": browser_path, "server": "make app"})
     tmp = tempfile.mkdtemp(prefix="dimalign-workshop-")
@@ -476,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--disable-backgrounding-occluded-windows"])
             try:
                 solo = {"solo": open_page(browser, url, "solo")}
-                base = race(solo, args.timeout)
+                base = race(solo, {}, args.timeout)
                 report("baseline: one participant alone", *base, store_times(["solo"]))
                 for page in solo.values():
                     page.context.close()
@@ -491,23 +538,30 @@ def main(argv: list[str] | None = None) -> int:
                 for round_no, n in enumerate(counts, 1):
                     wait_quiet(home)  # names of this round alone: a name is its owner's
                     owners = [f"r{round_no}n{n}p{i}" for i in range(1, n + 1)]
-                    pages = {owner: open_page(browser, url, owner) for owner in owners}
+                    eyes = watched(owners, n if args.watch is None else args.watch)
+                    pages = {owner: open_page(browser, url, owner) for owner in eyes}
+                    wires = open_wires(url, [o for o in owners if o not in pages])
                     timeline = CpuTimeline(proc, home)
                     timeline.start()
                     probes0 = len(prober.samples)
-                    seconds, wall, trouble = race(pages, args.timeout)
+                    seconds, wall, trouble = race(pages, wires, args.timeout, args.spread,
+                                                  seed=round_no)
                     timeline.stop.set()
                     timeline.join(10)
                     probes = prober.samples[probes0:]
                     wait_quiet(home)  # the runs' film jobs
                     for owner, page in pages.items():
-                        if seconds[owner] is None or owner == owners[-1]:
+                        if seconds[owner] is None or owner == eyes[-1]:
                             page.screenshot(path=shots / f"{owner}.png", full_page=True)
+                    for wire in wires.values():
+                        wire.stop.set()
                     stored = store_times(owners)
-                    report(f"{n} participants at once", seconds, wall, trouble, stored)
+                    report(f"{n} participants at once ({len(pages)} in Chromium, "
+                           f"{len(wires)} on the wire)", seconds, wall, trouble, stored,
+                           set(wires))
                     print("CPU in cores, server side / browsers, from the round's start: "
                           + timeline.windows())
-                    rows.append((n, seconds, wall, stored, probes, timeline))
+                    rows.append((n, seconds, wall, stored, probes, timeline, set(wires)))
                     for page in pages.values():
                         page.context.close()
             finally:
@@ -529,26 +583,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary(rows: list, solo: float | None) -> None:
-    """One line per round: on-screen and server-side times (median / max), health, CPU."""
+    """One line per round: on-screen, on-the-wire and server-side times (median / max), health,
+    CPU."""
     print(f"\nbaseline: one participant alone {fmt(solo)} s click → done on screen")
-    print("| participants | on screen: click → done (median / max s) | store: click → done | "
-          "queued | running | health max s (> 1 s) | CPU: server / browsers (cores, mean) |")
-    print("|---|---|---|---|---|---|---|")
-    for n, seconds, wall, stored, probes, timeline in rows:
-        shown = [s for s in seconds.values() if s is not None]
-        finished = []
-        for owner in seconds:
+    print("| participants | on screen: click → done (median / max s) | on the wire | "
+          "store: click → done | queued | running | after the store: screen ; wire | "
+          "health max s (> 1 s) | CPU: server / participants (cores, mean) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n, seconds, wall, stored, probes, timeline, wires in rows:
+        screen = [s for o, s in seconds.items() if s is not None and o not in wires]
+        wire = [s for o, s in seconds.items() if s is not None and o in wires]
+        shown = len(screen) + len(wire)
+        finished, lag = {}, {"screen": [], "wire": []}
+        for owner, s in seconds.items():
             run = stored.get(owner)
             if run and run[1] == "done" and run[2] is not None and run[3] is not None:
-                finished.append(run[4] - wall[owner] + run[2] + run[3])
+                finished[owner] = run[4] - wall[owner] + run[2] + run[3]
+                if s is not None:
+                    lag["wire" if owner in wires else "screen"].append(s - finished[owner])
         queued = [r[2] for r in stored.values() if r[2] is not None]
         running = [r[3] for r in stored.values() if r[3] is not None]
         answered = [x for x in probes if x is not None]
         lost = len(probes) - len(answered)
         health = (f"{max(answered):.2f} ({sum(x > 1 for x in answered)} > 1 s"
                   + (f", {lost} unanswered" if lost else "") + ")") if answered else "—"
-        print(f"| {n} ({len(shown)}/{n} done) | {spread(shown)} | {spread(finished)} | "
-              f"{spread(queued)} | {spread(running)} | {health} | "
-              f"{timeline.busiest()} |")
+        print(f"| {n} ({shown}/{n} done; {n - len(wires)} in Chromium) | {spread(screen)} | "
+              f"{spread(wire)} | {spread(list(finished.values()))} | {spread(queued)} | "
+              f"{spread(running)} | {spread(lag['screen'])} ; {spread(lag['wire'])} | "
+              f"{health} | {timeline.busiest()} |")
     print("targets at 20 participants: every page within 15 s, median within 8 s, health "
           "within 1 s throughout")

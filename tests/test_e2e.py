@@ -410,6 +410,32 @@ def test_the_server_stays_cheap_while_a_page_watches_a_run(server, browser):
     page.close()
 
 
+def test_a_participant_on_the_wire_gets_the_answer_a_page_would_show(server):
+    """bench/wire.py, the workshop bench's participants without a browser, speaks Streamlit's
+    protocol as our page does (a Streamlit upgrade that changes it fails here, not in a bench):
+    it opens Unlearn, presses Run, and is sent "Run <id> done." for the run the store has done,
+    after the run's fragment timers ticked (it polls as a page would)."""
+    from bench.wire import WireParticipant
+    from dimalign.store import Store
+
+    wire = WireParticipant(server.url, "unlearn", f"{address('wired')}&preset=digits-class")
+    wire.start()
+    try:
+        assert wire.ready.wait(60), wire.trouble or "no Run button reached the wire"
+        wire.click_at(time.time())
+        end = time.monotonic() + 60
+        while wire.done is None and wire.trouble is None and time.monotonic() < end:
+            time.sleep(0.1)
+        assert wire.trouble is None and wire.done is not None, wire.trouble or "never done"
+        (run,) = [r for r in Store().runs(owner="wired") if r.kind == "unlearn"]
+        assert run.status == "done" and f"run={run.id}" in wire.query
+        assert wire.click <= run.finished <= wire.done  # the answer came after the fact
+        assert wire.sent >= 3  # the press, and the status fragment's ticks while it ran
+    finally:
+        wire.stop.set()
+        wire.join(5)
+
+
 def test_owners_side_by_side_each_see_their_own_first_and_second_run(server, browser):
     """Three owners press Run at once, then again: each page shows its own run done, then its
     own second run done (the second used never to reach the screen)."""
