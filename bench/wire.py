@@ -12,7 +12,10 @@ app rewrites, the page's script hash after the first run, the fragment's id on a
 - `stop_auto_rerun` cancels the named timers; `page_info_changed` replaces the query string.
 
 It sends only the widget it presses, where a page sends every widget's value: the server then
-keeps the values of the run before, which for an untouched page are the same.
+keeps the values of the run before, which for an untouched page are the same. A page also
+fetches files when its first answer is drawn (Streamlit's lazily loaded scripts, our
+component's page and plotly.js): given them (`fetch`, the URLs a real page fetched), the
+participant fetches them once after its answer, as its page would.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import re
 import threading
 import time
+import urllib.request
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from streamlit.proto.Alert_pb2 import Alert
@@ -38,9 +43,10 @@ class WireParticipant(threading.Thread):
     first exception or error alert the page was sent after the click."""
 
     def __init__(self, url: str, page: str, query: str, button: str = "Run",
-                 answer: re.Pattern = DONE):
+                 answer: re.Pattern = DONE, fetch: Sequence[str] = ()):
         super().__init__(daemon=True)
-        self.url, self.page, self.query = url, page, query
+        self.url, self.page, self.query, self.fetch = url, page, query, list(fetch)
+        self.fetched = 0  # bytes of `fetch` read
         self.button, self.answer = button, answer
         self.button_id: str | None = None
         self.page_hash = ""
@@ -113,6 +119,19 @@ class WireParticipant(threading.Thread):
                 msg = ForwardMsg()
                 msg.ParseFromString(data)
                 self.handle(msg)
+                if self.done is not None and self.fetch:
+                    self.fetch_files()
+
+    def fetch_files(self) -> None:
+        """The files the page would fetch to draw its first answer, once, one by one."""
+        todo, self.fetch = self.fetch, []
+        for address in todo:
+            try:
+                with urllib.request.urlopen(address, timeout=30) as answer:
+                    self.fetched += len(answer.read())
+            except OSError as err:
+                if self.trouble is None:
+                    self.trouble = f"fetching {address}: {err}"
 
     def handle(self, msg: ForwardMsg) -> None:
         kind = msg.WhichOneof("type")

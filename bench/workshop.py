@@ -193,10 +193,11 @@ def race(pages: dict, wires: dict, timeout: float, spread_s: float = 0.0,
     return seconds, wall, trouble
 
 
-def open_wires(url: str, owners: list[str], timeout: float = 120) -> dict:
-    """Participants on the wire (bench/wire.py), each on Unlearn with its first run drawn."""
-    wires = {owner: WireParticipant(url, "unlearn", f"owner={owner}&preset={PRESET}")
-             for owner in owners}
+def open_wires(url: str, owners: list[str], fetch: list[str], timeout: float = 120) -> dict:
+    """Participants on the wire (bench/wire.py), each on Unlearn with its first run drawn,
+    each to fetch `fetch` after its answer (what the solo page fetched to draw its own)."""
+    wires = {owner: WireParticipant(url, "unlearn", f"owner={owner}&preset={PRESET}",
+                                    fetch=fetch) for owner in owners}
     for wire in wires.values():
         wire.start()
     end = time.monotonic() + timeout
@@ -205,6 +206,17 @@ def open_wires(url: str, owners: list[str], timeout: float = 120) -> dict:
             raise SystemExit(f"{owner} on the wire never saw its page's Run button "
                              f"({wire.trouble or 'no answer'})")
     return wires
+
+
+def settled(page, asked: list, quiet: float = 3.0, timeout: float = 30.0) -> None:
+    """Until `page` has asked for nothing new for `quiet` seconds (`asked`: its requests, which
+    Playwright hands over while the page is evaluated)."""
+    end, seen, since = time.monotonic() + timeout, -1, time.monotonic()
+    while time.monotonic() < end and time.monotonic() - since < quiet:
+        page.evaluate("() => 0")
+        if len(asked) != seen:
+            seen, since = len(asked), time.monotonic()
+        time.sleep(0.25)
 
 
 def watched(owners: list[str], count: int) -> list[str]:
@@ -523,8 +535,15 @@ def main(argv: list[str] | None = None) -> int:
                 "--disable-backgrounding-occluded-windows"])
             try:
                 solo = {"solo": open_page(browser, url, "solo")}
+                asked: list[tuple[float, str]] = []  # what a page fetches to draw its answer
+                solo["solo"].on("request", lambda r: asked.append((time.time(), r.url)))
                 base = race(solo, {}, args.timeout)
                 report("baseline: one participant alone", *base, store_times(["solo"]))
+                wait_quiet(home)  # its film job: the page draws the film when it lands
+                settled(solo["solo"], asked)
+                fetch = [u for t, u in asked if t >= base[1]["solo"] and u.startswith(url)]
+                print(f"the solo page fetched {len(fetch)} files to draw its answer: each "
+                      "participant on the wire fetches them after its own")
                 for page in solo.values():
                     page.context.close()
                 server, browsers = sides(proc, home)
@@ -540,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
                     owners = [f"r{round_no}n{n}p{i}" for i in range(1, n + 1)]
                     eyes = watched(owners, n if args.watch is None else args.watch)
                     pages = {owner: open_page(browser, url, owner) for owner in eyes}
-                    wires = open_wires(url, [o for o in owners if o not in pages])
+                    wires = open_wires(url, [o for o in owners if o not in pages], fetch)
                     timeline = CpuTimeline(proc, home)
                     timeline.start()
                     probes0 = len(prober.samples)

@@ -34,6 +34,7 @@ from dimalign.metric_table import TABLE, TIME_FRACTION, ordered, shown
 from dimalign.paths import PathError
 from dimalign.run_files import RESULT
 from dimalign.store import StoreError
+from dimalign.strata import heading as strata_heading
 from dimalign.sweep import SweepInterrupted
 
 
@@ -100,23 +101,12 @@ def print_table(result: dict, stream=None) -> None:
     stream.write(f"artifacts: {result['artifacts']}\n")
 
 
-def _strata_heading(block: dict) -> str:
-    """One line: what the strata of a random forget set are and how they were made."""
-    what = ("the original model's margin" if block["by"] == "margin" else
-            "the original's minus the retrained model's confidence")
-    ranges = {name: f" [{r[0]:.2f}, {r[1]:.2f}]" if (r := block["range"].get(name)) else ""
-              for name in block["names"]}
-    parts = [f"{name} {block['sizes'][name]}{ranges[name]}" for name in block["names"]]
-    return (f"forget set in strata by {what} (replicate {block['replicate']}'s models); "
-            f"size [range]: {', '.join(parts)}")
-
-
 def print_strata_of_run(block: dict, stream=None) -> None:
     """A run's per-stratum forget metrics: a row per stratum and metric, a column per model."""
     stream = stream or sys.stdout
     models = block["models"]
     names = list(models)
-    stream.write(_strata_heading(block) + "\n")
+    stream.write(strata_heading(block) + "\n")
     stream.write(f"{'stratum':<8}{'metric':<12}" + "".join(f"{n:>12}" for n in names) + "\n")
     for stratum in block["names"]:
         keys = ordered(k for m in names for k in models[m][stratum])
@@ -313,7 +303,7 @@ def _print_strata(result: dict) -> None:
     block, rows = result["strata"], result["methods"]
     names = block["names"]
     many = result["replicates"] > 1
-    print("\n" + _strata_heading(block))
+    print("\n" + strata_heading(block))
     keys = [k for k in per_stratum() if not TABLE[k].spread_of]
     scored = [k for k in SCORES if many and any(
         (row["strata"][s].get(k) or {}).get("value") is not None

@@ -321,6 +321,53 @@ def tradeoff_figure(rows: list[dict], keys: list[str], retrained: dict,
     return fig
 
 
+def strata_figure(rows: list[dict], metric: str, floors: dict) -> go.Figure:
+    """Forget-set difficulty at a glance: a row per model or setting (`strata.strata_rows`),
+    a column per stratum (easy → hard), each cell coloured by the mean |gap| to the retrained
+    model on that stratum and reading "value ± sd"; "≈" marks a gap within the stratum's
+    noise floor (retraining against itself), where the setting is indistinguishable from
+    retraining. Avg-gap, a distance, is coloured by its value."""
+    from dimalign.strata import STRATA
+
+    spec = TABLE[metric]
+    names = [n for n in STRATA if any(n in row["strata"] for row in rows)]
+    labels, z, text, hover = [], [], [], []
+    for row in rows:
+        label = row["method"] if row["run"] == row["method"] else f"{row['method']} · {row['run']}"
+        labels.append(label)
+        zs, texts, hovers = [], [], []
+        for name in names:
+            cell = row["strata"].get(name, {})
+            value = cell.get("mean", {}).get(metric)
+            sd = cell.get("sd", {}).get(metric) if row["replicates"] > 1 else None
+            gap = value if spec.distance else cell.get("abs_gap", {}).get(metric)
+            if row["method"] == "retrained" and not spec.distance:
+                gap = 0.0
+            floor = floors.get(name, {}).get(metric)
+            near = gap is not None and floor is not None and gap <= floor
+            zs.append(gap)
+            texts.append("–" if value is None else ("≈ " if near else "")
+                         + (f"{value:.3f} ± {sd:.3f}" if sd is not None else f"{value:.3f}"))
+            hovers.append(f"{label}<br>{name}: {spec.title} {_num(value)}"
+                          + (f" ± {_num(sd)}" if sd is not None else "")
+                          + f"<br>|gap| to retrained {_num(gap)}"
+                          + (f"<br>noise floor {_num(floor)}" if floor is not None else ""))
+        z.append(zs)
+        text.append(texts)
+        hover.append(hovers)
+    top = max((v for row in z for v in row if v is not None), default=0.0)
+    fig = go.Figure(go.Heatmap(  # 0 is white; all 0 (every cell is retraining's): all white
+        z=z, x=names, y=labels, text=text, texttemplate="%{text}", hovertext=hover,
+        hoverinfo="text", colorscale="Reds", zmin=0, zmax=top if top > 0 else 1.0,
+        xgap=2, ygap=2,
+        colorbar=dict(title=dict(text=spec.title if spec.distance else "|gap|", side="right"))))
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(side="top", title_text="forget-set stratum (easy → hard)")
+    fig.update_layout(height=120 + 34 * len(rows), margin=dict(l=20, r=20, t=70, b=20),
+                      title=dict(text=f"{spec.title} per stratum", x=0, y=0.98))
+    return fig
+
+
 def room_figure(points: list[dict], box: tuple[float, float] | None = None,
                 large: bool = False) -> go.Figure:
     """The instructor's room on one Pareto chart: every finished run's forget gap against its

@@ -211,3 +211,76 @@ def between_methods(strata_rows: Mapping[str, Mapping], methods: Sequence[str],
                                 for m in methods)
         out[name] = cells
     return out
+
+
+# ------------------------------------------------------------------ stored runs' strata
+
+def stratum_result(result: Mapping, name: str) -> dict | None:
+    """A stored run's result seen through one stratum: each model's metrics on the stratum
+    (the result's `strata` block) beside its whole-set retain and test accuracies, with the
+    result's `seconds` and `params`, which is what `replicates.setting_rows` and
+    `baseline_rows` read; their means, sds, gaps and noise floor are then the stratum's.
+    None: the result has no strata (a class forget set, or saved before they were kept). No
+    forget confidences: the challenge's scores per stratum are `compare`'s (`with_strata`)."""
+    block = result.get("strata")
+    if not block or name not in block.get("names", STRATA):
+        return None
+    models = {}
+    for model, rows in block["models"].items():
+        if model in result["models"] and name in rows:
+            whole = result["models"][model]
+            models[model] = {**{k: whole.get(k) for k in WHOLE}, **rows[name]}
+    return {"models": models, "seconds": result["seconds"], "params": result.get("params", {})}
+
+
+def strata_rows(results: Sequence[tuple[str, str, dict, dict]],
+                keys: Sequence[str]) -> tuple[list[dict], dict]:
+    """The Compare table per stratum, from stored runs that kept their strata: (run id,
+    method, config, result) newest first, as `replicates.setting_rows` takes them. Rows in
+    the table's order (original, retrained, then each setting), each with `method`, `run`,
+    `replicates` and per stratum `mean`, `sd` and `abs_gap` (mean |gap| to each replicate's
+    own retrained model, on the stratum); and each stratum's noise floor (retraining against
+    itself there; empty with one replicate)."""
+    from dimalign.replicates import baseline_rows, setting_rows
+
+    rows: dict[str, dict] = {}
+    floors = {}
+    for name in STRATA:
+        seen = [(run, method, config, view) for run, method, config, result in results
+                if (view := stratum_result(result, name)) is not None]
+        if not seen:
+            return [], {}
+        base, floor = baseline_rows([(config, view) for _, _, config, view in seen], keys)
+        floors[name] = {k: v for k, v in floor.items() if v is not None}
+        for row in (*base, *setting_rows(seen, keys)):
+            out = rows.setdefault(row["run"], {"method": row["method"], "run": row["run"],
+                                               "replicates": row["replicates"], "strata": {}})
+            out["strata"][name] = {"mean": row["mean"], "sd": row["sd"],
+                                   "abs_gap": row["abs_gap"]}
+    return list(rows.values()), floors
+
+
+def heading(block: Mapping) -> str:
+    """One line: what the strata of a random forget set are and how they were made."""
+    what = ("the original model's margin" if block["by"] == "margin" else
+            "the original's minus the retrained model's confidence")
+    ranges = {name: f" [{r[0]:.2f}, {r[1]:.2f}]" if (r := block["range"].get(name)) else ""
+              for name in block["names"]}
+    parts = [f"{name} {block['sizes'][name]}{ranges[name]}" for name in block["names"]]
+    return (f"forget set in strata by {what} (replicate {block['replicate']}'s models); "
+            f"size [range]: {', '.join(parts)}")
+
+
+def strata_csv(rows: Sequence[Mapping], keys: Sequence[str]) -> list[dict]:
+    """`strata_rows`' rows flat, a line per row and stratum: what the per-stratum CSV holds."""
+    out = []
+    for row in rows:
+        for name, cell in row["strata"].items():
+            line = {"run": row["run"], "method": row["method"], "stratum": name,
+                    "replicates": row["replicates"]}
+            for k in keys:
+                line[k] = cell["mean"].get(k)
+                line[f"{k}_sd"] = cell["sd"].get(k)
+                line[f"{k}_abs_gap"] = cell["abs_gap"].get(k)
+            out.append(line)
+    return out

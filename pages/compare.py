@@ -10,9 +10,11 @@ from dimalign.challenge import DESCRIPTIONS, SCORES
 from dimalign.errors import ConfigError
 from dimalign.export import csv_text
 from dimalign.methods import ORDER, REGISTRY
-from dimalign.metric_table import TABLE, TIME_FRACTION, shown
+from dimalign.metric_table import TABLE, TIME_FRACTION, per_stratum, shown
 from dimalign.replicates import baseline_rows, inside, score_of, setting_rows
 from dimalign.store import ACTIVE, StoreError
+from dimalign.strata import heading as strata_heading
+from dimalign.strata import strata_csv, strata_rows
 
 cfg, who = ui.page("Compare")
 
@@ -185,3 +187,26 @@ c2.download_button("Download figure (HTML)", _figure_html, "dimalign-compare.htm
                    key="download_fig")
 st.caption("The chart's camera button (hover it) saves it as PNG or SVG — pick which in the "
            "sidebar; the HTML file keeps it interactive.")
+
+# A random forget set: the same table per stratum of it (easy, medium, hard by how surely the
+# original model fits each sample: dimalign/strata.py), where methods differ most on the hard.
+stratified = [(r.id, r.method, r.config, r.result) for r in runs if r.result.get("strata")]
+if stratified:
+    st.subheader("Forget-set difficulty")
+    block = stratified[0][3]["strata"]
+    per = [k for k in per_stratum() if not TABLE[k].spread_of]
+    metric = st.segmented_control("Metric per stratum", per, default="acc_forget",
+                                  format_func=lambda k: TABLE[k].title, key="strata_metric",
+                                  help="Each model's metric on the stratum's forget samples "
+                                       "alone, beside the whole-set retain and test accuracies")
+    metric = metric or "acc_forget"  # a second click on the chosen button clears it
+    strata_table, strata_floors = strata_rows(stratified, per)
+    ui.chart(plots.strata_figure(strata_table, metric, strata_floors), "strata")
+    st.caption(strata_heading(block).capitalize() + ". Cells: mean ± sd over replicates; "
+               "colour: the mean |gap| to the retrained model on the stratum; ≈: within the "
+               "stratum's noise floor (two or more replicates). "
+               + (f"{len(runs) - len(stratified)} finished runs saved before the strata were "
+                  "kept are not in this view. " if len(stratified) < len(runs) else "")
+               + "`dimalign compare --json` adds the challenge's scores per stratum.")
+    st.download_button("Download per-stratum CSV", csv_text(strata_csv(strata_table, per)),
+                       "dimalign-compare-strata.csv", "text/csv", key="download_strata_csv")

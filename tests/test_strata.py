@@ -4,6 +4,7 @@ forget metric per stratum in a run's result and in `compare`, and the challenge'
 stratum."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,3 +191,93 @@ def test_the_audit_names_each_samples_stratum_and_averages_its_scores_per_stratu
     assert [s["stratum"] for s in samples] == ["hard", "hard", "easy", "medium"]
     assert summary["hard"] == {"samples": 2, "mean_residual": 2.0, "mean_membership": None}
     assert summary["medium"]["samples"] == 1 and summary["medium"]["mean_residual"] is None
+
+
+def stored(acc: dict[str, dict[str, float]], replicate: int, mia: float = 0.5) -> dict:
+    """A stored result of a random forget set: whole-set metrics per model, and per stratum
+    each model's forget accuracy `acc[model][stratum]` (a mia of `mia` everywhere)."""
+    whole = {"acc_retain": 0.9, "acc_test": 0.8, "acc_forget": 0.7, "mia": 0.5}
+    block = {"by": "margin", "replicate": 0, "names": list(STRATA),
+             "sizes": {s: 4 for s in STRATA}, "range": {s: [0.0, 1.0] for s in STRATA},
+             "forget": [0, 1, 2] * 4,
+             "models": {m: {s: {"acc_forget": v, "mia": mia} for s, v in row.items()}
+                        for m, row in acc.items()}}
+    return {"models": {m: dict(whole) for m in acc}, "strata": block,
+            "seconds": {"original": 2.0, "retrained": 2.0, "unlearn": 0.5},
+            "params": {}, "config": {"replicate": replicate}}
+
+
+def test_strata_rows_are_the_compare_table_per_stratum_with_its_noise_floor():
+    from dimalign.strata import strata_csv, strata_rows, stratum_result
+
+    def acc(hard_u: float, hard_r: float) -> dict:
+        return {"original": {"easy": 1.0, "medium": 1.0, "hard": 1.0},
+                "retrained": {"easy": 0.9, "medium": 0.8, "hard": hard_r},
+                "unlearned": {"easy": 0.9, "medium": 0.7, "hard": hard_u}}
+
+    results = [("b1", "ga", {"replicate": 1}, stored(acc(0.6, 0.3), 1)),
+               ("b0", "ga", {"replicate": 0}, stored(acc(0.4, 0.5), 0))]
+    rows, floors = strata_rows(results, ["acc_forget", "mia", "avg_gap"])
+    assert [r["run"] for r in rows] == ["original", "retrained", "b0"]  # lowest replicate
+    ga = rows[2]
+    assert ga["replicates"] == 2 and set(ga["strata"]) == set(STRATA)
+    hard = ga["strata"]["hard"]
+    assert hard["mean"]["acc_forget"] == pytest.approx(0.5)  # (0.4 + 0.6) / 2
+    assert hard["abs_gap"]["acc_forget"] == pytest.approx(0.2)  # |0.4-0.5|, |0.6-0.3|: 0.1, 0.3
+    assert ga["strata"]["easy"]["abs_gap"]["acc_forget"] == pytest.approx(0.0)
+    assert floors["hard"]["acc_forget"] == pytest.approx(0.2)  # |0.5 - 0.3|
+    assert floors["easy"]["acc_forget"] == pytest.approx(0.0)
+    # the whole-set retain and test accuracies stand beside the stratum's forget metrics
+    view = stratum_result(results[1][3], "hard")
+    assert view["models"]["unlearned"] == {"acc_retain": 0.9, "acc_test": 0.8,
+                                           "acc_forget": 0.4, "mia": 0.5}
+    assert stratum_result({"models": {}, "seconds": {}}, "hard") is None  # no strata kept
+    lines = strata_csv(rows, ["acc_forget"])
+    assert len(lines) == 3 * len(STRATA)
+    assert {"run": "b0", "method": "ga", "stratum": "hard", "replicates": 2,
+            "acc_forget": pytest.approx(0.5), "acc_forget_sd": pytest.approx(0.1414, abs=1e-3),
+            "acc_forget_abs_gap": pytest.approx(0.2)} in lines
+
+
+def test_the_compare_page_shows_a_random_forget_sets_runs_per_stratum():
+    """Runs of digits-random keep their strata in the store, and Compare draws every setting
+    per stratum of the forget set, the picked metric in each cell, with a CSV of it."""
+    from conftest import drain_scheduler
+    from streamlit.testing.v1 import AppTest
+
+    from dimalign.jobs import submit
+    from dimalign.scheduler import Scheduler, Slot
+    from dimalign.store import Store, new_owner_key
+
+    store = Store()
+    settings = [RANDOM[i + 1] for i in range(2, len(RANDOM), 2)]
+    ids = [submit(store, preset="digits-random", overrides=settings, method=m, owner="strata")
+           for m in ("retrain", "ga")]
+    scheduler = Scheduler(store, slots=[Slot(None)])
+    drain_scheduler(scheduler, lambda: all(store.get(i).terminal for i in ids), 300)
+    assert all(store.get(i).status == "done" for i in ids), [store.get(i).error for i in ids]
+    assert store.get(ids[1]).result["strata"]["names"] == list(STRATA)
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"),
+                           default_timeout=60)
+    at.query_params.update(owner="strata", key=new_owner_key(), preset="digits-random")
+    at.session_state["overrides"] = settings
+    at.session_state["overrides_for"] = "digits-random"
+    at.run()
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, at.exception
+    assert any(s.value == "Forget-set difficulty" for s in at.subheader)
+    (fig,) = [json.loads(c.proto.spec) for c in at.get("plotly_chart")
+              if "strata" in c.proto.config]
+    heat = fig["data"][0]
+    assert heat["type"] == "heatmap" and heat["x"] == list(STRATA)
+    assert heat["y"][:2] == ["original", "retrained"] and f"ga · {ids[1]}" in heat["y"]
+    hard = store.get(ids[1]).result["strata"]["models"]["unlearned"]["hard"]["acc_forget"]
+    assert heat["text"][heat["y"].index(f"ga · {ids[1]}")][2] == f"{hard:.3f}"
+    assert heat["z"][1] == [0.0, 0.0, 0.0]  # retrained against itself
+    assert "by the original model's margin" in " ".join(c.value for c in at.caption)
+    at.segmented_control(key="strata_metric").set_value("mia").run()
+    (fig,) = [json.loads(c.proto.spec) for c in at.get("plotly_chart")
+              if "strata" in c.proto.config]
+    assert fig["layout"]["title"]["text"].startswith("MIA")
+    assert any(b.proto.label == "Download per-stratum CSV" for b in at.get("download_button"))
