@@ -11,11 +11,17 @@ app rewrites, the page's script hash after the first run, the fragment's id on a
   each `auto_rerun` (re)starts one, unless it has that interval already;
 - `stop_auto_rerun` cancels the named timers; `page_info_changed` replaces the query string.
 
-It sends only the widget it presses, where a page sends every widget's value: the server then
-keeps the values of the run before, which for an untouched page are the same. A page also
-fetches files when its first answer is drawn (Streamlit's lazily loaded scripts, our
-component's page and plotly.js): given them (`fetch`, the URLs a real page fetched), the
-participant fetches them once after its answer, as its page would.
+Where it differs from a page, knowingly:
+- it sends only the widget it presses, where a page sends every widget's value (29 on
+  Unlearn): the server then keeps the values of the run before, which for an untouched page
+  are the same;
+- it sends no `cached_message_hashes`, so the server sends whole messages where a page that
+  has seen one may get a reference (a little more work for the server, not less), and no
+  heartbeats;
+- a page fetches files as it draws (Streamlit's lazily loaded scripts, our component's page,
+  plotly.js); given them (`fetch`: the URLs a real page fetched between its click and its
+  film), the participant fetches them once, one by one in a thread of their own, when its
+  answer comes, where the page spreads them over its answer and its film.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ class WireParticipant(threading.Thread):
         self.click = self.done = None
         self.trouble: str | None = None
         self.sent = self.received = 0
+        self.ticks: list[float] = []  # when each fragment timer's rerun was sent
         self.log: list[tuple[float, str]] | None = None  # a list: every message, for debugging
 
     def click_at(self, when: float) -> None:
@@ -89,6 +96,9 @@ class WireParticipant(threading.Thread):
         except ConnectionClosed as closed:  # the server stopped: the round is over
             if not self.stop.is_set() and self.trouble is None:
                 self.trouble = f"the server closed the page's connection ({closed})"
+        except Exception as err:  # noqa: BLE001 - said in the report, not lost with the thread
+            if self.trouble is None:
+                self.trouble = f"{type(err).__name__}: {err}"
 
     def talk(self) -> None:
         host = urlsplit(self.url).netloc
@@ -104,8 +114,11 @@ class WireParticipant(threading.Thread):
                     self.click = time.time()
                     self.rerun(ws, press=self.button_id)
                 for fragment, (interval, due) in list(self.timers.items()):
-                    if now >= due:
-                        self.timers[fragment] = (interval, due + interval)
+                    if now >= due:  # a late timer fires once, as setInterval does, no backlog
+                        later = due + interval
+                        self.timers[fragment] = (interval, later if later > now else
+                                                 now + interval)
+                        self.ticks.append(now)
                         self.rerun(ws, fragment=fragment)
                 dues = [due for _, due in self.timers.values()]
                 if self.press_at is not None and self.click is None:
@@ -120,11 +133,12 @@ class WireParticipant(threading.Thread):
                 msg.ParseFromString(data)
                 self.handle(msg)
                 if self.done is not None and self.fetch:
-                    self.fetch_files()
+                    todo, self.fetch = self.fetch, []
+                    threading.Thread(target=self.fetch_files, args=(todo,), daemon=True).start()
 
-    def fetch_files(self) -> None:
-        """The files the page would fetch to draw its first answer, once, one by one."""
-        todo, self.fetch = self.fetch, []
+    def fetch_files(self, todo: list[str]) -> None:
+        """The files the page would fetch to draw its first answer, once, one by one, beside
+        the page's own traffic (a browser's loads do not hold up its websocket)."""
         for address in todo:
             try:
                 with urllib.request.urlopen(address, timeout=30) as answer:

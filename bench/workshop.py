@@ -541,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
                 report("baseline: one participant alone", *base, store_times(["solo"]))
                 wait_quiet(home)  # its film job: the page draws the film when it lands
                 settled(solo["solo"], asked)
+                if not base[0]["solo"]:
+                    raise SystemExit("the solo page never showed its run done: no baseline, "
+                                     "and no files to give the participants on the wire")
                 fetch = [u for t, u in asked if t >= base[1]["solo"] and u.startswith(url)]
                 print(f"the solo page fetched {len(fetch)} files to draw its answer: each "
                       "participant on the wire fetches them after its own")
@@ -605,10 +608,10 @@ def summary(rows: list, solo: float | None) -> None:
     """One line per round: on-screen, on-the-wire and server-side times (median / max), health,
     CPU."""
     print(f"\nbaseline: one participant alone {fmt(solo)} s click → done on screen")
-    print("| participants | on screen: click → done (median / max s) | on the wire | "
-          "store: click → done | queued | running | after the store: screen ; wire | "
-          "health max s (> 1 s) | CPU: server / participants (cores, mean) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| participants | every participant: click → done (median / max s) | on screen | "
+          "on the wire | store: click → done | queued | running | after the store: screen ; "
+          "wire | health max s (> 1 s) | CPU: server / participants (cores, mean) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for n, seconds, wall, stored, probes, timeline, wires in rows:
         screen = [s for o, s in seconds.items() if s is not None and o not in wires]
         wire = [s for o, s in seconds.items() if s is not None and o in wires]
@@ -626,7 +629,8 @@ def summary(rows: list, solo: float | None) -> None:
         lost = len(probes) - len(answered)
         health = (f"{max(answered):.2f} ({sum(x > 1 for x in answered)} > 1 s"
                   + (f", {lost} unanswered" if lost else "") + ")") if answered else "—"
-        print(f"| {n} ({shown}/{n} done; {n - len(wires)} in Chromium) | {spread(screen)} | "
+        print(f"| {n} ({shown}/{n} done; {n - len(wires)} in Chromium) | "
+              f"{spread(screen + wire)} | {spread(screen)} | "
               f"{spread(wire)} | {spread(list(finished.values()))} | {spread(queued)} | "
               f"{spread(running)} | {spread(lag['screen'])} ; {spread(lag['wire'])} | "
               f"{health} | {timeline.busiest()} |")

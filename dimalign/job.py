@@ -21,7 +21,7 @@ CANCEL_POLL_SECONDS = 0.2  # a cancel request stops the run within this and one 
 def _summary(result: dict) -> dict:
     """What the store keeps of a result: its metrics, the forget confidences the Compare
     and Tune pages score replicates with (a few kilobytes; at most `FORGET_SCORED` a model),
-    and a random forget set's strata, which Compare shows per stratum (about a kilobyte)."""
+    and a random forget set's strata, which Compare shows per stratum (a few kilobytes)."""
     import json
 
     return json.loads(json.dumps({k: result[k] for k in ("models", "seconds", "device", "params",

@@ -320,14 +320,7 @@ class RayScheduler(Scheduler):
         for ref in ended:
             run_id = by_ref[ref]
             flight = self.flight.pop(run_id)
-            ending = self.outcome(ref)
-            if flight.stopping and ending["status"] != "done":
-                ending = dict(status="interrupted", pid=None, error=STOPPED)
-            elif flight.cancel_sent is not None and ending["status"] == "failed":
-                # Ray's cancel interrupts the task wherever it is, and torch can turn that into
-                # another error (a TypeError from inside C code): it was cancelled all the same
-                ending = dict(ending, status="cancelled", error="cancelled")
-            self.endings[run_id] = ending
+            self.endings[run_id] = recorded(flight, self.outcome(ref))
             self.mailbox.forget.remote(flight.token)
         self.record_endings()
         self.beat()
@@ -408,42 +401,80 @@ class RayScheduler(Scheduler):
         node's folders (a cancel by Ray would kill it with this driver, leaving them); one
         still without mail after NOT_BEGUN_GRACE is waiting for a node (which may never come)
         and is dropped from Ray's queue. All of these, and those still running at the end, are
-        left `interrupted` (resumable)."""
+        left `interrupted` (resumable); so are all of them at once when the mail cannot be
+        read (nothing more can be learned of them)."""
         import ray
 
-        with contextlib.suppress(checked.DiskFull):
-            self.reap()  # the latest mail: which jobs have begun
-        for flight in self.flight.values():
-            if not flight.begun:  # its flag: a job that starts now returns before any file
-                flight.stopping = True
-                self.mailbox.cancel.remote(flight.token)
-        end = time.monotonic() + timeout
-        dropped_at = time.monotonic() + min(NOT_BEGUN_GRACE, timeout)
-        while self.flight and time.monotonic() < end:
-            with contextlib.suppress(checked.DiskFull):
-                self.reap()
-            if dropped_at is not None and time.monotonic() >= dropped_at:
-                # still no mail: waiting for a node. Out of Ray's queue. (Cancelled sooner, a
-                # job that had just begun was marked cancelled at once and killed with the
-                # driver before its `finally` tidied the node's folders.)
-                for flight in self.flight.values():
-                    if flight.stopping and not flight.begun:
-                        ray.cancel(flight.ref, force=False)
-                dropped_at = None
-            time.sleep(0.2)
-        self.interrupt(list(self.flight))
-        if self.started_ray:
-            ray.shutdown()
+        try:
+            if not self.reap_for_close():  # the latest mail: which jobs have begun
+                return
+            for flight in self.flight.values():
+                if not flight.begun:  # its flag: a job that starts now returns before any file
+                    flight.stopping = True
+                    self.mailbox.cancel.remote(flight.token)
+            end = time.monotonic() + timeout
+            dropped_at = time.monotonic() + min(NOT_BEGUN_GRACE, timeout)
+            while self.flight and time.monotonic() < end and self.reap_for_close():
+                if dropped_at is not None and time.monotonic() >= dropped_at:
+                    # still no mail: waiting for a node. Out of Ray's queue. (Cancelled sooner,
+                    # a job that had just begun was marked cancelled at once and killed with
+                    # the driver before its `finally` tidied the node's folders.)
+                    for flight in self.flight.values():
+                        if flight.stopping and not flight.begun:
+                            ray.cancel(flight.ref, force=False)
+                            flight.cancel_sent = time.monotonic()
+                    dropped_at = None
+                time.sleep(0.2)
+        finally:
+            try:
+                with contextlib.suppress(Exception):  # endings taken but not yet written
+                    self.record_endings()
+                self.interrupt(list(self.flight) + list(self.endings))
+            finally:
+                if self.started_ray:
+                    ray.shutdown()
+
+    def reap_for_close(self) -> bool:
+        """`reap` while stopping; False when it fails (the jobs' mail lost with its actor or
+        late, the store unwritable): the scheduler then stops without learning more. A full
+        disk keeps the mail for later and goes on."""
+        try:
+            self.reap()
+        except checked.DiskFull:
+            pass
+        except Exception as err:  # noqa: BLE001 - stopping must end with every run recorded
+            self.note(f"stopping: {type(err).__name__}: {err}; the runs still in flight are "
+                      "left interrupted")
+            return False
+        return True
 
     def interrupt(self, run_ids: list[str]) -> None:
-        """Cancel these jobs and leave their runs `interrupted`."""
+        """Cancel these jobs (those still in flight) and leave their runs `interrupted`; a
+        cancel or a write that fails does not keep the others from theirs."""
         import ray
 
         for run_id in run_ids:
-            ray.cancel(self.flight.pop(run_id).ref, force=True)
-            with contextlib.suppress(checked.DiskFull):
+            self.endings.pop(run_id, None)
+            if (flight := self.flight.pop(run_id, None)) is not None:
+                with contextlib.suppress(Exception):  # Ray itself may be gone
+                    ray.cancel(flight.ref, force=True)
+            with contextlib.suppress(checked.DiskFull, StoreError):
                 self.store.transition(run_id, ("running",), status="interrupted", pid=None,
                                       error=STOPPED)
+
+
+def recorded(flight: Flight, ending: dict) -> dict:
+    """How a job's ending is recorded. Stopped with its scheduler, it is left interrupted
+    (resumable), unless it failed of itself, not by a cancel from Ray: then its error is the
+    run's. A job Ray cancelled that failed was cancelled all the same: Ray's cancel interrupts
+    the task wherever it is, and torch can turn that into another error (a TypeError from
+    inside C code)."""
+    failed, by_ray = ending["status"] == "failed", flight.cancel_sent is not None
+    if flight.stopping and ending["status"] != "done" and not (failed and not by_ray):
+        return dict(status="interrupted", pid=None, error=STOPPED)
+    if by_ray and failed:
+        return dict(ending, status="cancelled", error="cancelled")
+    return ending
 
 
 def _too_large(asks: dict[str, tuple[float, str]]) -> str | None:

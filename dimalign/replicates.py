@@ -187,6 +187,19 @@ def best_row(rows: Sequence[dict], by: str = "avg_gap") -> dict | None:
 SCORED: LRU[dict | None] = LRU(256)  # stored runs' challenge scores: a page draws them often
 
 
+def result_key(result: dict) -> str:
+    """What names a stored result's baselines for `SCORED`: a digest of their forget
+    confidences and metrics, which is what their scores are made of. (The store keeps no
+    checkpoints or config in a result: a key of those named every experiment's baselines
+    alike, and one experiment's scores were shown for another's.)"""
+    import hashlib
+
+    models = result.get("models", {})
+    what = [result.get("forget_confidence"), {m: models.get(m) for m in ("original",
+                                                                         "retrained")}]
+    return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def stored_scores(key: tuple, results: Sequence[dict], model: str) -> dict | None:
     """`challenge.scores` of `model` ("unlearned", "original"; "retrained": the reference)
     over finished results, one per replicate, memoised under `key` (what names those results);
@@ -277,8 +290,7 @@ def baseline_rows(results: Sequence[tuple[dict, dict]],
         by_replicate.setdefault(replicate_of(config), result)
     chosen = [by_replicate[r] for r in sorted(by_replicate)]
     retrained = [res["models"]["retrained"] for res in chosen]
-    named = tuple(json.dumps([res.get("checkpoints"), res.get("config")], sort_keys=True,
-                             default=str) for res in chosen)
+    named = tuple(result_key(res) for res in chosen)
     rows = []
     for role in ("original", "retrained"):
         models = [res["models"][role] for res in chosen]

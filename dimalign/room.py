@@ -11,7 +11,6 @@ with a store run's fields (`id`, `owner`, `method`, `status`, `created`, `finish
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 
 from dimalign.replicates import (
@@ -19,6 +18,7 @@ from dimalign.replicates import (
     inside,
     noise_floor,
     replicate_of,
+    result_key,
     score_of,
     setting_rows,
     stored_scores,
@@ -68,8 +68,7 @@ def reference(runs: Sequence, results: Sequence[dict] | None = None
     if not chosen:
         return {}, (None, None)
     floor = noise_floor([res["models"]["retrained"] for res in chosen], KEYS)
-    named = tuple(json.dumps([res.get("checkpoints"), res.get("config")], sort_keys=True,
-                             default=str) for res in chosen)  # as Compare names them: one memo
+    named = tuple(result_key(res) for res in chosen)  # as Compare names them: one memo
     scored = stored_scores(named, chosen, "retrained")
     return floor, score_of({"forgetting": scored}, FINAL)
 

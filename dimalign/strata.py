@@ -230,6 +230,8 @@ def stratum_result(result: Mapping, name: str) -> dict | None:
         if model in result["models"] and name in rows:
             whole = result["models"][model]
             models[model] = {**{k: whole.get(k) for k in WHOLE}, **rows[name]}
+    if not {"original", "retrained"} <= set(models):  # nothing to hold a model against
+        return None
     return {"models": models, "seconds": result["seconds"], "params": result.get("params", {})}
 
 
@@ -248,8 +250,8 @@ def strata_rows(results: Sequence[tuple[str, str, dict, dict]],
     for name in STRATA:
         seen = [(run, method, config, view) for run, method, config, result in results
                 if (view := stratum_result(result, name)) is not None]
-        if not seen:
-            return [], {}
+        if not seen:  # every result has every stratum (thirds of at least 3 samples)
+            continue
         base, floor = baseline_rows([(config, view) for _, _, config, view in seen], keys)
         floors[name] = {k: v for k, v in floor.items() if v is not None}
         for row in (*base, *setting_rows(seen, keys)):

@@ -202,11 +202,13 @@ if stratified:
     metric = metric or "acc_forget"  # a second click on the chosen button clears it
     strata_table, strata_floors = strata_rows(stratified, per)
     ui.chart(plots.strata_figure(strata_table, metric, strata_floors), "strata")
-    st.caption(strata_heading(block).capitalize() + ". Cells: mean ± sd over replicates; "
+    said = strata_heading(block)
+    st.caption(said[:1].upper() + said[1:] + ". Cells: mean ± sd over replicates; "
                "colour: the mean |gap| to the retrained model on the stratum; ≈: within the "
                "stratum's noise floor (two or more replicates). "
-               + (f"{len(runs) - len(stratified)} finished runs saved before the strata were "
-                  "kept are not in this view. " if len(stratified) < len(runs) else "")
+               + (f"{older} finished run{'s' if older > 1 else ''} saved before the strata "
+                  "were kept are not in this view. "
+                  if (older := len(runs) - len(stratified)) else "")
                + "`dimalign compare --json` adds the challenge's scores per stratum.")
     st.download_button("Download per-stratum CSV", csv_text(strata_csv(strata_table, per)),
                        "dimalign-compare-strata.csv", "text/csv", key="download_strata_csv")

@@ -430,7 +430,8 @@ def test_a_participant_on_the_wire_gets_the_answer_a_page_would_show(server):
         (run,) = [r for r in Store().runs(owner="wired") if r.kind == "unlearn"]
         assert run.status == "done" and f"run={run.id}" in wire.query
         assert wire.click <= run.finished <= wire.done  # the answer came after the fact
-        assert wire.sent >= 3  # the press, and the status fragment's ticks while it ran
+        # it came through the status fragment's timer, kept as the frontend keeps it
+        assert any(wire.click < tick < wire.done for tick in wire.ticks), wire.ticks
     finally:
         wire.stop.set()
         wire.join(5)

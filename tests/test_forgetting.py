@@ -199,6 +199,27 @@ def test_stored_runs_carry_the_scores_of_each_setting_and_of_the_baselines():
     assert setting_rows([(*runs[0][:3], older)], ["acc_forget"])[0]["forgetting"] is None
 
 
+def test_two_experiments_baselines_never_share_their_memoised_scores():
+    """Results as the store keeps them (`job._summary`: no checkpoints, no config): the
+    baselines of two experiments are scored apart. The memo's key was once made of those
+    missing fields, so the second experiment drew the first one's scores."""
+    from dimalign.job import _summary
+    from dimalign.replicates import baseline_rows
+
+    def experiment(shift: float) -> list[tuple[dict, dict]]:
+        runs = [_stored(r, f"{shift}-{r}", 0.0) for r in range(6)]
+        for _, _, _, result in runs:  # another experiment: its original forgets otherwise
+            result["forget_confidence"]["original"] = [
+                v - shift for v in result["forget_confidence"]["original"]]
+        return [(config, _summary(result)) for _, _, config, result in runs]
+
+    first, second = experiment(0.0), experiment(19.5)
+    assert "checkpoints" not in second[0][1] and "config" not in second[0][1]
+    fq = [baseline_rows(p, ["acc_forget"])[0][0]["forgetting"]["forgetting_quality"]["value"]
+          for p in (first, second)]
+    assert fq[0] == 0.0 and fq[1] > fq[0]  # the second's original is near the retrained one
+
+
 def test_a_run_keeps_each_models_forget_confidences(tiny_cfg, tiny_baselines):
     from dimalign.metrics import model_outputs
     from dimalign.runner import run_experiment

@@ -343,6 +343,53 @@ def test_stopping_waits_for_the_jobs_begun_on_a_node_not_for_those_waiting(clust
     store.close()
 
 
+def test_stopping_with_the_jobs_mail_lost_still_leaves_every_run_resumable(cluster, tiny,
+                                                                           drain):
+    """The mailbox actor gone (its node's raylet lost it, say): `close` cannot learn more of
+    its jobs, so it stops at once and leaves their runs interrupted, not `running` until the
+    next scheduler's recovery."""
+    import ray
+
+    from dimalign.ray_backend import RayScheduler
+
+    store = Store()
+    scheduler = RayScheduler(store)
+    run = submit(store, preset="digits-class", overrides=[*tiny, "muda.epochs=200"],
+                 owner="kim")
+    try:
+        drain(scheduler, lambda: bool(store.get(run).device), timeout=60)  # begun on a node
+        running = store.get(run).status
+        ray.kill(scheduler.mailbox)
+    finally:
+        start = time.monotonic()
+        scheduler.close(timeout=600)
+        took = time.monotonic() - start
+    assert running == "running"
+    assert store.get(run).status == "interrupted" and store.get(run).error.startswith(
+        "its scheduler stopped")
+    assert took < 60  # it did not wait out the timeout for mail that cannot come
+    store.close()
+
+
+def test_a_job_that_fails_of_itself_as_its_scheduler_stops_keeps_its_error():
+    """Stopping leaves a job resumable however it ended (a flag's stop, Ray's cancel, a lost
+    worker), except a failure of its own: that is the run's error, not lost in `interrupted`."""
+    from dimalign.ray_backend import STOPPED, Flight, recorded
+
+    def flight(**how) -> Flight:
+        return Flight(ref=None, inputs={}, token="t", **how)
+
+    failed = {"status": "failed", "finished": 1.0, "error": "ValueError: bad shape"}
+    cancelled = {"status": "cancelled", "finished": 1.0, "error": "cancelled"}
+    assert recorded(flight(stopping=True), failed) == failed
+    assert recorded(flight(stopping=True), cancelled)["error"] == STOPPED
+    interrupted = recorded(flight(stopping=True, cancel_sent=5.0), failed)  # Ray dropped it
+    assert interrupted == {"status": "interrupted", "pid": None, "error": STOPPED}
+    assert recorded(flight(cancel_sent=5.0), failed)["status"] == "cancelled"  # a user's cancel
+    done = {"status": "done", "finished": 1.0}
+    assert recorded(flight(stopping=True), done) == done == recorded(flight(), done)
+
+
 @pytest.mark.parametrize(("env", "named"), [
     ({"DIMALIGN_BACKEND": "cloud"}, "DIMALIGN_BACKEND"),
     ({"DIMALIGN_BACKEND": "ray", "DIMALIGN_RAY_GPUS": "1.5"}, "DIMALIGN_RAY_GPUS"),
