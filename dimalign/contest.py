@@ -67,13 +67,19 @@ def standing(board: Sequence[dict], owner: str) -> dict | None:
     return None if row is None else {**row, "of": len(board)}
 
 
-def standing_text(board: Sequence[dict], owner: str, metric: str, entered: int) -> str:
+def standing_text(board: Sequence[dict], owner: str, metric: str, entered: int,
+                  is_open: bool = True) -> str:
     """What a participant's banner says of their place: rank among the ranked entrants and
-    their best score, or how to enter (`entered`: how many runs `owner` has entered)."""
+    their best score, or how to enter (`entered`: how many runs `owner` has entered); of a
+    closed challenge, where they finished, and no invitation to enter."""
     mine = standing(board, owner)
     if mine is not None:
-        return (f"You are **{place(mine['rank'])} of {mine['of']}** with "
-                f"{score_name(metric)} {score_text(mine['score'])} (run {mine['run']}).")
+        return (f"You {'are' if is_open else 'finished'} **{place(mine['rank'])} of "
+                f"{mine['of']}** with {score_name(metric)} {score_text(mine['score'])} "
+                f"(run {mine['run']}).")
+    if not is_open:
+        return (f"Your {entered} {'entry' if entered == 1 else 'entries'} had no "
+                f"{score_name(metric)}." if entered else "You had no entry in this challenge.")
     if entered:
         return (f"Your {entered} {'entry has' if entered == 1 else 'entries have'} no "
                 f"{score_name(metric)} yet" + (f": {FINAL_NEEDS}." if metric == FINAL else "."))

@@ -360,7 +360,9 @@ def entry_refusal(challenge: Challenge, run: Run, owner: str) -> str | None:
     if run.experiment not in challenge.experiments:
         settings = " ".join(challenge.overrides)
         return (f"run {run.id} is of another experiment than the challenge's "
-                f"({challenge.preset}{' ' + settings if settings else ''})")
+                f"({challenge.preset}{' ' + settings if settings else ''}): its data, forget "
+                "set, seed or model differ; run on the challenge's experiment (the banner's "
+                "*Use the challenge's experiment*) and enter that run")
     if challenge.budget is not None:
         minutes = f"{challenge.budget:g}-minute"
         if run.created < challenge.opened:

@@ -18,13 +18,19 @@ invalid = ui.settings_error()
 
 def _apply() -> None:
     s = st.session_state
-    out = [*s.get("own_data", []), f"scenario.kind={s.exp_kind}", f"seed={s.exp_seed}"]
-    if s.exp_kind == "class":
-        out.append("scenario.classes=" + ",".join(str(c) for c in s.exp_classes))
+
+    def shown(key: str, now):  # a control of another scenario kind is not drawn: its value
+        return s.get(key, now)  # is the experiment's own until it is
+
+    kind = s.exp_kind
+    out = [*s.get("own_data", []), f"scenario.kind={kind}", f"seed={shown('exp_seed', cfg.seed)}"]
+    if kind == "class":
+        classes = shown("exp_classes", list(sc.classes) or [0])
+        out.append("scenario.classes=" + ",".join(str(c) for c in classes))
     else:
-        out.append(f"scenario.fraction={s.exp_fraction}")
-    if s.exp_kind == "backdoor":
-        out.append(f"scenario.target={s.exp_target}")
+        out.append(f"scenario.fraction={shown('exp_fraction', sc.fraction)}")
+    if kind == "backdoor":
+        out.append(f"scenario.target={shown('exp_target', sc.target)}")
     s.overrides = out
 
 

@@ -31,8 +31,15 @@ run, geometry = ui.geometry_source(cfg, who)
 if geometry is not None:
     ui.chart(ui.memo_figure(("angles", run.id, run.finished),
                              lambda: plots.angles_figure(geometry)), "learn_angles")
-    st.caption("In the retrained model the forget features lie in the retain eigenspace "
-               "(high DA, small angles); the original keeps directions of its own for them.")
+    st.caption("Forgetting a class: in the retrained model the forget features lie in the "
+               "retain eigenspace (high DA, small angles), while the original keeps directions "
+               "of its own for them." if cfg.scenario.kind == "class" else
+               "A random forget set is drawn from every class, the classes the retain set "
+               "holds too, so every model puts its features in the retain eigenspace (high DA "
+               "for all three): "
+               "what tells the models apart here is smaller, and the retrained model need not "
+               "have the smallest angles. Forget a class (the Experiment page) to see the "
+               "contrast DA was made for.")
 st.markdown("**3. MUDA** alternates two phases. The forget phase pulls forget features into "
             "the retain eigenspace while self-distillation keeps the rest of the model close "
             "to the original:")

@@ -160,6 +160,12 @@ def _curves(run_id: str) -> None:
                                        ghosts=[(g.label, store.curves(g.run.id)) for g in ghosts],
                                        pickable=True))
     event = ui.chart(fig, f"curves_{run_id}", on_select="rerun", selection_mode="points")
+    subset = cfg.unlearn.telemetry_samples
+    st.caption(f"The curves are measured as the run goes, on a fixed {subset}-sample subset "
+               "of each split (`unlearn.telemetry_samples`): they show the trend. The "
+               "retrained (dashed) and original (dotted) lines and the result table are "
+               "measured on the whole evaluation sets, so a curve's last point can sit a "
+               "little off the table's value.")
     _seek_to(run_id, event)
 
 

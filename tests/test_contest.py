@@ -91,7 +91,8 @@ def test_an_entry_is_checked_by_the_store_and_a_refusal_writes_nothing(store):
         finished(store, "alice", status="running"): "is running: only a finished run",
         finished(store, "alice", method="salun"): "ran salun; this challenge allows muda, ft",
         finished(store, "alice", experiment="exp-other"):
-            r"another experiment than the challenge's \(digits-class train.epochs=2\)",
+            r"another experiment than the challenge's \(digits-class train.epochs=2\): its "
+            r"data, forget set, seed or model differ",
     }
     for run_id, message in cases.items():
         with pytest.raises(StoreError, match=message):
@@ -179,6 +180,11 @@ def test_standings_rank_each_entrants_best_entry_by_the_challenges_score(store):
         board, "bob", "avg_gap", 1)
     assert "no entry yet" in contest.standing_text(board, "dan", "avg_gap", 0)
     assert "six replicates" in contest.standing_text([], "bob", "final_score", 1)
+    # closed: where one finished, and no invitation to enter what takes no entry
+    assert "You finished **2nd of 3**" in contest.standing_text(board, "bob", "avg_gap", 1,
+                                                               is_open=False)
+    closed = contest.standing_text(board, "dan", "avg_gap", 0, is_open=False)
+    assert closed == "You had no entry in this challenge." and "Submit" not in closed
     assert contest.board_rows(board, "avg_gap")[0] == {
         "rank": 1, "participant": "`alice`", "run": entries["alice", 0.03], "method": "muda",
         "avg-gap": "0.0300", "≈ retrain": ""}

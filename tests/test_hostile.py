@@ -877,6 +877,21 @@ def test_tune_cancels_a_whole_sweep_with_one_press_and_only_with_the_owners_key(
     home.update(ids[0], status="cancelled", pid=None)
 
 
+def test_the_experiment_page_switches_between_every_forget_scenario(home):
+    """Class → random → backdoor → class on the Experiment page: each switch draws the new
+    scenario's controls with the experiment's values (the control of the kind before was not
+    drawn: the switch once read it, and the page showed an AttributeError)."""
+    at = app()
+    for kind, said in (("random", "a random 10% of training samples"),
+                       ("backdoor", "stamped with a trigger"), ("class", "classes 3")):
+        at.selectbox(key="exp_kind").set_value(kind).run()
+        assert not at.exception, (kind, at.exception)
+        assert not at.error, (kind, [e.value for e in at.error])
+        assert any(said in m.value for m in at.markdown), kind
+    assert at.session_state["overrides"] == ["scenario.kind=class", "seed=0",
+                                             "scenario.classes=3"]
+
+
 def test_the_experiment_page_keeps_its_controls_when_its_settings_are_invalid(home):
     at = app()
     at.multiselect(key="exp_classes").set_value([]).run()
@@ -898,9 +913,33 @@ def test_the_experiment_page_keeps_its_controls_when_its_settings_are_invalid(ho
     assert any("classes 3" in m.value for m in at.markdown)
 
 
-def test_a_damaged_geometry_file_is_one_readable_error_line(home):
+def test_an_error_no_page_catches_shows_the_browser_no_traceback_path_or_message():
+    """What Streamlit sends a browser for an uncaught exception, under the app's own
+    `client.showErrorDetails`: its type at most, never the traceback's files and code or the
+    message. (The config once said `false`, which Streamlit reads as "stacktrace": the file,
+    the line and the code went to every browser.)"""
+    from streamlit import config
+    from streamlit.elements import exception as shown
+    from streamlit.proto.Exception_pb2 import Exception as ExceptionProto
+
     with open(ROOT / ".streamlit" / "config.toml", "rb") as fh:
-        assert tomllib.load(fh)["client"]["showErrorDetails"] is False  # never a traceback
+        setting = tomllib.load(fh)["client"]["showErrorDetails"]
+    before = config.get_option("client.showErrorDetails")
+    config.set_option("client.showErrorDetails", setting)
+    try:
+        try:
+            raise KeyError(f"{ROOT}/secret/path")  # an error from deep in the server
+        except KeyError as err:
+            proto = ExceptionProto()
+            shown.marshall(proto, err, apply_show_error_details=True)
+    finally:
+        config.set_option("client.showErrorDetails", before)
+    assert not proto.stack_trace
+    assert str(ROOT) not in proto.message and "secret" not in proto.message
+    assert "test_hostile.py" not in str(proto)
+
+
+def test_a_damaged_geometry_file_is_one_readable_error_line(home):
     key = new_owner_key()
     assert home.claim_owner("alice", key)
     run = add_run(home, "alice", "done")

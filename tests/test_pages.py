@@ -91,6 +91,8 @@ def test_unlearn_page_builds_sliders_from_the_registry_and_draws_live_curves(fin
     names = {t.get("name") for t in traces(at)}
     assert {"acc_forget", "da", "angle_1"} <= names
     assert any("done" in e.value for e in at.success)
+    # the curves say they are a subset's, where the table is the whole sets'
+    assert any("fixed 64-sample subset" in c.value for c in at.caption)
     # moving a slider starts nothing
     before = len(finished["store"].runs(owner=OWNER))
     at.select_slider(key="knob_muda_lambda_da").set_value(2.0).run()
@@ -590,6 +592,7 @@ def test_a_challenge_is_published_shown_entered_ranked_closed_and_revealed(
     participant = page("pages/learn.py")
     assert "Challenge: Beat the gap** — closed" in texts(participant)
     assert f"**Best settings**, `{OWNER}`'s run {mine}" in texts(participant)
+    assert "You finished **1st of 1**" in texts(participant)  # closed: no "You are"
 
     stale = room_page()  # a second tab of the instructor's, showing it closed
     at.button(key="challenge_open").click().run()  # open again, for a participant elsewhere

@@ -205,7 +205,8 @@ def _draw(challenge: Challenge, version: tuple, elsewhere: bool, who: Identity) 
             st.markdown(f"{contest.entries_text(entries.counts)}.")
         else:
             st.markdown(contest.standing_text(entries.board, who.name, challenge.metric,
-                                              entries.counts.get(who.name, 0)))
+                                              entries.counts.get(who.name, 0),
+                                              challenge.open))
             if elsewhere:
                 st.button("Use the challenge's experiment", key="challenge_experiment",
                           on_click=_use_experiment, args=(challenge,),
