@@ -14,34 +14,29 @@ Also counted: the reruns each sent after the click (the page's on its websocket)
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
-from bench.common import chromium, header, median, parser
+from bench.common import median, parser
 from bench.wire import WireParticipant
 from bench.workshop import (
     CLICK_AT_JS,
     PRESET,
     WATCH_JS,
-    cpu_list,
+    Served,
     cpu_seconds,
-    serve,
+    served_app,
     sides,
     split_cpus,
-    stop_background,
-    stop_server,
     train_baselines,
     wait_idle,
     wait_quiet,
 )
 
 
-def by_page(browser, url: str, owner: str, window: float, proc, home: str) -> tuple:
+def by_page(app: Served, owner: str, window: float) -> tuple:
     """One page presses Run: (server CPU s, click → done s, reruns sent, files fetched)."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    url, proc, home = app.url, app.proc, app.home
+    context = app.browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     sent: list[tuple[float, str]] = []
     page.on("websocket", lambda ws: ws.on("framesent", lambda _: sent.append((time.time(),
@@ -67,8 +62,9 @@ def by_page(browser, url: str, owner: str, window: float, proc, home: str) -> tu
     return cpu, done, after.count("ws"), files
 
 
-def by_wire(url: str, owner: str, window: float, proc, home: str, files: list[str]) -> tuple:
+def by_wire(app: Served, owner: str, window: float, files: list[str]) -> tuple:
     """One participant on the wire presses Run: as `by_page`."""
+    url, proc, home = app.url, app.proc, app.home
     wire = WireParticipant(url, "unlearn", f"owner={owner}&preset={PRESET}", fetch=files)
     wire.start()
     if not wire.ready.wait(120):
@@ -91,52 +87,26 @@ def main(argv: list[str] | None = None) -> int:
                          help="seconds after the click whose server CPU counts (default 8)")
     args = options.parse_args(argv)
     server_cpus, own_cpus = split_cpus()
-    browser_path = chromium()
-    header("wire_load: a page and a wire participant, the server's CPU for one run each",
-           {"runs": args.runs, "window s": args.window, "preset": PRESET,
-            "server cpus": server_cpus, "bench and browser cpus": own_cpus})
-    tmp = tempfile.mkdtemp(prefix="dimalign-wire-load-")
-    home = f"{tmp}/home"
-    os.environ["DIMALIGN_HOME"] = home
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".dimalign" / "numba-cache"))
-    env, proc = dict(os.environ), None
-    cpu = {"page": [], "wire": []}
-    try:
-        train_baselines(env)
-        stop_background(home)  # a scheduler `dimalign run` left would not be pinned
-        proc, url = serve(env, Path(tmp) / "make-app.log", server_cpus)
-        os.sched_setaffinity(0, cpu_list(own_cpus))
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=browser_path, headless=True,
-                                        args=["--no-sandbox", "--disable-gpu"])
-            try:
-                by_page(browser, url, "warm", args.window, proc, home)  # the pool, warm
-                files: list[str] = []
-                print(f"{'who':<6}{'server CPU s':>14}{'click→done s':>14}{'reruns':>8}  fetched")
-                for i in range(2 * args.runs):
-                    wait_quiet(home)
-                    time.sleep(2)
-                    if i % 2 == 0:
-                        used, done, reruns, files = by_page(browser, url, f"page{i}",
-                                                            args.window, proc, home)
-                        fetched = f"{len(files)} files"
-                    else:
-                        used, done, reruns, got = by_wire(url, f"wire{i}", args.window, proc,
-                                                          home, files)
-                        fetched = f"{got / 2**20:.1f} MB"
-                    who = "page" if i % 2 == 0 else "wire"
-                    cpu[who].append(used)
-                    print(f"{who:<6}{used:>14.2f}{done or float('nan'):>14.2f}{reruns:>8}  "
-                          f"{fetched}", flush=True)
-            finally:
-                browser.close()
-    finally:
-        if proc is not None:
-            stop_server(proc)
-        stop_background(home)
-        shutil.rmtree(tmp, ignore_errors=True)
+    cpu: dict[str, list[float]] = {"page": [], "wire": []}
+    with served_app("wire_load: a page and a wire participant, the server's CPU for one run "
+                    "each", {"runs": args.runs, "window s": args.window}, train_baselines,
+                    server_cpus=server_cpus, browser_cpus=own_cpus) as app:
+        by_page(app, "warm", args.window)  # the pool, warm
+        files: list[str] = []
+        print(f"{'who':<6}{'server CPU s':>14}{'click→done s':>14}{'reruns':>8}  fetched")
+        for i in range(2 * args.runs):
+            wait_quiet(app.home)
+            time.sleep(2)
+            if i % 2 == 0:
+                used, done, reruns, files = by_page(app, f"page{i}", args.window)
+                fetched = f"{len(files)} files"
+            else:
+                used, done, reruns, got = by_wire(app, f"wire{i}", args.window, files)
+                fetched = f"{got / 2**20:.1f} MB"
+            who = "page" if i % 2 == 0 else "wire"
+            cpu[who].append(used)
+            print(f"{who:<6}{used:>14.2f}{done or float('nan'):>14.2f}{reruns:>8}  "
+                  f"{fetched}", flush=True)
     for who, values in cpu.items():
         print(f"{who}: server CPU per run median {median(values):.2f} s "
               f"(min {min(values):.2f}, max {max(values):.2f}, {len(values)} runs)")

@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import ROOT, chromium, header, median, parser
@@ -298,14 +299,28 @@ def stop_background(home: str) -> list[str]:
     return killed
 
 
+@dataclass
+class Served:
+    """`make app` serving a throw-away home, and a headless Chromium beside it."""
+
+    url: str
+    browser: object
+    proc: subprocess.Popen  # make's: its process group is the server's
+    home: str
+
+
 @contextlib.contextmanager
-def app_in_browser(title: str, settings: dict, prepare):
+def served_app(title: str, settings: dict, prepare, *, server_cpus: str | None = None,
+               browser_cpus: str | None = None, browser_args: tuple[str, ...] = ()):
     """What a click-to-answer bench needs: Chromium (else the bench stops, naming how to get
     it), its header, a throw-away DIMALIGN_HOME that `prepare(env)` fills (baselines), `make
-    app` serving it on a free port, and a headless Chromium: yields (url, browser), and stops
-    them all after."""
+    app` serving it on a free port (pinned to `server_cpus`, a taskset list, when given: its
+    scheduler and workers inherit them; this process, Playwright and Chromium then go to
+    `browser_cpus`), and a headless Chromium: yields a `Served`, and stops them all after."""
     browser_path = chromium()
-    header(title, {**settings, "preset": PRESET, "browser": browser_path, "server": "make app"})
+    pins = {"server cpus": server_cpus, "browser cpus": browser_cpus} if server_cpus else {}
+    header(title, {**settings, "preset": PRESET, **pins, "browser": browser_path,
+                   "server": "make app"})
     tmp = tempfile.mkdtemp(prefix="dimalign-bench-")
     home = f"{tmp}/home"
     os.environ["DIMALIGN_HOME"] = home  # for the store reads and stop_scheduler() here
@@ -313,21 +328,34 @@ def app_in_browser(title: str, settings: dict, prepare):
     env, proc = dict(os.environ), None
     try:
         prepare(env)
-        proc, url = serve(env, Path(tmp) / "make-app.log")
+        if server_cpus:
+            stop_background(home)  # a scheduler `prepare` left would not be pinned
+        proc, url = serve(env, Path(tmp) / "make-app.log", server_cpus)
+        if browser_cpus:  # Playwright's driver and Chromium inherit this process's CPUs
+            os.sched_setaffinity(0, cpu_list(browser_cpus))
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=browser_path, headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                *browser_args])
             try:
-                yield url, browser
+                yield Served(url, browser, proc, home)
             finally:
                 browser.close()
     finally:
         if proc is not None:
             stop_server(proc)
-        stop_background(home)
+        if killed := stop_background(home):
+            print(f"killed leftover processes of the home: {', '.join(killed)}")
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def app_in_browser(title: str, settings: dict, prepare):
+    """`served_app`, unpinned, as (url, browser)."""
+    with served_app(title, settings, prepare) as app:
+        yield app.url, app.browser
 
 
 def split_cpus() -> tuple[str, str]:
@@ -500,108 +528,90 @@ def main(argv: list[str] | None = None) -> int:
         browser_cpus = args.browser_cpus or default_browser
         if cpu_list(server_cpus) & cpu_list(browser_cpus):
             raise SystemExit("--server-cpus and --browser-cpus overlap")
-    browser_path = chromium()
-    header("workshop: participants press Run on Unlearn (live) at once",
-           {"owners": args.owners, "preset": PRESET, "timeout": args.timeout,
-            "in Chromium per round": "all" if args.watch is None else args.watch,
-            "clicks within s": args.spread,
-            "server cpus": server_cpus or "all", "browser cpus": browser_cpus or "all",
-            "browser": browser_path, "server": "make app"})
-    tmp = tempfile.mkdtemp(prefix="dimalign-workshop-")
     shots = Path(tempfile.mkdtemp(prefix="workshop-shots-", dir="/tmp"))
-    home = f"{tmp}/home"
-    os.environ["DIMALIGN_HOME"] = home  # for the store reads and stop_scheduler() here
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".dimalign" / "numba-cache"))
-    env = dict(os.environ)
-    proc = prober = None
-    rows = []
-    try:
+    settings = {"owners": args.owners, "timeout": args.timeout,
+                "in Chromium per round": "all" if args.watch is None else args.watch,
+                "clicks within s": args.spread}
+
+    def prepare(env: dict) -> None:
         print(f"baselines trained once in the fresh home: {train_baselines(env):.1f} s")
-        stop_background(home)  # a scheduler `dimalign run` left would not be pinned
-        proc, url = serve(env, Path(tmp) / "make-app.log", server_cpus)
-        if browser_cpus:  # Playwright's driver and Chromium inherit this process's CPUs
-            os.sched_setaffinity(0, cpu_list(browser_cpus))
+
+    rows = []
+    # every participant's page is in front on their own machine: no background-tab
+    # throttling of timers and rendering, which one browser applies to all but one
+    with served_app("workshop: participants press Run on Unlearn (live) at once", settings,
+                    prepare, server_cpus=server_cpus, browser_cpus=browser_cpus,
+                    browser_args=("--disable-component-update", "--no-first-run",
+                                  "--disable-sync", "--disable-background-timer-throttling",
+                                  "--disable-renderer-backgrounding",
+                                  "--disable-backgrounding-occluded-windows")) as app:
+        url, browser, proc, home = app.url, app.browser, app.proc, app.home
         prober = Prober(url)
         prober.start()
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as p:
-            # every participant's page is in front on their own machine: no background-tab
-            # throttling of timers and rendering, which one browser applies to all but one
-            browser = p.chromium.launch(executable_path=browser_path, headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--no-first-run", "--disable-sync",
-                "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
-                "--disable-backgrounding-occluded-windows"])
-            try:
-                solo = {"solo": open_page(browser, url, "solo")}
-                asked: list[tuple[float, str]] = []  # what a page fetches to draw its answer
-                solo["solo"].on("request", lambda r: asked.append((time.time(), r.url)))
-                base = race(solo, {}, args.timeout)
-                report("baseline: one participant alone", *base, store_times(["solo"]))
-                wait_quiet(home)  # its film job: the page draws the film when it lands
-                settled(solo["solo"], asked)
-                if not base[0]["solo"]:
-                    raise SystemExit("the solo page never showed its run done: no baseline, "
-                                     "and no files to give the participants on the wire")
-                fetch = [u for t, u in asked if t >= base[1]["solo"] and u.startswith(url)]
-                print(f"the solo page fetched {len(fetch)} files to draw its answer: each "
-                      "participant on the wire fetches them after its own")
-                for page in solo.values():
-                    page.context.close()
-                server, browsers = sides(proc, home)
-                for label, pids in (("the server side", server), ("the browsers", browsers)):
-                    where: dict[str, list[str]] = {}
-                    for pid in pids:
-                        where.setdefault(allowed(pid), []).append(command(pid))
-                    print(f"pinning, {label}: " + "; ".join(
-                        f"CPUs {cpus}: {', '.join(sorted(set(names)))} ({len(names)})"
-                        for cpus, names in sorted(where.items())))
-                for round_no, n in enumerate(counts, 1):
-                    wait_quiet(home)  # names of this round alone: a name is its owner's
-                    owners = [f"r{round_no}n{n}p{i}" for i in range(1, n + 1)]
-                    eyes = watched(owners, n if args.watch is None else args.watch)
-                    pages = {owner: open_page(browser, url, owner) for owner in eyes}
-                    wires = open_wires(url, [o for o in owners if o not in pages], fetch)
-                    timeline = CpuTimeline(proc, home)
-                    timeline.start()
-                    probes0 = len(prober.samples)
-                    seconds, wall, trouble = race(pages, wires, args.timeout, args.spread,
-                                                  seed=round_no)
-                    timeline.stop.set()
-                    timeline.join(10)
-                    probes = prober.samples[probes0:]
-                    wait_quiet(home)  # the runs' film jobs
-                    for owner, page in pages.items():
-                        if seconds[owner] is None or owner == eyes[-1]:
-                            page.screenshot(path=shots / f"{owner}.png", full_page=True)
-                    for wire in wires.values():
-                        wire.stop.set()
-                    stored = store_times(owners)
-                    report(f"{n} participants at once ({len(pages)} in Chromium, "
-                           f"{len(wires)} on the wire)", seconds, wall, trouble, stored,
-                           set(wires))
-                    print("CPU in cores, server side / browsers, from the round's start: "
-                          + timeline.windows())
-                    rows.append((n, seconds, wall, stored, probes, timeline, set(wires)))
-                    for page in pages.values():
-                        page.context.close()
-            finally:
-                browser.close()
-        prober.stop.set()
-        prober.join(10)
-        summary(rows, base[0]["solo"])
-        print(f"screenshots: {shots}")
-    finally:
-        if prober is not None:
+        try:
+            solo = {"solo": open_page(browser, url, "solo")}
+            asked: list[tuple[float, str]] = []  # what a page fetches to draw its answer
+            solo["solo"].on("request", lambda r: asked.append((time.time(), r.url)))
+            base = race(solo, {}, args.timeout)
+            report("baseline: one participant alone", *base, store_times(["solo"]))
+            wait_quiet(home)  # its film job: the page draws the film when it lands
+            settled(solo["solo"], asked)
+            if not base[0]["solo"]:
+                raise SystemExit("the solo page never showed its run done: no baseline, "
+                                 "and no files to give the participants on the wire")
+            fetch = [u for t, u in asked if t >= base[1]["solo"] and u.startswith(url)]
+            print(f"the solo page fetched {len(fetch)} files to draw its answer: each "
+                  "participant on the wire fetches them after its own")
+            for page in solo.values():
+                page.context.close()
+            server, browsers = sides(proc, home)
+            for label, pids in (("the server side", server), ("the browsers", browsers)):
+                where: dict[str, list[str]] = {}
+                for pid in pids:
+                    where.setdefault(allowed(pid), []).append(command(pid))
+                print(f"pinning, {label}: " + "; ".join(
+                    f"CPUs {cpus}: {', '.join(sorted(set(names)))} ({len(names)})"
+                    for cpus, names in sorted(where.items())))
+            for round_no, n in enumerate(counts, 1):
+                rows.append(one_round(app, round_no, n, args, fetch, prober, shots))
+        finally:
             prober.stop.set()
-        if proc is not None:
-            stop_server(proc)
-        killed = stop_background(home)
-        if killed:
-            print(f"killed leftover processes of the home: {', '.join(killed)}")
-        shutil.rmtree(tmp, ignore_errors=True)
+            prober.join(10)
+    summary(rows, base[0]["solo"])
+    print(f"screenshots: {shots}")
     return 0
+
+
+def one_round(app: Served, round_no: int, n: int, args, fetch: list[str], prober: Prober,
+              shots: Path) -> tuple:
+    """`n` participants press Run (`args.watch` of them in Chromium, the rest on the wire):
+    their report printed, and the round's row for `summary`."""
+    wait_quiet(app.home)  # names of this round alone: a name is its owner's
+    owners = [f"r{round_no}n{n}p{i}" for i in range(1, n + 1)]
+    eyes = watched(owners, n if args.watch is None else args.watch)
+    pages = {owner: open_page(app.browser, app.url, owner) for owner in eyes}
+    wires = open_wires(app.url, [o for o in owners if o not in pages], fetch)
+    timeline = CpuTimeline(app.proc, app.home)
+    timeline.start()
+    probes0 = len(prober.samples)
+    seconds, wall, trouble = race(pages, wires, args.timeout, args.spread, seed=round_no)
+    timeline.stop.set()
+    timeline.join(10)
+    probes = prober.samples[probes0:]
+    wait_quiet(app.home)  # the runs' film jobs
+    for owner, page in pages.items():
+        if seconds[owner] is None or owner == eyes[-1]:
+            page.screenshot(path=shots / f"{owner}.png", full_page=True)
+    for wire in wires.values():
+        wire.stop.set()
+    stored = store_times(owners)
+    report(f"{n} participants at once ({len(pages)} in Chromium, {len(wires)} on the wire)",
+           seconds, wall, trouble, stored, set(wires))
+    print("CPU in cores, server side / browsers, from the round's start: "
+          + timeline.windows())
+    for page in pages.values():
+        page.context.close()
+    return n, seconds, wall, stored, probes, timeline, set(wires)
 
 
 def summary(rows: list, solo: float | None) -> None:
